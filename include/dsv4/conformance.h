@@ -1,0 +1,28 @@
+// Runs a conformance file (../shared/conformance format) through the fast
+// path and compares every output with |ours - ref| <= atol + rtol·|ref| and
+// the CSA top-k as sets. Used by `dsv4 verify` and by the tests.
+#pragma once
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace dsv4 {
+
+struct CaseReport {
+  std::string name;          // file stem
+  bool passed = false;
+  double max_abs = 0.0;      // over every compared value
+  double max_rel = 0.0;      // |ours - ref| / |ref| over values with |ref| >= 1e-3
+  int64_t compared = 0;      // values compared
+  std::vector<std::string> failures;  // one line per failed check (tensor and worst element)
+};
+
+struct Tolerance {
+  double atol = 1e-5;
+  double rtol = 1e-5;
+};
+
+// Never throws for a bad file: the error becomes a failure of the case.
+CaseReport verify_case(const std::filesystem::path& file, Tolerance tol = {});
+
+}  // namespace dsv4

@@ -1,0 +1,37 @@
+// A minimal owned fp32 tensor: row-major, shape + flat data. The library
+// passes raw spans internally; this is the type of the public API.
+#pragma once
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace dsv4 {
+
+using Shape = std::vector<int64_t>;
+
+int64_t numel(const Shape& shape);
+std::string shape_str(const Shape& shape);  // "[2, 3, 4]"
+
+struct Tensor {
+  Shape shape;
+  std::vector<float> data;
+
+  Tensor() = default;
+  explicit Tensor(Shape s) : shape(std::move(s)), data(static_cast<size_t>(dsv4::numel(shape)), 0.0f) {}
+  Tensor(Shape s, std::vector<float> d);  // checks that sizes agree
+
+  int64_t numel() const { return static_cast<int64_t>(data.size()); }
+  int64_t dim(size_t i) const { return shape.at(i); }
+  bool empty() const { return data.empty(); }
+  float* ptr() { return data.data(); }
+  const float* ptr() const { return data.data(); }
+};
+
+// int64 companion (positions, top-k indices).
+struct TensorI64 {
+  Shape shape;
+  std::vector<int64_t> data;
+};
+
+}  // namespace dsv4

@@ -1,0 +1,226 @@
+// Straight loops over attention.md, one sequence at a time. Accumulates in
+// double so that it sits closer to the exact result than any fp32 fast path.
+#include "reference.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "ops/rope.h"
+
+namespace dsv4::reference {
+namespace {
+
+using Mat = std::vector<float>;  // row-major
+
+// y[r, o] = Σ_i x[r, i] · W[o, i]   (a linear layer; W is [out, in])
+Mat linear(const float* x, int64_t rows, const Tensor& w) {
+  const int64_t out = w.dim(0), in = w.dim(1);
+  Mat y(static_cast<size_t>(rows * out));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t o = 0; o < out; ++o) {
+      double acc = 0;
+      for (int64_t i = 0; i < in; ++i) acc += static_cast<double>(x[r * in + i]) * w.data[o * in + i];
+      y[r * out + o] = static_cast<float>(acc);
+    }
+  return y;
+}
+
+void rms_norm(float* v, int64_t n, const float* weight, double eps) {
+  double ss = 0;
+  for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(v[i]) * v[i];
+  const double inv = 1.0 / std::sqrt(ss / n + eps);
+  for (int64_t i = 0; i < n; ++i) v[i] = static_cast<float>(v[i] * inv * (weight ? weight[i] : 1.0f));
+}
+
+// Interleaved RoPE on the trailing R channels of a width-vector; sign -1 de-rotates.
+void rope(float* v, int64_t width, const std::vector<float>& freq, int64_t pos, int sign) {
+  const int64_t r = 2 * static_cast<int64_t>(freq.size());
+  float* x = v + width - r;
+  for (size_t i = 0; i < freq.size(); ++i) {
+    const float a = static_cast<float>(pos) * freq[i];
+    const double c = std::cos(static_cast<double>(a)), s = sign * std::sin(static_cast<double>(a));
+    const double x0 = x[2 * i], x1 = x[2 * i + 1];
+    x[2 * i] = static_cast<float>(x0 * c - x1 * s);
+    x[2 * i + 1] = static_cast<float>(x1 * c + x0 * s);
+  }
+}
+
+// Compressed entries of a whole sequence: [S / r, width]. `overlap` = CSA
+// pooling over 2r slots (series A of window w-1, series B of window w).
+Mat compress(const float* x, int64_t s_len, const CompressorWeights& cw, int64_t rate, int64_t width,
+             bool overlap, double eps, const std::vector<float>& freq) {
+  const Mat cv = linear(x, s_len, cw.kv_proj), z = linear(x, s_len, cw.gate_proj);
+  const int64_t in_w = overlap ? 2 * width : width, n_entries = s_len / rate;
+  const float* bias = cw.position_bias.ptr();
+  Mat e(static_cast<size_t>(n_entries * width));
+  for (int64_t w = 0; w < n_entries; ++w) {
+    for (int64_t ch = 0; ch < width; ++ch) {
+      std::vector<std::pair<float, float>> slots;  // (logit, value)
+      for (int64_t j = 0; j < rate; ++j) {
+        if (overlap && w > 0) {
+          const int64_t tok = (w - 1) * rate + j;
+          slots.emplace_back(z[tok * in_w + ch] + bias[j * in_w + ch], cv[tok * in_w + ch]);
+        }
+        const int64_t tok = w * rate + j, c2 = overlap ? width + ch : ch;
+        slots.emplace_back(z[tok * in_w + c2] + bias[j * in_w + c2], cv[tok * in_w + c2]);
+      }
+      double mx = -INFINITY, den = 0, num = 0;
+      for (auto& [l, v] : slots) mx = std::max(mx, static_cast<double>(l));
+      for (auto& [l, v] : slots) {
+        const double p = std::exp(l - mx);
+        den += p;
+        num += p * v;
+      }
+      e[w * width + ch] = static_cast<float>(num / den);
+    }
+    rms_norm(&e[w * width], width, cw.kv_norm.ptr(), eps);
+    rope(&e[w * width], width, freq, w * rate, +1);
+  }
+  return e;
+}
+
+struct Indexed {
+  Mat q, keys, scores;  // [S, H_I*D_I], [T, D_I], [S, T]
+  std::vector<std::vector<int64_t>> topk;  // per query, best first
+};
+
+Indexed run_indexer(const Config& c, const LayerWeights& w, const float* x, const Mat& c_q, int64_t s_len,
+                    const std::vector<float>& freq) {
+  const int64_t hi = c.index_n_heads, di = c.index_head_dim, m = c.compress_rate_csa;
+  Indexed ix;
+  ix.keys = compress(x, s_len, w.indexer->compressor, m, di, true, c.rms_norm_eps, freq);
+  ix.q = linear(c_q.data(), s_len, w.indexer->q_b_proj);
+  for (int64_t t = 0; t < s_len; ++t)
+    for (int64_t h = 0; h < hi; ++h) rope(&ix.q[(t * hi + h) * di], di, freq, t, +1);
+  const Mat a = linear(x, s_len, w.indexer->weights_proj);
+  const int64_t n_t = s_len / m;
+  ix.scores.assign(static_cast<size_t>(s_len * n_t), 0.0f);
+  for (int64_t t = 0; t < s_len; ++t) {
+    for (int64_t e = 0; e < n_t; ++e) {
+      double score = 0;
+      for (int64_t h = 0; h < hi; ++h) {
+        double dot = 0;
+        for (int64_t i = 0; i < di; ++i) dot += static_cast<double>(ix.q[(t * hi + h) * di + i]) * ix.keys[e * di + i];
+        score += a[t * hi + h] / std::sqrt(static_cast<double>(hi)) * std::max(dot, 0.0) / std::sqrt(double(di));
+      }
+      ix.scores[t * n_t + e] = static_cast<float>(score);
+    }
+    std::vector<int64_t> eligible((t + 1) / m);  // entries whose window is complete
+    std::iota(eligible.begin(), eligible.end(), 0);
+    std::stable_sort(eligible.begin(), eligible.end(), [&](int64_t p, int64_t q) {
+      return ix.scores[t * n_t + p] > ix.scores[t * n_t + q];
+    });
+    eligible.resize(std::min<size_t>(eligible.size(), static_cast<size_t>(c.index_topk)));
+    ix.topk.push_back(eligible);
+  }
+  return ix;
+}
+
+Mat forward_one(const Config& c, LayerType type, const LayerWeights& w, const float* x, int64_t s_len,
+                Intermediates* dbg) {
+  const int64_t d = c.hidden_size, h_n = c.num_attention_heads, hd = c.head_dim, win = c.sliding_window;
+  const std::vector<float> freq = layer_inv_freq(c, type);
+
+  // 1. query: low-rank, weighted norm, up-projection, per-head norm, RoPE
+  Mat c_q = linear(x, s_len, w.q_a_proj);
+  for (int64_t t = 0; t < s_len; ++t) rms_norm(&c_q[t * c.q_lora_rank], c.q_lora_rank, w.q_a_norm.ptr(), c.rms_norm_eps);
+  Mat q = linear(c_q.data(), s_len, w.q_b_proj);
+  for (int64_t t = 0; t < s_len; ++t)
+    for (int64_t h = 0; h < h_n; ++h) {
+      rms_norm(&q[(t * h_n + h) * hd], hd, nullptr, c.rms_norm_eps);
+      rope(&q[(t * h_n + h) * hd], hd, freq, t, +1);
+    }
+  // 2. key = value
+  Mat kv = linear(x, s_len, w.kv_proj);
+  for (int64_t t = 0; t < s_len; ++t) {
+    rms_norm(&kv[t * hd], hd, w.kv_norm.ptr(), c.rms_norm_eps);
+    rope(&kv[t * hd], hd, freq, t, +1);
+  }
+  // 4. compressed entries (+ indexer for CSA)
+  const int64_t rate = c.compress_rate(type);
+  Mat comp;
+  Indexed ix;
+  if (type != LayerType::sliding)
+    comp = compress(x, s_len, *w.compressor, rate, hd, type == LayerType::csa, c.rms_norm_eps, freq);
+  if (type == LayerType::csa) ix = run_indexer(c, w, x, c_q, s_len, freq);
+
+  // 5-6. attention with sink, then de-rotation
+  Mat o(static_cast<size_t>(s_len * h_n * hd));
+  for (int64_t t = 0; t < s_len; ++t) {
+    std::vector<const float*> keys;
+    for (int64_t p = std::max<int64_t>(0, t - win + 1); p <= t; ++p) keys.push_back(&kv[p * hd]);
+    if (type == LayerType::hca)
+      for (int64_t e = 0; e < (t + 1) / rate; ++e) keys.push_back(&comp[e * hd]);
+    if (type == LayerType::csa)
+      for (int64_t e : ix.topk[t]) keys.push_back(&comp[e * hd]);
+    for (int64_t h = 0; h < h_n; ++h) {
+      const float* qh = &q[(t * h_n + h) * hd];
+      std::vector<double> logit(keys.size());
+      double mx = w.sinks.data[h];
+      for (size_t j = 0; j < keys.size(); ++j) {
+        double dot = 0;
+        for (int64_t i = 0; i < hd; ++i) dot += static_cast<double>(qh[i]) * keys[j][i];
+        logit[j] = dot / std::sqrt(static_cast<double>(hd));
+        mx = std::max(mx, logit[j]);
+      }
+      double den = std::exp(w.sinks.data[h] - mx);  // the sink takes mass, adds no value
+      for (double& l : logit) den += (l = std::exp(l - mx));
+      float* oh = &o[(t * h_n + h) * hd];
+      for (int64_t i = 0; i < hd; ++i) {
+        double acc = 0;
+        for (size_t j = 0; j < keys.size(); ++j) acc += logit[j] * keys[j][i];
+        oh[i] = static_cast<float>(acc / den);
+      }
+      rope(oh, hd, freq, t, -1);
+    }
+  }
+  // 7. grouped output projection: group i of H·D/g channels through block i of W_oa
+  const int64_t g = c.o_groups, dg = c.o_lora_rank, gw = h_n * hd / g;
+  Mat grouped(static_cast<size_t>(s_len * g * dg));
+  for (int64_t t = 0; t < s_len; ++t)
+    for (int64_t gi = 0; gi < g; ++gi)
+      for (int64_t r = 0; r < dg; ++r) {
+        double acc = 0;
+        for (int64_t i = 0; i < gw; ++i)
+          acc += static_cast<double>(o[t * h_n * hd + gi * gw + i]) * w.o_a_proj.data[(gi * dg + r) * gw + i];
+        grouped[(t * g + gi) * dg + r] = static_cast<float>(acc);
+      }
+  Mat out = linear(grouped.data(), s_len, w.o_b_proj);
+
+  if (dbg) {
+    const int64_t n_t = rate ? s_len / rate : 0;
+    dbg->q = Tensor({h_n, s_len, hd});
+    for (int64_t h = 0; h < h_n; ++h)
+      for (int64_t t = 0; t < s_len; ++t)
+        std::copy_n(&q[(t * h_n + h) * hd], hd, &dbg->q.data[(h * s_len + t) * hd]);
+    dbg->kv = Tensor({s_len, hd}, kv);
+    if (rate) dbg->compressed_kv = Tensor({n_t, hd}, comp);
+    if (type == LayerType::csa) {
+      const int64_t width = std::min(c.index_topk, n_t);
+      dbg->indexer_q = Tensor({s_len, c.index_n_heads, c.index_head_dim}, ix.q);
+      dbg->indexer_kv = Tensor({n_t, c.index_head_dim}, ix.keys);
+      dbg->index_scores = Tensor({s_len, n_t}, ix.scores);
+      dbg->topk.shape = {s_len, width};
+      dbg->topk.data.assign(static_cast<size_t>(s_len * width), -1);
+      for (int64_t t = 0; t < s_len; ++t) std::copy(ix.topk[t].begin(), ix.topk[t].end(), &dbg->topk.data[t * width]);
+    }
+  }
+  (void)d;
+  return out;
+}
+
+}  // namespace
+
+Tensor forward(const Config& c, LayerType t, const LayerWeights& w, const Tensor& x, std::vector<Intermediates>* debug) {
+  const int64_t b = x.dim(0), s_len = x.dim(1), d = x.dim(2);
+  Tensor out({b, s_len, d});
+  if (debug) debug->assign(static_cast<size_t>(b), {});
+  for (int64_t i = 0; i < b; ++i) {
+    Mat y = forward_one(c, t, w, x.ptr() + i * s_len * d, s_len, debug ? &(*debug)[i] : nullptr);
+    std::copy(y.begin(), y.end(), out.ptr() + i * s_len * d);
+  }
+  return out;
+}
+
+}  // namespace dsv4::reference

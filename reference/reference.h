@@ -1,0 +1,18 @@
+// The naive reference: one DeepSeek-V4 attention layer as straight loops over
+// the spec, with dense masks and full sorts. Obviously correct, slow, and used
+// only by the tests to check the fast path.
+#pragma once
+#include <vector>
+
+#include "dsv4/config.h"
+#include "dsv4/layer.h"
+#include "dsv4/tensor.h"
+#include "dsv4/weights.h"
+
+namespace dsv4::reference {
+
+// One-shot forward over x [B, S, d] at positions 0..S-1 -> [B, S, d].
+Tensor forward(const Config& c, LayerType t, const LayerWeights& w, const Tensor& x,
+               std::vector<Intermediates>* debug = nullptr);
+
+}  // namespace dsv4::reference

@@ -1,0 +1,132 @@
+#include "dsv4/conformance.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+#include <sstream>
+
+#include "dsv4/layer.h"
+#include "dsv4/safetensors.h"
+
+namespace dsv4 {
+namespace {
+
+// Compares ours against ref elementwise; records the worst element on failure.
+void compare(CaseReport& rep, const std::string& what, const Tensor& ref, const float* ours, int64_t n,
+             Tolerance tol) {
+  if (ref.numel() != n) {
+    rep.failures.push_back(what + ": " + std::to_string(n) + " values, reference has " + shape_str(ref.shape));
+    return;
+  }
+  int64_t bad = 0, worst = -1;
+  double worst_excess = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double r = ref.data[i], d = std::fabs(static_cast<double>(ours[i]) - r);
+    rep.max_abs = std::max(rep.max_abs, d);
+    if (std::fabs(r) >= 1e-3) rep.max_rel = std::max(rep.max_rel, d / std::fabs(r));
+    const double excess = d - (tol.atol + tol.rtol * std::fabs(r));
+    if (!(excess <= 0)) {  // also catches NaN
+      ++bad;
+      if (worst < 0 || excess > worst_excess) worst = i, worst_excess = excess;
+    }
+  }
+  rep.compared += n;
+  if (bad) {
+    std::ostringstream s;
+    s << what << ": " << bad << " of " << n << " values out of tolerance, worst at " << worst << " (ours "
+      << ours[worst] << ", ref " << ref.data[worst] << ")";
+    rep.failures.push_back(s.str());
+  }
+}
+
+// Reference tensor for batch row b of a [B, ...] tensor, checked against our per-sequence layout.
+Tensor batch_row(const Tensor& t, int64_t b) {
+  const int64_t per = t.shape.empty() || t.dim(0) == 0 ? 0 : t.numel() / t.dim(0);
+  Shape s(t.shape.begin() + 1, t.shape.end());
+  return Tensor(s, std::vector<float>(t.data.begin() + b * per, t.data.begin() + (b + 1) * per));
+}
+
+void compare_topk(CaseReport& rep, const std::string& what, const TensorI64& ref, int64_t b, const TensorI64& ours) {
+  const int64_t s = ref.shape.at(1), w = ref.shape.at(2);
+  if (ours.shape != Shape{s, w}) {
+    rep.failures.push_back(what + ": shape " + shape_str(ours.shape) + ", reference row has [" + std::to_string(s) +
+                           ", " + std::to_string(w) + "]");
+    return;
+  }
+  for (int64_t t = 0; t < s; ++t) {
+    std::set<int64_t> a, r;
+    for (int64_t i = 0; i < w; ++i) {
+      if (ours.data[t * w + i] >= 0) a.insert(ours.data[t * w + i]);
+      if (ref.data[(b * s + t) * w + i] >= 0) r.insert(ref.data[(b * s + t) * w + i]);
+    }
+    if (a != r) {
+      rep.failures.push_back(what + ": query " + std::to_string(t) + " selects a different set");
+      return;
+    }
+  }
+}
+
+void run_case(const SafeTensors& f, CaseReport& rep, Tolerance tol) {
+  const LayerSpec spec = layer_spec_from_json_text(f.meta("config"), f.label() + " metadata 'config'");
+  const Layer layer(spec.config, spec.type, load_layer_weights(f, spec.config, spec.type));
+  const std::string chunks_json = f.meta("chunks");
+  int64_t n_chunks = 0;
+  while (f.contains("chunk" + std::to_string(n_chunks) + ".hidden_states")) ++n_chunks;
+  if (n_chunks == 0) fail(f.label() + ": no tensor 'chunk0.hidden_states'");
+  const Tensor x0 = f.f32("chunk0.hidden_states");
+  if (x0.shape.size() != 3) fail(f.label() + ": 'chunk0.hidden_states' must be [B, S, d], got " + shape_str(x0.shape));
+  const int64_t batch = x0.dim(0), d = spec.config.hidden_size;
+  std::vector<LayerState> states(static_cast<size_t>(batch), layer.new_state());
+
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    const std::string k = "chunk" + std::to_string(c) + ".";
+    const Tensor x = f.f32(k + "hidden_states");
+    if (x.shape.size() != 3 || x.dim(0) != batch || x.dim(2) != d)
+      fail(f.label() + ": '" + k + "hidden_states' has shape " + shape_str(x.shape));
+    const int64_t s = x.dim(1);
+    const TensorI64 pos = f.i64(k + "position_ids");
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t i = 0; i < s; ++i)
+        if (pos.data.at(b * s + i) != states[b].position() + i)
+          fail(f.label() + ": '" + k + "position_ids' do not continue the sequence at row " + std::to_string(b));
+    const Tensor out_ref = f.f32(k + "output");
+    for (int64_t b = 0; b < batch; ++b) {
+      Tensor xb({s, d}, std::vector<float>(x.data.begin() + b * s * d, x.data.begin() + (b + 1) * s * d));
+      Intermediates dbg;
+      const Tensor y = layer.forward(xb, states[b], &dbg);
+      const std::string at = k + "[" + std::to_string(b) + "]";
+      compare(rep, at + "output", batch_row(out_ref, b), y.ptr(), y.numel(), tol);
+      compare(rep, at + "q", batch_row(f.f32(k + "q"), b), dbg.q.ptr(), dbg.q.numel(), tol);
+      compare(rep, at + "kv", batch_row(f.f32(k + "kv"), b), dbg.kv.ptr(), dbg.kv.numel(), tol);
+      if (spec.type == LayerType::sliding) continue;
+      compare(rep, at + "compressed_kv", batch_row(f.f32(k + "compressed_kv"), b), dbg.compressed_kv.ptr(),
+              dbg.compressed_kv.numel(), tol);
+      if (spec.type != LayerType::csa) continue;
+      compare(rep, at + "indexer_q", batch_row(f.f32(k + "indexer_q"), b), dbg.indexer_q.ptr(), dbg.indexer_q.numel(), tol);
+      compare(rep, at + "indexer_kv", batch_row(f.f32(k + "indexer_kv"), b), dbg.indexer_kv.ptr(),
+              dbg.indexer_kv.numel(), tol);
+      compare(rep, at + "index_scores", batch_row(f.f32(k + "index_scores"), b), dbg.index_scores.ptr(),
+              dbg.index_scores.numel(), tol);
+      compare_topk(rep, at + "topk_indices", f.i64(k + "topk_indices"), b, dbg.topk);
+    }
+  }
+  (void)chunks_json;
+}
+
+}  // namespace
+
+CaseReport verify_case(const std::filesystem::path& file, Tolerance tol) {
+  CaseReport rep;
+  rep.name = file.stem().string();
+  try {
+    const SafeTensors f = SafeTensors::open(file);
+    run_case(f, rep, tol);
+  } catch (const std::exception& e) {
+    rep.failures.push_back(e.what());
+  }
+  rep.passed = rep.failures.empty() && rep.compared > 0;
+  if (rep.failures.empty() && rep.compared == 0) rep.failures.push_back("nothing was compared");
+  return rep;
+}
+
+}  // namespace dsv4

@@ -1,0 +1,14 @@
+// The one place that talks to BLAS. C[M,N] = A[M,K] · B[N,K]^T (+ beta·C):
+// the layout of a linear layer with a checkpoint weight [out, in].
+#pragma once
+#include <cstdint>
+
+namespace dsv4 {
+
+void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+             int64_t ldc, float beta = 0.0f);
+// C[M,N] = A[M,K] · B[K,N]
+void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+             int64_t ldc, float beta = 0.0f);
+
+}  // namespace dsv4

@@ -1,0 +1,89 @@
+// Stage 3 (CSA): the lightning indexer. Score of entry w for query t:
+//   I[t, w] = Σ_h a[t, h] · ReLU(q_I[t, h] · K_I[w]) / sqrt(D_I)
+// computed only for eligible entries (w < floor((t+1)/m)), then a partial
+// selection of the k best. Scores exist only per block of queries.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "ops/blas.h"
+#include "pipeline/pipeline.h"
+
+namespace dsv4 {
+namespace {
+
+constexpr int64_t kQueryBlock = 8;   // queries scored together
+constexpr int64_t kKeyTile = 512;    // entries per GEMM tile
+
+// scores[i, w] for nb queries starting at row0 and entries [0, n_cols): ld = n_cols.
+void score_block(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t nb, const float* keys,
+                 int64_t n_cols, float* scores, std::vector<float>& tile) {
+  const int64_t hi = p.c.index_n_heads, di = p.c.index_head_dim;
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(di)));
+  tile.resize(static_cast<size_t>(nb * hi * kKeyTile));
+  for (int64_t w0 = 0; w0 < n_cols; w0 += kKeyTile) {
+    const int64_t nw = std::min(kKeyTile, n_cols - w0);
+    // Rows of one query's heads are contiguous in pr.up, so a query block is nb GEMMs of [H_I, D_I] x [nw, D_I]^T.
+    for (int64_t i = 0; i < nb; ++i)
+      gemm_nt(hi, nw, di, &pr.up[(row0 + i) * p.n_up + p.off_iq], di, keys + w0 * di, di, &tile[i * hi * nw], nw);
+    for (int64_t i = 0; i < nb; ++i) {
+      const float* a = &pr.in[(row0 + i) * p.n_in + p.off_w];
+      float* s = scores + i * n_cols + w0;
+      std::fill_n(s, nw, 0.0f);
+      for (int64_t h = 0; h < hi; ++h) {
+        const float* dots = &tile[(i * hi + h) * nw];
+        const float ah = a[h] * scale;
+        for (int64_t w = 0; w < nw; ++w) s[w] += ah * std::max(dots[w], 0.0f);
+      }
+    }
+  }
+}
+
+// Best `width` of scores[0, n) (ties: lower index first), best first; -1-padded to `out_width`.
+void select_topk(const float* scores, int64_t n, int64_t width, int64_t out_width, int32_t* out,
+                 std::vector<int32_t>& idx) {
+  idx.resize(static_cast<size_t>(n));
+  std::iota(idx.begin(), idx.end(), 0);
+  auto better = [scores](int32_t a, int32_t b) { return scores[a] > scores[b] || (scores[a] == scores[b] && a < b); };
+  const int64_t k = std::min(width, n);
+  if (k < n) std::nth_element(idx.begin(), idx.begin() + k, idx.end(), better);
+  std::sort(idx.begin(), idx.begin() + k, better);
+  std::copy_n(idx.begin(), k, out);
+  std::fill(out + k, out + out_width, -1);
+}
+
+}  // namespace
+
+void index_topk(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t rows, const int64_t* pos,
+                const float* keys, int64_t n_keys, int64_t width, int32_t* topk) {
+  const int64_t m = p.c.compress_rate_csa, k = p.c.index_topk;
+  const int64_t n_blocks = (rows + kQueryBlock - 1) / kQueryBlock;
+#pragma omp parallel
+  {
+    std::vector<float> tile, scores;
+    std::vector<int32_t> idx;
+#pragma omp for schedule(dynamic)
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      const int64_t r0 = b * kQueryBlock, nb = std::min(kQueryBlock, rows - r0);
+      // The block's last query sees the most entries; earlier ones ignore the surplus.
+      const int64_t n_cols = std::min(n_keys, (pos[r0 + nb - 1] + 1) / m);
+      scores.resize(static_cast<size_t>(nb * std::max<int64_t>(n_cols, 1)));
+      if (n_cols > 0) score_block(p, pr, row0 + r0, nb, keys, n_cols, scores.data(), tile);
+      for (int64_t i = 0; i < nb; ++i) {
+        const int64_t eligible = std::min(n_keys, (pos[r0 + i] + 1) / m);
+        select_topk(scores.data() + i * n_cols, eligible, k, width, topk + (r0 + i) * width, idx);
+      }
+    }
+  }
+}
+
+void index_scores_dense(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t rows, const float* keys,
+                        int64_t n_keys, float* scores) {
+  std::vector<float> tile;
+  for (int64_t r = 0; r < rows; r += kQueryBlock) {
+    const int64_t nb = std::min(kQueryBlock, rows - r);
+    if (n_keys > 0) score_block(p, pr, row0 + r, nb, keys, n_keys, scores + r * n_keys, tile);
+  }
+}
+
+}  // namespace dsv4

@@ -1,0 +1,240 @@
+// The Layer: packs weights once, then runs chunks of one or many sequences
+// through the pipeline stages, each sequence through its own state.
+#include "dsv4/layer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "pipeline/pipeline.h"
+
+namespace dsv4 {
+namespace {
+
+// One sequence's chunk within a call.
+struct Job {
+  Job() = default;
+  Job(const float* x_, int64_t len_, LayerState* st_, float* out_, Intermediates* dbg_)
+      : x(x_), len(len_), st(st_), out(out_), dbg(dbg_) {}
+  const float* x = nullptr;
+  int64_t len = 0;
+  LayerState* st = nullptr;
+  float* out = nullptr;
+  Intermediates* dbg = nullptr;
+  // filled while running
+  int64_t row0 = 0, p0 = 0, n_cached = 0;
+  std::vector<float> kwin;     // [n_cached + len, D]: cached window rows, then this chunk's kv
+  std::vector<int32_t> topk;   // CSA: [len, width]
+  int64_t width = 0;
+};
+
+void check_finite(const float* x, int64_t n, const std::string& what) {
+  int64_t bad = 0, first = -1;
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(x[i])) {
+      if (first < 0) first = i;
+      ++bad;
+    }
+  if (bad) fail(what + ": " + std::to_string(bad) + " non-finite value(s), first at flat index " + std::to_string(first));
+}
+
+// Window rows this chunk may read: the cached last min(p0, W-1) rows in position order, then the new ones.
+void gather_window(const PackedLayer& p, const Projected& pr, Job& j) {
+  const int64_t hd = p.c.head_dim, slots = j.st->window_slots();
+  j.n_cached = std::min(j.p0, slots);
+  j.kwin.resize(static_cast<size_t>((j.n_cached + j.len) * hd));
+  for (int64_t i = 0; i < j.n_cached; ++i) {
+    const int64_t pos = j.p0 - j.n_cached + i;
+    std::memcpy(&j.kwin[i * hd], &j.st->window()[(pos % slots) * hd], hd * sizeof(float));
+  }
+  for (int64_t i = 0; i < j.len; ++i)
+    std::memcpy(&j.kwin[(j.n_cached + i) * hd], &pr.in[(j.row0 + i) * p.n_in + p.off_kv], hd * sizeof(float));
+}
+
+void keep_window(const PackedLayer& p, Job& j) {
+  const int64_t hd = p.c.head_dim, slots = j.st->window_slots(), end = j.p0 + j.len;
+  for (int64_t pos = std::max<int64_t>(j.p0 - j.n_cached, end - slots); pos < end; ++pos)
+    std::memcpy(&j.st->window()[(pos % slots) * hd], &j.kwin[(pos - (j.p0 - j.n_cached)) * hd], hd * sizeof(float));
+}
+
+void compress_and_index(const PackedLayer& p, const Projected& pr, const int64_t* pos, Job& j) {
+  const LayerWeights& w = *p.w;
+  if (w.compressor)
+    compress_feed(p, *w.compressor, j.st->compressor(), &pr.in[j.row0 * p.n_in + p.off_cc],
+                  &pr.in[j.row0 * p.n_in + p.off_cz], p.n_in, j.len);
+  if (!w.indexer) return;
+  CompressorState& ix = j.st->indexer();
+  compress_feed(p, w.indexer->compressor, ix, &pr.in[j.row0 * p.n_in + p.off_ic], &pr.in[j.row0 * p.n_in + p.off_iz],
+                p.n_in, j.len);
+  j.width = std::min(p.c.index_topk, ix.emitted);
+  j.topk.resize(static_cast<size_t>(j.len * j.width));
+  index_topk(p, pr, j.row0, j.len, pos + j.row0, ix.entries.data(), ix.emitted, j.width, j.topk.data());
+}
+
+void fill_debug(const PackedLayer& p, const Projected& pr, const Job& j) {
+  const Config& c = p.c;
+  const int64_t hd = c.head_dim, h_n = c.num_attention_heads, s = j.len;
+  Intermediates& d = *j.dbg;
+  d.q = Tensor({h_n, s, hd});
+  d.kv = Tensor({s, hd});
+  for (int64_t t = 0; t < s; ++t) {
+    for (int64_t h = 0; h < h_n; ++h)
+      std::memcpy(&d.q.data[(h * s + t) * hd], &pr.up[(j.row0 + t) * p.n_up + h * hd], hd * sizeof(float));
+    std::memcpy(&d.kv.data[t * hd], &j.kwin[(j.n_cached + t) * hd], hd * sizeof(float));
+  }
+  if (p.type == LayerType::sliding) return;
+  const CompressorState& cs = j.st->compressor();
+  d.compressed_kv = Tensor({cs.emitted, cs.width}, std::vector<float>(cs.entries.begin(), cs.entries.begin() + cs.emitted * cs.width));
+  if (!p.w->indexer) return;
+  const CompressorState& ix = j.st->indexer();
+  const int64_t hi = c.index_n_heads, di = c.index_head_dim, n_t = ix.emitted;
+  d.indexer_q = Tensor({s, hi, di});
+  for (int64_t t = 0; t < s; ++t)
+    std::memcpy(&d.indexer_q.data[t * hi * di], &pr.up[(j.row0 + t) * p.n_up + p.off_iq], hi * di * sizeof(float));
+  d.indexer_kv = Tensor({n_t, di}, std::vector<float>(ix.entries.begin(), ix.entries.begin() + n_t * di));
+  d.index_scores = Tensor({s, n_t});
+  index_scores_dense(p, pr, j.row0, s, ix.entries.data(), n_t, d.index_scores.ptr());
+  d.topk.shape = {s, j.width};
+  d.topk.data.assign(j.topk.begin(), j.topk.end());
+}
+
+void run(const PackedLayer& p, std::vector<Job>& jobs) {
+  const Config& c = p.c;
+  const int64_t d = c.hidden_size, hd = c.head_dim, h_n = c.num_attention_heads;
+  int64_t rows = 0;
+  for (Job& j : jobs) {
+    j.row0 = rows;
+    j.p0 = j.st->position();
+    rows += j.len;
+  }
+  std::vector<float> x(static_cast<size_t>(rows * d));
+  std::vector<int64_t> pos(static_cast<size_t>(rows));
+  std::vector<int32_t> job_of(static_cast<size_t>(rows));
+  for (size_t k = 0; k < jobs.size(); ++k) {
+    const Job& j = jobs[k];
+    std::memcpy(&x[j.row0 * d], j.x, j.len * d * sizeof(float));
+    for (int64_t i = 0; i < j.len; ++i) {
+      pos[j.row0 + i] = j.p0 + i;
+      job_of[j.row0 + i] = static_cast<int32_t>(k);
+    }
+  }
+  check_finite(x.data(), rows * d, "input hidden_states");
+
+  Projected pr;
+  project(p, x.data(), rows, pos.data(), pr);
+  for (Job& j : jobs) {
+    gather_window(p, pr, j);
+    compress_and_index(p, pr, pos.data(), j);
+  }
+
+  // Attention over (row, head block) units so that a single decoded token still uses every thread.
+  const int64_t head_block = std::max<int64_t>(1, std::min<int64_t>(h_n, 8));
+  const int64_t n_hb = (h_n + head_block - 1) / head_block;
+  std::vector<float> o(static_cast<size_t>(rows * h_n * hd));
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t u = 0; u < rows * n_hb; ++u) {
+    const int64_t r = u / n_hb, hb = u % n_hb;
+    const Job& j = jobs[job_of[r]];
+    const int64_t t = pos[r], at = j.n_cached + (r - j.row0);  // row of t in kwin
+    const int64_t lo = std::max<int64_t>(0, at - c.sliding_window + 1);
+    KeySet ks;
+    ks.window = &j.kwin[lo * hd];
+    ks.n_window = at - lo + 1;
+    const CompressorState& cs = j.st->compressor();
+    ks.entries = cs.entries.data();
+    if (p.type == LayerType::hca) ks.n_entries = std::min(cs.emitted, (t + 1) / p.rate);
+    if (p.type == LayerType::csa) {
+      ks.selected = &j.topk[(r - j.row0) * j.width];
+      ks.n_entries = j.width;
+    }
+    attend(p, &pr.up[r * p.n_up], ks, hb * head_block, std::min(h_n, (hb + 1) * head_block), &o[r * h_n * hd]);
+  }
+
+  std::vector<float> out(static_cast<size_t>(rows * d));
+  output_project(p, o.data(), rows, pos.data(), out.data());
+  for (Job& j : jobs) {
+    std::memcpy(j.out, &out[j.row0 * d], j.len * d * sizeof(float));
+    if (j.dbg) fill_debug(p, pr, j);
+    keep_window(p, j);
+    j.st->advance(j.len);
+  }
+}
+
+}  // namespace
+
+Layer::Layer(Config config, LayerType type, LayerWeights weights)
+    : config_(std::move(config)), type_(type), weights_(std::move(weights)) {
+  config_.validate();
+  validate_weights(weights_, config_, type_);
+  packed_ = std::make_unique<PackedLayer>(pack_layer(config_, type_, weights_));
+}
+
+Layer::~Layer() = default;
+Layer::Layer(Layer&& o) noexcept
+    : config_(std::move(o.config_)), type_(o.type_), weights_(std::move(o.weights_)), packed_(std::move(o.packed_)) {
+  if (packed_) packed_->w = &weights_;
+}
+Layer& Layer::operator=(Layer&& o) noexcept {
+  config_ = std::move(o.config_);
+  type_ = o.type_;
+  weights_ = std::move(o.weights_);
+  packed_ = std::move(o.packed_);
+  if (packed_) packed_->w = &weights_;
+  return *this;
+}
+
+LayerState Layer::new_state() const { return LayerState(config_, type_); }
+
+Tensor Layer::forward(const Tensor& x, std::vector<Intermediates>* debug) const {
+  if (x.shape.size() != 3 || x.dim(2) != config_.hidden_size)
+    fail("input hidden_states: expected shape [B, S, " + std::to_string(config_.hidden_size) + "], got " +
+         shape_str(x.shape));
+  const int64_t b = x.dim(0), s = x.dim(1), d = x.dim(2);
+  std::vector<LayerState> states(static_cast<size_t>(b), new_state());
+  Tensor out({b, s, d});
+  if (debug) debug->assign(static_cast<size_t>(b), {});
+  std::vector<Job> jobs(static_cast<size_t>(b));
+  for (int64_t i = 0; i < b; ++i)
+    jobs[i] = Job(x.ptr() + i * s * d, s, &states[i], out.ptr() + i * s * d, debug ? &(*debug)[i] : nullptr);
+  if (s > 0) run(*packed_, jobs);
+  return out;
+}
+
+Tensor Layer::forward(const Tensor& x, LayerState& state, Intermediates* debug) const {
+  const Tensor* xs[] = {&x};
+  LayerState* sts[] = {&state};
+  std::vector<Intermediates> dbg;
+  std::vector<Tensor> out = forward_batch(xs, sts, debug ? &dbg : nullptr);
+  if (debug) *debug = std::move(dbg[0]);
+  return std::move(out[0]);
+}
+
+std::vector<Tensor> Layer::forward_batch(std::span<const Tensor* const> xs, std::span<LayerState* const> states,
+                                         std::vector<Intermediates>* debug) const {
+  if (xs.size() != states.size())
+    fail("forward_batch: " + std::to_string(xs.size()) + " inputs but " + std::to_string(states.size()) + " states");
+  const int64_t d = config_.hidden_size;
+  std::vector<Tensor> outs(xs.size());
+  std::vector<Job> jobs;
+  if (debug) debug->assign(xs.size(), {});
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const Tensor& x = *xs[i];
+    const bool ok = (x.shape.size() == 2 && x.dim(1) == d) || (x.shape.size() == 3 && x.dim(0) == 1 && x.dim(2) == d);
+    if (!ok)
+      fail("chunk " + std::to_string(i) + ": expected shape [S, " + std::to_string(d) + "] or [1, S, " +
+           std::to_string(d) + "], got " + shape_str(x.shape));
+    if (states[i]->type() != type_ || states[i]->head_dim() != config_.head_dim ||
+        states[i]->window_slots() != config_.sliding_window - 1)
+      fail("chunk " + std::to_string(i) + ": state was made for another layer (type " +
+           std::string(layer_type_name(states[i]->type())) + ")");
+    for (size_t k = 0; k < i; ++k)
+      if (states[k] == states[i]) fail("forward_batch: the same state is given twice");
+    const int64_t s = x.numel() / d;
+    outs[i] = Tensor({s, d});
+    if (s > 0) jobs.emplace_back(x.ptr(), s, states[i], outs[i].ptr(), debug ? &(*debug)[i] : nullptr);
+  }
+  if (!jobs.empty()) run(*packed_, jobs);
+  return outs;
+}
+
+}  // namespace dsv4

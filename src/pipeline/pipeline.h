@@ -1,0 +1,69 @@
+// The fast path's stages, in pipeline order. Internal to the library.
+//
+//   project  : one fused GEMM for everything that reads x, one for everything
+//              that reads c_q; norms and RoPE per row
+//   compress : pool complete windows into entries (state carries the rest)
+//   index    : CSA lightning indexer scores + top-k per query
+//   attend   : gather window + compressed keys, online softmax with the sink
+//   output   : de-rotate, grouped projection, o_b projection
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "dsv4/config.h"
+#include "dsv4/state.h"
+#include "dsv4/weights.h"
+
+namespace dsv4 {
+
+struct PackedLayer {
+  Config c;
+  LayerType type = LayerType::sliding;
+  int64_t rate = 0;  // compress rate (0: sliding)
+  std::vector<float> inv_freq;
+  // x-side fused weight rows [W_qa; W_kv; W_ckv; W_cg; W_Ikv; W_Ig; W_w]: [n_in, d]
+  std::vector<float> w_in;
+  int64_t n_in = 0, off_kv = 0, off_cc = 0, off_cz = 0, off_ic = 0, off_iz = 0, off_w = 0;
+  // c_q-side fused weight rows [W_qb; W_Iqb]: [n_up, r_q]
+  std::vector<float> w_up;
+  int64_t n_up = 0, off_iq = 0;
+  const LayerWeights* w = nullptr;  // norms, biases, sinks, output projections
+};
+
+PackedLayer pack_layer(const Config& c, LayerType t, const LayerWeights& w);
+
+// Activations of `rows` tokens (all chunks of a call, concatenated).
+struct Projected {
+  int64_t rows = 0;
+  std::vector<float> in;  // [rows, n_in]: c_q (normed) | kv (normed, roped) | C, Z | C_I, Z_I | head weights (scaled)
+  std::vector<float> up;  // [rows, n_up]: q (normed, roped) | indexer q (roped)
+};
+void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* pos, Projected& out);
+
+// Feed n tokens' C/Z rows (row stride ld) into a compressor; emits the entries
+// of windows that complete. Returns how many were emitted.
+int64_t compress_feed(const PackedLayer& p, const CompressorWeights& w, CompressorState& st, const float* c_rows,
+                      const float* z_rows, int64_t ld, int64_t n);
+
+// CSA indexer for `rows` queries: top-k eligible entries, best first, -1-padded to `width`.
+void index_topk(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t rows, const int64_t* pos,
+                const float* keys, int64_t n_keys, int64_t width, int32_t* topk);
+// Debug: raw scores of every (query, entry) pair, [rows, n_keys].
+void index_scores_dense(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t rows, const float* keys,
+                        int64_t n_keys, float* scores);
+
+// Keys one query attends to: a run of window rows and a list of compressed entries.
+struct KeySet {
+  const float* window = nullptr;  // first visible window row
+  int64_t n_window = 0;
+  const float* entries = nullptr;  // compressed entries [T, D]
+  const int32_t* selected = nullptr;  // CSA: indices into entries (-1 = empty); null: the first n_entries
+  int64_t n_entries = 0;
+};
+// o[h_begin..h_end) of one query = softmax-with-sink attention over the key set.
+void attend(const PackedLayer& p, const float* q, const KeySet& keys, int64_t h_begin, int64_t h_end, float* o);
+
+// De-rotate o [rows, H*D] at its positions, then out = o_b(o_a_grouped(o)).
+void output_project(const PackedLayer& p, float* o, int64_t rows, const int64_t* pos, float* out);
+
+}  // namespace dsv4

@@ -1,0 +1,130 @@
+// Fast path == naive reference on many random configurations and shapes:
+// odd S, S = 1, S < W, S < m, T < k and T > k, batch 1-3, every layer type,
+// several thread counts (and bit-identical results across thread counts).
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "dsv4/layer.h"
+#include "reference.h"
+#include "test_util.h"
+
+namespace dsv4 {
+namespace {
+
+struct Case {
+  Config c;
+  LayerType type;
+  int64_t batch, seq;
+};
+
+Case random_case(std::mt19937& rng, LayerType type) {
+  auto pick = [&](std::initializer_list<int64_t> v) { return *(v.begin() + rng() % v.size()); };
+  Case k{test::small_config(), type, 1 + static_cast<int64_t>(rng() % 3), 0};
+  Config& c = k.c;
+  c.hidden_size = pick({16, 24, 32});
+  c.num_attention_heads = pick({1, 2, 3, 4});
+  c.head_dim = pick({8, 16, 24});
+  c.qk_rope_head_dim = pick({2, 4, 8});
+  c.q_lora_rank = pick({8, 12, 16});
+  c.o_groups = c.num_attention_heads % 2 == 0 ? pick({1, 2}) : 1;
+  c.o_lora_rank = pick({4, 8});
+  c.sliding_window = pick({1, 2, 3, 5, 8, 16});
+  c.compress_rate_csa = pick({1, 2, 3, 4});
+  c.compress_rate_hca = pick({2, 3, 5, 8});
+  c.index_n_heads = pick({1, 2, 4});
+  c.index_head_dim = c.qk_rope_head_dim * pick({1, 2, 3});
+  c.index_topk = pick({1, 2, 3, 5, 8});
+  c.rope_scaling.original_max_position_embeddings = pick({16, 64});
+  // Short and long sequences: S = 1, S < W, S < m, odd, T both below and above k.
+  k.seq = pick({1, 2, 3, 5, 7}) + static_cast<int64_t>(rng() % 2 ? rng() % 40 : 0);
+  return k;
+}
+
+// True if some query has more eligible entries than k and its k-th and (k+1)-th
+// best reference scores are too close for two fp32 implementations to agree on.
+bool ambiguous_topk(const Case& k, const std::vector<Intermediates>& dbg) {
+  if (k.type != LayerType::csa) return false;
+  for (const Intermediates& d : dbg) {
+    const int64_t s = d.index_scores.dim(0), n_t = d.index_scores.dim(1);
+    for (int64_t t = 0; t < s; ++t) {
+      const int64_t elig = std::min(n_t, (t + 1) / k.c.compress_rate_csa);
+      if (elig <= k.c.index_topk) continue;
+      std::vector<float> v(&d.index_scores.data[t * n_t], &d.index_scores.data[t * n_t] + elig);
+      std::sort(v.begin(), v.end(), std::greater<>());
+      const float a = v[k.c.index_topk - 1], b = v[k.c.index_topk];
+      if (a - b <= 1e-4f * std::max(std::fabs(a), std::fabs(b)) + 1e-6f) return true;
+    }
+  }
+  return false;
+}
+
+TEST(RandomParity, FastEqualsReferenceOnManyShapes) {
+  std::mt19937 rng(20261126);
+  const LayerType types[] = {LayerType::sliding, LayerType::csa, LayerType::hca};
+  int cases = 0, redraws = 0;
+  const int saved_threads = omp_get_max_threads();
+  for (int i = 0; cases < 240; ++i) {
+    Case k = random_case(rng, types[i % 3]);
+    ASSERT_NO_THROW(k.c.validate());
+    const LayerWeights w = test::random_weights(k.c, k.type, rng);
+    const Tensor x = test::random_tensor({k.batch, k.seq, k.c.hidden_size}, rng, 2.0f);
+    std::vector<Intermediates> rdbg;
+    const Tensor ref = reference::forward(k.c, k.type, w, x, &rdbg);
+    if (ambiguous_topk(k, rdbg)) {  // like the golden generator: redraw near-ties at the k boundary
+      ASSERT_LT(++redraws, 100);
+      continue;
+    }
+    ++cases;
+    const Layer layer(k.c, k.type, w);
+    const int threads = 1 + cases % 3;
+    omp_set_num_threads(threads);
+    std::vector<Intermediates> dbg;
+    const Tensor y = layer.forward(x, &dbg);
+    omp_set_num_threads(saved_threads);
+    SCOPED_TRACE("case " + std::to_string(cases) + " type " + std::string(layer_type_name(k.type)) + " B=" +
+                 std::to_string(k.batch) + " S=" + std::to_string(k.seq) + " threads=" + std::to_string(threads));
+    ASSERT_TRUE(test::all_close(y, ref, 1e-5, 1e-5));
+    for (size_t b = 0; b < dbg.size(); ++b) {
+      EXPECT_TRUE(test::all_close(dbg[b].q, rdbg[b].q, 1e-5, 1e-5));
+      EXPECT_TRUE(test::all_close(dbg[b].kv, rdbg[b].kv, 1e-5, 1e-5));
+      EXPECT_TRUE(test::all_close(dbg[b].compressed_kv, rdbg[b].compressed_kv, 1e-5, 1e-5));
+      if (k.type != LayerType::csa) continue;
+      EXPECT_TRUE(test::all_close(dbg[b].index_scores, rdbg[b].index_scores, 1e-5, 1e-5));
+      ASSERT_EQ(dbg[b].topk.shape, rdbg[b].topk.shape);
+      const int64_t width = dbg[b].topk.shape[1];
+      for (int64_t t = 0; t < k.seq; ++t) {
+        std::vector<int64_t> a(dbg[b].topk.data.begin() + t * width, dbg[b].topk.data.begin() + (t + 1) * width);
+        std::vector<int64_t> r(rdbg[b].topk.data.begin() + t * width, rdbg[b].topk.data.begin() + (t + 1) * width);
+        std::sort(a.begin(), a.end());
+        std::sort(r.begin(), r.end());
+        EXPECT_EQ(a, r) << "query " << t;
+      }
+    }
+  }
+  EXPECT_EQ(cases, 240);
+}
+
+TEST(RandomParity, BitIdenticalForAnyThreadCount) {
+  std::mt19937 rng(7);
+  const int saved_threads = omp_get_max_threads();
+  for (LayerType t : {LayerType::sliding, LayerType::csa, LayerType::hca}) {
+    Config c = test::small_config();
+    const Layer layer(c, t, test::random_weights(c, t, rng));
+    const Tensor x = test::random_tensor({2, 67, c.hidden_size}, rng, 2.0f);
+    omp_set_num_threads(1);
+    const Tensor y1 = layer.forward(x);
+    for (int threads : {2, 3, 4}) {
+      omp_set_num_threads(threads);
+      const Tensor y = layer.forward(x);
+      EXPECT_EQ(0, std::memcmp(y.ptr(), y1.ptr(), y1.data.size() * sizeof(float)))
+          << layer_type_name(t) << " with " << threads << " threads";
+    }
+  }
+  omp_set_num_threads(saved_threads);
+}
+
+}  // namespace
+}  // namespace dsv4

@@ -1,0 +1,93 @@
+#include "test_util.h"
+
+#include <cmath>
+
+namespace dsv4::test {
+
+std::string data_path(const std::string& rel) { return std::string(DSV4_TEST_DATA) + "/" + rel; }
+
+Tensor random_tensor(Shape shape, std::mt19937& rng, float scale) {
+  Tensor t(std::move(shape));
+  std::uniform_real_distribution<float> u(-scale, scale);
+  for (float& v : t.data) v = u(rng);
+  return t;
+}
+
+namespace {
+Tensor linear(int64_t out, int64_t in, std::mt19937& rng) {
+  return random_tensor({out, in}, rng, static_cast<float>(std::sqrt(3.0 / static_cast<double>(in))));
+}
+Tensor norm_weight(int64_t n, std::mt19937& rng) {
+  Tensor t = random_tensor({n}, rng, 0.2f);
+  for (float& v : t.data) v += 1.0f;
+  return t;
+}
+CompressorWeights compressor(int64_t in_w, int64_t width, int64_t rate, int64_t d, std::mt19937& rng) {
+  return {linear(in_w, d, rng), linear(in_w, d, rng), random_tensor({rate, in_w}, rng, 0.5f), norm_weight(width, rng)};
+}
+}  // namespace
+
+LayerWeights random_weights(const Config& c, LayerType t, std::mt19937& rng) {
+  const int64_t d = c.hidden_size, hd = c.head_dim, h = c.num_attention_heads, g = c.o_groups;
+  LayerWeights w;
+  w.q_a_proj = linear(c.q_lora_rank, d, rng);
+  w.q_a_norm = norm_weight(c.q_lora_rank, rng);
+  w.q_b_proj = linear(h * hd, c.q_lora_rank, rng);
+  w.kv_proj = linear(hd, d, rng);
+  w.kv_norm = norm_weight(hd, rng);
+  w.o_a_proj = linear(g * c.o_lora_rank, h * hd / g, rng);
+  w.o_b_proj = linear(d, g * c.o_lora_rank, rng);
+  w.sinks = random_tensor({h}, rng, 1.0f);
+  if (t == LayerType::csa) {
+    w.compressor = compressor(2 * hd, hd, c.compress_rate_csa, d, rng);
+    IndexerWeights ix;
+    ix.compressor = compressor(2 * c.index_head_dim, c.index_head_dim, c.compress_rate_csa, d, rng);
+    ix.q_b_proj = linear(c.index_n_heads * c.index_head_dim, c.q_lora_rank, rng);
+    ix.weights_proj = linear(c.index_n_heads, d, rng);
+    w.indexer = std::move(ix);
+  } else if (t == LayerType::hca) {
+    w.compressor = compressor(hd, hd, c.compress_rate_hca, d, rng);
+  }
+  return w;
+}
+
+Config small_config() {
+  Config c;
+  c.hidden_size = 64;
+  c.num_attention_heads = 4;
+  c.head_dim = 32;
+  c.qk_rope_head_dim = 8;
+  c.q_lora_rank = 32;
+  c.o_groups = 2;
+  c.o_lora_rank = 16;
+  c.sliding_window = 8;
+  c.compress_rate_csa = 4;
+  c.compress_rate_hca = 8;
+  c.index_n_heads = 4;
+  c.index_head_dim = 16;
+  c.index_topk = 3;
+  c.rope_scaling.factor = 16;
+  c.rope_scaling.original_max_position_embeddings = 64;
+  return c;
+}
+
+::testing::AssertionResult all_close(const float* ours, const Tensor& ref, double atol, double rtol) {
+  int64_t worst = -1;
+  double worst_excess = 0;
+  for (int64_t i = 0; i < ref.numel(); ++i) {
+    const double d = std::fabs(static_cast<double>(ours[i]) - ref.data[i]);
+    const double excess = d - (atol + rtol * std::fabs(ref.data[i]));
+    if (!(excess <= 0) && (worst < 0 || excess > worst_excess)) worst = i, worst_excess = excess;
+  }
+  if (worst < 0) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "element " << worst << " of " << shape_str(ref.shape) << ": ours "
+                                       << ours[worst] << " vs ref " << ref.data[worst];
+}
+
+::testing::AssertionResult all_close(const Tensor& ours, const Tensor& ref, double atol, double rtol) {
+  if (ours.shape != ref.shape)
+    return ::testing::AssertionFailure() << "shape " << shape_str(ours.shape) << " vs " << shape_str(ref.shape);
+  return all_close(ours.ptr(), ref, atol, rtol);
+}
+
+}  // namespace dsv4::test
