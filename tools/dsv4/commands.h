@@ -1,11 +1,14 @@
-// Sub-commands of the dsv4 tool.
+// Sub-commands of the dsv4 tool. Each file registers its own sub-command and
+// options on the app; the callback stores the process exit code in `rc`.
 #pragma once
-#include <string>
-#include <vector>
+#include <CLI/CLI.hpp>
 
 namespace dsv4::cli {
 
-// Prints one line per case and, last, exactly "N passed, M failed". Returns M.
-int verify(const std::vector<std::string>& files, bool verbose);
+void add_verify(CLI::App& app, int& rc);      // verify.cpp
+void add_info(CLI::App& app, int& rc);        // info.cpp
+void add_run(CLI::App& app, int& rc);         // run.cpp
+void add_bench(CLI::App& app, int& rc);       // bench.cpp
+void add_state_size(CLI::App& app, int& rc);  // state_size.cpp
 
 }  // namespace dsv4::cli

@@ -1,27 +1,26 @@
 // dsv4: DeepSeek-V4 attention layers on CPU.
-#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <exception>
 
 #include "commands.h"
+#include "dsv4/error.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"dsv4: DeepSeek-V4 attention layers (sliding window, CSA, HCA) on CPU"};
   app.require_subcommand(1);
-
-  std::vector<std::string> files;
-  bool verbose = false;
-  CLI::App* verify = app.add_subcommand(
-      "verify", "Run conformance files through the fast path and compare every output with the reference");
-  verify->add_option("files", files, "conformance .safetensors files")->required()->check(CLI::ExistingFile);
-  verify->add_flag("-v,--verbose", verbose, "list every failed check");
-
-  CLI11_PARSE(app, argc, argv);
+  int rc = 0;
+  dsv4::cli::add_verify(app, rc);
+  dsv4::cli::add_info(app, rc);
+  dsv4::cli::add_run(app, rc);
+  dsv4::cli::add_bench(app, rc);
+  dsv4::cli::add_state_size(app, rc);
   try {
-    if (*verify) return dsv4::cli::verify(files, verbose) == 0 ? 0 : 1;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "dsv4: %s\n", e.what());
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const std::exception& e) {  // dsv4::Error and anything else: a message, never an abort
+    std::fprintf(stderr, "dsv4: error: %s\n", e.what());
     return 2;
   }
-  return 0;
+  return rc;
 }

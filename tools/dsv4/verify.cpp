@@ -1,10 +1,14 @@
+// dsv4 verify FILE...: conformance files through the fast path.
+#include <algorithm>
 #include <cstdio>
 
 #include "commands.h"
 #include "dsv4/conformance.h"
 
 namespace dsv4::cli {
+namespace {
 
+// One line per case; last line exactly "N passed, M failed". Returns M.
 int verify(const std::vector<std::string>& files, bool verbose) {
   int passed = 0, failed = 0;
   double worst_abs = 0, worst_rel = 0;
@@ -19,9 +23,22 @@ int verify(const std::vector<std::string>& files, bool verbose) {
     for (size_t i = 0; i < shown; ++i) std::printf("     %s\n", r.failures[i].c_str());
     if (shown < r.failures.size()) std::printf("     ... %zu more (use --verbose)\n", r.failures.size() - shown);
   }
-  std::printf("suite max_abs %.3e  max_rel %.3e\n", worst_abs, worst_rel);
+  std::printf("suite: max_abs %.3e  max_rel %.3e (rel over |ref| >= 1e-3)\n", worst_abs, worst_rel);
   std::printf("%d passed, %d failed\n", passed, failed);
   return failed;
+}
+
+}  // namespace
+
+void add_verify(CLI::App& app, int& rc) {
+  auto* cmd = app.add_subcommand(
+      "verify", "Run conformance files through the fast path; compare every output (|ours-ref| <= 1e-5 + 1e-5|ref|) "
+                "and the CSA top-k sets");
+  auto files = std::make_shared<std::vector<std::string>>();
+  auto verbose = std::make_shared<bool>(false);
+  cmd->add_option("files", *files, "conformance .safetensors files")->required()->check(CLI::ExistingFile);
+  cmd->add_flag("-v,--verbose", *verbose, "list every failed check");
+  cmd->callback([&rc, files, verbose] { rc = verify(*files, *verbose) == 0 ? 0 : 1; });
 }
 
 }  // namespace dsv4::cli
