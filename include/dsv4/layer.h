@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "dsv4/config.h"
+#include "dsv4/profile.h"
 #include "dsv4/state.h"
 #include "dsv4/tensor.h"
 #include "dsv4/weights.h"
@@ -42,19 +43,24 @@ class Layer {
 
   // One-shot forward over x [B, S, d] at positions 0..S-1 -> [B, S, d].
   // If `debug` is given it is resized to B and filled.
-  Tensor forward(const Tensor& x, std::vector<Intermediates>* debug = nullptr) const;
+  // Long inputs run in chunks of at most kPrefillChunk tokens through a state,
+  // which bounds activation memory (debug output disables the split).
+  Tensor forward(const Tensor& x, std::vector<Intermediates>* debug = nullptr, StageTimes* times = nullptr) const;
 
   // A new empty decode state for one sequence.
   LayerState new_state() const;
 
   // Feed one chunk x [S, d] (or [1, S, d]) of one sequence through its state;
   // positions continue from state.position(). Returns [S, d].
-  Tensor forward(const Tensor& x, LayerState& state, Intermediates* debug = nullptr) const;
+  Tensor forward(const Tensor& x, LayerState& state, Intermediates* debug = nullptr,
+                 StageTimes* times = nullptr) const;
 
   // A serving engine's step: several sequences, each with its own state and
   // chunk length (ragged), computed in one call. xs[i] is [S_i, d].
   std::vector<Tensor> forward_batch(std::span<const Tensor* const> xs, std::span<LayerState* const> states,
-                                    std::vector<Intermediates>* debug = nullptr) const;
+                                    std::vector<Intermediates>* debug = nullptr, StageTimes* times = nullptr) const;
+
+  static constexpr int64_t kPrefillChunk = 2048;
 
  private:
   Config config_;

@@ -1,64 +1,59 @@
-// Stage 4: sparse gather attention with the sink. One query's visible keys
-// (its window run plus the compressed entries it may see) are gathered by
-// pointer, never masked: the work is O(W + k) per query and head.
+// Stage 4: sparse gather attention with the sink. K = V is one shared head
+// (MQA), so for one query every head reads the same keys: the logits of a
+// block of heads are one GEMM [heads, D] x [keys, D]^T and the output one GEMM
+// [heads, keys] x [keys, D]. Window keys and HCA entries are contiguous runs
+// and are read in place; CSA's selected entries are gathered (in index order).
+// Work and memory are O(W + k) per query; nothing is masked.
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
-#include "ops/vec.h"
+#include "ops/blas.h"
 #include "pipeline/pipeline.h"
 
 namespace dsv4 {
-namespace {
-
-constexpr int64_t kKeyBlock = 16;  // keys per online-softmax step (32 KB at D = 512)
-
-}  // namespace
 
 void attend(const PackedLayer& p, const float* q, const KeySet& keys, int64_t h_begin, int64_t h_end, float* o) {
   const int64_t hd = p.c.head_dim, nh = h_end - h_begin;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   const float* sinks = p.w->sinks.ptr();
 
-  thread_local std::vector<const float*> ptr;
-  thread_local std::vector<float> mx, den, logit;
-  ptr.clear();
-  for (int64_t j = 0; j < keys.n_window; ++j) ptr.push_back(keys.window + j * hd);
-  for (int64_t j = 0; j < keys.n_entries; ++j) {
-    const int64_t e = keys.selected ? keys.selected[j] : j;
-    if (e >= 0) ptr.push_back(keys.entries + e * hd);
+  // The compressed run: in place (HCA) or gathered (CSA selection; -1 = empty slot).
+  thread_local std::vector<float> gathered, logits;
+  thread_local std::vector<int32_t> picked;
+  const float* entries = keys.entries;
+  int64_t n_e = keys.n_entries;
+  if (keys.selected) {
+    picked.assign(keys.selected, keys.selected + keys.n_entries);
+    picked.erase(std::remove(picked.begin(), picked.end(), -1), picked.end());
+    std::sort(picked.begin(), picked.end());  // the key set is a set; index order reads memory forward
+    n_e = static_cast<int64_t>(picked.size());
+    gathered.resize(static_cast<size_t>(n_e * hd));
+    for (int64_t j = 0; j < n_e; ++j) std::copy_n(keys.entries + picked[j] * hd, hd, &gathered[j * hd]);
+    entries = gathered.data();
   }
-  const int64_t n = static_cast<int64_t>(ptr.size());
+  const int64_t nw = keys.n_window, n = nw + n_e;
+  logits.resize(static_cast<size_t>(nh * n));
 
-  // Online softmax per head, starting from the sink: max = s_h, mass = exp(0) = 1.
-  mx.assign(sinks + h_begin, sinks + h_end);
-  den.assign(static_cast<size_t>(nh), 1.0f);
-  logit.resize(kKeyBlock);
-  std::fill(o + h_begin * hd, o + h_end * hd, 0.0f);
-  for (int64_t j0 = 0; j0 < n; j0 += kKeyBlock) {
-    const int64_t nb = std::min(kKeyBlock, n - j0);
-    for (int64_t h = 0; h < nh; ++h) {
-      const float* qh = q + (h_begin + h) * hd;
-      float* oh = o + (h_begin + h) * hd;
-      float m = mx[h];
-      for (int64_t j = 0; j < nb; ++j) {
-        logit[j] = vec::dot(qh, ptr[j0 + j], hd) * scale;
-        m = std::max(m, logit[j]);
-      }
-      if (m > mx[h]) {  // rescale what was accumulated under the old max
-        const float alpha = std::exp(mx[h] - m);
-        den[h] *= alpha;
-        vec::scale(oh, alpha, hd);
-        mx[h] = m;
-      }
-      for (int64_t j = 0; j < nb; ++j) {
-        const float pj = std::exp(logit[j] - m);
-        den[h] += pj;
-        vec::axpy(oh, pj, ptr[j0 + j], hd);
-      }
-    }
+  const float* qh = q + h_begin * hd;
+  gemm_nt(nh, nw, hd, qh, hd, keys.window, hd, logits.data(), n);
+  gemm_nt(nh, n_e, hd, qh, hd, entries, hd, logits.data() + nw, n);
+
+  // Softmax per head over the keys plus the sink logit s_h, which takes mass but adds no value.
+  for (int64_t h = 0; h < nh; ++h) {
+    float* l = &logits[h * n];
+    const float sink = sinks[h_begin + h];
+    float mx = sink;
+    for (int64_t j = 0; j < n; ++j) mx = std::max(mx, l[j] *= scale);
+    float den = std::exp(sink - mx);
+    for (int64_t j = 0; j < n; ++j) den += (l[j] = std::exp(l[j] - mx));
+    const float inv = 1.0f / den;
+    for (int64_t j = 0; j < n; ++j) l[j] *= inv;
   }
-  for (int64_t h = 0; h < nh; ++h) vec::scale(o + (h_begin + h) * hd, 1.0f / den[h], hd);
+
+  float* oh = o + h_begin * hd;
+  gemm_nn(nh, hd, nw, logits.data(), n, keys.window, hd, oh, hd);
+  gemm_nn(nh, hd, n_e, logits.data() + nw, n, entries, hd, oh, hd, 1.0f);
 }
 
 }  // namespace dsv4

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <numeric>
 
+#include <omp.h>
+
 #include "ops/blas.h"
 #include "pipeline/pipeline.h"
 
@@ -55,10 +57,12 @@ void select_topk(const float* scores, int64_t n, int64_t width, int64_t out_widt
 }  // namespace
 
 void index_topk(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t rows, const int64_t* pos,
-                const float* keys, int64_t n_keys, int64_t width, int32_t* topk) {
+                const float* keys, int64_t n_keys, int64_t width, int32_t* topk, double* score_s, double* select_s) {
   const int64_t m = p.c.compress_rate_csa, k = p.c.index_topk;
   const int64_t n_blocks = (rows + kQueryBlock - 1) / kQueryBlock;
-#pragma omp parallel
+  const double start = omp_get_wtime();
+  double busy_score = 0, busy_select = 0;  // thread-seconds, to split the wall time
+#pragma omp parallel reduction(+ : busy_score, busy_select)
   {
     std::vector<float> tile, scores;
     std::vector<int32_t> idx;
@@ -68,13 +72,20 @@ void index_topk(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t
       // The block's last query sees the most entries; earlier ones ignore the surplus.
       const int64_t n_cols = std::min(n_keys, (pos[r0 + nb - 1] + 1) / m);
       scores.resize(static_cast<size_t>(nb * std::max<int64_t>(n_cols, 1)));
+      const double t0 = omp_get_wtime();
       if (n_cols > 0) score_block(p, pr, row0 + r0, nb, keys, n_cols, scores.data(), tile);
+      const double t1 = omp_get_wtime();
       for (int64_t i = 0; i < nb; ++i) {
         const int64_t eligible = std::min(n_keys, (pos[r0 + i] + 1) / m);
         select_topk(scores.data() + i * n_cols, eligible, k, width, topk + (r0 + i) * width, idx);
       }
+      busy_score += t1 - t0;
+      busy_select += omp_get_wtime() - t1;
     }
   }
+  const double wall = omp_get_wtime() - start, busy = busy_score + busy_select;
+  *score_s += busy > 0 ? wall * busy_score / busy : 0;
+  *select_s += busy > 0 ? wall * busy_select / busy : 0;
 }
 
 void index_scores_dense(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t rows, const float* keys,

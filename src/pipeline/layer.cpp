@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstring>
 
+#include <omp.h>
+
 #include "pipeline/pipeline.h"
 
 namespace dsv4 {
@@ -57,18 +59,36 @@ void keep_window(const PackedLayer& p, Job& j) {
     std::memcpy(&j.st->window()[(pos % slots) * hd], &j.kwin[(pos - (j.p0 - j.n_cached)) * hd], hd * sizeof(float));
 }
 
-void compress_and_index(const PackedLayer& p, const Projected& pr, const int64_t* pos, Job& j) {
+// Accumulates wall time into one StageTimes field (if timing is on).
+class Stage {
+ public:
+  Stage(StageTimes* t, double StageTimes::*field) : t_(t), field_(field), start_(omp_get_wtime()) {}
+  ~Stage() {
+    if (t_) t_->*field_ += omp_get_wtime() - start_;
+  }
+
+ private:
+  StageTimes* t_;
+  double StageTimes::*field_;
+  double start_;
+};
+
+void compress(const PackedLayer& p, const Projected& pr, Job& j) {
   const LayerWeights& w = *p.w;
   if (w.compressor)
     compress_feed(p, *w.compressor, j.st->compressor(), &pr.in[j.row0 * p.n_in + p.off_cc],
                   &pr.in[j.row0 * p.n_in + p.off_cz], p.n_in, j.len);
-  if (!w.indexer) return;
-  CompressorState& ix = j.st->indexer();
-  compress_feed(p, w.indexer->compressor, ix, &pr.in[j.row0 * p.n_in + p.off_ic], &pr.in[j.row0 * p.n_in + p.off_iz],
-                p.n_in, j.len);
+  if (w.indexer)
+    compress_feed(p, w.indexer->compressor, j.st->indexer(), &pr.in[j.row0 * p.n_in + p.off_ic],
+                  &pr.in[j.row0 * p.n_in + p.off_iz], p.n_in, j.len);
+}
+
+void index(const PackedLayer& p, const Projected& pr, const int64_t* pos, Job& j, StageTimes& t) {
+  const CompressorState& ix = j.st->indexer();
   j.width = std::min(p.c.index_topk, ix.emitted);
   j.topk.resize(static_cast<size_t>(j.len * j.width));
-  index_topk(p, pr, j.row0, j.len, pos + j.row0, ix.entries.data(), ix.emitted, j.width, j.topk.data());
+  index_topk(p, pr, j.row0, j.len, pos + j.row0, ix.entries.data(), ix.emitted, j.width, j.topk.data(),
+             &t.index_scores, &t.topk);
 }
 
 void fill_debug(const PackedLayer& p, const Projected& pr, const Job& j) {
@@ -98,7 +118,7 @@ void fill_debug(const PackedLayer& p, const Projected& pr, const Job& j) {
   d.topk.data.assign(j.topk.begin(), j.topk.end());
 }
 
-void run(const PackedLayer& p, std::vector<Job>& jobs) {
+void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
   const Config& c = p.c;
   const int64_t d = c.hidden_size, hd = c.head_dim, h_n = c.num_attention_heads;
   int64_t rows = 0;
@@ -121,42 +141,80 @@ void run(const PackedLayer& p, std::vector<Job>& jobs) {
   check_finite(x.data(), rows * d, "input hidden_states");
 
   Projected pr;
-  project(p, x.data(), rows, pos.data(), pr);
-  for (Job& j : jobs) {
-    gather_window(p, pr, j);
-    compress_and_index(p, pr, pos.data(), j);
+  {
+    Stage s(times, &StageTimes::project);
+    project(p, x.data(), rows, pos.data(), pr);
+  }
+  {
+    Stage s(times, &StageTimes::compress);
+    for (Job& j : jobs) {
+      gather_window(p, pr, j);
+      compress(p, pr, j);
+    }
+  }
+  if (p.w->indexer) {
+    StageTimes scratch;
+    for (Job& j : jobs) index(p, pr, pos.data(), j, times ? *times : scratch);
   }
 
-  // Attention over (row, head block) units so that a single decoded token still uses every thread.
-  const int64_t head_block = std::max<int64_t>(1, std::min<int64_t>(h_n, 8));
+  // Attention per (query, head block). All heads of a query share its keys, so
+  // a block is two GEMMs; few queries (decode) split the heads so every thread
+  // works. The block size depends on the rows only, never on the thread count.
+  const int64_t head_block = rows >= 8 ? h_n : std::max<int64_t>(1, (h_n + 7) / 8);
   const int64_t n_hb = (h_n + head_block - 1) / head_block;
   std::vector<float> o(static_cast<size_t>(rows * h_n * hd));
+  {
+    Stage s(times, &StageTimes::attention);
 #pragma omp parallel for schedule(dynamic)
-  for (int64_t u = 0; u < rows * n_hb; ++u) {
-    const int64_t r = u / n_hb, hb = u % n_hb;
-    const Job& j = jobs[job_of[r]];
-    const int64_t t = pos[r], at = j.n_cached + (r - j.row0);  // row of t in kwin
-    const int64_t lo = std::max<int64_t>(0, at - c.sliding_window + 1);
-    KeySet ks;
-    ks.window = &j.kwin[lo * hd];
-    ks.n_window = at - lo + 1;
-    const CompressorState& cs = j.st->compressor();
-    ks.entries = cs.entries.data();
-    if (p.type == LayerType::hca) ks.n_entries = std::min(cs.emitted, (t + 1) / p.rate);
-    if (p.type == LayerType::csa) {
-      ks.selected = &j.topk[(r - j.row0) * j.width];
-      ks.n_entries = j.width;
+    for (int64_t u = 0; u < rows * n_hb; ++u) {
+      const int64_t r = u / n_hb, hb = u % n_hb;
+      const Job& j = jobs[job_of[r]];
+      const int64_t t = pos[r], at = j.n_cached + (r - j.row0);  // row of t in kwin
+      const int64_t lo = std::max<int64_t>(0, at - c.sliding_window + 1);
+      KeySet ks;
+      ks.window = &j.kwin[lo * hd];
+      ks.n_window = at - lo + 1;
+      const CompressorState& cs = j.st->compressor();
+      ks.entries = cs.entries.data();
+      if (p.type == LayerType::hca) ks.n_entries = std::min(cs.emitted, (t + 1) / p.rate);
+      if (p.type == LayerType::csa) {
+        ks.selected = &j.topk[(r - j.row0) * j.width];
+        ks.n_entries = j.width;
+      }
+      attend(p, &pr.up[r * p.n_up], ks, hb * head_block, std::min(h_n, (hb + 1) * head_block), &o[r * h_n * hd]);
     }
-    attend(p, &pr.up[r * p.n_up], ks, hb * head_block, std::min(h_n, (hb + 1) * head_block), &o[r * h_n * hd]);
   }
-
   std::vector<float> out(static_cast<size_t>(rows * d));
-  output_project(p, o.data(), rows, pos.data(), out.data());
+  {
+    Stage s(times, &StageTimes::output);
+    output_project(p, o.data(), rows, pos.data(), out.data());
+  }
   for (Job& j : jobs) {
     std::memcpy(j.out, &out[j.row0 * d], j.len * d * sizeof(float));
     if (j.dbg) fill_debug(p, pr, j);
     keep_window(p, j);
     j.st->advance(j.len);
+  }
+}
+
+// Long chunks run in pieces of at most kPrefillChunk tokens per sequence: each
+// piece continues the state, so the result is the same (to rounding) and the
+// activations stay bounded. Debug output needs the whole chunk in one piece.
+void run_split(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
+  const int64_t d = p.c.hidden_size, chunk = Layer::kPrefillChunk;
+  const bool split = std::all_of(jobs.begin(), jobs.end(), [](const Job& j) { return !j.dbg; }) &&
+                     std::any_of(jobs.begin(), jobs.end(), [&](const Job& j) { return j.len > chunk; });
+  if (!split) return run(p, jobs, times);
+  std::vector<int64_t> done(jobs.size(), 0);
+  for (;;) {
+    std::vector<Job> piece;
+    for (size_t k = 0; k < jobs.size(); ++k) {
+      const int64_t n = std::min(chunk, jobs[k].len - done[k]);
+      if (n > 0) piece.emplace_back(jobs[k].x + done[k] * d, n, jobs[k].st, jobs[k].out + done[k] * d, nullptr);
+      done[k] += n;
+    }
+    if (piece.empty()) return;
+    run(p, piece, times);
   }
 }
 
@@ -185,7 +243,7 @@ Layer& Layer::operator=(Layer&& o) noexcept {
 
 LayerState Layer::new_state() const { return LayerState(config_, type_); }
 
-Tensor Layer::forward(const Tensor& x, std::vector<Intermediates>* debug) const {
+Tensor Layer::forward(const Tensor& x, std::vector<Intermediates>* debug, StageTimes* times) const {
   if (x.shape.size() != 3 || x.dim(2) != config_.hidden_size)
     fail("input hidden_states: expected shape [B, S, " + std::to_string(config_.hidden_size) + "], got " +
          shape_str(x.shape));
@@ -196,21 +254,21 @@ Tensor Layer::forward(const Tensor& x, std::vector<Intermediates>* debug) const 
   std::vector<Job> jobs(static_cast<size_t>(b));
   for (int64_t i = 0; i < b; ++i)
     jobs[i] = Job(x.ptr() + i * s * d, s, &states[i], out.ptr() + i * s * d, debug ? &(*debug)[i] : nullptr);
-  if (s > 0) run(*packed_, jobs);
+  if (s > 0) run_split(*packed_, jobs, times);
   return out;
 }
 
-Tensor Layer::forward(const Tensor& x, LayerState& state, Intermediates* debug) const {
+Tensor Layer::forward(const Tensor& x, LayerState& state, Intermediates* debug, StageTimes* times) const {
   const Tensor* xs[] = {&x};
   LayerState* sts[] = {&state};
   std::vector<Intermediates> dbg;
-  std::vector<Tensor> out = forward_batch(xs, sts, debug ? &dbg : nullptr);
+  std::vector<Tensor> out = forward_batch(xs, sts, debug ? &dbg : nullptr, times);
   if (debug) *debug = std::move(dbg[0]);
   return std::move(out[0]);
 }
 
 std::vector<Tensor> Layer::forward_batch(std::span<const Tensor* const> xs, std::span<LayerState* const> states,
-                                         std::vector<Intermediates>* debug) const {
+                                         std::vector<Intermediates>* debug, StageTimes* times) const {
   if (xs.size() != states.size())
     fail("forward_batch: " + std::to_string(xs.size()) + " inputs but " + std::to_string(states.size()) + " states");
   const int64_t d = config_.hidden_size;
@@ -233,7 +291,7 @@ std::vector<Tensor> Layer::forward_batch(std::span<const Tensor* const> xs, std:
     outs[i] = Tensor({s, d});
     if (s > 0) jobs.emplace_back(x.ptr(), s, states[i], outs[i].ptr(), debug ? &(*debug)[i] : nullptr);
   }
-  if (!jobs.empty()) run(*packed_, jobs);
+  if (!jobs.empty()) run_split(*packed_, jobs, times);
   return outs;
 }
 

@@ -46,8 +46,9 @@ int64_t compress_feed(const PackedLayer& p, const CompressorWeights& w, Compress
                       const float* z_rows, int64_t ld, int64_t n);
 
 // CSA indexer for `rows` queries: top-k eligible entries, best first, -1-padded to `width`.
+// Adds the wall time split between scoring and selection to *score_s / *select_s.
 void index_topk(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t rows, const int64_t* pos,
-                const float* keys, int64_t n_keys, int64_t width, int32_t* topk);
+                const float* keys, int64_t n_keys, int64_t width, int32_t* topk, double* score_s, double* select_s);
 // Debug: raw scores of every (query, entry) pair, [rows, n_keys].
 void index_scores_dense(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t rows, const float* keys,
                         int64_t n_keys, float* scores);
