@@ -1,2 +1,129 @@
+// Kernel micro-benchmarks at V4-Flash shapes, plus the machine's roofline
+// (OpenBLAS sgemm GFLOP/s at a large square size, STREAM-like copy bandwidth)
+// measured in the same binary. Run: build/bench/dsv4_kernels_bench
 #include <benchmark/benchmark.h>
+#include <omp.h>
+
+#include <cstring>
+#include <vector>
+
+#include "dsv4/random.h"
+#include "ops/blas.h"
+#include "pipeline/pipeline.h"
+
+namespace dsv4 {
+namespace {
+
+const Config& flash() {
+  static const Config c = Config::preset("v4-flash");
+  return c;
+}
+
+// C[M,N] = A[M,K] B[N,K]^T with dsv4's tiled sgemm; counters in FLOP/s.
+void gemm(benchmark::State& st, int64_t m, int64_t n, int64_t k) {
+  const Tensor a = random_uniform({m, k}, 1, 1), b = random_uniform({n, k}, 1, 2);
+  std::vector<float> c(static_cast<size_t>(m * n));
+  for (auto _ : st) {
+    gemm_nt(m, n, k, a.ptr(), k, b.ptr(), k, c.data(), n);
+    benchmark::DoNotOptimize(c.data());
+  }
+  st.counters["FLOP/s"] = benchmark::Counter(2.0 * m * n * k * st.iterations(), benchmark::Counter::kIsRate);
+}
+
+void BM_Roofline_Sgemm2048(benchmark::State& st) { gemm(st, 2048, 2048, 2048); }
+void BM_Roofline_Copy256MiB(benchmark::State& st) {
+  const size_t bytes = size_t{256} << 20, chunks = 64;
+  std::vector<char> src(bytes, 1), dst(bytes, 0);
+  for (auto _ : st) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < chunks; ++i) std::memcpy(&dst[i * bytes / chunks], &src[i * bytes / chunks], bytes / chunks);
+    benchmark::DoNotOptimize(dst.data());
+  }
+  st.counters["bytes/s"] = benchmark::Counter(2.0 * bytes * st.iterations(), benchmark::Counter::kIsRate);
+}
+
+// The layer's GEMMs for S = 512 tokens (x-side fused CSA projection, c_q-side, grouped o_a block, o_b).
+void BM_Gemm_XSideFused(benchmark::State& st) { gemm(st, 512, 1024 + 512 + 4096 + 512 + 64, 4096); }
+void BM_Gemm_QUp(benchmark::State& st) { gemm(st, 512, 64 * 512 + 64 * 128, 1024); }
+void BM_Gemm_OaGroup(benchmark::State& st) { gemm(st, 512, 1024, 4096); }
+void BM_Gemm_Ob(benchmark::State& st) { gemm(st, 512, 4096, 8192); }
+void BM_Gemv_Decode_QUp(benchmark::State& st) { gemm(st, 1, 64 * 512 + 64 * 128, 1024); }
+
+// A packed CSA layer at Flash dims (weights random, loaded once).
+const PackedLayer& packed_csa() {
+  static const LayerWeights w = random_layer_weights(flash(), LayerType::csa, 3);
+  static const PackedLayer p = pack_layer(flash(), LayerType::csa, w);
+  return p;
+}
+
+// One query, all 64 heads, W = 128 window keys + k = 512 gathered entries.
+void BM_SparseAttention_OneQuery(benchmark::State& st) {
+  const PackedLayer& p = packed_csa();
+  const int64_t hd = 512, h = 64, t_entries = 4096;
+  const Tensor q = random_uniform({h, hd}, 1, 4), win = random_uniform({128, hd}, 1, 5),
+               ent = random_uniform({t_entries, hd}, 1, 6);
+  std::vector<int32_t> sel(512);
+  for (int i = 0; i < 512; ++i) sel[i] = i * 7 % t_entries;
+  std::vector<float> o(h * hd);
+  KeySet ks{win.ptr(), 128, ent.ptr(), sel.data(), 512};
+  // The layer runs this kernel inside its per-query parallel loop: one thread per query.
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  for (auto _ : st) {
+    attend(p, q.ptr(), ks, 0, h, o.data());
+    benchmark::DoNotOptimize(o.data());
+  }
+  omp_set_num_threads(threads);
+  st.SetLabel("one thread");
+  st.counters["FLOP/s"] = benchmark::Counter(4.0 * h * hd * 640 * st.iterations(), benchmark::Counter::kIsRate);
+}
+
+// Indexer scores + top-k for 64 queries at position ~4·T over T = range(0) entries.
+void BM_IndexerTopk(benchmark::State& st) {
+  const PackedLayer& p = packed_csa();
+  const int64_t n_t = st.range(0), rows = 64;
+  Projected pr;
+  pr.rows = rows;
+  pr.in = random_uniform({rows, p.n_in}, 1, 7).data;
+  pr.up = random_uniform({rows, p.n_up}, 1, 8).data;
+  const Tensor keys = random_uniform({n_t, 128}, 1, 9);
+  std::vector<int64_t> pos(rows);
+  for (int64_t i = 0; i < rows; ++i) pos[i] = 4 * n_t - rows + i;
+  std::vector<int32_t> topk(rows * 512);
+  double score_s = 0, select_s = 0;
+  for (auto _ : st) {
+    index_topk(p, pr, 0, rows, pos.data(), keys.ptr(), n_t, 512, topk.data(), &score_s, &select_s);
+    benchmark::DoNotOptimize(topk.data());
+  }
+  st.counters["FLOP/s"] = benchmark::Counter(2.0 * 64 * 128 * n_t * rows * st.iterations(), benchmark::Counter::kIsRate);
+  st.counters["select_share"] = select_s / (score_s + select_s);
+}
+
+// CSA compressor pooling: 4096 tokens' C/Z rows (2D channels) into 1024 entries.
+void BM_CompressorPooling(benchmark::State& st) {
+  const PackedLayer& p = packed_csa();
+  const int64_t n = 4096, in_w = 1024;
+  const Tensor cz = random_uniform({n, 2 * in_w}, 1, 10);
+  for (auto _ : st) {
+    CompressorState cs = LayerState(flash(), LayerType::csa).compressor();
+    compress_feed(p, *p.w->compressor, cs, cz.ptr(), cz.ptr() + in_w, 2 * in_w, n);
+    benchmark::DoNotOptimize(cs.entries.data());
+  }
+  st.counters["tokens/s"] = benchmark::Counter(static_cast<double>(n) * st.iterations(), benchmark::Counter::kIsRate);
+}
+
+BENCHMARK(BM_Roofline_Sgemm2048)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Roofline_Copy256MiB)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Gemm_XSideFused)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Gemm_QUp)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Gemm_OaGroup)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Gemm_Ob)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Gemv_Decode_QUp)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_SparseAttention_OneQuery)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_IndexerTopk)->Arg(1024)->Arg(16384)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_CompressorPooling)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+}  // namespace
+}  // namespace dsv4
+
 BENCHMARK_MAIN();

@@ -31,6 +31,11 @@ void tiled(bool b_transposed, int64_t m, int64_t n, int64_t k, const float* a, i
     const int64_t i0 = (t / tn) * kTileM, j0 = (t % tn) * kTileN;
     const int64_t mi = std::min(kTileM, m - i0), nj = std::min(kTileN, n - j0);
     const float* bt = b_transposed ? b + j0 * ldb : b + j0;
+    if (mi == 1 && b_transposed) {  // one token (decode): a GEMV streams the weights once, no packing
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<blasint>(nj), static_cast<blasint>(k), 1.0f, bt,
+                  static_cast<blasint>(ldb), a + i0 * lda, 1, beta, c + i0 * ldc + j0, 1);
+      continue;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, b_transposed ? CblasTrans : CblasNoTrans, static_cast<blasint>(mi),
                 static_cast<blasint>(nj), static_cast<blasint>(k), 1.0f, a + i0 * lda, static_cast<blasint>(lda), bt,
                 static_cast<blasint>(ldb), beta, c + i0 * ldc + j0, static_cast<blasint>(ldc));

@@ -1,11 +1,202 @@
-// Placeholder: filled by its own issue.
+// dsv4 bench: one seeded-random layer at a preset's dimensions; prefill of S
+// tokens or decode of N tokens after a prefill of C. Reports median seconds,
+// tokens/s, achieved GFLOP/s of the sparse algorithm, peak RSS, per-stage times,
+// and the machine's own sgemm GFLOP/s and copy bandwidth measured in the same run.
+#include <omp.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "bench_model.h"
 #include "commands.h"
+#include "dsv4/layer.h"
+#include "dsv4/random.h"
 
 namespace dsv4::cli {
+namespace {
+
+struct Options {
+  std::string preset = "v4-flash", layer_type = "csa";
+  int64_t seq = 4096, context = 0, decode = 0;
+  int threads = 0, repeats = 3;
+  bool json = false;
+  uint64_t seed = 1;
+};
+
+double now() { return omp_get_wtime(); }
+
+int64_t peak_rss_bytes() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<int64_t>(u.ru_maxrss) * 1024;
+}
+
+// Progress on stderr once a run has taken more than two seconds.
+class Progress {
+ public:
+  Progress(std::string what, int64_t total) : what_(std::move(what)), total_(total), start_(now()) {}
+  void update(int64_t done) {
+    const double el = now() - start_;
+    if (el < 2.0) return;
+    const int width = 30, filled = static_cast<int>(width * done / std::max<int64_t>(total_, 1));
+    std::fprintf(stderr, "\r[%s%s] %3d%% %s %lld/%lld  %.1f s", std::string(filled, '#').c_str(),
+                 std::string(width - filled, '.').c_str(), static_cast<int>(100 * done / std::max<int64_t>(total_, 1)),
+                 what_.c_str(), static_cast<long long>(done), static_cast<long long>(total_), el);
+    if (done >= total_) std::fprintf(stderr, "\n");
+    shown_ = true;
+  }
+  ~Progress() {
+    if (shown_) std::fflush(stderr);
+  }
+
+ private:
+  std::string what_;
+  int64_t total_;
+  double start_;
+  bool shown_ = false;
+};
+
+// Feeds n tokens of x (from row `from`) through the state in kPrefillChunk pieces.
+void prefill(const Layer& layer, const Tensor& x, int64_t from, int64_t n, LayerState& st, StageTimes* times,
+             Progress* progress) {
+  const int64_t d = layer.config().hidden_size;
+  for (int64_t s0 = 0; s0 < n; s0 += Layer::kPrefillChunk) {
+    const int64_t len = std::min(Layer::kPrefillChunk, n - s0);
+    Tensor piece({len, d}, std::vector<float>(x.data.begin() + (from + s0) * d, x.data.begin() + (from + s0 + len) * d));
+    layer.forward(piece, st, nullptr, times);
+    if (progress) progress->update(s0 + len);
+  }
+}
+
+template <class T>
+T median(std::vector<T> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+nlohmann::json stages_json(const StageTimes& t) {
+  return {{"project", t.project},        {"compress", t.compress}, {"index_scores", t.index_scores},
+          {"topk", t.topk},              {"attention", t.attention}, {"output", t.output}};
+}
+
+int run_bench(const Options& o) {
+  if (o.threads > 0) omp_set_num_threads(o.threads);
+  const Config c = Config::preset(o.preset);
+  const LayerType type = parse_layer_type(o.layer_type);
+  const bool decode = o.decode > 0;
+  const int64_t total_tokens = decode ? o.context + o.decode : o.seq;
+  if (total_tokens <= 0) fail("bench: nothing to run (give --seq S or --context C --decode N)");
+
+  const Roofline roof = measure_roofline();
+  std::fprintf(stderr, "building a random %s %s layer ...\n", o.preset.c_str(), std::string(layer_type_name(type)).c_str());
+  const Layer layer(c, type, random_layer_weights(c, type, o.seed));
+  const Tensor x = random_uniform({total_tokens, c.hidden_size}, 1.0f, o.seed + 99);
+
+  std::vector<double> secs;
+  std::vector<StageTimes> stage_runs;
+  size_t state_bytes = 0;
+  for (int r = 0; r < o.repeats; ++r) {
+    LayerState st = layer.new_state();
+    StageTimes times;
+    if (!decode) {
+      Progress bar("prefill tokens (run " + std::to_string(r + 1) + "/" + std::to_string(o.repeats) + ")", o.seq);
+      const double t0 = now();
+      prefill(layer, x, 0, o.seq, st, &times, &bar);
+      secs.push_back(now() - t0);
+      stage_runs.push_back(times);
+    } else {
+      Progress bar("context tokens", o.context);
+      prefill(layer, x, 0, o.context, st, nullptr, &bar);
+      std::vector<double> per_token;
+      StageTimes sum;
+      for (int64_t i = 0; i < o.decode; ++i) {
+        Tensor tok({1, c.hidden_size},
+                   std::vector<float>(x.data.begin() + (o.context + i) * c.hidden_size,
+                                      x.data.begin() + (o.context + i + 1) * c.hidden_size));
+        const double t0 = now();
+        layer.forward(tok, st, nullptr, &sum);
+        per_token.push_back(now() - t0);
+      }
+      secs.push_back(median(per_token));
+      for (double StageTimes::*f : {&StageTimes::project, &StageTimes::compress, &StageTimes::index_scores,
+                                    &StageTimes::topk, &StageTimes::attention, &StageTimes::output})
+        sum.*f /= static_cast<double>(o.decode);
+      stage_runs.push_back(sum);
+    }
+    state_bytes = st.bytes();
+  }
+  const size_t mid = std::min_element(secs.begin(), secs.end(),
+                                      [&](double a, double b) { return std::fabs(a - median(secs)) < std::fabs(b - median(secs)); }) -
+                     secs.begin();
+  const double seconds = secs[mid];
+  const double flops = decode ? layer_flops(c, type, o.context, 1) : layer_flops(c, type, 0, o.seq);
+  const double tokens = decode ? 1.0 : static_cast<double>(o.seq);
+  const double weight_bytes = static_cast<double>(weights_bytes(layer.weights()));
+
+  nlohmann::json j = {{"impl", "dsv4"},
+                      {"preset", o.preset},
+                      {"layer_type", o.layer_type},
+                      {"mode", decode ? "decode" : "prefill"},
+                      {"seq", o.seq},
+                      {"context", o.context},
+                      {"decode", o.decode},
+                      {"threads", omp_get_max_threads()},
+                      {"repeats", o.repeats},
+                      {"seconds", seconds},
+                      {"tokens_per_s", tokens / seconds},
+                      {"gflops", flops / seconds * 1e-9},
+                      {"flops", flops},
+                      {"peak_rss_bytes", peak_rss_bytes()},
+                      {"stages", stages_json(stage_runs[mid])},
+                      {"sgemm_gflops", roof.sgemm_gflops},
+                      {"copy_gb_per_s", roof.copy_gb_per_s},
+                      {"gflops_vs_sgemm", flops / seconds * 1e-9 / roof.sgemm_gflops},
+                      {"weight_bytes", weight_bytes},
+                      {"state_bytes", state_bytes}};
+  if (decode) {
+    const double bound = (weight_bytes + static_cast<double>(state_bytes)) / (roof.copy_gb_per_s * 1e9);
+    j["bandwidth_bound_seconds"] = bound;
+    j["seconds_vs_bandwidth_bound"] = seconds / bound;
+  }
+  std::printf("dsv4 bench: %s %s, %s, %d threads\n", o.preset.c_str(), std::string(layer_type_name(type)).c_str(),
+              decode ? ("decode after " + std::to_string(o.context) + " tokens").c_str()
+                     : ("prefill S=" + std::to_string(o.seq)).c_str(),
+              omp_get_max_threads());
+  std::printf("  median %.4f s  (%s)  %.1f tokens/s  %.1f GFLOP/s = %.0f%% of sgemm %.1f GFLOP/s\n", seconds,
+              decode ? "per token" : "whole prefill", tokens / seconds, flops / seconds * 1e-9,
+              100 * flops / seconds * 1e-9 / roof.sgemm_gflops, roof.sgemm_gflops);
+  std::printf("  peak RSS %.2f GB, weights %.2f GB, state %.1f MB, copy bandwidth %.1f GB/s\n", peak_rss_bytes() / 1e9,
+              weight_bytes / 1e9, state_bytes / 1e6, roof.copy_gb_per_s);
+  if (decode)
+    std::printf("  bandwidth bound %.4f s/token: measured = %.2fx of it\n", j["bandwidth_bound_seconds"].get<double>(),
+                j["seconds_vs_bandwidth_bound"].get<double>());
+  const StageTimes& st = stage_runs[mid];
+  std::printf("  stages: project %.3f  compress %.3f  index_scores %.3f  topk %.3f  attention %.3f  output %.3f s\n",
+              st.project, st.compress, st.index_scores, st.topk, st.attention, st.output);
+  if (o.json) std::printf("%s\n", j.dump().c_str());
+  return 0;
+}
+
+}  // namespace
 
 void add_bench(CLI::App& app, int& rc) {
-  (void)app;
-  (void)rc;
+  auto o = std::make_shared<Options>();
+  auto* cmd = app.add_subcommand("bench", "Time one random layer at a preset's dimensions (prefill or decode)");
+  cmd->add_option("--preset", o->preset, "v4-flash or v4-pro")->capture_default_str();
+  cmd->add_option("--layer-type", o->layer_type, "swa, csa or hca")->capture_default_str();
+  cmd->add_option("--seq", o->seq, "prefill: tokens S")->capture_default_str();
+  cmd->add_option("--context", o->context, "decode: tokens prefilled first (C)");
+  cmd->add_option("--decode", o->decode, "decode: tokens decoded one at a time after the context (N)");
+  cmd->add_option("--threads", o->threads, "OpenMP threads (default: OMP_NUM_THREADS or all cores)");
+  cmd->add_option("--repeats", o->repeats, "measured runs; the median is reported")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--seed", o->seed, "weights and input seed")->capture_default_str();
+  cmd->add_flag("--json", o->json, "print one JSON object as the last line of stdout");
+  cmd->callback([&rc, o] { rc = run_bench(*o); });
 }
 
 }  // namespace dsv4::cli

@@ -1,0 +1,73 @@
+#include "bench_model.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "ops/blas.h"
+
+namespace dsv4::cli {
+
+double layer_flops(const Config& c, LayerType t, int64_t p0, int64_t n) {
+  const double d = c.hidden_size, h = c.num_attention_heads, hd = c.head_dim, rq = c.q_lora_rank;
+  const double hi = c.index_n_heads, di = c.index_head_dim;
+  const bool csa = t == LayerType::csa, hca = t == LayerType::hca;
+  const double in_w = csa ? 2 * hd : hd;
+  const double proj = 2 * d * (rq + hd + (csa || hca ? 2 * in_w : 0) + (csa ? 4 * di + hi : 0)) +
+                      2 * rq * (h * hd + (csa ? hi * di : 0));
+  const double out = 2 * h * hd * c.o_lora_rank + 2.0 * c.o_groups * c.o_lora_rank * d;
+  double f = 0;
+  for (int64_t pos = p0; pos < p0 + n; ++pos) {
+    double keys = static_cast<double>(std::min<int64_t>(c.sliding_window, pos + 1));
+    if (hca) keys += static_cast<double>((pos + 1) / c.compress_rate_hca);
+    if (csa) {
+      const int64_t eligible = (pos + 1) / c.compress_rate_csa;
+      keys += static_cast<double>(std::min(c.index_topk, eligible));
+      f += (2 * di + 2) * hi * static_cast<double>(eligible);
+    }
+    f += proj + out + 4 * h * hd * keys;
+  }
+  // Compressor pooling: entries completed by these tokens.
+  const int64_t r = c.compress_rate(t);
+  if (r > 0) {
+    const double entries = static_cast<double>((p0 + n) / r - p0 / r);
+    const double slots = csa ? 2.0 * r : r;
+    f += entries * 6 * slots * (hd + (csa ? di : 0));
+  }
+  return f;
+}
+
+int64_t weights_bytes(const LayerWeights& w) {
+  int64_t n = w.q_a_proj.numel() + w.q_a_norm.numel() + w.q_b_proj.numel() + w.kv_proj.numel() +
+              w.kv_norm.numel() + w.o_a_proj.numel() + w.o_b_proj.numel() + w.sinks.numel();
+  auto comp = [](const CompressorWeights& c) {
+    return c.kv_proj.numel() + c.gate_proj.numel() + c.position_bias.numel() + c.kv_norm.numel();
+  };
+  if (w.compressor) n += comp(*w.compressor);
+  if (w.indexer) n += comp(w.indexer->compressor) + w.indexer->q_b_proj.numel() + w.indexer->weights_proj.numel();
+  return n * static_cast<int64_t>(sizeof(float));
+}
+
+Roofline measure_roofline() {
+  Roofline r;
+  const int64_t n = 2048;
+  std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n);
+  for (int i = 0; i < 3; ++i) {
+    const double t0 = omp_get_wtime();
+    gemm_nt(n, n, n, a.data(), n, b.data(), n, c.data(), n);
+    r.sgemm_gflops = std::max(r.sgemm_gflops, 2.0 * n * n * n / (omp_get_wtime() - t0) * 1e-9);
+  }
+  const size_t bytes = size_t{256} << 20, chunks = 64;
+  std::vector<char> src(bytes, 1), dst(bytes, 0);
+  for (int i = 0; i < 3; ++i) {
+    const double t0 = omp_get_wtime();
+#pragma omp parallel for schedule(static)
+    for (size_t k = 0; k < chunks; ++k) std::memcpy(&dst[k * bytes / chunks], &src[k * bytes / chunks], bytes / chunks);
+    r.copy_gb_per_s = std::max(r.copy_gb_per_s, 2.0 * bytes / (omp_get_wtime() - t0) * 1e-9);
+  }
+  return r;
+}
+
+}  // namespace dsv4::cli

@@ -1,0 +1,27 @@
+// What `dsv4 bench` measures against: the FLOPs of the sparse algorithm and
+// the machine's own roofline (sgemm GFLOP/s, copy bandwidth).
+#pragma once
+#include <cstdint>
+
+#include "dsv4/config.h"
+#include "dsv4/weights.h"
+
+namespace dsv4::cli {
+
+// FLOPs of n tokens at positions p0..p0+n-1 (multiply-add = 2). Per token t:
+//   projections  2·d·(r_q + D + [C,Z: 2·in_w] + [CSA: 4·D_I + H_I]) + 2·r_q·(H·D + [CSA: H_I·D_I])
+//   attention    4·H·D·n_keys(t), n_keys = min(W, t+1) + (HCA: ⌊(t+1)/m'⌋, CSA: min(k, ⌊(t+1)/m⌋))
+//   indexer      (2·D_I + 2)·H_I·⌊(t+1)/m⌋          (CSA: scores of eligible entries)
+//   output       2·H·D·d_g + 2·g·d_g·d
+//   compressor   6·slots·width per emitted entry (exp, sum, weighted sum)
+double layer_flops(const Config& c, LayerType t, int64_t p0, int64_t n);
+
+int64_t weights_bytes(const LayerWeights& w);
+
+struct Roofline {
+  double sgemm_gflops = 0;   // dsv4's tiled OpenBLAS sgemm, 2048^3, all threads, best of 3
+  double copy_gb_per_s = 0;  // memcpy of 256 MiB, (read + write) bytes / s, best of 3
+};
+Roofline measure_roofline();
+
+}  // namespace dsv4::cli
