@@ -84,8 +84,9 @@ void BM_IndexerTopk(benchmark::State& st) {
   const int64_t n_t = st.range(0), rows = 64;
   Projected pr;
   pr.rows = rows;
-  pr.in = random_uniform({rows, p.n_in}, 1, 7).data;
-  pr.up = random_uniform({rows, p.n_up}, 1, 8).data;
+  const Tensor in = random_uniform({rows, p.n_in}, 1, 7), up = random_uniform({rows, p.n_up}, 1, 8);
+  std::copy(in.data.begin(), in.data.end(), pr.in.get(in.data.size()));
+  std::copy(up.data.begin(), up.data.end(), pr.up.get(up.data.size()));
   const Tensor keys = random_uniform({n_t, 128}, 1, 9);
   std::vector<int64_t> pos(rows);
   for (int64_t i = 0; i < rows; ++i) pos[i] = 4 * n_t - rows + i;

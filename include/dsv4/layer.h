@@ -60,7 +60,7 @@ class Layer {
   std::vector<Tensor> forward_batch(std::span<const Tensor* const> xs, std::span<LayerState* const> states,
                                     std::vector<Intermediates>* debug = nullptr, StageTimes* times = nullptr) const;
 
-  static constexpr int64_t kPrefillChunk = 2048;
+  static constexpr int64_t kPrefillChunk = 1024;
 
  private:
   Config config_;

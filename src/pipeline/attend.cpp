@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "ops/blas.h"
+#include "ops/vec.h"
 #include "pipeline/pipeline.h"
 
 namespace dsv4 {
@@ -43,12 +44,9 @@ void attend(const PackedLayer& p, const float* q, const KeySet& keys, int64_t h_
   for (int64_t h = 0; h < nh; ++h) {
     float* l = &logits[h * n];
     const float sink = sinks[h_begin + h];
-    float mx = sink;
-    for (int64_t j = 0; j < n; ++j) mx = std::max(mx, l[j] *= scale);
-    float den = std::exp(sink - mx);
-    for (int64_t j = 0; j < n; ++j) den += (l[j] = std::exp(l[j] - mx));
-    const float inv = 1.0f / den;
-    for (int64_t j = 0; j < n; ++j) l[j] *= inv;
+    const float mx = vec::scale_max(l, scale, n, sink);
+    const float den = std::exp(sink - mx) + vec::exp_sum(l, n, mx);
+    vec::scale(l, 1.0f / den, n);
   }
 
   float* oh = o + h_begin * hd;

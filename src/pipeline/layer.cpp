@@ -118,7 +118,16 @@ void fill_debug(const PackedLayer& p, const Projected& pr, const Job& j) {
   d.topk.data.assign(j.topk.begin(), j.topk.end());
 }
 
+// Per calling thread, reused across calls (see Scratch).
+struct Workspace {
+  Scratch<float> x, o, grouped, out;
+  Scratch<int64_t> pos;
+  Scratch<int32_t> job_of;
+  Projected pr;
+};
+
 void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
+  thread_local Workspace ws;
   const Config& c = p.c;
   const int64_t d = c.hidden_size, hd = c.head_dim, h_n = c.num_attention_heads;
   int64_t rows = 0;
@@ -127,9 +136,9 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
     j.p0 = j.st->position();
     rows += j.len;
   }
-  std::vector<float> x(static_cast<size_t>(rows * d));
-  std::vector<int64_t> pos(static_cast<size_t>(rows));
-  std::vector<int32_t> job_of(static_cast<size_t>(rows));
+  float* x = ws.x.get(static_cast<size_t>(rows * d));
+  int64_t* pos = ws.pos.get(static_cast<size_t>(rows));
+  int32_t* job_of = ws.job_of.get(static_cast<size_t>(rows));
   for (size_t k = 0; k < jobs.size(); ++k) {
     const Job& j = jobs[k];
     std::memcpy(&x[j.row0 * d], j.x, j.len * d * sizeof(float));
@@ -138,12 +147,12 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
       job_of[j.row0 + i] = static_cast<int32_t>(k);
     }
   }
-  check_finite(x.data(), rows * d, "input hidden_states");
+  check_finite(x, rows * d, "input hidden_states");
 
-  Projected pr;
+  Projected& pr = ws.pr;
   {
     Stage s(times, &StageTimes::project);
-    project(p, x.data(), rows, pos.data(), pr);
+    project(p, x, rows, pos, pr);
   }
   {
     Stage s(times, &StageTimes::compress);
@@ -154,7 +163,7 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
   }
   if (p.w->indexer) {
     StageTimes scratch;
-    for (Job& j : jobs) index(p, pr, pos.data(), j, times ? *times : scratch);
+    for (Job& j : jobs) index(p, pr, pos, j, times ? *times : scratch);
   }
 
   // Attention per (query, head block). All heads of a query share its keys, so
@@ -162,7 +171,7 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
   // works. The block size depends on the rows only, never on the thread count.
   const int64_t head_block = rows >= 8 ? h_n : std::max<int64_t>(1, (h_n + 7) / 8);
   const int64_t n_hb = (h_n + head_block - 1) / head_block;
-  std::vector<float> o(static_cast<size_t>(rows * h_n * hd));
+  float* o = ws.o.get(static_cast<size_t>(rows * h_n * hd));
   {
     Stage s(times, &StageTimes::attention);
 #pragma omp parallel for schedule(dynamic)
@@ -184,10 +193,10 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
       attend(p, &pr.up[r * p.n_up], ks, hb * head_block, std::min(h_n, (hb + 1) * head_block), &o[r * h_n * hd]);
     }
   }
-  std::vector<float> out(static_cast<size_t>(rows * d));
+  float* out = ws.out.get(static_cast<size_t>(rows * d));
   {
     Stage s(times, &StageTimes::output);
-    output_project(p, o.data(), rows, pos.data(), out.data());
+    output_project(p, o, rows, pos, ws.grouped.get(static_cast<size_t>(rows * c.o_groups * c.o_lora_rank)), out);
   }
   for (Job& j : jobs) {
     std::memcpy(j.out, &out[j.row0 * d], j.len * d * sizeof(float));

@@ -7,7 +7,9 @@
 //   attend   : gather window + compressed keys, online softmax with the sink
 //   output   : de-rotate, grouped projection, o_b projection
 #pragma once
+#include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "dsv4/config.h"
@@ -32,11 +34,28 @@ struct PackedLayer {
 
 PackedLayer pack_layer(const Config& c, LayerType t, const LayerWeights& w);
 
+// Growable scratch memory: keeps its allocation between calls and is never
+// zero-filled, so a warm decode step allocates nothing and touches no new pages.
+template <class T>
+class Scratch {
+ public:
+  T* get(size_t n) {
+    if (n > cap_) data_.reset(new T[n]), cap_ = n;
+    return data_.get();
+  }
+  T* data() const { return data_.get(); }
+  T& operator[](size_t i) const { return data_[i]; }
+
+ private:
+  std::unique_ptr<T[]> data_;
+  size_t cap_ = 0;
+};
+
 // Activations of `rows` tokens (all chunks of a call, concatenated).
 struct Projected {
   int64_t rows = 0;
-  std::vector<float> in;  // [rows, n_in]: c_q (normed) | kv (normed, roped) | C, Z | C_I, Z_I | head weights (scaled)
-  std::vector<float> up;  // [rows, n_up]: q (normed, roped) | indexer q (roped)
+  Scratch<float> in;  // [rows, n_in]: c_q (normed) | kv (normed, roped) | C, Z | C_I, Z_I | head weights (scaled)
+  Scratch<float> up;  // [rows, n_up]: q (normed, roped) | indexer q (roped)
 };
 void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* pos, Projected& out);
 
@@ -65,6 +84,7 @@ struct KeySet {
 void attend(const PackedLayer& p, const float* q, const KeySet& keys, int64_t h_begin, int64_t h_end, float* o);
 
 // De-rotate o [rows, H*D] at its positions, then out = o_b(o_a_grouped(o)).
-void output_project(const PackedLayer& p, float* o, int64_t rows, const int64_t* pos, float* out);
+// `grouped` is scratch of rows·g·d_g floats.
+void output_project(const PackedLayer& p, float* o, int64_t rows, const int64_t* pos, float* grouped, float* out);
 
 }  // namespace dsv4

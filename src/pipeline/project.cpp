@@ -57,8 +57,8 @@ void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* 
   const Config& c = p.c;
   const LayerWeights& w = *p.w;
   out.rows = rows;
-  out.in.resize(static_cast<size_t>(rows * p.n_in));
-  out.up.resize(static_cast<size_t>(rows * p.n_up));
+  out.in.get(static_cast<size_t>(rows * p.n_in));
+  out.up.get(static_cast<size_t>(rows * p.n_up));
   gemm_nt(rows, p.n_in, c.hidden_size, x, c.hidden_size, p.w_in.data(), c.hidden_size, out.in.data(), p.n_in);
 
   const int64_t hd = c.head_dim, hi = c.index_n_heads, di = c.index_head_dim;
