@@ -17,28 +17,33 @@ namespace {
 constexpr int64_t kQueryBlock = 8;   // queries scored together
 constexpr int64_t kKeyTile = 512;    // entries per GEMM tile
 
-// scores[i, w] for nb queries starting at row0 and entries [0, n_cols): ld = n_cols.
-void score_block(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t nb, const float* keys,
-                 int64_t n_cols, float* scores, std::vector<float>& tile) {
+// scores[i, w0..w0+nw) (row stride ld) for nb queries starting at row0. A
+// query's heads are contiguous in pr.up, so this is nb GEMMs [H_I, D_I] x [nw, D_I]^T,
+// then the ReLU-weighted sum over heads. Scores do not depend on how queries or
+// tiles are grouped, so any chunking of a sequence selects the same entries.
+void score_tile(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t nb, const float* keys, int64_t w0,
+                int64_t nw, int64_t ld, float* scores, std::vector<float>& tile) {
   const int64_t hi = p.c.index_n_heads, di = p.c.index_head_dim;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(di)));
   tile.resize(static_cast<size_t>(nb * hi * kKeyTile));
-  for (int64_t w0 = 0; w0 < n_cols; w0 += kKeyTile) {
-    const int64_t nw = std::min(kKeyTile, n_cols - w0);
-    // Rows of one query's heads are contiguous in pr.up, so a query block is nb GEMMs of [H_I, D_I] x [nw, D_I]^T.
-    for (int64_t i = 0; i < nb; ++i)
-      gemm_nt(hi, nw, di, &pr.up[(row0 + i) * p.n_up + p.off_iq], di, keys + w0 * di, di, &tile[i * hi * nw], nw);
-    for (int64_t i = 0; i < nb; ++i) {
-      const float* a = &pr.in[(row0 + i) * p.n_in + p.off_w];
-      float* s = scores + i * n_cols + w0;
-      std::fill_n(s, nw, 0.0f);
-      for (int64_t h = 0; h < hi; ++h) {
-        const float* dots = &tile[(i * hi + h) * nw];
-        const float ah = a[h] * scale;
-        for (int64_t w = 0; w < nw; ++w) s[w] += ah * std::max(dots[w], 0.0f);
-      }
+  for (int64_t i = 0; i < nb; ++i)
+    gemm_nt(hi, nw, di, &pr.up[(row0 + i) * p.n_up + p.off_iq], di, keys + w0 * di, di, &tile[i * hi * nw], nw);
+  for (int64_t i = 0; i < nb; ++i) {
+    const float* a = &pr.in[(row0 + i) * p.n_in + p.off_w];
+    float* s = scores + i * ld + w0;
+    std::fill_n(s, nw, 0.0f);
+    for (int64_t h = 0; h < hi; ++h) {
+      const float* dots = &tile[(i * hi + h) * nw];
+      const float ah = a[h] * scale;
+      for (int64_t w = 0; w < nw; ++w) s[w] += ah * std::max(dots[w], 0.0f);
     }
   }
+}
+
+void score_block(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t nb, const float* keys,
+                 int64_t n_cols, float* scores, std::vector<float>& tile) {
+  for (int64_t w0 = 0; w0 < n_cols; w0 += kKeyTile)
+    score_tile(p, pr, row0, nb, keys, w0, std::min(kKeyTile, n_cols - w0), n_cols, scores, tile);
 }
 
 // Best `width` of scores[0, n) (ties: lower index first), best first; -1-padded to `out_width`.
@@ -61,11 +66,32 @@ void index_topk(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t
   const int64_t m = p.c.compress_rate_csa, k = p.c.index_topk;
   const int64_t n_blocks = (rows + kQueryBlock - 1) / kQueryBlock;
   const double start = omp_get_wtime();
+  if (n_blocks == 1) {  // decode: one block of queries, so spread its key tiles over the threads
+    const int64_t n_cols = std::min(n_keys, (pos[rows - 1] + 1) / m), n_tiles = (n_cols + kKeyTile - 1) / kKeyTile;
+    thread_local std::vector<float> scores_tl;  // the caller's; the threads below share it by pointer
+    scores_tl.resize(static_cast<size_t>(rows * std::max<int64_t>(n_cols, 1)));
+    float* scores = scores_tl.data();
+#pragma omp parallel
+    {
+      thread_local std::vector<float> tile;
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < n_tiles; ++t)
+        score_tile(p, pr, row0, rows, keys, t * kKeyTile, std::min(kKeyTile, n_cols - t * kKeyTile), n_cols, scores,
+                   tile);
+    }
+    const double scored = omp_get_wtime();
+    thread_local std::vector<int32_t> idx;
+    for (int64_t i = 0; i < rows; ++i)
+      select_topk(scores + i * n_cols, std::min(n_keys, (pos[i] + 1) / m), k, width, topk + i * width, idx);
+    *score_s += scored - start;
+    *select_s += omp_get_wtime() - scored;
+    return;
+  }
   double busy_score = 0, busy_select = 0;  // thread-seconds, to split the wall time
 #pragma omp parallel reduction(+ : busy_score, busy_select)
   {
-    std::vector<float> tile, scores;
-    std::vector<int32_t> idx;
+    thread_local std::vector<float> tile, scores;
+    thread_local std::vector<int32_t> idx;
 #pragma omp for schedule(dynamic)
     for (int64_t b = 0; b < n_blocks; ++b) {
       const int64_t r0 = b * kQueryBlock, nb = std::min(kQueryBlock, rows - r0);
