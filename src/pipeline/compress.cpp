@@ -83,7 +83,7 @@ int64_t compress_feed(const PackedLayer& p, const CompressorWeights& w, Compress
 
   // Windows pool independently once their previous series A is known: gather it
   // from the rows for all but the first window of the call.
-#pragma omp parallel
+#pragma omp parallel if (n_new > 1)  // no thread wake-up for the one window a decode step may close
   {
     std::vector<float> mx(width), den(width), pc, pz;
     if (st.overlapping) pc.resize(rate * width), pz.resize(rate * width);

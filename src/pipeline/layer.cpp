@@ -25,8 +25,8 @@ struct Job {
   Intermediates* dbg = nullptr;
   // filled while running
   int64_t row0 = 0, p0 = 0, n_cached = 0;
-  std::vector<float> kwin;     // [n_cached + len, D]: cached window rows, then this chunk's kv
-  std::vector<int32_t> topk;   // CSA: [len, width]
+  Scratch<float>* kwin = nullptr;    // [n_cached + len, D]: cached window rows, then this chunk's kv
+  Scratch<int32_t>* topk = nullptr;  // CSA: [len, width]
   int64_t width = 0;
 };
 
@@ -44,19 +44,19 @@ void check_finite(const float* x, int64_t n, const std::string& what) {
 void gather_window(const PackedLayer& p, const Projected& pr, Job& j) {
   const int64_t hd = p.c.head_dim, slots = j.st->window_slots();
   j.n_cached = std::min(j.p0, slots);
-  j.kwin.resize(static_cast<size_t>((j.n_cached + j.len) * hd));
+  j.kwin->get(static_cast<size_t>((j.n_cached + j.len) * hd));
   for (int64_t i = 0; i < j.n_cached; ++i) {
     const int64_t pos = j.p0 - j.n_cached + i;
-    std::memcpy(&j.kwin[i * hd], &j.st->window()[(pos % slots) * hd], hd * sizeof(float));
+    std::memcpy(&(*j.kwin)[i * hd], &j.st->window()[(pos % slots) * hd], hd * sizeof(float));
   }
   for (int64_t i = 0; i < j.len; ++i)
-    std::memcpy(&j.kwin[(j.n_cached + i) * hd], &pr.in[(j.row0 + i) * p.n_in + p.off_kv], hd * sizeof(float));
+    std::memcpy(&(*j.kwin)[(j.n_cached + i) * hd], &pr.in[(j.row0 + i) * p.n_in + p.off_kv], hd * sizeof(float));
 }
 
 void keep_window(const PackedLayer& p, Job& j) {
   const int64_t hd = p.c.head_dim, slots = j.st->window_slots(), end = j.p0 + j.len;
   for (int64_t pos = std::max<int64_t>(j.p0 - j.n_cached, end - slots); pos < end; ++pos)
-    std::memcpy(&j.st->window()[(pos % slots) * hd], &j.kwin[(pos - (j.p0 - j.n_cached)) * hd], hd * sizeof(float));
+    std::memcpy(&j.st->window()[(pos % slots) * hd], &(*j.kwin)[(pos - (j.p0 - j.n_cached)) * hd], hd * sizeof(float));
 }
 
 // Accumulates wall time into one StageTimes field (if timing is on).
@@ -86,8 +86,8 @@ void compress(const PackedLayer& p, const Projected& pr, Job& j) {
 void index(const PackedLayer& p, const Projected& pr, const int64_t* pos, Job& j, StageTimes& t) {
   const CompressorState& ix = j.st->indexer();
   j.width = std::min(p.c.index_topk, ix.emitted);
-  j.topk.resize(static_cast<size_t>(j.len * j.width));
-  index_topk(p, pr, j.row0, j.len, pos + j.row0, ix.entries.data(), ix.emitted, j.width, j.topk.data(),
+  j.topk->get(static_cast<size_t>(j.len * j.width));
+  index_topk(p, pr, j.row0, j.len, pos + j.row0, ix.entries.data(), ix.emitted, j.width, j.topk->data(),
              &t.index_scores, &t.topk);
 }
 
@@ -100,7 +100,7 @@ void fill_debug(const PackedLayer& p, const Projected& pr, const Job& j) {
   for (int64_t t = 0; t < s; ++t) {
     for (int64_t h = 0; h < h_n; ++h)
       std::memcpy(&d.q.data[(h * s + t) * hd], &pr.up[(j.row0 + t) * p.n_up + h * hd], hd * sizeof(float));
-    std::memcpy(&d.kv.data[t * hd], &j.kwin[(j.n_cached + t) * hd], hd * sizeof(float));
+    std::memcpy(&d.kv.data[t * hd], &(*j.kwin)[(j.n_cached + t) * hd], hd * sizeof(float));
   }
   if (p.type == LayerType::sliding) return;
   const CompressorState& cs = j.st->compressor();
@@ -115,7 +115,7 @@ void fill_debug(const PackedLayer& p, const Projected& pr, const Job& j) {
   d.index_scores = Tensor({s, n_t});
   index_scores_dense(p, pr, j.row0, s, ix.entries.data(), n_t, d.index_scores.ptr());
   d.topk.shape = {s, j.width};
-  d.topk.data.assign(j.topk.begin(), j.topk.end());
+  d.topk.data.assign(j.topk->data(), j.topk->data() + j.len * j.width);
 }
 
 // Per calling thread, reused across calls (see Scratch).
@@ -124,6 +124,8 @@ struct Workspace {
   Scratch<int64_t> pos;
   Scratch<int32_t> job_of;
   Projected pr;
+  std::vector<Scratch<float>> kwin;  // per job
+  std::vector<Scratch<int32_t>> topk;
 };
 
 void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
@@ -131,7 +133,11 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
   const Config& c = p.c;
   const int64_t d = c.hidden_size, hd = c.head_dim, h_n = c.num_attention_heads;
   int64_t rows = 0;
-  for (Job& j : jobs) {
+  if (ws.kwin.size() < jobs.size()) ws.kwin.resize(jobs.size()), ws.topk.resize(jobs.size());
+  for (size_t k = 0; k < jobs.size(); ++k) {
+    Job& j = jobs[k];
+    j.kwin = &ws.kwin[k];
+    j.topk = &ws.topk[k];
     j.row0 = rows;
     j.p0 = j.st->position();
     rows += j.len;
@@ -181,13 +187,13 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
       const int64_t t = pos[r], at = j.n_cached + (r - j.row0);  // row of t in kwin
       const int64_t lo = std::max<int64_t>(0, at - c.sliding_window + 1);
       KeySet ks;
-      ks.window = &j.kwin[lo * hd];
+      ks.window = &(*j.kwin)[lo * hd];
       ks.n_window = at - lo + 1;
       const CompressorState& cs = j.st->compressor();
       ks.entries = cs.entries.data();
       if (p.type == LayerType::hca) ks.n_entries = std::min(cs.emitted, (t + 1) / p.rate);
       if (p.type == LayerType::csa) {
-        ks.selected = &j.topk[(r - j.row0) * j.width];
+        ks.selected = &(*j.topk)[(r - j.row0) * j.width];
         ks.n_entries = j.width;
       }
       attend(p, &pr.up[r * p.n_up], ks, hb * head_block, std::min(h_n, (hb + 1) * head_block), &o[r * h_n * hd]);
