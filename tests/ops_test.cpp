@@ -5,6 +5,7 @@
 
 #include "dsv4/layer.h"
 #include "ops/norm.h"
+#include "ops/vec.h"
 #include "pipeline/pipeline.h"
 #include "test_util.h"
 
@@ -152,6 +153,35 @@ TEST(OutputProjection, GroupsMapThroughTheirOwnBlock) {
       }
     EXPECT_NEAR(out[j], acc, 1e-4);
   }
+}
+
+}  // namespace
+}  // namespace dsv4
+
+namespace dsv4 {
+namespace {
+
+// The softmax's vector exp: within 2 ulp-ish of std::exp over the range a
+// shifted logit takes (<= 0), exactly 0 far below, and the sum in fixed order.
+TEST(VecExp, MatchesStdExpAndSums) {
+  std::vector<float> x;
+  for (float v = -100.0f; v <= 0.0f; v += 0.0137f) x.push_back(v);
+  std::vector<float> y = x;
+  const float sum = vec::exp_sum(y.data(), static_cast<int64_t>(y.size()), 0.0f);
+  double ref_sum = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double e = std::exp(static_cast<double>(x[i]));
+    ref_sum += e;
+    if (x[i] < -87.3f) {
+      EXPECT_LE(y[i], 1e-37f) << x[i];
+      continue;
+    }
+    EXPECT_NEAR(y[i], e, 3e-7 * e) << x[i];
+  }
+  EXPECT_NEAR(sum, ref_sum, 1e-6 * ref_sum);
+  std::vector<float> z = {1, -3, 2, 0.5f, 7, -1, 4, 2, 9};
+  EXPECT_FLOAT_EQ(vec::scale_max(z.data(), 0.5f, 9, -100.0f), 4.5f);
+  EXPECT_FLOAT_EQ(z[0], 0.5f);
 }
 
 }  // namespace
