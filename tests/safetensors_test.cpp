@@ -195,11 +195,18 @@ TEST(SafeTensors, BadJson) {
 }
 
 TEST(SafeTensors, UnknownDtype) {
-  for (const std::string dt : {"F16", "BF16", "XYZ"})
+  for (const std::string dt : {"F64", "XYZ", "f32", "F8_E5M2"})
     expect_parse_error(image(R"({"t":{"dtype":")" + dt + R"(","shape":[2],"data_offsets":[0,4]}})", 4),
                        "tensor 't': unknown dtype '" + dt + "'");
   expect_parse_error(image(R"({"t":{"dtype":4,"shape":[1],"data_offsets":[0,4]}})", 4),
                      "dtype must be a string");
+}
+
+TEST(SafeTensors, DuplicateTensorInHeader) {
+  expect_parse_error(image(R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                           R"("t":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+                           8),
+                     "tensor 't' is listed twice in the header");
 }
 
 TEST(SafeTensors, MalformedEntries) {

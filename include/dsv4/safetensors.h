@@ -8,13 +8,16 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "dsv4/tensor.h"
 
 namespace dsv4 {
 
-enum class DType { F32, I64 };
+// Safetensors dtype strings: "F32", "I64", "BF16", "F16", "F8_E4M3" (OCP
+// E4M3FN) and "F8_E8M0" (power-of-two block scales).
+enum class DType { F32, I64, BF16, F16, F8_E4M3, F8_E8M0 };
 
 std::string_view dtype_name(DType t);
 size_t dtype_size(DType t);
@@ -30,7 +33,7 @@ struct TensorInfo {
 class SafeTensors {
  public:
   // Maps the file and validates: header length within the file, valid JSON,
-  // known dtypes, shape x element size == byte span, spans inside the data
+  // no tensor listed twice, known dtypes, shape x element size == byte span, spans inside the data
   // area and not overlapping.
   static SafeTensors open(const std::filesystem::path& path);
   // Same checks over bytes already in memory (fuzzing, tests). The bytes must
@@ -46,7 +49,7 @@ class SafeTensors {
   const std::string& meta(const std::string& key) const;
 
   std::span<const std::byte> bytes(const std::string& name) const;
-  // Copy out as fp32 / int64; throws if the dtype differs.
+  // Copy out as fp32 (converting any float dtype) / int64; throws for any other dtype.
   Tensor f32(const std::string& name) const;
   TensorI64 i64(const std::string& name) const;
 
@@ -57,6 +60,12 @@ class SafeTensors {
   std::map<std::string, TensorInfo> tensors_;
   std::map<std::string, std::string> metadata_;
 };
+
+// A sharded checkpoint's `model.safetensors.index.json`: its `weight_map`,
+// tensor name -> shard file name (a plain file name in the same folder).
+// Rejects bad JSON, a missing/empty weight_map, non-string or path-like shard
+// names and a tensor listed twice. Errors start with `where` (the index file).
+std::map<std::string, std::string> parse_safetensors_index(std::string_view json_text, const std::string& where);
 
 // Writer: tensors are laid out in the given order.
 struct NamedTensor {

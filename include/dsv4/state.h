@@ -1,5 +1,18 @@
 // Per-sequence, per-layer decode state: what a layer must remember between
-// chunks (spec: "Decoding and chunked prefill").
+// chunks (spec: "Decoding and chunked prefill"). See docs/decode.md.
+//
+// Contents and heap size (floats × 4 bytes) after `pos` tokens, with
+// D = head_dim, W = sliding_window, D_I = index_head_dim:
+//   sliding: window ring                         (W-1)·D
+//   HCA:     window + compressor (rate m')       (W-1)·D + 2·m'·D            + floor(pos/m')·D
+//            (pending C, Z: m'·D each; entries)
+//   CSA:     window + main compressor (rate m)   (W-1)·D + 2·m·2D + 2·m·D    + floor(pos/m)·D
+//            + indexer compressor (rate m)               + 2·m·2D_I + 2·m·D_I + floor(pos/m)·D_I
+//            (pending C, Z: m rows of both series, 2·width each; series-A prev
+//            C, Z+B: m·width each; entries)
+// state_bytes() computes this. bytes() reports the capacity actually held,
+// which can exceed it while the entry arrays grow geometrically (at most ~2×
+// for the entries); a clone() or a load_state() holds exactly state_bytes().
 #pragma once
 #include <cstdint>
 #include <filesystem>
@@ -12,29 +25,35 @@ namespace dsv4 {
 
 // One compressor (the CSA/HCA main one, or the CSA indexer's).
 struct CompressorState {
-  int64_t in_width = 0;       // channels of C and Z per token (2·width if overlapping)
-  int64_t width = 0;          // channels of an emitted entry
-  bool overlapping = false;   // CSA-style two-series pooling
-  int64_t pending = 0;        // tokens of the incomplete window (< rate)
-  std::vector<float> pend_c;  // [rate, in_width]  C rows of the incomplete window
-  std::vector<float> pend_z;  // [rate, in_width]  Z rows (without bias)
-  bool has_prev = false;      // overlapping: series A of the last complete window held
-  std::vector<float> prev_c;  // [rate, width]     its series-A C
-  std::vector<float> prev_zb; // [rate, width]     its series-A Z + B
-  int64_t emitted = 0;        // entries emitted so far
-  std::vector<float> entries; // [emitted, width]  grows amortised O(1) per entry
+  int64_t in_width = 0;        // channels of C and Z per token (2·width if overlapping)
+  int64_t width = 0;           // channels of an emitted entry
+  bool overlapping = false;    // CSA-style two-series pooling
+  int64_t pending = 0;         // tokens of the incomplete window (< rate)
+  std::vector<float> pend_c;   // [rate, in_width]  C rows of the incomplete window
+  std::vector<float> pend_z;   // [rate, in_width]  Z rows (without bias)
+  bool has_prev = false;       // overlapping: series A of the last complete window held
+  std::vector<float> prev_c;   // [rate, width]     its series-A C
+  std::vector<float> prev_zb;  // [rate, width]     its series-A Z + B
+  int64_t emitted = 0;         // entries emitted so far
+  std::vector<float> entries;  // [emitted, width]  grows amortised O(1) per entry
 };
 
 class LayerState {
  public:
-  LayerState() = default;
+  LayerState() = default;  // an empty shell; use Layer::new_state()
   LayerState(const Config& c, LayerType t);
 
   int64_t position() const { return pos_; }  // tokens consumed so far
   LayerType type() const { return type_; }
+  // Back to position 0, equivalent to a new state; keeps the allocated
+  // buffers (bytes() unchanged) so a serving slot can be reused without
+  // reallocating. Assign Layer::new_state() to release the memory instead.
   void reset();
+  // An independent copy (fork a shared prefix: continue both with different tokens).
   LayerState clone() const { return *this; }
-  size_t bytes() const;  // heap bytes held by this state
+  size_t bytes() const;  // heap bytes held by this state (capacity, see above)
+  // True if this state has the shapes of a (c, t) layer's state.
+  bool fits(const Config& c, LayerType t) const;
 
   // Window ring: the last min(pos, W-1) kv vectors; slot of position p is p % (W-1).
   int64_t window_slots() const { return window_slots_; }
@@ -58,5 +77,17 @@ class LayerState {
   CompressorState comp_;
   CompressorState index_;
 };
+
+// Heap bytes of a tightly held (c, t) state after `tokens` tokens (formula above).
+size_t state_bytes(const Config& c, LayerType t, int64_t tokens);
+
+// Writes the state of a (c, state.type()) layer to `path` atomically (a
+// temporary file in the same folder, then rename). Format: docs/decode.md.
+// Throws dsv4::Error if the state does not fit the config or on I/O errors.
+void save_state(const LayerState& state, const Config& c, const std::filesystem::path& path);
+// Reads a state saved by save_state for a (c, t) layer. Throws dsv4::Error
+// naming the file and the problem: unreadable, truncated, bad magic or
+// version, checksum mismatch, another layer type or config, inconsistent fields.
+LayerState load_state(const Config& c, LayerType t, const std::filesystem::path& path);
 
 }  // namespace dsv4

@@ -1,1 +1,102 @@
-// Placeholder: filled by its own issue.
+// Bit-level float conversions. The decoders build the fp32 bit pattern
+// directly (the tests check them against an ldexp formula).
+#include "io/dtype.h"
+
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "dsv4/error.h"
+
+namespace dsv4 {
+namespace {
+
+float from_bits(uint32_t u) { return std::bit_cast<float>(u); }
+
+// Little-endian load of an unaligned element.
+template <class T>
+T load(const std::byte* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+
+template <class T, class F>
+void decode(std::span<const std::byte> bytes, float* out, F f) {
+  const size_t n = bytes.size() / sizeof(T);
+  for (size_t i = 0; i < n; ++i) out[i] = f(load<T>(bytes.data() + i * sizeof(T)));
+}
+
+}  // namespace
+
+float bf16_to_f32(uint16_t b) { return from_bits(uint32_t(b) << 16); }
+
+float f16_to_f32(uint16_t h) {
+  const uint32_t sign = uint32_t(h >> 15) << 31, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+  if (e == 0) {  // zero / subnormal: m · 2^-24, exact in fp32
+    const float v = float(m) * 0x1p-24f;
+    return sign ? -v : v;
+  }
+  if (e == 31) return from_bits(sign | 0x7f800000u | (m << 13));  // inf, NaN (payload kept)
+  return from_bits(sign | ((e + 112) << 23) | (m << 13));         // rebias 15 -> 127
+}
+
+float e4m3fn_to_f32(uint8_t b) {
+  const uint32_t sign = uint32_t(b >> 7) << 31, e = (b >> 3) & 0xf, m = b & 7;
+  if (e == 15 && m == 7) return from_bits(sign | 0x7fc00000u);
+  if (e == 0) {  // zero / subnormal: m · 2^-9
+    const float v = float(m) * 0x1p-9f;
+    return sign ? -v : v;
+  }
+  return from_bits(sign | ((e + 120) << 23) | (m << 20));  // rebias 7 -> 127
+}
+
+float e8m0_to_f32(uint8_t b) {
+  if (b == 0xff) return std::numeric_limits<float>::quiet_NaN();
+  return std::ldexp(1.0f, int(b) - 127);  // 2^-127 is an fp32 subnormal: exact
+}
+
+uint16_t f32_to_bf16(float x) {
+  const uint32_t u = std::bit_cast<uint32_t>(x);
+  if (std::isnan(x)) return uint16_t((u >> 16) | 0x40);  // keep it a (quiet) NaN
+  return uint16_t((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+}
+
+uint8_t f32_to_e4m3fn(float x) {
+  const uint8_t sign = std::signbit(x) ? 0x80 : 0;
+  if (std::isnan(x)) return sign | 0x7f;
+  const float a = std::fabs(x);
+  if (a >= 448.0f) return sign | 0x7e;
+  if (a < 0x1p-6f) return sign | uint8_t(std::nearbyint(a * 0x1p9f));  // subnormal (8 rounds up to 2^-6)
+  int k = 0;
+  std::frexp(a, &k);  // a = f · 2^k, f in [0.5, 1)
+  int e = k - 1;
+  int m = int(std::nearbyint((std::ldexp(a, -e) - 1.0f) * 8.0f));
+  if (m == 8) m = 0, ++e;
+  const int code = ((e + 7) << 3) | m;
+  return sign | uint8_t(code > 0x7e ? 0x7e : code);
+}
+
+bool is_float_dtype(DType t) { return t != DType::I64; }
+
+void decode_to_f32(DType t, std::span<const std::byte> bytes, float* out) {
+  switch (t) {
+    case DType::F32:
+      if (!bytes.empty()) std::memcpy(out, bytes.data(), bytes.size());
+      return;
+    case DType::BF16:
+      return decode<uint16_t>(bytes, out, bf16_to_f32);
+    case DType::F16:
+      return decode<uint16_t>(bytes, out, f16_to_f32);
+    case DType::F8_E4M3:
+      return decode<uint8_t>(bytes, out, e4m3fn_to_f32);
+    case DType::F8_E8M0:
+      return decode<uint8_t>(bytes, out, e8m0_to_f32);
+    case DType::I64:
+      break;
+  }
+  fail("decode_to_f32: dtype " + std::string(dtype_name(t)) + " is not a float dtype");
+}
+
+}  // namespace dsv4

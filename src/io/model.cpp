@@ -1,1 +1,302 @@
-// Placeholder: filled by its own issue.
+// Checkpoint folders: index + shards, the two naming schemes, per-layer
+// tensor checks and loading (with FP8 block scales).
+#include "dsv4/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "dsv4/error.h"
+#include "io/dtype.h"
+#include "io/weight_table.h"
+
+namespace dsv4 {
+namespace {
+
+namespace fs = std::filesystem;
+
+// The one name table: spec (Hugging Face) name <-> DeepSeek original name.
+struct NamePair {
+  std::string_view hf, deepseek;
+};
+constexpr NamePair kNames[] = {
+    {"q_a_proj.weight", "wq_a.weight"},
+    {"q_a_norm.weight", "q_norm.weight"},
+    {"q_b_proj.weight", "wq_b.weight"},
+    {"kv_proj.weight", "wkv.weight"},
+    {"kv_norm.weight", "kv_norm.weight"},
+    {"o_a_proj.weight", "wo_a.weight"},
+    {"o_b_proj.weight", "wo_b.weight"},
+    {"sinks", "attn_sink"},
+    {"compressor.kv_proj.weight", "compressor.wkv.weight"},
+    {"compressor.gate_proj.weight", "compressor.wgate.weight"},
+    {"compressor.position_bias", "compressor.ape"},
+    {"compressor.kv_norm.weight", "compressor.norm.weight"},
+    {"compressor.indexer.kv_proj.weight", "indexer.compressor.wkv.weight"},
+    {"compressor.indexer.gate_proj.weight", "indexer.compressor.wgate.weight"},
+    {"compressor.indexer.position_bias", "indexer.compressor.ape"},
+    {"compressor.indexer.kv_norm.weight", "indexer.compressor.norm.weight"},
+    {"compressor.indexer.q_b_proj.weight", "indexer.wq_b.weight"},
+    {"compressor.indexer.scorer.weights_proj.weight", "indexer.weights_proj.weight"},
+};
+
+std::string_view stored(NamingScheme s, const NamePair& p) {
+  return s == NamingScheme::hugging_face ? p.hf : p.deepseek;
+}
+
+// Spec name of a stored suffix ("" if none).
+std::string_view to_hf(NamingScheme s, std::string_view suffix) {
+  for (const NamePair& p : kNames)
+    if (stored(s, p) == suffix) return p.hf;
+  return {};
+}
+
+std::string quote(const std::string& s) { return "'" + s + "'"; }
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) fail(p.string() + ": cannot open");
+  std::ostringstream s;
+  s << in.rdbuf();
+  if (in.bad()) fail(p.string() + ": cannot read");
+  return s.str();
+}
+
+// hugging_face if names start with "model.layers.", deepseek if "layers.".
+NamingScheme detect_scheme(const std::map<std::string, std::vector<int>>& names, const std::string& where) {
+  std::string hf, ds;
+  for (const auto& [n, _] : names) {
+    if (hf.empty() && n.starts_with("model.layers.")) hf = n;
+    if (ds.empty() && n.starts_with("layers.")) ds = n;
+  }
+  if (!hf.empty() && !ds.empty())
+    fail(where + ": mixes naming schemes: " + quote(hf) + " (Hugging Face) and " + quote(ds) + " (DeepSeek)");
+  if (hf.empty() && ds.empty())
+    fail(where + ": no layer tensors (expected names 'model.layers.N.self_attn.*' or 'layers.N.attn.*')");
+  return hf.empty() ? NamingScheme::deepseek : NamingScheme::hugging_face;
+}
+
+}  // namespace
+
+std::string_view naming_scheme_name(NamingScheme s) {
+  return s == NamingScheme::hugging_face ? "hugging_face" : "deepseek";
+}
+
+std::string checkpoint_name(NamingScheme s, int64_t layer, std::string_view hf_name) {
+  const std::string pre = s == NamingScheme::hugging_face ? "model.layers." + std::to_string(layer) + ".self_attn."
+                                                          : "layers." + std::to_string(layer) + ".attn.";
+  for (const NamePair& p : kNames)
+    if (p.hf == hf_name) return pre + std::string(stored(s, p));
+  fail("checkpoint_name: unknown attention tensor name " + quote(std::string(hf_name)));
+}
+
+std::string scale_name(NamingScheme s, const std::string& w) {
+  if (s == NamingScheme::hugging_face) return w + "_scale_inv";  // x.weight -> x.weight_scale_inv
+  const std::string_view suffix = ".weight";                     // x.weight -> x.scale
+  return (w.ends_with(suffix) ? w.substr(0, w.size() - suffix.size()) : w) + ".scale";
+}
+
+// One weight of a layer as found in the checkpoint.
+struct Model::Planned {
+  std::string hf;    // spec name
+  std::string name;  // checkpoint name
+  int shard = -1;
+  std::string scale;  // checkpoint name of its FP8 scale ("" if none)
+  int scale_shard = -1;
+};
+
+Model Model::open(const fs::path& dir) {
+  Model m;
+  m.dir_ = dir;
+  const std::string where = dir.string();
+  if (!fs::is_directory(dir)) fail(where + ": not a directory");
+  m.config_ = config_from_file(dir / "config.json");
+  if (m.config_.layer_types.empty())
+    fail((dir / "config.json").string() + ": no per-layer types ('layer_types' or 'compress_ratios')");
+
+  const fs::path index = dir / "model.safetensors.index.json", single = dir / "model.safetensors";
+  if (fs::exists(index)) {
+    const auto map = parse_safetensors_index(read_text(index), index.string());
+    std::map<std::string, std::vector<std::string>> by_shard;  // shard -> its tensors per the index
+    for (const auto& [name, shard] : map) by_shard[shard].push_back(name);
+    for (const auto& [shard, names] : by_shard) {
+      if (!fs::is_regular_file(dir / shard))
+        fail(index.string() + ": shard " + quote(shard) + " (tensor " + quote(names.front()) +
+             (names.size() > 1 ? " and " + std::to_string(names.size() - 1) + " more" : "") + ") not found in " +
+             where);
+      m.shards_.push_back(SafeTensors::open(dir / shard));
+      m.shard_names_.push_back(shard);
+      for (const std::string& n : names)
+        if (!m.shards_.back().contains(n))
+          fail(index.string() + ": maps tensor " + quote(n) + " to " + (dir / shard).string() +
+               ", which has no such tensor");
+    }
+  } else if (fs::exists(single)) {
+    m.shards_.push_back(SafeTensors::open(single));
+    m.shard_names_.push_back("model.safetensors");
+  } else {
+    fail(where + ": neither model.safetensors.index.json nor model.safetensors found");
+  }
+  for (size_t k = 0; k < m.shards_.size(); ++k)
+    for (const std::string& n : m.shards_[k].names()) m.where_[n].push_back(int(k));
+  m.scheme_ = detect_scheme(m.where_, where);
+  return m;
+}
+
+LayerType Model::layer_type(int64_t i) const {
+  if (i < 0 || i >= num_layers())
+    fail(dir_.string() + ": layer " + std::to_string(i) + " out of range (the model has " +
+         std::to_string(num_layers()) + " layers)");
+  return config_.layer_types[size_t(i)];
+}
+
+std::string Model::prefix(int64_t i) const {
+  return scheme_ == NamingScheme::hugging_face ? "model.layers." + std::to_string(i) + ".self_attn."
+                                               : "layers." + std::to_string(i) + ".attn.";
+}
+
+std::vector<TensorSummary> Model::layer_tensors(int64_t i) const {
+  layer_type(i);  // range check
+  const std::string pre = prefix(i);
+  std::vector<TensorSummary> out;
+  for (auto it = where_.lower_bound(pre); it != where_.end() && it->first.starts_with(pre); ++it)
+    for (int k : it->second) {
+      const TensorInfo& t = shards_[size_t(k)].info(it->first);
+      out.push_back({t.name, t.dtype, t.shape, t.end - t.begin, shard_names_[size_t(k)]});
+    }
+  return out;
+}
+
+// Maps layer i's stored tensors to spec names; every inconsistency becomes a
+// line in `problems`.
+std::vector<Model::Planned> Model::plan(int64_t i, std::vector<std::string>& problems) const {
+  const LayerType type = layer_type(i);
+  const std::string pre = prefix(i), type_name(layer_type_name(type));
+  const auto file_of = [&](int k) { return (dir_ / shard_names_[size_t(k)]).string(); };
+  const auto problem = [&](int k, const std::string& name, const std::string& what) {
+    problems.push_back((k >= 0 ? file_of(k) : dir_.string()) + ": tensor " + quote(name) + ": " + what);
+  };
+
+  std::map<std::string, Shape> expected;
+  for (const WeightSpec& e : expected_weights(config_, type)) expected[e.name] = e.shape;
+  std::map<std::string, Planned> found;
+  std::map<std::string, std::pair<std::string, int>> scales;  // spec name -> (scale name, shard)
+  for (auto it = where_.lower_bound(pre); it != where_.end() && it->first.starts_with(pre); ++it) {
+    const std::string& name = it->first;
+    if (it->second.size() > 1) {  // reported, then mapped like the first copy (so not also "missing")
+      std::string files;
+      for (int k : it->second) files += (files.empty() ? "" : ", ") + file_of(k);
+      problem(-1, name, "duplicated: stored in " + files);
+    }
+    const int k = it->second.front();
+    const std::string suffix = name.substr(pre.size());
+    if (const std::string hf(to_hf(scheme_, suffix)); !hf.empty() && expected.count(hf)) {
+      found[hf] = {hf, name, k, "", -1};
+      continue;
+    }
+    bool is_scale = false;  // the scale of a weight this layer uses?
+    for (const auto& [hf, _] : expected)
+      if (scale_name(scheme_, checkpoint_name(scheme_, i, hf)) == name) {
+        scales[hf] = {name, k};
+        is_scale = true;
+      }
+    if (!is_scale) problem(k, name, "unexpected (not a tensor of a " + type_name + " layer)");
+  }
+
+  std::vector<Planned> out;
+  for (const auto& [hf, shape] : expected) {
+    auto f = found.find(hf);
+    auto s = scales.find(hf);
+    if (f == found.end()) {
+      problem(-1, checkpoint_name(scheme_, i, hf),
+              "missing (a " + type_name + " layer needs it, shape " + shape_str(shape) + ")");
+      continue;
+    }
+    Planned p = f->second;
+    const TensorInfo& t = shards_[size_t(p.shard)].info(p.name);
+    bool ok = true;
+    const auto bad = [&](int k, const std::string& n, const std::string& what) {
+      problem(k, n, what);
+      ok = false;
+    };
+    if (!is_float_dtype(t.dtype) || t.dtype == DType::F8_E8M0)
+      bad(p.shard, p.name,
+          "dtype " + std::string(dtype_name(t.dtype)) + " is not a weight dtype (F32, BF16, F16, F8_E4M3)");
+    if (t.shape != shape) bad(p.shard, p.name, "shape " + shape_str(t.shape) + ", expected " + shape_str(shape));
+    if (s != scales.end()) {
+      p.scale = s->second.first, p.scale_shard = s->second.second;
+      const TensorInfo& st = shards_[size_t(p.scale_shard)].info(p.scale);
+      if (t.dtype != DType::F8_E4M3)
+        bad(p.scale_shard, p.scale,
+            "scale given for a " + std::string(dtype_name(t.dtype)) + " weight (only F8_E4M3 weights are scaled)");
+      if (!is_float_dtype(st.dtype))
+        bad(p.scale_shard, p.scale, "scale dtype " + std::string(dtype_name(st.dtype)) + " is not a float dtype");
+      if (t.shape.size() != 2)
+        bad(p.scale_shard, p.scale, "block scales need a 2-D weight, " + quote(p.name) + " is " + shape_str(t.shape));
+      else if (st.shape != scale_grid(t.shape))
+        bad(p.scale_shard, p.scale,
+            "scale grid " + shape_str(st.shape) + ", expected " + shape_str(scale_grid(t.shape)) +
+                " (128x128 blocks of " + shape_str(t.shape) + ")");
+    } else if (t.dtype == DType::F8_E4M3) {
+      bad(p.shard, p.name, "F8_E4M3 weight without its scale tensor " + quote(scale_name(scheme_, p.name)));
+    }
+    if (ok) out.push_back(std::move(p));
+  }
+  return out;
+}
+
+std::vector<std::string> Model::layer_problems(int64_t i) const {
+  std::vector<std::string> problems;
+  plan(i, problems);
+  return problems;
+}
+
+LayerWeights Model::load_layer(int64_t i) const {
+  const LayerType type = layer_type(i);
+  std::vector<std::string> problems;
+  const std::vector<Planned> planned = plan(i, problems);
+  if (!problems.empty()) {
+    std::string msg = dir_.string() + ": layer " + std::to_string(i) + " (" + std::string(layer_type_name(type)) +
+                      ") cannot be loaded:";
+    for (const std::string& p : problems) msg += "\n  " + p;
+    fail(msg);
+  }
+  LayerWeights w;
+  if (type != LayerType::sliding) w.compressor.emplace();
+  if (type == LayerType::csa) w.indexer.emplace();
+  for (const Planned& p : planned) {
+    const SafeTensors& file = shards_[size_t(p.shard)];
+    Tensor x = file.f32(p.name);
+    if (!p.scale.empty()) apply_block_scales(x, shards_[size_t(p.scale_shard)].f32(p.scale));
+    const auto bad = std::count_if(x.data.begin(), x.data.end(), [](float v) { return !std::isfinite(v); });
+    if (bad)
+      fail(file.label() + ": tensor " + quote(p.name) + ": " + std::to_string(bad) + " of " +
+           std::to_string(x.numel()) + " values are not finite" + (p.scale.empty() ? "" : " after scaling"));
+    *weight_slot(w, p.hf) = std::move(x);
+  }
+  validate_weights(w, config_, type);  // backstop: every slot filled with the right shape
+  return w;
+}
+
+Tensor run_layer(const Layer& layer, const Tensor& x, int64_t chunk) {
+  const int64_t d = layer.config().hidden_size;
+  if (x.shape.size() != 3 || x.dim(2) != d)
+    fail("run_layer: input must be [B, S, " + std::to_string(d) + "], got " + shape_str(x.shape));
+  if (chunk <= 0) return layer.forward(x);
+  const int64_t batch = x.dim(0), seq = x.dim(1);
+  Tensor out(x.shape);
+  for (int64_t b = 0; b < batch; ++b) {
+    LayerState state = layer.new_state();
+    for (int64_t s0 = 0; s0 < seq; s0 += chunk) {
+      const int64_t n = std::min(chunk, seq - s0);
+      const auto first = x.data.begin() + (b * seq + s0) * d;
+      const Tensor y = layer.forward(Tensor({n, d}, std::vector<float>(first, first + n * d)), state);
+      std::copy(y.data.begin(), y.data.end(), out.data.begin() + (b * seq + s0) * d);
+    }
+  }
+  return out;
+}
+
+}  // namespace dsv4

@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "dsv4/error.h"
+#include "io/dtype.h"
 
 namespace dsv4 {
 namespace {
@@ -44,10 +45,43 @@ template <class... A>
   fail(cat(label, ": file is ", size, " bytes, too short for the 8-byte header length (truncated file?)"));
 }
 
+struct DTypeInfo {
+  DType dtype;
+  std::string_view name;
+  size_t size;
+};
+constexpr DTypeInfo kDTypes[] = {{DType::F32, "F32", 4},         {DType::I64, "I64", 8},
+                                 {DType::BF16, "BF16", 2},       {DType::F16, "F16", 2},
+                                 {DType::F8_E4M3, "F8_E4M3", 1}, {DType::F8_E8M0, "F8_E8M0", 1}};
+
+const DTypeInfo& dtype_info(DType t) {
+  for (const DTypeInfo& d : kDTypes)
+    if (d.dtype == t) return d;
+  fail(cat("invalid DType value ", int(t)));
+}
+
 bool parse_dtype(const std::string& s, DType& out) {
-  if (s == "F32") return out = DType::F32, true;
-  if (s == "I64") return out = DType::I64, true;
+  for (const DTypeInfo& d : kDTypes)
+    if (d.name == s) return out = d.dtype, true;
   return false;
+}
+
+// Parses JSON, also reporting the first key repeated inside the object at
+// `depth` (1: the top-level object; 2: an object that is a top-level value,
+// optionally only under the top-level key `under`). nlohmann would silently
+// keep the last of two equal keys.
+json parse_json_checking_keys(std::string_view text, int depth, const char* under, std::string& duplicate) {
+  std::set<std::string> seen;
+  std::string top;
+  json::parser_callback_t cb = [&](int d, json::parse_event_t ev, json& parsed) {
+    if (ev != json::parse_event_t::key) return true;
+    if (d == 1) top = parsed.get<std::string>();
+    if (d == depth && (!under || top == under) && !seen.insert(parsed.get<std::string>()).second &&
+        duplicate.empty())
+      duplicate = parsed.get<std::string>();
+    return true;
+  };
+  return json::parse(text.begin(), text.end(), cb);
 }
 
 // nlohmann parses every non-negative integer literal as number_unsigned, so
@@ -64,7 +98,8 @@ TensorInfo parse_entry(const std::string& label, const std::string& name, const 
   const json& dt = j["dtype"];
   if (!dt.is_string()) fail_tensor(label, name, "dtype must be a string");
   if (!parse_dtype(dt.get<std::string>(), info.dtype))
-    fail_tensor(label, name, "unknown dtype ", quoted(dt.get<std::string>()), " (supported: F32, I64)");
+    fail_tensor(label, name, "unknown dtype ", quoted(dt.get<std::string>()),
+                " (supported: F32, I64, BF16, F16, F8_E4M3, F8_E8M0)");
 
   const json& sh = j["shape"];
   if (!sh.is_array()) fail_tensor(label, name, "shape must be an array of non-negative integers");
@@ -132,8 +167,8 @@ NamedTensor named_impl(const std::string& name, DType dtype, const Shape& shape,
 
 }  // namespace
 
-std::string_view dtype_name(DType t) { return t == DType::F32 ? "F32" : "I64"; }
-size_t dtype_size(DType t) { return t == DType::F32 ? 4 : 8; }
+std::string_view dtype_name(DType t) { return dtype_info(t).name; }
+size_t dtype_size(DType t) { return dtype_info(t).size; }
 
 SafeTensors SafeTensors::open(const std::filesystem::path& path) {
   const std::string label = path.string();
@@ -170,12 +205,14 @@ SafeTensors SafeTensors::parse(std::span<const std::byte> bytes, std::string lab
 
   const char* hdr = reinterpret_cast<const char*>(bytes.data() + 8);
   json j;
+  std::string dup;
   try {
-    j = json::parse(hdr, hdr + n);
+    j = parse_json_checking_keys(std::string_view(hdr, n), 1, nullptr, dup);
   } catch (const json::exception& e) {
     fail(cat(label, ": bad JSON in header: ", e.what()));
   }
   if (!j.is_object()) fail(cat(label, ": header JSON must be an object, got ", j.type_name()));
+  if (!dup.empty()) fail(cat(label, ": tensor '", dup, "' is listed twice in the header"));
 
   SafeTensors st;
   st.label_ = std::move(label);
@@ -222,11 +259,13 @@ std::span<const std::byte> SafeTensors::bytes(const std::string& name) const {
   return data_.subspan(t.begin, t.end - t.begin);
 }
 
-// memcpy rather than a cast: the data area need not be aligned.
+// Decoded with memcpy-based loads: the data area need not be aligned.
 Tensor SafeTensors::f32(const std::string& name) const {
-  const TensorInfo& t = typed_info(*this, name, DType::F32);
+  const TensorInfo& t = info(name);
+  if (!is_float_dtype(t.dtype))
+    fail_tensor(label_, name, "dtype is ", dtype_name(t.dtype), ", expected F32, BF16, F16 or F8_*");
   Tensor out(t.shape);
-  if (t.end > t.begin) std::memcpy(out.ptr(), data_.data() + t.begin, t.end - t.begin);
+  decode_to_f32(t.dtype, data_.subspan(t.begin, t.end - t.begin), out.ptr());
   return out;
 }
 
@@ -234,6 +273,33 @@ TensorI64 SafeTensors::i64(const std::string& name) const {
   const TensorInfo& t = typed_info(*this, name, DType::I64);
   TensorI64 out{t.shape, std::vector<int64_t>(size_t(numel(t.shape)))};
   if (t.end > t.begin) std::memcpy(out.data.data(), data_.data() + t.begin, t.end - t.begin);
+  return out;
+}
+
+std::map<std::string, std::string> parse_safetensors_index(std::string_view text, const std::string& where) {
+  json j;
+  std::string dup;
+  try {
+    j = parse_json_checking_keys(text, 2, "weight_map", dup);
+  } catch (const json::exception& e) {
+    fail(cat(where, ": bad JSON: ", e.what()));
+  }
+  if (!j.is_object()) fail(cat(where, ": must be a JSON object, got ", j.type_name()));
+  auto wm = j.find("weight_map");
+  if (wm == j.end()) fail(cat(where, ": no 'weight_map' (tensor name -> shard file)"));
+  if (!wm->is_object()) fail(cat(where, ": 'weight_map' must be an object, got ", wm->type_name()));
+  if (wm->empty()) fail(cat(where, ": 'weight_map' is empty"));
+  if (!dup.empty()) fail(cat(where, ": tensor '", dup, "' is listed twice in 'weight_map'"));
+  std::map<std::string, std::string> out;
+  for (const auto& [name, shard] : wm->items()) {
+    if (!shard.is_string())
+      fail(cat(where, ": tensor ", quoted(name), ": shard must be a file name string, got ", shard.dump()));
+    const std::string s = shard.get<std::string>();
+    // A plain name in the model folder: no path can escape it.
+    if (s.empty() || s == "." || s == ".." || s.find_first_of(std::string("/\0", 2)) != std::string::npos)
+      fail(cat(where, ": tensor ", quoted(name), ": shard ", quoted(s), " is not a plain file name"));
+    out[name] = s;
+  }
   return out;
 }
 

@@ -1,20 +1,16 @@
-// Layer weights by their Hugging Face names; shape and finiteness checks.
+// Layer weights by their Hugging Face names; shape and finiteness checks;
+// FP8 block scales.
 #include "dsv4/weights.h"
 
 #include <cmath>
 
+#include "io/weight_table.h"
+
 namespace dsv4 {
-namespace {
 
-// Every tensor a layer of this type needs, with its expected shape.
-struct Expected {
-  std::string name;
-  Shape shape;
-};
-
-std::vector<Expected> expected_tensors(const Config& c, LayerType t) {
+std::vector<WeightSpec> expected_weights(const Config& c, LayerType t) {
   const int64_t d = c.hidden_size, hd = c.head_dim, h = c.num_attention_heads, g = c.o_groups;
-  std::vector<Expected> e = {
+  std::vector<WeightSpec> e = {
       {"q_a_proj.weight", {c.q_lora_rank, d}},     {"q_a_norm.weight", {c.q_lora_rank}},
       {"q_b_proj.weight", {h * hd, c.q_lora_rank}}, {"kv_proj.weight", {hd, d}},
       {"kv_norm.weight", {hd}},                     {"o_a_proj.weight", {g * c.o_lora_rank, h * hd / g}},
@@ -36,6 +32,8 @@ std::vector<Expected> expected_tensors(const Config& c, LayerType t) {
   e.push_back({"compressor.indexer.scorer.weights_proj.weight", {hi, d}});
   return e;
 }
+
+namespace {
 
 // The LayerWeights member that holds a given name (null if the layer type has none).
 const Tensor* slot(const LayerWeights& w, const std::string& n) {
@@ -70,17 +68,35 @@ const Tensor* slot(const LayerWeights& w, const std::string& n) {
   return nullptr;
 }
 
-Tensor* slot(LayerWeights& w, const std::string& n) {
+}  // namespace
+
+Tensor* weight_slot(LayerWeights& w, const std::string& n) {
   return const_cast<Tensor*>(slot(static_cast<const LayerWeights&>(w), n));
 }
 
-}  // namespace
+Shape scale_grid(const Shape& weight) {
+  if (weight.size() != 2) fail("block scales need a 2-D weight, got shape " + shape_str(weight));
+  return {(weight[0] + kScaleBlock - 1) / kScaleBlock, (weight[1] + kScaleBlock - 1) / kScaleBlock};
+}
+
+void apply_block_scales(Tensor& w, const Tensor& s) {
+  const Shape grid = scale_grid(w.shape);
+  if (s.shape != grid)
+    fail("scale grid has shape " + shape_str(s.shape) + ", expected " + shape_str(grid) + " for weight " +
+         shape_str(w.shape));
+  const int64_t rows = w.dim(0), cols = w.dim(1);
+  for (int64_t i = 0; i < rows; ++i) {
+    float* row = w.ptr() + i * cols;
+    const float* srow = s.ptr() + (i / kScaleBlock) * grid[1];
+    for (int64_t j = 0; j < cols; ++j) row[j] *= srow[j / kScaleBlock];
+  }
+}
 
 void validate_weights(const LayerWeights& w, const Config& c, LayerType t) {
   if (t != LayerType::sliding && !w.compressor)
     fail(std::string(layer_type_name(t)) + " layer: compressor weights are missing");
   if (t == LayerType::csa && !w.indexer) fail("compressed_sparse_attention layer: indexer weights are missing");
-  for (const Expected& e : expected_tensors(c, t)) {
+  for (const WeightSpec& e : expected_weights(c, t)) {
     const Tensor* x = slot(w, e.name);
     if (!x || x->data.empty()) {
       if (numel(e.shape) == 0 && x) continue;
@@ -100,7 +116,7 @@ LayerWeights load_layer_weights(const SafeTensors& file, const Config& c, LayerT
   LayerWeights w;
   if (t != LayerType::sliding) w.compressor.emplace();
   if (t == LayerType::csa) w.indexer.emplace();
-  for (const Expected& e : expected_tensors(c, t)) {
+  for (const WeightSpec& e : expected_weights(c, t)) {
     const std::string full = prefix + e.name;
     if (!file.contains(full))
       fail(file.label() + ": tensor '" + full + "' is missing (needed by a " + std::string(layer_type_name(t)) +
@@ -109,7 +125,7 @@ LayerWeights load_layer_weights(const SafeTensors& file, const Config& c, LayerT
     if (x.shape != e.shape)
       fail(file.label() + ": tensor '" + full + "' has shape " + shape_str(x.shape) + ", expected " +
            shape_str(e.shape));
-    *slot(w, e.name) = std::move(x);
+    *weight_slot(w, e.name) = std::move(x);
   }
   validate_weights(w, c, t);
   return w;

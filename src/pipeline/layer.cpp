@@ -193,7 +193,7 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
       ks.entries = cs.entries.data();
       if (p.type == LayerType::hca) ks.n_entries = std::min(cs.emitted, (t + 1) / p.rate);
       if (p.type == LayerType::csa) {
-        ks.selected = &(*j.topk)[(r - j.row0) * j.width];
+        ks.selected = j.topk->data() + (r - j.row0) * j.width;  // width 0: no entries yet
         ks.n_entries = j.width;
       }
       attend(p, &pr.up[r * p.n_up], ks, hb * head_block, std::min(h_n, (hb + 1) * head_block), &o[r * h_n * hd]);
@@ -291,15 +291,15 @@ std::vector<Tensor> Layer::forward_batch(std::span<const Tensor* const> xs, std:
   std::vector<Job> jobs;
   if (debug) debug->assign(xs.size(), {});
   for (size_t i = 0; i < xs.size(); ++i) {
+    if (!xs[i] || !states[i]) fail("forward_batch: input or state " + std::to_string(i) + " is null");
     const Tensor& x = *xs[i];
     const bool ok = (x.shape.size() == 2 && x.dim(1) == d) || (x.shape.size() == 3 && x.dim(0) == 1 && x.dim(2) == d);
     if (!ok)
       fail("chunk " + std::to_string(i) + ": expected shape [S, " + std::to_string(d) + "] or [1, S, " +
            std::to_string(d) + "], got " + shape_str(x.shape));
-    if (states[i]->type() != type_ || states[i]->head_dim() != config_.head_dim ||
-        states[i]->window_slots() != config_.sliding_window - 1)
+    if (!states[i]->fits(config_, type_))
       fail("chunk " + std::to_string(i) + ": state was made for another layer (type " +
-           std::string(layer_type_name(states[i]->type())) + ")");
+           std::string(layer_type_name(states[i]->type())) + " or other dimensions)");
     for (size_t k = 0; k < i; ++k)
       if (states[k] == states[i]) fail("forward_batch: the same state is given twice");
     const int64_t s = x.numel() / d;

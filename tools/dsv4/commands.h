@@ -10,5 +10,6 @@ void add_info(CLI::App& app, int& rc);        // info.cpp
 void add_run(CLI::App& app, int& rc);         // run.cpp
 void add_bench(CLI::App& app, int& rc);       // bench.cpp
 void add_state_size(CLI::App& app, int& rc);  // state_size.cpp
+void add_synth_model(CLI::App& app, int& rc);  // synth_model.cpp
 
 }  // namespace dsv4::cli

@@ -1,11 +1,66 @@
-// Placeholder: filled by its own issue.
+// dsv4 run: one attention layer of a model folder over `hidden_states`
+// [B, S, d] (F32 or BF16) -> `output` [B, S, d] F32.
+#include <omp.h>
+
+#include <chrono>
+#include <cstdio>
+
 #include "commands.h"
+#include "dsv4/model.h"
 
 namespace dsv4::cli {
+namespace {
+
+struct RunArgs {
+  std::string model, input, output, input_name = "hidden_states";
+  int64_t layer = 0, chunk = 0;
+  int threads = 0;
+};
+
+void run(const RunArgs& a) {
+  if (a.threads > 0) omp_set_num_threads(a.threads);
+  const Model m = Model::open(a.model);
+  const Layer layer = m.layer(a.layer);
+  const SafeTensors in = SafeTensors::open(a.input);
+  const Tensor x = in.f32(a.input_name);
+  const int64_t d = m.config().hidden_size;
+  if (x.shape.size() != 3 || x.dim(2) != d)
+    fail(a.input + ": tensor '" + a.input_name + "': shape " + shape_str(x.shape) + ", expected [B, S, " +
+         std::to_string(d) + "]");
+  const auto t0 = std::chrono::steady_clock::now();
+  const Tensor y = run_layer(layer, x, a.chunk);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  write_safetensors(a.output, {named("output", y)},
+                    {{"model", a.model},
+                     {"layer", std::to_string(a.layer)},
+                     {"layer_type", std::string(layer_type_name(layer.type()))},
+                     {"chunk", std::to_string(a.chunk)}});
+  std::printf("layer %lld (%s): %s -> %s  (%.3f s%s)\n", static_cast<long long>(a.layer),
+              std::string(layer_type_name(layer.type())).c_str(), shape_str(x.shape).c_str(), a.output.c_str(), secs,
+              a.chunk > 0 ? (", chunks of " + std::to_string(a.chunk)).c_str() : "");
+}
+
+}  // namespace
 
 void add_run(CLI::App& app, int& rc) {
-  (void)app;
-  (void)rc;
+  auto* cmd = app.add_subcommand("run", "Run one attention layer of a model folder over an input file");
+  auto a = std::make_shared<RunArgs>();
+  cmd->add_option("--model", a->model, "model folder (config.json + safetensors)")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  cmd->add_option("--layer", a->layer, "layer index")->required()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--input", a->input, "safetensors file with 'hidden_states' [B, S, d] (F32 or BF16)")
+      ->required()
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--input-name", a->input_name, "name of the input tensor")->capture_default_str();
+  cmd->add_option("--output", a->output, "safetensors file to write 'output' [B, S, d] F32 to")->required();
+  cmd->add_option("--chunk", a->chunk, "feed each batch row through a decode state in chunks of N tokens")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--threads", a->threads, "OpenMP threads (default: all)")->check(CLI::PositiveNumber);
+  cmd->callback([&rc, a] {
+    run(*a);
+    rc = 0;
+  });
 }
 
 }  // namespace dsv4::cli

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# libFuzzer (ASan + UBSan) on the safetensors header parser and the config /
+# index JSON readers: builds build-fuzz/ with clang, runs each target for
+# FUZZ_SECONDS (default 60) from the seed corpora, exits non-zero on any
+# crash, leak or sanitizer report (the reproducer lands in build-fuzz/artifacts/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${FUZZ_SECONDS:-60}
+B=build-fuzz
+
+cmake -S . -B $B -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDSV4_FUZZ=ON \
+  -DDSV4_BUILD_TESTS=OFF -DDSV4_BUILD_BENCH=OFF -DDSV4_NATIVE_ISA=OFF -DDSV4_WERROR=ON >/dev/null
+cmake --build $B -j"$(nproc)" --target fuzz_safetensors fuzz_json
+
+# Seeds: every conformance header (data cut off), the smallest whole
+# conformance file, and tiny files of every dtype.
+seeds=$B/seeds/safetensors
+rm -rf "$seeds" && mkdir -p "$seeds" $B/corpus/safetensors $B/corpus/json $B/artifacts
+for f in tests/data/conformance/*.safetensors; do
+  n=$(od -An -t u8 -N8 "$f" | tr -d ' ')
+  head -c $((8 + n)) "$f" > "$seeds/header_$(basename "$f")"
+done
+cp tests/data/conformance/small_swa_stateless_s1.safetensors "$seeds/"
+tiny() {  # tiny NAME HEADER DATA(printf escapes): 8-byte little-endian length, header, data
+  local h=$2 n=${#2}
+  { printf "$(printf '\\x%02x\\x%02x\\x00\\x00\\x00\\x00\\x00\\x00' $((n & 255)) $((n >> 8)))"
+    printf '%s' "$h"; printf "$3"; } > "$seeds/$1"
+}
+tiny f32 '{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}' '\x00\x00\x80\x3f'
+tiny mixed '{"__metadata__":{"k":"v"},"q":{"dtype":"F8_E4M3","shape":[2,2],"data_offsets":[0,4]},"s":{"dtype":"BF16","shape":[1,1],"data_offsets":[4,6]},"h":{"dtype":"F16","shape":[1],"data_offsets":[6,8]},"e":{"dtype":"F8_E8M0","shape":[],"data_offsets":[8,9]},"i":{"dtype":"I64","shape":[0,3],"data_offsets":[9,9]}}' \
+  '\x38\x7e\x7f\x81\x80\x3f\x00\x3c\x7f'
+
+status=0
+run() {  # run TARGET DICT SEEDS...
+  local t=$1 dict=$2; shift 2
+  echo "== $t: ${secs}s"
+  if ! $B/fuzz/$t -max_total_time="$secs" -print_final_stats=1 -dict="$dict" \
+      -artifact_prefix=$B/artifacts/$t- $B/corpus/${t#fuzz_} "$@"; then
+    echo "FAIL: $t (see $B/artifacts/)"
+    status=1
+  fi
+}
+run fuzz_safetensors fuzz/safetensors.dict "$seeds"
+run fuzz_json fuzz/json.dict fuzz/corpus/json
+exit $status

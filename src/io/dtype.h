@@ -1,0 +1,27 @@
+// Element decoders/encoders for the safetensors float dtypes. Decoders are
+// exact (every bf16/f16/e4m3/e8m0 value is an fp32 value); encoders round to
+// nearest even.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "dsv4/safetensors.h"
+
+namespace dsv4 {
+
+float bf16_to_f32(uint16_t b);
+float f16_to_f32(uint16_t h);    // IEEE half: subnormals, ±inf, NaN
+float e4m3fn_to_f32(uint8_t b);  // OCP FP8 E4M3FN: bias 7, no inf, S.1111.111 = NaN, max 448
+float e8m0_to_f32(uint8_t b);    // OCP E8M0 scale: 2^(b-127), 0xFF = NaN
+
+uint16_t f32_to_bf16(float x);   // NaN stays NaN
+uint8_t f32_to_e4m3fn(float x);  // saturates to ±448, NaN -> 0x7F|sign
+
+// Dtypes that f32() converts (everything but I64).
+bool is_float_dtype(DType t);
+// Decodes bytes.size() / dtype_size(t) elements of a float dtype into out.
+// The bytes need not be aligned.
+void decode_to_f32(DType t, std::span<const std::byte> bytes, float* out);
+
+}  // namespace dsv4

@@ -1,0 +1,236 @@
+// dsv4 synth-model DIR: writes a small model folder (config.json + weights)
+// that `dsv4 info` / `dsv4 run` load: by default 3 layers (sliding, CSA, HCA)
+// at the conformance "small" dims with seeded random weights, or with
+// --from-conformance one layer holding a conformance case's weights. Also
+// writes sample_input.safetensors (`hidden_states`) to run it on.
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "commands.h"
+#include "dsv4/model.h"
+#include "io/dtype.h"
+#include "io/weight_table.h"
+
+namespace dsv4::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::ordered_json;
+
+struct SynthArgs {
+  std::string dir, scheme = "hf", dtype = "f32", from;
+  bool sharded = false;
+  uint64_t seed = 0;
+};
+
+Config small_dims() {
+  Config c;
+  c.hidden_size = 64, c.num_attention_heads = 4, c.head_dim = 32, c.qk_rope_head_dim = 8;
+  c.q_lora_rank = 32, c.o_groups = 2, c.o_lora_rank = 16, c.sliding_window = 8;
+  c.compress_rate_csa = 4, c.compress_rate_hca = 8;
+  c.index_n_heads = 4, c.index_head_dim = 16, c.index_topk = 3;
+  c.rope_scaling.factor = 16, c.rope_scaling.original_max_position_embeddings = 64;
+  c.layer_types = {LayerType::sliding, LayerType::csa, LayerType::hca};
+  return c;
+}
+
+// Linear weights ~ U(±sqrt(3/fan_in)), norms ~ 1 ± 0.1, sinks and biases ~ U(±0.5).
+LayerWeights random_weights(const Config& c, LayerType t, std::mt19937& rng) {
+  LayerWeights w;
+  if (t != LayerType::sliding) w.compressor.emplace();
+  if (t == LayerType::csa) w.indexer.emplace();
+  for (const WeightSpec& e : expected_weights(c, t)) {
+    Tensor x(e.shape);
+    const bool norm = e.name.ends_with("norm.weight");
+    const double a = e.shape.size() == 2 && !e.name.ends_with("position_bias") ? std::sqrt(3.0 / double(e.shape[1]))
+                     : norm                                                    ? 0.1
+                                                                               : 0.5;
+    std::uniform_real_distribution<float> u(-float(a), float(a));
+    for (float& v : x.data) v = u(rng) + (norm ? 1.0f : 0.0f);
+    *weight_slot(w, e.name) = std::move(x);
+  }
+  return w;
+}
+
+// A layer's weights by name after `load_layer_weights` or random_weights.
+const Tensor& get(const LayerWeights& w, const std::string& name) {
+  return *weight_slot(const_cast<LayerWeights&>(w), name);
+}
+
+NamedTensor as_bf16(const std::string& name, const Tensor& t) {
+  NamedTensor nt{name, DType::BF16, t.shape, std::vector<std::byte>(t.data.size() * 2)};
+  for (size_t i = 0; i < t.data.size(); ++i) {
+    const uint16_t b = f32_to_bf16(t.data[i]);
+    std::memcpy(nt.bytes.data() + 2 * i, &b, 2);
+  }
+  return nt;
+}
+
+// FP8 E4M3 with one F32 scale per 128x128 block (block max maps to 448).
+std::pair<NamedTensor, NamedTensor> as_fp8(const std::string& name, const std::string& scale, const Tensor& t) {
+  const Shape grid = scale_grid(t.shape);
+  const int64_t rows = t.dim(0), cols = t.dim(1);
+  Tensor s(grid);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) {
+      float& m = s.data[size_t((i / kScaleBlock) * grid[1] + j / kScaleBlock)];
+      m = std::max(m, std::fabs(t.data[size_t(i * cols + j)]));
+    }
+  for (float& v : s.data) v = v > 0 ? v / 448.0f : 1.0f;
+  NamedTensor q{name, DType::F8_E4M3, t.shape, std::vector<std::byte>(t.data.size())};
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j)
+      q.bytes[size_t(i * cols + j)] = std::byte(
+          f32_to_e4m3fn(t.data[size_t(i * cols + j)] / s.data[size_t((i / kScaleBlock) * grid[1] + j / kScaleBlock)]));
+  return {std::move(q), named(scale, s)};
+}
+
+// Released checkpoints: the main projections FP8, compressor/indexer
+// projections BF16, norms, sinks and biases fp32.
+void encode(std::vector<NamedTensor>& out, NamingScheme scheme, int64_t layer, const std::string& hf, const Tensor& t,
+            const std::string& dtype) {
+  const std::string name = checkpoint_name(scheme, layer, hf);
+  const bool proj = t.shape.size() == 2 && hf.ends_with("proj.weight");
+  if (dtype == "bf16" || (dtype == "fp8" && proj && hf.starts_with("compressor."))) {
+    out.push_back(as_bf16(name, t));
+  } else if (dtype == "fp8" && proj) {
+    auto [q, s] = as_fp8(name, scale_name(scheme, name), t);
+    out.push_back(std::move(q));
+    out.push_back(std::move(s));
+  } else {
+    out.push_back(named(name, t));
+  }
+}
+
+json config_json(const Config& c, NamingScheme scheme) {
+  json j;
+  j["model_type"] = "deepseek_v4";
+  for (const auto& [k, v] : {std::pair<const char*, int64_t>{"hidden_size", c.hidden_size},
+                             {"num_attention_heads", c.num_attention_heads},
+                             {"head_dim", c.head_dim},
+                             {"qk_rope_head_dim", c.qk_rope_head_dim},
+                             {"q_lora_rank", c.q_lora_rank},
+                             {"o_groups", c.o_groups},
+                             {"o_lora_rank", c.o_lora_rank},
+                             {"sliding_window", c.sliding_window},
+                             {"compress_rate_csa", c.compress_rate_csa},
+                             {"compress_rate_hca", c.compress_rate_hca},
+                             {"index_n_heads", c.index_n_heads},
+                             {"index_head_dim", c.index_head_dim},
+                             {"index_topk", c.index_topk}})
+    j[k] = v;
+  j["rope_theta"] = c.rope_theta;
+  j["compress_rope_theta"] = c.compress_rope_theta;
+  j["rms_norm_eps"] = c.rms_norm_eps;
+  const RopeScaling& r = c.rope_scaling;
+  if (r.type.empty())
+    j["rope_scaling"] = nullptr;
+  else
+    j["rope_scaling"] = {{"type", r.type},
+                         {"factor", r.factor},
+                         {"original_max_position_embeddings", r.original_max_position_embeddings},
+                         {"beta_fast", r.beta_fast},
+                         {"beta_slow", r.beta_slow}};
+  j["num_hidden_layers"] = c.layer_types.size();
+  // Both ways config.json files state the layer types: HF names, DeepSeek ratios.
+  if (scheme == NamingScheme::hugging_face) {
+    for (LayerType t : c.layer_types) j["layer_types"].push_back(layer_type_name(t));
+  } else {
+    for (LayerType t : c.layer_types) j["compress_ratios"].push_back(c.compress_rate(t));
+  }
+  return j;
+}
+
+void write_text(const fs::path& p, const std::string& text) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out << text;
+  out.close();
+  if (!out) fail(p.string() + ": write failed");
+}
+
+void synth(const SynthArgs& a) {
+  const NamingScheme scheme = a.scheme == "hf" ? NamingScheme::hugging_face : NamingScheme::deepseek;
+  Config c = small_dims();
+  std::vector<LayerWeights> layers;
+  Tensor sample;  // an input for `dsv4 run`
+  if (!a.from.empty()) {
+    const SafeTensors f = SafeTensors::open(a.from);
+    const LayerSpec spec = layer_spec_from_json_text(f.meta("config"), a.from + " metadata 'config'");
+    c = spec.config;
+    c.layer_types = {spec.type};
+    layers.push_back(load_layer_weights(f, c, spec.type));
+    sample = f.f32("chunk0.hidden_states");
+  } else {
+    std::mt19937 rng(uint32_t(a.seed));
+    for (LayerType t : c.layer_types) layers.push_back(random_weights(c, t, rng));
+    sample = Tensor({1, 37, c.hidden_size});
+    std::normal_distribution<float> g;
+    for (float& v : sample.data) v = g(rng);
+  }
+
+  fs::create_directories(a.dir);
+  const fs::path dir(a.dir);
+  // Model::open prefers an index: drop the other layout's leftovers.
+  fs::remove(dir / (a.sharded ? "model.safetensors" : "model.safetensors.index.json"));
+  write_text(dir / "config.json", config_json(c, scheme).dump(2) + "\n");
+  const size_t n = layers.size();
+  json weight_map = json::object();
+  uint64_t total = 0;
+  std::vector<NamedTensor> all;
+  for (size_t i = 0; i < n; ++i) {
+    std::vector<NamedTensor> ts;
+    for (const WeightSpec& e : expected_weights(c, c.layer_types[i]))
+      encode(ts, scheme, int64_t(i), e.name, get(layers[i], e.name), a.dtype);
+    if (!a.sharded) {
+      for (NamedTensor& t : ts) all.push_back(std::move(t));
+      continue;
+    }
+    char shard[64];
+    std::snprintf(shard, sizeof shard, "model-%05zu-of-%05zu.safetensors", i + 1, n);
+    for (const NamedTensor& t : ts) weight_map[t.name] = shard, total += t.bytes.size();
+    write_safetensors(dir / shard, ts, {{"format", "pt"}});
+  }
+  if (a.sharded) {
+    json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+    write_text(dir / "model.safetensors.index.json", index.dump(2) + "\n");
+  } else {
+    write_safetensors(dir / "model.safetensors", all, {{"format", "pt"}});
+  }
+  write_safetensors(dir / "sample_input.safetensors", {named("hidden_states", sample)});
+  std::printf("wrote %s: %zu layer(s), %s names, %s weights, %s\n", a.dir.c_str(), n,
+              std::string(naming_scheme_name(scheme)).c_str(), a.dtype.c_str(),
+              a.sharded ? "one shard per layer + index" : "one model.safetensors");
+  std::printf("sample input (hidden_states %s): %s\n", shape_str(sample.shape).c_str(),
+              (dir / "sample_input.safetensors").c_str());
+}
+
+}  // namespace
+
+void add_synth_model(CLI::App& app, int& rc) {
+  auto* cmd = app.add_subcommand("synth-model",
+                                 "Write a small test model folder (3 layers: sliding, CSA, HCA at "
+                                 "the conformance 'small' dims, seeded random weights)");
+  auto a = std::make_shared<SynthArgs>();
+  cmd->add_option("dir", a->dir, "output folder (created)")->required();
+  cmd->add_option("--scheme", a->scheme, "tensor names: hf (model.layers.N.self_attn.*) or original (layers.N.attn.*)")
+      ->check(CLI::IsMember({"hf", "original"}));
+  cmd->add_option("--dtype", a->dtype,
+                  "f32, bf16, or fp8 (FP8 E4M3 projections + 128x128 block scales, BF16 "
+                  "compressor/indexer projections)")
+      ->check(CLI::IsMember({"f32", "bf16", "fp8"}));
+  cmd->add_flag("--sharded", a->sharded, "one shard per layer plus model.safetensors.index.json");
+  cmd->add_option("--seed", a->seed, "random seed");
+  cmd->add_option("--from-conformance", a->from, "re-pack this conformance case's weights as a one-layer model")
+      ->check(CLI::ExistingFile);
+  cmd->callback([&rc, a] {
+    synth(*a);
+    rc = 0;
+  });
+}
+
+}  // namespace dsv4::cli
