@@ -142,7 +142,7 @@ TEST(OutputProjection, GroupsMapThroughTheirOwnBlock) {
   const int64_t pos = 0;  // angle 0: de-rotation is the identity
   std::vector<float> out(c.hidden_size);
   std::vector<float> grouped(g * dg);
-  output_project(p, o.ptr(), 1, &pos, grouped.data(), out.data());
+  output_project(p, o.ptr(), 1, &pos, {RowGroup{0, 1, false}}, grouped.data(), out.data());
   for (int64_t j = 0; j < c.hidden_size; ++j) {
     double acc = 0;
     for (int64_t gi = 0; gi < g; ++gi)

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "ops/vec.h"
+
 namespace dsv4 {
 namespace {
 
@@ -31,11 +33,6 @@ void tiled(bool b_transposed, int64_t m, int64_t n, int64_t k, const float* a, i
     const int64_t i0 = (t / tn) * kTileM, j0 = (t % tn) * kTileN;
     const int64_t mi = std::min(kTileM, m - i0), nj = std::min(kTileN, n - j0);
     const float* bt = b_transposed ? b + j0 * ldb : b + j0;
-    if (mi == 1 && b_transposed) {  // one token (decode): a GEMV streams the weights once, no packing
-      cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<blasint>(nj), static_cast<blasint>(k), 1.0f, bt,
-                  static_cast<blasint>(ldb), a + i0 * lda, 1, beta, c + i0 * ldc + j0, 1);
-      continue;
-    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, b_transposed ? CblasTrans : CblasNoTrans, static_cast<blasint>(mi),
                 static_cast<blasint>(nj), static_cast<blasint>(k), 1.0f, a + i0 * lda, static_cast<blasint>(lda), bt,
                 static_cast<blasint>(ldb), beta, c + i0 * ldc + j0, static_cast<blasint>(ldc));
@@ -47,6 +44,16 @@ void tiled(bool b_transposed, int64_t m, int64_t n, int64_t k, const float* a, i
 void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
              int64_t ldc, float beta) {
   tiled(true, m, n, k, a, lda, b, ldb, c, ldc, beta);
+}
+
+void gemm_nt_rows(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                  int64_t ldc) {
+  constexpr int64_t kRowsPerTile = 64;  // weight rows per work item
+  const int64_t tiles = (n + kRowsPerTile - 1) / kRowsPerTile;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < tiles; ++t)
+    for (int64_t j = t * kRowsPerTile; j < std::min(n, (t + 1) * kRowsPerTile); ++j)
+      for (int64_t i = 0; i < m; ++i) c[i * ldc + j] = vec::dot(a + i * lda, b + j * ldb, k);
 }
 
 void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,

@@ -7,6 +7,11 @@ namespace dsv4 {
 
 void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
              int64_t ldc, float beta = 0.0f);
+// Row-invariant C = A·B^T: each element is one dot product in a fixed order
+// over K, so a row's result never depends on the other rows of the call (BLAS
+// rounds a row differently depending on M). Streams B once: the decode kernel.
+void gemm_nt_rows(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                  int64_t ldc);
 // C[M,N] = A[M,K] · B[K,N]
 void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
              int64_t ldc, float beta = 0.0f);

@@ -118,11 +118,14 @@ void fill_debug(const PackedLayer& p, const Projected& pr, const Job& j) {
   d.topk.data.assign(j.topk->data(), j.topk->data() + j.len * j.width);
 }
 
+constexpr int64_t kDecodeHeadSplit = 8;  // head blocks per query of a short chunk
+
 // Per calling thread, reused across calls (see Scratch).
 struct Workspace {
   Scratch<float> x, o, grouped, out;
   Scratch<int64_t> pos;
   Scratch<int32_t> job_of;
+  Scratch<int64_t> unit_row, unit_h0, unit_h1;  // attention work items
   Projected pr;
   std::vector<Scratch<float>> kwin;  // per job
   std::vector<Scratch<int32_t>> topk;
@@ -132,7 +135,10 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
   thread_local Workspace ws;
   const Config& c = p.c;
   const int64_t d = c.hidden_size, hd = c.head_dim, h_n = c.num_attention_heads;
+  // Short chunks first: their rows form the one row-invariant GEMM group.
+  std::stable_partition(jobs.begin(), jobs.end(), [](const Job& j) { return j.len <= kShortChunk; });
   int64_t rows = 0;
+  std::vector<RowGroup> groups;
   if (ws.kwin.size() < jobs.size()) ws.kwin.resize(jobs.size()), ws.topk.resize(jobs.size());
   for (size_t k = 0; k < jobs.size(); ++k) {
     Job& j = jobs[k];
@@ -140,6 +146,12 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
     j.topk = &ws.topk[k];
     j.row0 = rows;
     j.p0 = j.st->position();
+    if (j.len > kShortChunk)
+      groups.push_back({rows, j.len, false});
+    else if (groups.empty())
+      groups.push_back({0, j.len, true});
+    else
+      groups.back().rows += j.len;
     rows += j.len;
   }
   float* x = ws.x.get(static_cast<size_t>(rows * d));
@@ -158,7 +170,7 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
   Projected& pr = ws.pr;
   {
     Stage s(times, &StageTimes::project);
-    project(p, x, rows, pos, pr);
+    project(p, x, rows, pos, groups, pr);
   }
   {
     Stage s(times, &StageTimes::compress);
@@ -173,16 +185,25 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
   }
 
   // Attention per (query, head block). All heads of a query share its keys, so
-  // a block is two GEMMs; few queries (decode) split the heads so every thread
-  // works. The block size depends on the rows only, never on the thread count.
-  const int64_t head_block = rows >= 8 ? h_n : std::max<int64_t>(1, (h_n + 7) / 8);
-  const int64_t n_hb = (h_n + head_block - 1) / head_block;
+  // a block is two GEMMs. Short chunks (decode) split the heads so every thread
+  // works; the split depends on the chunk alone, never on the thread count or
+  // the other chunks of the call.
+  const int64_t short_block = (h_n + kDecodeHeadSplit - 1) / kDecodeHeadSplit;
+  int64_t* unit_row = ws.unit_row.get(static_cast<size_t>(rows * kDecodeHeadSplit));
+  int64_t* unit_h0 = ws.unit_h0.get(static_cast<size_t>(rows * kDecodeHeadSplit));
+  int64_t* unit_h1 = ws.unit_h1.get(static_cast<size_t>(rows * kDecodeHeadSplit));
+  int64_t n_units = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t block = jobs[job_of[r]].len <= kShortChunk ? short_block : h_n;
+    for (int64_t h = 0; h < h_n; h += block, ++n_units)
+      unit_row[n_units] = r, unit_h0[n_units] = h, unit_h1[n_units] = std::min(h_n, h + block);
+  }
   float* o = ws.o.get(static_cast<size_t>(rows * h_n * hd));
   {
     Stage s(times, &StageTimes::attention);
 #pragma omp parallel for schedule(dynamic)
-    for (int64_t u = 0; u < rows * n_hb; ++u) {
-      const int64_t r = u / n_hb, hb = u % n_hb;
+    for (int64_t u = 0; u < n_units; ++u) {
+      const int64_t r = unit_row[u];
       const Job& j = jobs[job_of[r]];
       const int64_t t = pos[r], at = j.n_cached + (r - j.row0);  // row of t in kwin
       const int64_t lo = std::max<int64_t>(0, at - c.sliding_window + 1);
@@ -196,13 +217,14 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
         ks.selected = j.topk->data() + (r - j.row0) * j.width;  // width 0: no entries yet
         ks.n_entries = j.width;
       }
-      attend(p, &pr.up[r * p.n_up], ks, hb * head_block, std::min(h_n, (hb + 1) * head_block), &o[r * h_n * hd]);
+      attend(p, &pr.up[r * p.n_up], ks, unit_h0[u], unit_h1[u], &o[r * h_n * hd]);
     }
   }
   float* out = ws.out.get(static_cast<size_t>(rows * d));
   {
     Stage s(times, &StageTimes::output);
-    output_project(p, o, rows, pos, ws.grouped.get(static_cast<size_t>(rows * c.o_groups * c.o_lora_rank)), out);
+    output_project(p, o, rows, pos, groups, ws.grouped.get(static_cast<size_t>(rows * c.o_groups * c.o_lora_rank)),
+                   out);
   }
   for (Job& j : jobs) {
     std::memcpy(j.out, &out[j.row0 * d], j.len * d * sizeof(float));

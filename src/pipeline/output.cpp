@@ -8,7 +8,8 @@
 
 namespace dsv4 {
 
-void output_project(const PackedLayer& p, float* o, int64_t rows, const int64_t* pos, float* grouped, float* out) {
+void output_project(const PackedLayer& p, float* o, int64_t rows, const int64_t* pos, const std::vector<RowGroup>& groups,
+                    float* grouped, float* out) {
   const Config& c = p.c;
   const int64_t hd = c.head_dim, h_n = c.num_attention_heads, rd = c.qk_rope_head_dim;
   const int64_t g = c.o_groups, dg = c.o_lora_rank, gw = h_n * hd / g;
@@ -19,9 +20,11 @@ void output_project(const PackedLayer& p, float* o, int64_t rows, const int64_t*
     for (int64_t h = 0; h < h_n; ++h) rope_rotate(o + r * h_n * hd + h * hd + hd - rd, rd, cs.data(), sn.data(), true);
   }
   const float* w_oa = p.w->o_a_proj.ptr();
-  for (int64_t i = 0; i < g; ++i)
-    gemm_nt(rows, dg, gw, o + i * gw, h_n * hd, w_oa + i * dg * gw, gw, grouped + i * dg, g * dg);
-  gemm_nt(rows, c.hidden_size, g * dg, grouped, g * dg, p.w->o_b_proj.ptr(), g * dg, out, c.hidden_size);
+  for (const RowGroup& rg : groups) {
+    for (int64_t i = 0; i < g; ++i)
+      linear(rg, dg, gw, o + i * gw, h_n * hd, w_oa + i * dg * gw, gw, grouped + i * dg, g * dg);
+    linear(rg, c.hidden_size, g * dg, grouped, g * dg, p.w->o_b_proj.ptr(), g * dg, out, c.hidden_size);
+  }
 }
 
 }  // namespace dsv4

@@ -51,13 +51,28 @@ class Scratch {
   size_t cap_ = 0;
 };
 
+// Rows that share the GEMMs of a call: all rows of short chunks (decode) in
+// one row-invariant group, each long chunk alone with BLAS. A chunk's results
+// then never depend on the other chunks of a call, so a batched call equals
+// separate calls bit for bit.
+struct RowGroup {
+  int64_t row0 = 0, rows = 0;
+  bool rowwise = false;
+};
+constexpr int64_t kShortChunk = 16;  // chunks up to this many tokens go row-invariant
+
+// C[g rows] = A[g rows] · W^T with the group's kernel; a and c point at row 0 of the call.
+void linear(const RowGroup& g, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw,
+            float* c, int64_t ldc);
+
 // Activations of `rows` tokens (all chunks of a call, concatenated).
 struct Projected {
   int64_t rows = 0;
   Scratch<float> in;  // [rows, n_in]: c_q (normed) | kv (normed, roped) | C, Z | C_I, Z_I | head weights (scaled)
   Scratch<float> up;  // [rows, n_up]: q (normed, roped) | indexer q (roped)
 };
-void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* pos, Projected& out);
+void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* pos, const std::vector<RowGroup>& groups,
+             Projected& out);
 
 // Feed n tokens' C/Z rows (row stride ld) into a compressor; emits the entries
 // of windows that complete. Returns how many were emitted.
@@ -85,6 +100,7 @@ void attend(const PackedLayer& p, const float* q, const KeySet& keys, int64_t h_
 
 // De-rotate o [rows, H*D] at its positions, then out = o_b(o_a_grouped(o)).
 // `grouped` is scratch of rows·g·d_g floats.
-void output_project(const PackedLayer& p, float* o, int64_t rows, const int64_t* pos, float* grouped, float* out);
+void output_project(const PackedLayer& p, float* o, int64_t rows, const int64_t* pos, const std::vector<RowGroup>& groups,
+                    float* grouped, float* out);
 
 }  // namespace dsv4

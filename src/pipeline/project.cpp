@@ -53,13 +53,23 @@ PackedLayer pack_layer(const Config& c, LayerType t, const LayerWeights& w) {
   return p;
 }
 
-void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* pos, Projected& out) {
+void linear(const RowGroup& g, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw,
+            float* c, int64_t ldc) {
+  if (g.rowwise)
+    gemm_nt_rows(g.rows, n, k, a + g.row0 * lda, lda, w, ldw, c + g.row0 * ldc, ldc);
+  else
+    gemm_nt(g.rows, n, k, a + g.row0 * lda, lda, w, ldw, c + g.row0 * ldc, ldc);
+}
+
+void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* pos, const std::vector<RowGroup>& groups,
+             Projected& out) {
   const Config& c = p.c;
   const LayerWeights& w = *p.w;
   out.rows = rows;
   out.in.get(static_cast<size_t>(rows * p.n_in));
   out.up.get(static_cast<size_t>(rows * p.n_up));
-  gemm_nt(rows, p.n_in, c.hidden_size, x, c.hidden_size, p.w_in.data(), c.hidden_size, out.in.data(), p.n_in);
+  for (const RowGroup& g : groups)
+    linear(g, p.n_in, c.hidden_size, x, c.hidden_size, p.w_in.data(), c.hidden_size, out.in.data(), p.n_in);
 
   const int64_t hd = c.head_dim, hi = c.index_n_heads, di = c.index_head_dim;
   const float head_weight_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hi)));
@@ -73,7 +83,8 @@ void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* 
       for (int64_t h = 0; h < hi; ++h) row[p.off_w + h] *= head_weight_scale;
   }
 
-  gemm_nt(rows, p.n_up, c.q_lora_rank, out.in.data(), p.n_in, p.w_up.data(), c.q_lora_rank, out.up.data(), p.n_up);
+  for (const RowGroup& g : groups)
+    linear(g, p.n_up, c.q_lora_rank, out.in.data(), p.n_in, p.w_up.data(), c.q_lora_rank, out.up.data(), p.n_up);
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     float* row = &out.up[r * p.n_up];
