@@ -47,7 +47,17 @@ void BM_Gemm_XSideFused(benchmark::State& st) { gemm(st, 512, 1024 + 512 + 4096 
 void BM_Gemm_QUp(benchmark::State& st) { gemm(st, 512, 64 * 512 + 64 * 128, 1024); }
 void BM_Gemm_OaGroup(benchmark::State& st) { gemm(st, 512, 1024, 4096); }
 void BM_Gemm_Ob(benchmark::State& st) { gemm(st, 512, 4096, 8192); }
-void BM_Gemv_Decode_QUp(benchmark::State& st) { gemm(st, 1, 64 * 512 + 64 * 128, 1024); }
+// Decode: one token through the row-invariant kernel (what the layer uses for short chunks).
+void BM_Gemv_Decode_QUp(benchmark::State& st) {
+  const int64_t n = 64 * 512 + 64 * 128, k = 1024;
+  const Tensor a = random_uniform({1, k}, 1, 1), b = random_uniform({n, k}, 1, 2);
+  std::vector<float> c(static_cast<size_t>(n));
+  for (auto _ : st) {
+    gemm_nt_rows(1, n, k, a.ptr(), k, b.ptr(), k, c.data(), n);
+    benchmark::DoNotOptimize(c.data());
+  }
+  st.counters["bytes/s"] = benchmark::Counter(4.0 * n * k * st.iterations(), benchmark::Counter::kIsRate);
+}
 
 // A packed CSA layer at Flash dims (weights random, loaded once).
 const PackedLayer& packed_csa() {
