@@ -100,6 +100,7 @@ int run_bench(const Options& o) {
   std::vector<double> secs;
   std::vector<StageTimes> stage_runs;
   size_t state_bytes = 0;
+  double context_seconds = 0;  // decode mode: the prefill of the context (last run)
   for (int r = 0; r < o.repeats; ++r) {
     LayerState st = layer.new_state();
     StageTimes times;
@@ -111,7 +112,9 @@ int run_bench(const Options& o) {
       stage_runs.push_back(times);
     } else {
       Progress bar("context tokens", o.context);
+      const double t0 = now();
       prefill(layer, x, 0, o.context, st, nullptr, &bar);
+      context_seconds = now() - t0;
       std::vector<double> per_token;
       StageTimes sum;
       for (int64_t i = 0; i < o.decode; ++i) {
@@ -162,6 +165,7 @@ int run_bench(const Options& o) {
     const double bound = (weight_bytes + static_cast<double>(state_bytes)) / (roof.copy_gb_per_s * 1e9);
     j["bandwidth_bound_seconds"] = bound;
     j["seconds_vs_bandwidth_bound"] = seconds / bound;
+    j["context_prefill_seconds"] = context_seconds;
   }
   std::printf("dsv4 bench: %s %s, %s, %d threads\n", o.preset.c_str(), std::string(layer_type_name(type)).c_str(),
               decode ? ("decode after " + std::to_string(o.context) + " tokens").c_str()
@@ -172,6 +176,7 @@ int run_bench(const Options& o) {
               100 * flops / seconds * 1e-9 / roof.sgemm_gflops, roof.sgemm_gflops);
   std::printf("  peak RSS %.2f GB, weights %.2f GB, state %.1f MB, copy bandwidth %.1f GB/s\n", peak_rss_bytes() / 1e9,
               weight_bytes / 1e9, state_bytes / 1e6, roof.copy_gb_per_s);
+  if (decode) std::printf("  context prefill of %lld tokens took %.1f s\n", static_cast<long long>(o.context), context_seconds);
   if (decode)
     std::printf("  bandwidth bound %.4f s/token: measured = %.2fx of it\n", j["bandwidth_bound_seconds"].get<double>(),
                 j["seconds_vs_bandwidth_bound"].get<double>());
