@@ -22,22 +22,7 @@ struct Case {
 
 Case random_case(std::mt19937& rng, LayerType type) {
   auto pick = [&](std::initializer_list<int64_t> v) { return *(v.begin() + rng() % v.size()); };
-  Case k{test::small_config(), type, 1 + static_cast<int64_t>(rng() % 3), 0};
-  Config& c = k.c;
-  c.hidden_size = pick({16, 24, 32});
-  c.num_attention_heads = pick({1, 2, 3, 4});
-  c.head_dim = pick({8, 16, 24});
-  c.qk_rope_head_dim = pick({2, 4, 8});
-  c.q_lora_rank = pick({8, 12, 16});
-  c.o_groups = c.num_attention_heads % 2 == 0 ? pick({1, 2}) : 1;
-  c.o_lora_rank = pick({4, 8});
-  c.sliding_window = pick({1, 2, 3, 5, 8, 16});
-  c.compress_rate_csa = pick({1, 2, 3, 4});
-  c.compress_rate_hca = pick({2, 3, 5, 8});
-  c.index_n_heads = pick({1, 2, 4});
-  c.index_head_dim = c.qk_rope_head_dim * pick({1, 2, 3});
-  c.index_topk = pick({1, 2, 3, 5, 8});
-  c.rope_scaling.original_max_position_embeddings = pick({16, 64});
+  Case k{test::random_config(rng), type, 1 + static_cast<int64_t>(rng() % 3), 0};
   // Short and long sequences: S = 1, S < W, S < m, odd, T both below and above k.
   k.seq = pick({1, 2, 3, 5, 7}) + static_cast<int64_t>(rng() % 2 ? rng() % 40 : 0);
   return k;

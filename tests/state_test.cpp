@@ -22,25 +22,6 @@ namespace {
 
 const LayerType kTypes[] = {LayerType::sliding, LayerType::csa, LayerType::hca};
 
-Config random_config(std::mt19937& rng) {
-  auto pick = [&](std::initializer_list<int64_t> v) { return *(v.begin() + rng() % v.size()); };
-  Config c = test::small_config();
-  c.hidden_size = pick({16, 24, 32});
-  c.num_attention_heads = pick({1, 2, 3, 4});
-  c.head_dim = pick({8, 16, 24});
-  c.qk_rope_head_dim = pick({2, 4, 8});
-  c.q_lora_rank = pick({8, 12, 16});
-  c.o_groups = c.num_attention_heads % 2 == 0 ? pick({1, 2}) : 1;
-  c.o_lora_rank = pick({4, 8});
-  c.sliding_window = pick({1, 2, 3, 5, 8, 16});
-  c.compress_rate_csa = pick({1, 2, 3, 4});
-  c.compress_rate_hca = pick({2, 3, 5, 8});
-  c.index_n_heads = pick({1, 2, 4});
-  c.index_head_dim = c.qk_rope_head_dim * pick({1, 2, 3});
-  c.index_topk = pick({1, 2, 3, 5, 8});
-  c.rope_scaling.original_max_position_embeddings = pick({16, 64});
-  return c;
-}
 
 // Rows [from, from + n) of x [S, d] as [n, d].
 Tensor rows(const Tensor& x, int64_t from, int64_t n) {
@@ -149,7 +130,7 @@ TEST(StateChunking, AnyChunkingEqualsOneShot) {
   int cases = 0, redraws = 0, patterns = 0;
   for (int i = 0; cases < 120; ++i) {
     const LayerType type = kTypes[i % 3];
-    const Config c = random_config(rng);
+    const Config c = test::random_config(rng);
     const int64_t r = c.compress_rate(type), w = c.sliding_window;
     const int64_t s = std::max(2 * r, w) + 1 + static_cast<int64_t>(rng() % 30);
     const Layer layer(c, type, test::random_weights(c, type, rng));
@@ -208,7 +189,7 @@ void batch_vs_separate(bool bit_exact) {
   int compared = 0;
   for (int rep = 0; rep < 4; ++rep)
     for (LayerType type : kTypes) {
-      const Config c = rep == 0 ? test::small_config() : random_config(rng);
+      const Config c = rep == 0 ? test::small_config() : test::random_config(rng);
       const Layer layer(c, type, test::random_weights(c, type, rng));
       const int n_seq = 2 + static_cast<int>(rng() % 4);
       std::vector<LayerState> sep(n_seq, layer.new_state());
@@ -400,7 +381,7 @@ TEST(StateLifecycle, BytesFollowTheDocumentedFormula) {
   std::mt19937 rng(13);
   for (int i = 0; i < 30; ++i) {
     const LayerType type = kTypes[i % 3];
-    const Config c = random_config(rng);
+    const Config c = test::random_config(rng);
     const Layer layer(c, type, test::random_weights(c, type, rng));
     LayerState st = layer.new_state();
     const int64_t d = c.head_dim, w = c.sliding_window, di = c.index_head_dim;
@@ -468,7 +449,7 @@ TEST_F(StateFile, SaveLoadContinueIsBitIdentical) {
   std::mt19937 rng(21);
   for (int i = 0; i < 12; ++i) {
     const LayerType type = kTypes[i % 3];
-    const Config c = i < 3 ? test::small_config() : random_config(rng);
+    const Config c = i < 3 ? test::small_config() : test::random_config(rng);
     const Layer layer(c, type, test::random_weights(c, type, rng));
     const int64_t r = std::max<int64_t>(c.compress_rate(type), 1), w = c.sliding_window;
     // Saved at: empty, inside the first window, mid-window with a CSA prev series, past W, on edges.

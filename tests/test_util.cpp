@@ -51,6 +51,27 @@ LayerWeights random_weights(const Config& c, LayerType t, std::mt19937& rng) {
   return w;
 }
 
+// Small random dimensions that pass Config::validate (every type, any S).
+Config random_config(std::mt19937& rng) {
+  auto pick = [&](std::initializer_list<int64_t> v) { return *(v.begin() + rng() % v.size()); };
+  Config c = small_config();
+  c.hidden_size = pick({16, 24, 32});
+  c.num_attention_heads = pick({1, 2, 3, 4});
+  c.head_dim = pick({8, 16, 24});
+  c.qk_rope_head_dim = pick({2, 4, 8});
+  c.q_lora_rank = pick({8, 12, 16});
+  c.o_groups = c.num_attention_heads % 2 == 0 ? pick({1, 2}) : 1;
+  c.o_lora_rank = pick({4, 8});
+  c.sliding_window = pick({1, 2, 3, 5, 8, 16});
+  c.compress_rate_csa = pick({1, 2, 3, 4});
+  c.compress_rate_hca = pick({2, 3, 5, 8});
+  c.index_n_heads = pick({1, 2, 4});
+  c.index_head_dim = c.qk_rope_head_dim * pick({1, 2, 3});
+  c.index_topk = pick({1, 2, 3, 5, 8});
+  c.rope_scaling.original_max_position_embeddings = pick({16, 64});
+  return c;
+}
+
 Config small_config() {
   Config c;
   c.hidden_size = 64;

@@ -20,6 +20,8 @@ Tensor random_tensor(Shape shape, std::mt19937& rng, float scale = 1.0f);
 
 // A small config (the conformance "small" dims) to vary in tests.
 Config small_config();
+// Random small dimensions (heads, ranks, window, rates, top-k) for property tests.
+Config random_config(std::mt19937& rng);
 
 // ok iff |a - b| <= atol + rtol·|b| for all elements; message names the worst element.
 ::testing::AssertionResult all_close(const Tensor& ours, const Tensor& ref, double atol, double rtol);
