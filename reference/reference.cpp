@@ -203,7 +203,7 @@ Mat forward_one(const Config& c, LayerType type, const LayerWeights& w, const fl
       dbg->index_scores = Tensor({s_len, n_t}, ix.scores);
       dbg->topk.shape = {s_len, width};
       dbg->topk.data.assign(static_cast<size_t>(s_len * width), -1);
-      for (int64_t t = 0; t < s_len; ++t) std::copy(ix.topk[t].begin(), ix.topk[t].end(), &dbg->topk.data[t * width]);
+      for (int64_t t = 0; t < s_len; ++t) std::copy(ix.topk[t].begin(), ix.topk[t].end(), dbg->topk.data.begin() + t * width);
     }
   }
   (void)d;

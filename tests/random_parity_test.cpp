@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "dsv4/layer.h"
+#include "io/dtype.h"
 #include "reference.h"
 #include "test_util.h"
 
@@ -151,6 +152,41 @@ TEST(RandomParity, LongSequencesAndManyEntries) {
       y.data.insert(y.data.end(), yi.data.begin(), yi.data.end());
     }
     EXPECT_TRUE(test::all_close(y.ptr(), Tensor({s * d}, ref.data), 1e-5, 1e-5)) << layer_type_name(t) << " decode";
+  }
+}
+
+}  // namespace
+}  // namespace dsv4
+
+namespace dsv4 {
+namespace {
+
+// bf16 weights are widened exactly inside the GEMMs, so a bf16 layer equals an
+// fp32 layer whose projection matrices were rounded to bf16, bit for bit, on
+// both GEMM paths (short chunks row-invariant, long ones BLAS).
+TEST(WeightFormat, Bf16EqualsF32OnRoundedWeightsAndHalvesTheMatrices) {
+  std::mt19937 rng(21);
+  const Config c = test::small_config();
+  for (LayerType t : {LayerType::sliding, LayerType::csa, LayerType::hca}) {
+    const LayerWeights w = test::random_weights(c, t, rng);
+    LayerWeights rounded = w;
+    auto round = [](Tensor& x) {
+      for (float& v : x.data) v = bf16_to_f32(f32_to_bf16(v));
+    };
+    for (Tensor* x : {&rounded.q_a_proj, &rounded.q_b_proj, &rounded.kv_proj, &rounded.o_a_proj, &rounded.o_b_proj})
+      round(*x);
+    if (rounded.compressor) round(rounded.compressor->kv_proj), round(rounded.compressor->gate_proj);
+    if (rounded.indexer) {
+      round(rounded.indexer->compressor.kv_proj), round(rounded.indexer->compressor.gate_proj);
+      round(rounded.indexer->q_b_proj), round(rounded.indexer->weights_proj);
+    }
+    const Layer half(c, t, w, LayerOptions{WeightFormat::bf16}), full(c, t, rounded);
+    EXPECT_LT(half.weight_bytes(), full.weight_bytes() * 0.55) << layer_type_name(t);
+    for (int64_t s : {5, 50}) {  // row-invariant and BLAS paths
+      const Tensor x = test::random_tensor({2, s, c.hidden_size}, rng, 2.0f);
+      const Tensor a = half.forward(x), b = full.forward(x);
+      EXPECT_EQ(0, std::memcmp(a.ptr(), b.ptr(), a.data.size() * sizeof(float))) << layer_type_name(t) << " S=" << s;
+    }
   }
 }
 

@@ -30,16 +30,28 @@ struct Intermediates {
 
 struct PackedLayer;  // weights rearranged once for the fast path
 
+// How the projection matrices are held in memory. bf16 halves them; they are
+// widened to fp32 inside the GEMMs (activations and accumulation stay fp32).
+enum class WeightFormat { f32, bf16 };
+struct LayerOptions {
+  WeightFormat weights = WeightFormat::f32;
+};
+
 class Layer {
  public:
-  Layer(Config config, LayerType type, LayerWeights weights);  // validates
+  // Validates, then packs the projection matrices (moved out of `weights`).
+  Layer(Config config, LayerType type, LayerWeights weights, LayerOptions options = {});
   ~Layer();
   Layer(Layer&&) noexcept;
   Layer& operator=(Layer&&) noexcept;
 
   const Config& config() const { return config_; }
   LayerType type() const { return type_; }
+  // Norms, position biases and sinks; the projection matrices live packed
+  // inside the layer (their Tensors here are empty).
   const LayerWeights& weights() const { return weights_; }
+  // Bytes of weights the layer holds (packed matrices + the small tensors).
+  size_t weight_bytes() const;
 
   // One-shot forward over x [B, S, d] at positions 0..S-1 -> [B, S, d].
   // If `debug` is given it is resized to B and filled.

@@ -62,7 +62,9 @@ class Model {
   // Layer i's weights in fp32; throws with every problem listed, or naming
   // a tensor with non-finite values and their count.
   LayerWeights load_layer(int64_t i) const;
-  Layer layer(int64_t i) const { return Layer(config_, layer_type(i), load_layer(i)); }
+  Layer layer(int64_t i, LayerOptions options = {}) const {
+    return Layer(config_, layer_type(i), load_layer(i), options);
+  }
 
  private:
   struct Planned;

@@ -3,6 +3,8 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <cstring>
+#include <vector>
 
 #include "ops/vec.h"
 
@@ -54,6 +56,45 @@ void gemm_nt_rows(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, 
   for (int64_t t = 0; t < tiles; ++t)
     for (int64_t j = t * kRowsPerTile; j < std::min(n, (t + 1) * kRowsPerTile); ++j)
       for (int64_t i = 0; i < m; ++i) c[i * ldc + j] = vec::dot(a + i * lda, b + j * ldb, k);
+}
+
+void gemm_nt_rows_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const uint16_t* b, int64_t ldb,
+                       float* c, int64_t ldc) {
+  constexpr int64_t kRowsPerTile = 64;
+  const int64_t tiles = (n + kRowsPerTile - 1) / kRowsPerTile;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < tiles; ++t)
+    for (int64_t j = t * kRowsPerTile; j < std::min(n, (t + 1) * kRowsPerTile); ++j)
+      for (int64_t i = 0; i < m; ++i) c[i * ldc + j] = vec::dot_bf16(a + i * lda, b + j * ldb, k);
+}
+
+void gemm_nt_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const uint16_t* b, int64_t ldb,
+                  float* c, int64_t ldc) {
+  if (trivial(m, n, k, c, ldc, 0.0f)) return;
+  // Same fixed tiles as gemm_nt; each work item widens its [kTileN, K] slice of B once.
+  const int64_t tm = (m + kTileM - 1) / kTileM, tn = (n + kTileN - 1) / kTileN;
+#pragma omp parallel
+  {
+    thread_local std::vector<float> wide;
+    int64_t have = -1;  // the B tile held in `wide`
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tm * tn; ++t) {
+      const int64_t jt = t / tm, i0 = (t % tm) * kTileM, j0 = jt * kTileN;
+      const int64_t mi = std::min(kTileM, m - i0), nj = std::min(kTileN, n - j0);
+      if (have != jt) {
+        wide.resize(static_cast<size_t>(nj * k));
+        for (int64_t j = 0; j < nj; ++j)
+          for (int64_t q = 0; q < k; ++q) {
+            const uint32_t bits = static_cast<uint32_t>(b[(j0 + j) * ldb + q]) << 16;
+            std::memcpy(&wide[j * k + q], &bits, sizeof(float));
+          }
+        have = jt;
+      }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(mi), static_cast<blasint>(nj),
+                  static_cast<blasint>(k), 1.0f, a + i0 * lda, static_cast<blasint>(lda), wide.data(),
+                  static_cast<blasint>(k), 0.0f, c + i0 * ldc + j0, static_cast<blasint>(ldc));
+    }
+  }
 }
 
 void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,

@@ -257,11 +257,28 @@ void run_split(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) 
 
 }  // namespace
 
-Layer::Layer(Config config, LayerType type, LayerWeights weights)
+Layer::Layer(Config config, LayerType type, LayerWeights weights, LayerOptions options)
     : config_(std::move(config)), type_(type), weights_(std::move(weights)) {
   config_.validate();
   validate_weights(weights_, config_, type_);
-  packed_ = std::make_unique<PackedLayer>(pack_layer(config_, type_, weights_));
+  packed_ = std::make_unique<PackedLayer>(pack_layer(config_, type_, weights_, options.weights == WeightFormat::bf16));
+  // The packed matrices are the only copy: release the originals.
+  for (Tensor* t : {&weights_.q_a_proj, &weights_.q_b_proj, &weights_.kv_proj, &weights_.o_a_proj, &weights_.o_b_proj})
+    *t = Tensor();
+  if (weights_.compressor) weights_.compressor->kv_proj = Tensor(), weights_.compressor->gate_proj = Tensor();
+  if (weights_.indexer) {
+    IndexerWeights& ix = *weights_.indexer;
+    ix.compressor.kv_proj = Tensor(), ix.compressor.gate_proj = Tensor();
+    ix.q_b_proj = Tensor(), ix.weights_proj = Tensor();
+  }
+}
+
+size_t Layer::weight_bytes() const {
+  size_t n = weights_.q_a_norm.data.size() + weights_.kv_norm.data.size() + weights_.sinks.data.size();
+  for (const CompressorWeights* c : {weights_.compressor ? &*weights_.compressor : nullptr,
+                                     weights_.indexer ? &weights_.indexer->compressor : nullptr})
+    if (c) n += c->position_bias.data.size() + c->kv_norm.data.size();
+  return n * sizeof(float) + packed_->bytes();
 }
 
 Layer::~Layer() = default;

@@ -19,11 +19,10 @@ void output_project(const PackedLayer& p, float* o, int64_t rows, const int64_t*
     rope_cos_sin(p.inv_freq, pos[r], cs.data(), sn.data());
     for (int64_t h = 0; h < h_n; ++h) rope_rotate(o + r * h_n * hd + h * hd + hd - rd, rd, cs.data(), sn.data(), true);
   }
-  const float* w_oa = p.w->o_a_proj.ptr();
   for (const RowGroup& rg : groups) {
     for (int64_t i = 0; i < g; ++i)
-      linear(rg, dg, gw, o + i * gw, h_n * hd, w_oa + i * dg * gw, gw, grouped + i * dg, g * dg);
-    linear(rg, c.hidden_size, g * dg, grouped, g * dg, p.w->o_b_proj.ptr(), g * dg, out, c.hidden_size);
+      linear(rg, dg, o + i * gw, h_n * hd, p.w_oa, i * dg, grouped + i * dg, g * dg);
+    linear(rg, c.hidden_size, grouped, g * dg, p.w_ob, 0, out, c.hidden_size);
   }
 }
 

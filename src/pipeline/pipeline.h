@@ -14,9 +14,21 @@
 
 #include "dsv4/config.h"
 #include "dsv4/state.h"
+#include "dsv4/tensor.h"
 #include "dsv4/weights.h"
 
 namespace dsv4 {
+
+// A packed weight matrix [rows, cols], held as fp32 or bf16 (half the memory;
+// widened to fp32 inside the GEMM, so only the weights are rounded).
+struct Matrix {
+  int64_t rows = 0, cols = 0;
+  std::vector<float> f32;
+  std::vector<uint16_t> bf16;
+  void append(const Tensor& w);          // rows of w (fp32) at the end
+  void to_bf16();                        // round to nearest even, drop the fp32 copy
+  size_t bytes() const { return f32.size() * sizeof(float) + bf16.size() * sizeof(uint16_t); }
+};
 
 struct PackedLayer {
   Config c;
@@ -24,15 +36,17 @@ struct PackedLayer {
   int64_t rate = 0;  // compress rate (0: sliding)
   std::vector<float> inv_freq;
   // x-side fused weight rows [W_qa; W_kv; W_ckv; W_cg; W_Ikv; W_Ig; W_w]: [n_in, d]
-  std::vector<float> w_in;
+  Matrix w_in;
   int64_t n_in = 0, off_kv = 0, off_cc = 0, off_cz = 0, off_ic = 0, off_iz = 0, off_w = 0;
   // c_q-side fused weight rows [W_qb; W_Iqb]: [n_up, r_q]
-  std::vector<float> w_up;
+  Matrix w_up;
   int64_t n_up = 0, off_iq = 0;
-  const LayerWeights* w = nullptr;  // norms, biases, sinks, output projections
+  Matrix w_oa, w_ob;                // output projections
+  const LayerWeights* w = nullptr;  // norms, biases, sinks (the matrices above are released from it)
+  size_t bytes() const { return w_in.bytes() + w_up.bytes() + w_oa.bytes() + w_ob.bytes(); }
 };
 
-PackedLayer pack_layer(const Config& c, LayerType t, const LayerWeights& w);
+PackedLayer pack_layer(const Config& c, LayerType t, const LayerWeights& w, bool bf16 = false);
 
 // Growable scratch memory: keeps its allocation between calls and is never
 // zero-filled, so a warm decode step allocates nothing and touches no new pages.
@@ -61,9 +75,10 @@ struct RowGroup {
 };
 constexpr int64_t kShortChunk = 16;  // chunks up to this many tokens go row-invariant
 
-// C[g rows] = A[g rows] · W^T with the group's kernel; a and c point at row 0 of the call.
-void linear(const RowGroup& g, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw,
-            float* c, int64_t ldc);
+// C[g rows] = A[g rows] · W[w_row0 .. w_row0+n)^T with the group's kernel (k = W.cols);
+// a and c point at row 0 of the call.
+void linear(const RowGroup& g, int64_t n, const float* a, int64_t lda, const Matrix& w, int64_t w_row0, float* c,
+            int64_t ldc);
 
 // Activations of `rows` tokens (all chunks of a call, concatenated).
 struct Projected {

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "io/dtype.h"
 #include "ops/blas.h"
 #include "ops/norm.h"
 #include "ops/rope.h"
@@ -11,11 +12,21 @@
 namespace dsv4 {
 namespace {
 
-void append_rows(std::vector<float>& dst, const Tensor& w) { dst.insert(dst.end(), w.data.begin(), w.data.end()); }
-
 }  // namespace
 
-PackedLayer pack_layer(const Config& c, LayerType t, const LayerWeights& w) {
+void Matrix::append(const Tensor& w) {
+  cols = w.dim(1);
+  rows += w.dim(0);
+  f32.insert(f32.end(), w.data.begin(), w.data.end());
+}
+
+void Matrix::to_bf16() {
+  bf16.resize(f32.size());
+  for (size_t i = 0; i < f32.size(); ++i) bf16[i] = f32_to_bf16(f32[i]);
+  std::vector<float>().swap(f32);
+}
+
+PackedLayer pack_layer(const Config& c, LayerType t, const LayerWeights& w, bool bf16) {
   PackedLayer p;
   p.c = c;
   p.type = t;
@@ -23,42 +34,52 @@ PackedLayer pack_layer(const Config& c, LayerType t, const LayerWeights& w) {
   p.inv_freq = layer_inv_freq(c, t);
   p.w = &w;
   const int64_t d = c.hidden_size;
-  append_rows(p.w_in, w.q_a_proj);
+  p.w_in.append(w.q_a_proj);
   p.off_kv = c.q_lora_rank;
-  append_rows(p.w_in, w.kv_proj);
+  p.w_in.append(w.kv_proj);
   int64_t cols = p.off_kv + c.head_dim;
   if (w.compressor) {
     p.off_cc = cols;
-    append_rows(p.w_in, w.compressor->kv_proj);
+    p.w_in.append(w.compressor->kv_proj);
     p.off_cz = p.off_cc + w.compressor->kv_proj.dim(0);
-    append_rows(p.w_in, w.compressor->gate_proj);
+    p.w_in.append(w.compressor->gate_proj);
     cols = p.off_cz + w.compressor->gate_proj.dim(0);
   }
   if (w.indexer) {
     const CompressorWeights& ic = w.indexer->compressor;
     p.off_ic = cols;
-    append_rows(p.w_in, ic.kv_proj);
+    p.w_in.append(ic.kv_proj);
     p.off_iz = p.off_ic + ic.kv_proj.dim(0);
-    append_rows(p.w_in, ic.gate_proj);
+    p.w_in.append(ic.gate_proj);
     p.off_w = p.off_iz + ic.gate_proj.dim(0);
-    append_rows(p.w_in, w.indexer->weights_proj);
+    p.w_in.append(w.indexer->weights_proj);
     cols = p.off_w + c.index_n_heads;
   }
   p.n_in = cols;
   (void)d;
-  append_rows(p.w_up, w.q_b_proj);
+  p.w_up.append(w.q_b_proj);
   p.off_iq = c.num_attention_heads * c.head_dim;
-  if (w.indexer) append_rows(p.w_up, w.indexer->q_b_proj);
-  p.n_up = static_cast<int64_t>(p.w_up.size()) / c.q_lora_rank;
+  if (w.indexer) p.w_up.append(w.indexer->q_b_proj);
+  p.n_up = p.w_up.rows;
+  p.w_oa.append(w.o_a_proj);
+  p.w_ob.append(w.o_b_proj);
+  if (bf16)
+    for (Matrix* m : {&p.w_in, &p.w_up, &p.w_oa, &p.w_ob}) m->to_bf16();
   return p;
 }
 
-void linear(const RowGroup& g, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw,
-            float* c, int64_t ldc) {
-  if (g.rowwise)
-    gemm_nt_rows(g.rows, n, k, a + g.row0 * lda, lda, w, ldw, c + g.row0 * ldc, ldc);
-  else
-    gemm_nt(g.rows, n, k, a + g.row0 * lda, lda, w, ldw, c + g.row0 * ldc, ldc);
+void linear(const RowGroup& g, int64_t n, const float* a, int64_t lda, const Matrix& w, int64_t w_row0, float* c,
+            int64_t ldc) {
+  const int64_t k = w.cols;
+  a += g.row0 * lda;
+  c += g.row0 * ldc;
+  if (!w.bf16.empty()) {
+    const uint16_t* b = w.bf16.data() + w_row0 * k;
+    g.rowwise ? gemm_nt_rows_bf16(g.rows, n, k, a, lda, b, k, c, ldc) : gemm_nt_bf16(g.rows, n, k, a, lda, b, k, c, ldc);
+    return;
+  }
+  const float* b = w.f32.data() + w_row0 * k;
+  g.rowwise ? gemm_nt_rows(g.rows, n, k, a, lda, b, k, c, ldc) : gemm_nt(g.rows, n, k, a, lda, b, k, c, ldc);
 }
 
 void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* pos, const std::vector<RowGroup>& groups,
@@ -69,7 +90,7 @@ void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* 
   out.in.get(static_cast<size_t>(rows * p.n_in));
   out.up.get(static_cast<size_t>(rows * p.n_up));
   for (const RowGroup& g : groups)
-    linear(g, p.n_in, c.hidden_size, x, c.hidden_size, p.w_in.data(), c.hidden_size, out.in.data(), p.n_in);
+    linear(g, p.n_in, x, c.hidden_size, p.w_in, 0, out.in.data(), p.n_in);
 
   const int64_t hd = c.head_dim, hi = c.index_n_heads, di = c.index_head_dim;
   const float head_weight_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hi)));
@@ -84,7 +105,7 @@ void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* 
   }
 
   for (const RowGroup& g : groups)
-    linear(g, p.n_up, c.q_lora_rank, out.in.data(), p.n_in, p.w_up.data(), c.q_lora_rank, out.up.data(), p.n_up);
+    linear(g, p.n_up, out.in.data(), p.n_in, p.w_up, 0, out.up.data(), p.n_up);
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     float* row = &out.up[r * p.n_up];

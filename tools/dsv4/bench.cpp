@@ -21,7 +21,7 @@ namespace dsv4::cli {
 namespace {
 
 struct Options {
-  std::string preset = "v4-flash", layer_type = "csa";
+  std::string preset = "v4-flash", layer_type = "csa", weights = "f32";
   int64_t seq = 4096, context = 0, decode = 0;
   int threads = 0, repeats = 3;
   bool json = false;
@@ -94,7 +94,7 @@ int run_bench(const Options& o) {
 
   const Roofline roof = measure_roofline();
   std::fprintf(stderr, "building a random %s %s layer ...\n", o.preset.c_str(), std::string(layer_type_name(type)).c_str());
-  const Layer layer(c, type, random_layer_weights(c, type, o.seed));
+  const Layer layer(c, type, random_layer_weights(c, type, o.seed), LayerOptions{parse_weight_format(o.weights)});
   const Tensor x = random_uniform({total_tokens, c.hidden_size}, 1.0f, o.seed + 99);
 
   std::vector<double> secs;
@@ -139,7 +139,7 @@ int run_bench(const Options& o) {
   const double seconds = secs[mid];
   const double flops = decode ? layer_flops(c, type, o.context, 1) : layer_flops(c, type, 0, o.seq);
   const double tokens = decode ? 1.0 : static_cast<double>(o.seq);
-  const double weight_bytes = static_cast<double>(weights_bytes(layer.weights()));
+  const double weight_bytes = static_cast<double>(layer.weight_bytes());
 
   nlohmann::json j = {{"impl", "dsv4"},
                       {"preset", o.preset},
@@ -160,6 +160,7 @@ int run_bench(const Options& o) {
                       {"copy_gb_per_s", roof.copy_gb_per_s},
                       {"gflops_vs_sgemm", flops / seconds * 1e-9 / roof.sgemm_gflops},
                       {"weight_bytes", weight_bytes},
+                      {"weights", o.weights},
                       {"state_bytes", state_bytes}};
   if (decode) {
     const double bound = (weight_bytes + static_cast<double>(state_bytes)) / (roof.copy_gb_per_s * 1e9);
@@ -200,6 +201,7 @@ void add_bench(CLI::App& app, int& rc) {
   cmd->add_option("--threads", o->threads, "OpenMP threads (default: OMP_NUM_THREADS or all cores)");
   cmd->add_option("--repeats", o->repeats, "measured runs; the median is reported")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--seed", o->seed, "weights and input seed")->capture_default_str();
+  cmd->add_option("--weights", o->weights, "projection matrices in memory: f32 or bf16")->capture_default_str();
   cmd->add_flag("--json", o->json, "print one JSON object as the last line of stdout");
   cmd->callback([&rc, o] { rc = run_bench(*o); });
 }

@@ -39,15 +39,10 @@ double layer_flops(const Config& c, LayerType t, int64_t p0, int64_t n) {
   return f;
 }
 
-int64_t weights_bytes(const LayerWeights& w) {
-  int64_t n = w.q_a_proj.numel() + w.q_a_norm.numel() + w.q_b_proj.numel() + w.kv_proj.numel() +
-              w.kv_norm.numel() + w.o_a_proj.numel() + w.o_b_proj.numel() + w.sinks.numel();
-  auto comp = [](const CompressorWeights& c) {
-    return c.kv_proj.numel() + c.gate_proj.numel() + c.position_bias.numel() + c.kv_norm.numel();
-  };
-  if (w.compressor) n += comp(*w.compressor);
-  if (w.indexer) n += comp(w.indexer->compressor) + w.indexer->q_b_proj.numel() + w.indexer->weights_proj.numel();
-  return n * static_cast<int64_t>(sizeof(float));
+WeightFormat parse_weight_format(const std::string& s) {
+  if (s == "f32") return WeightFormat::f32;
+  if (s == "bf16") return WeightFormat::bf16;
+  fail("--weights: expected f32 or bf16, got '" + s + "'");
 }
 
 Roofline measure_roofline() {

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "dsv4/config.h"
+#include "dsv4/layer.h"
 #include "dsv4/weights.h"
 
 namespace dsv4::cli {
@@ -16,7 +17,8 @@ namespace dsv4::cli {
 //   compressor   6·slots·width per emitted entry (exp, sum, weighted sum)
 double layer_flops(const Config& c, LayerType t, int64_t p0, int64_t n);
 
-int64_t weights_bytes(const LayerWeights& w);
+// "f32" / "bf16" -> WeightFormat (error naming the value otherwise).
+WeightFormat parse_weight_format(const std::string& s);
 
 struct Roofline {
   double sgemm_gflops = 0;   // dsv4's tiled OpenBLAS sgemm, 2048^3, all threads, best of 3

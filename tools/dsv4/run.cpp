@@ -5,6 +5,10 @@
 #include <chrono>
 #include <cstdio>
 
+#include <algorithm>
+#include <cmath>
+
+#include "bench_model.h"
 #include "commands.h"
 #include "dsv4/model.h"
 
@@ -15,12 +19,14 @@ struct RunArgs {
   std::string model, input, output, input_name = "hidden_states";
   int64_t layer = 0, chunk = 0;
   int threads = 0;
+  std::string weights = "f32";
+  bool compare_f32 = false;
 };
 
 void run(const RunArgs& a) {
   if (a.threads > 0) omp_set_num_threads(a.threads);
   const Model m = Model::open(a.model);
-  const Layer layer = m.layer(a.layer);
+  const Layer layer = m.layer(a.layer, LayerOptions{parse_weight_format(a.weights)});
   const SafeTensors in = SafeTensors::open(a.input);
   const Tensor x = in.f32(a.input_name);
   const int64_t d = m.config().hidden_size;
@@ -38,6 +44,20 @@ void run(const RunArgs& a) {
   std::printf("layer %lld (%s): %s -> %s  (%.3f s%s)\n", static_cast<long long>(a.layer),
               std::string(layer_type_name(layer.type())).c_str(), shape_str(x.shape).c_str(), a.output.c_str(), secs,
               a.chunk > 0 ? (", chunks of " + std::to_string(a.chunk)).c_str() : "");
+  if (a.compare_f32) {  // what bf16 weights cost in accuracy and save in memory
+    const Layer ref = m.layer(a.layer);
+    const Tensor y32 = run_layer(ref, x, a.chunk);
+    double max_abs = 0, max_ref = 0;
+    for (size_t i = 0; i < y.data.size(); ++i) {
+      max_abs = std::max(max_abs, std::fabs(static_cast<double>(y.data[i]) - y32.data[i]));
+      max_ref = std::max(max_ref, std::fabs(static_cast<double>(y32.data[i])));
+    }
+    std::printf("weights %s: %.2f MB in memory vs %.2f MB as f32 (%.0f%% saved); output vs f32 weights: max abs %.3e "
+                "(max |output| %.3e)\n",
+                a.weights.c_str(), layer.weight_bytes() / 1e6, ref.weight_bytes() / 1e6,
+                100.0 * (1.0 - static_cast<double>(layer.weight_bytes()) / static_cast<double>(ref.weight_bytes())),
+                max_abs, max_ref);
+  }
 }
 
 }  // namespace
@@ -57,6 +77,9 @@ void add_run(CLI::App& app, int& rc) {
   cmd->add_option("--chunk", a->chunk, "feed each batch row through a decode state in chunks of N tokens")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--threads", a->threads, "OpenMP threads (default: all)")->check(CLI::PositiveNumber);
+  cmd->add_option("--weights", a->weights, "projection matrices in memory: f32 or bf16 (widened inside the GEMMs)")
+      ->capture_default_str();
+  cmd->add_flag("--compare-f32", a->compare_f32, "also run with f32 weights; report the memory saved and the error");
   cmd->callback([&rc, a] {
     run(*a);
     rc = 0;
