@@ -41,6 +41,18 @@ void tiled(bool b_transposed, int64_t m, int64_t n, int64_t k, const float* a, i
   }
 }
 
+// One dot product per element (vec::dot), tiles of 64 weight rows over the threads.
+template <class B>
+void rows_kernel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const B* b, int64_t ldb, float* c,
+                 int64_t ldc) {
+  constexpr int64_t kRowsPerTile = 64;
+  const int64_t tiles = (n + kRowsPerTile - 1) / kRowsPerTile;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < tiles; ++t)
+    for (int64_t j = t * kRowsPerTile; j < std::min(n, (t + 1) * kRowsPerTile); ++j)
+      for (int64_t i = 0; i < m; ++i) c[i * ldc + j] = vec::dot(a + i * lda, b + j * ldb, k);
+}
+
 }  // namespace
 
 void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
@@ -50,22 +62,12 @@ void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const
 
 void gemm_nt_rows(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
                   int64_t ldc) {
-  constexpr int64_t kRowsPerTile = 64;  // weight rows per work item
-  const int64_t tiles = (n + kRowsPerTile - 1) / kRowsPerTile;
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < tiles; ++t)
-    for (int64_t j = t * kRowsPerTile; j < std::min(n, (t + 1) * kRowsPerTile); ++j)
-      for (int64_t i = 0; i < m; ++i) c[i * ldc + j] = vec::dot(a + i * lda, b + j * ldb, k);
+  rows_kernel(m, n, k, a, lda, b, ldb, c, ldc);
 }
 
 void gemm_nt_rows_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const uint16_t* b, int64_t ldb,
                        float* c, int64_t ldc) {
-  constexpr int64_t kRowsPerTile = 64;
-  const int64_t tiles = (n + kRowsPerTile - 1) / kRowsPerTile;
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < tiles; ++t)
-    for (int64_t j = t * kRowsPerTile; j < std::min(n, (t + 1) * kRowsPerTile); ++j)
-      for (int64_t i = 0; i < m; ++i) c[i * ldc + j] = vec::dot_bf16(a + i * lda, b + j * ldb, k);
+  rows_kernel(m, n, k, a, lda, b, ldb, c, ldc);
 }
 
 void gemm_nt_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const uint16_t* b, int64_t ldb,
@@ -84,10 +86,7 @@ void gemm_nt_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, 
       if (have != jt) {
         wide.resize(static_cast<size_t>(nj * k));
         for (int64_t j = 0; j < nj; ++j)
-          for (int64_t q = 0; q < k; ++q) {
-            const uint32_t bits = static_cast<uint32_t>(b[(j0 + j) * ldb + q]) << 16;
-            std::memcpy(&wide[j * k + q], &bits, sizeof(float));
-          }
+          for (int64_t q = 0; q < k; ++q) wide[j * k + q] = vec::widen(b[(j0 + j) * ldb + q]);
         have = jt;
       }
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(mi), static_cast<blasint>(nj),
