@@ -1,4 +1,5 @@
 // Unit tests of the fast path's building blocks, each against a hand computation.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -182,6 +183,32 @@ TEST(VecExp, MatchesStdExpAndSums) {
   std::vector<float> z = {1, -3, 2, 0.5f, 7, -1, 4, 2, 9};
   EXPECT_FLOAT_EQ(vec::scale_max(z.data(), 0.5f, 9, -100.0f), 4.5f);
   EXPECT_FLOAT_EQ(z[0], 0.5f);
+}
+
+}  // namespace
+}  // namespace dsv4
+
+namespace dsv4 {
+namespace {
+
+// Non-finite inputs are reported (count and first index) before any state moves.
+TEST(Inputs, NonFiniteAndBadShapesAreReportedNotComputed) {
+  std::mt19937 rng(5);
+  const Config c = test::small_config();
+  const Layer layer(c, LayerType::csa, test::random_weights(c, LayerType::csa, rng));
+  Tensor x = test::random_tensor({Layer::kPrefillChunk + 9, c.hidden_size}, rng);
+  x.data[(Layer::kPrefillChunk + 3) * c.hidden_size + 1] = std::nanf("");
+  x.data[7] = INFINITY;
+  LayerState st = layer.new_state();
+  try {
+    layer.forward(x, st);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("2 non-finite value(s), first at flat index 7"));
+  }
+  EXPECT_EQ(st.position(), 0);  // the long input would have run in pieces: none ran
+  EXPECT_THROW(layer.forward(Tensor({2, 3, c.hidden_size + 1})), Error);
+  EXPECT_THROW(layer.forward(Tensor({3, c.hidden_size - 1}), st), Error);
 }
 
 }  // namespace

@@ -165,7 +165,6 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
       job_of[j.row0 + i] = static_cast<int32_t>(k);
     }
   }
-  check_finite(x, rows * d, "input hidden_states");
 
   Projected& pr = ws.pr;
   {
@@ -239,6 +238,9 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
 // activations stay bounded. Debug output needs the whole chunk in one piece.
 void run_split(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
   const int64_t d = p.c.hidden_size, chunk = Layer::kPrefillChunk;
+  // Before any state moves: a rejected call leaves every state as it was.
+  for (size_t k = 0; k < jobs.size(); ++k)
+    check_finite(jobs[k].x, jobs[k].len * d, "input hidden_states of sequence " + std::to_string(k));
   const bool split = std::all_of(jobs.begin(), jobs.end(), [](const Job& j) { return !j.dbg; }) &&
                      std::any_of(jobs.begin(), jobs.end(), [&](const Job& j) { return j.len > chunk; });
   if (!split) return run(p, jobs, times);
