@@ -59,8 +59,8 @@ TEST_P(Reference, MatchesStatelessOutputs) {
     const int64_t s = ref.shape[1], k = ref.shape[2];
     for (size_t b = 0; b < dbg.size(); ++b)
       for (int64_t t = 0; t < s; ++t) {
-        std::vector<int64_t> a(&dbg[b].topk.data[t * k], &dbg[b].topk.data[t * k] + k);
-        std::vector<int64_t> r(&ref.data[(b * s + t) * k], &ref.data[(b * s + t) * k] + k);
+        std::vector<int64_t> a(dbg[b].topk.data.begin() + t * k, dbg[b].topk.data.begin() + (t + 1) * k);
+        std::vector<int64_t> r(ref.data.begin() + (b * s + t) * k, ref.data.begin() + (b * s + t + 1) * k);
         std::sort(a.begin(), a.end());
         std::sort(r.begin(), r.end());
         EXPECT_EQ(a, r) << "query " << t;
