@@ -119,7 +119,7 @@ Indexed run_indexer(const Config& c, const LayerWeights& w, const float* x, cons
 
 Mat forward_one(const Config& c, LayerType type, const LayerWeights& w, const float* x, int64_t s_len,
                 Intermediates* dbg) {
-  const int64_t d = c.hidden_size, h_n = c.num_attention_heads, hd = c.head_dim, win = c.sliding_window;
+  const int64_t h_n = c.num_attention_heads, hd = c.head_dim, win = c.sliding_window;
   const std::vector<float> freq = layer_inv_freq(c, type);
 
   // 1. query: low-rank, weighted norm, up-projection, per-head norm, RoPE
@@ -206,7 +206,6 @@ Mat forward_one(const Config& c, LayerType type, const LayerWeights& w, const fl
       for (int64_t t = 0; t < s_len; ++t) std::copy(ix.topk[t].begin(), ix.topk[t].end(), dbg->topk.data.begin() + t * width);
     }
   }
-  (void)d;
   return out;
 }
 

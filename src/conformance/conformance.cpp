@@ -69,7 +69,6 @@ void compare_topk(CaseReport& rep, const std::string& what, const TensorI64& ref
 void run_case(const SafeTensors& f, CaseReport& rep, Tolerance tol) {
   const LayerSpec spec = layer_spec_from_json_text(f.meta("config"), f.label() + " metadata 'config'");
   const Layer layer(spec.config, spec.type, load_layer_weights(f, spec.config, spec.type));
-  const std::string chunks_json = f.meta("chunks");
   int64_t n_chunks = 0;
   while (f.contains("chunk" + std::to_string(n_chunks) + ".hidden_states")) ++n_chunks;
   if (n_chunks == 0) fail(f.label() + ": no tensor 'chunk0.hidden_states'");
@@ -110,7 +109,6 @@ void run_case(const SafeTensors& f, CaseReport& rep, Tolerance tol) {
       compare_topk(rep, at + "topk_indices", f.i64(k + "topk_indices"), b, dbg.topk);
     }
   }
-  (void)chunks_json;
 }
 
 }  // namespace

@@ -38,8 +38,4 @@ void rms_norm(float* x, int64_t n, const float* weight, double eps) {
   }
 }
 
-void rms_norm_rows(float* x, int64_t rows, int64_t n, int64_t ld, const float* weight, double eps) {
-  for (int64_t r = 0; r < rows; ++r) rms_norm(x + r * ld, n, weight, eps);
-}
-
 }  // namespace dsv4

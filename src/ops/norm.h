@@ -5,7 +5,5 @@
 namespace dsv4 {
 
 void rms_norm(float* x, int64_t n, const float* weight, double eps);
-// Row-wise over [rows, n] with row stride `ld`.
-void rms_norm_rows(float* x, int64_t rows, int64_t n, int64_t ld, const float* weight, double eps);
 
 }  // namespace dsv4

@@ -55,16 +55,6 @@ inline float dot(const float* a, const B* b, int64_t n) {
   return acc;
 }
 
-// y += a · x
-inline void axpy(float* y, float a, const float* x, int64_t n) {
-  int64_t i = 0;
-#ifdef DSV4_AVX2
-  const __m256 va = _mm256_set1_ps(a);
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-#endif
-  for (; i < n; ++i) y[i] += a * x[i];
-}
-
 // y *= a
 inline void scale(float* y, float a, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] *= a;

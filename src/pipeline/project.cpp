@@ -33,7 +33,6 @@ PackedLayer pack_layer(const Config& c, LayerType t, const LayerWeights& w, bool
   p.rate = c.compress_rate(t);
   p.inv_freq = layer_inv_freq(c, t);
   p.w = &w;
-  const int64_t d = c.hidden_size;
   p.w_in.append(w.q_a_proj);
   p.off_kv = c.q_lora_rank;
   p.w_in.append(w.kv_proj);
@@ -56,7 +55,6 @@ PackedLayer pack_layer(const Config& c, LayerType t, const LayerWeights& w, bool
     cols = p.off_w + c.index_n_heads;
   }
   p.n_in = cols;
-  (void)d;
   p.w_up.append(w.q_b_proj);
   p.off_iq = c.num_attention_heads * c.head_dim;
   if (w.indexer) p.w_up.append(w.indexer->q_b_proj);
