@@ -28,6 +28,18 @@ struct Intermediates {
   TensorI64 topk;        // [S, min(k,T)]  best first, -1 = empty slot (CSA)
 };
 
+// Where each query's softmax mass goes (Layer::attention_map), per sequence.
+// Masses are per head over the keys of the spec: the sliding-window keys, the
+// compressed entries (CSA: only the selected ones) and the sink.
+struct AttentionMap {
+  Tensor mass;         // [H, S, 3]  window, compressed, sink; each (h, t) sums to 1
+  TensorI64 selected;  // CSA: [S, min(k, T)] the entries attended (the top-k), -1 = empty slot
+  // Only if asked (dense = true): [H, S, P + T], the probability of each key by
+  // absolute position (columns 0..P-1, P = positions seen) then of each
+  // compressed entry (columns P..P+T-1); 0 where the query does not attend.
+  Tensor dense;
+};
+
 struct PackedLayer;  // weights rearranged once for the fast path
 
 // How the projection matrices are held in memory. bf16 halves them; they are
@@ -57,19 +69,27 @@ class Layer {
   // If `debug` is given it is resized to B and filled.
   // Long inputs run in chunks of at most kPrefillChunk tokens through a state,
   // which bounds activation memory (debug output disables the split).
-  Tensor forward(const Tensor& x, std::vector<Intermediates>* debug = nullptr, StageTimes* times = nullptr) const;
+  Tensor forward(TensorView x, std::vector<Intermediates>* debug = nullptr, StageTimes* times = nullptr) const;
+
+  // One-shot forward of x [B, S, d] that also reports where each query attends
+  // (one map per sequence). Costs O(H·(W + k)) per query on top of the forward;
+  // the [H, S, S + T] dense map is built only when `dense` is true.
+  std::vector<AttentionMap> attention_map(TensorView x, bool dense = false) const;
 
   // A new empty decode state for one sequence.
   LayerState new_state() const;
 
   // Feed one chunk x [S, d] (or [1, S, d]) of one sequence through its state;
   // positions continue from state.position(). Returns [S, d].
-  Tensor forward(const Tensor& x, LayerState& state, Intermediates* debug = nullptr,
+  Tensor forward(TensorView x, LayerState& state, Intermediates* debug = nullptr,
                  StageTimes* times = nullptr) const;
 
   // A serving engine's step: several sequences, each with its own state and
   // chunk length (ragged), computed in one call. xs[i] is [S_i, d].
   std::vector<Tensor> forward_batch(std::span<const Tensor* const> xs, std::span<LayerState* const> states,
+                                    std::vector<Intermediates>* debug = nullptr, StageTimes* times = nullptr) const;
+  // The same over views of the callers' buffers (no copy of the inputs).
+  std::vector<Tensor> forward_batch(std::span<const TensorView> xs, std::span<LayerState* const> states,
                                     std::vector<Intermediates>* debug = nullptr, StageTimes* times = nullptr) const;
 
   static constexpr int64_t kPrefillChunk = 1024;

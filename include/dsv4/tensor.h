@@ -28,6 +28,19 @@ struct Tensor {
   const float* ptr() const { return data.data(); }
 };
 
+// A read-only view of row-major fp32 data owned elsewhere (a NumPy array, a
+// Tensor): lets callers hand their buffers to a layer without a copy.
+struct TensorView {
+  const float* data = nullptr;
+  Shape shape;
+
+  TensorView() = default;
+  TensorView(const float* d, Shape s) : data(d), shape(std::move(s)) {}
+  TensorView(const Tensor& t);  // NOLINT(google-explicit-constructor): checks data size == shape
+  int64_t numel() const { return dsv4::numel(shape); }
+  int64_t dim(size_t i) const { return shape.at(i); }
+};
+
 // int64 companion (positions, top-k indices).
 struct TensorI64 {
   Shape shape;

@@ -3,6 +3,8 @@
 #pragma once
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "dsv4/config.h"
 #include "dsv4/safetensors.h"
@@ -43,5 +45,14 @@ void validate_weights(const LayerWeights& w, const Config& c, LayerType t);
 // Loads the tensors named `prefix + <HF name>` from a safetensors file.
 LayerWeights load_layer_weights(const SafeTensors& file, const Config& c, LayerType t,
                                 const std::string& prefix = "");
+
+// Builds a layer's weights from named tensors, as a PyTorch state_dict() gives
+// them. A name is relative to the attention module (the spec's names, exactly
+// the keys of the reference DeepseekV4Attention.state_dict(), e.g.
+// "compressor.indexer.scorer.weights_proj.weight") or a full checkpoint name of
+// either scheme ("model.layers.3.self_attn.q_a_proj.weight", "layers.3.attn.wq_a.weight").
+// Throws one error listing every missing, unexpected or duplicated name and wrong shape.
+LayerWeights layer_weights_from_named(std::vector<std::pair<std::string, Tensor>> named, const Config& c,
+                                      LayerType t);
 
 }  // namespace dsv4

@@ -24,4 +24,9 @@ Tensor::Tensor(Shape s, std::vector<float> d) : shape(std::move(s)), data(std::m
     fail("tensor of shape " + shape_str(shape) + " given " + std::to_string(data.size()) + " values");
 }
 
+TensorView::TensorView(const Tensor& t) : data(t.ptr()), shape(t.shape) {
+  if (t.numel() != dsv4::numel(shape))
+    fail("tensor of shape " + shape_str(shape) + " holds " + std::to_string(t.numel()) + " values");
+}
+
 }  // namespace dsv4

@@ -23,6 +23,8 @@ struct Job {
   LayerState* st = nullptr;
   float* out = nullptr;
   Intermediates* dbg = nullptr;
+  AttentionMap* map = nullptr;  // Layer::attention_map
+  bool dense_map = false;
   // filled while running
   int64_t row0 = 0, p0 = 0, n_cached = 0;
   Scratch<float>* kwin = nullptr;    // [n_cached + len, D]: cached window rows, then this chunk's kv
@@ -118,6 +120,28 @@ void fill_debug(const PackedLayer& p, const Projected& pr, const Job& j) {
   d.topk.data.assign(j.topk->data(), j.topk->data() + j.len * j.width);
 }
 
+// Sizes a job's attention map before the attention stage fills it.
+void start_map(const PackedLayer& p, const Job& j) {
+  AttentionMap& m = *j.map;
+  const int64_t h_n = p.c.num_attention_heads;
+  m.mass = Tensor({h_n, j.len, 3});
+  if (p.type == LayerType::csa) {
+    m.selected.shape = {j.len, j.width};
+    m.selected.data.assign(j.topk->data(), j.topk->data() + j.len * j.width);
+  }
+  if (j.dense_map) m.dense = Tensor({h_n, j.len, j.p0 + j.len + j.st->compressor().emitted});
+}
+
+MassOut map_out(const Job& j, int64_t r, int64_t t, int64_t n_window) {
+  AttentionMap& m = *j.map;
+  const int64_t i = r - j.row0, cols = m.dense.empty() ? 0 : m.dense.dim(2);
+  MassOut o;
+  o.mass = m.mass.ptr() + i * 3, o.mass_stride = j.len * 3;
+  if (cols) o.dense = m.dense.ptr() + i * cols, o.dense_stride = j.len * cols;
+  o.window_col = t - n_window + 1, o.entry_col = j.p0 + j.len;
+  return o;
+}
+
 constexpr int64_t kDecodeHeadSplit = 8;  // head blocks per query of a short chunk
 
 // Per calling thread, reused across calls (see Scratch).
@@ -198,6 +222,8 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
       unit_row[n_units] = r, unit_h0[n_units] = h, unit_h1[n_units] = std::min(h_n, h + block);
   }
   float* o = ws.o.get(static_cast<size_t>(rows * h_n * hd));
+  for (const Job& j : jobs)
+    if (j.map) start_map(p, j);
   {
     Stage s(times, &StageTimes::attention);
 #pragma omp parallel for schedule(dynamic)
@@ -216,7 +242,8 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
         ks.selected = j.topk->data() + (r - j.row0) * j.width;  // width 0: no entries yet
         ks.n_entries = j.width;
       }
-      attend(p, &pr.up[r * p.n_up], ks, unit_h0[u], unit_h1[u], &o[r * h_n * hd]);
+      const MassOut mo = j.map ? map_out(j, r, t, ks.n_window) : MassOut{};
+      attend(p, &pr.up[r * p.n_up], ks, unit_h0[u], unit_h1[u], &o[r * h_n * hd], j.map ? &mo : nullptr);
     }
   }
   float* out = ws.out.get(static_cast<size_t>(rows * d));
@@ -235,13 +262,13 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
 
 // Long chunks run in pieces of at most kPrefillChunk tokens per sequence: each
 // piece continues the state, so the result is the same (to rounding) and the
-// activations stay bounded. Debug output needs the whole chunk in one piece.
+// activations stay bounded. Debug output and maps need the whole chunk in one piece.
 void run_split(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
   const int64_t d = p.c.hidden_size, chunk = Layer::kPrefillChunk;
   // Before any state moves: a rejected call leaves every state as it was.
   for (size_t k = 0; k < jobs.size(); ++k)
     check_finite(jobs[k].x, jobs[k].len * d, "input hidden_states of sequence " + std::to_string(k));
-  const bool split = std::all_of(jobs.begin(), jobs.end(), [](const Job& j) { return !j.dbg; }) &&
+  const bool split = std::all_of(jobs.begin(), jobs.end(), [](const Job& j) { return !j.dbg && !j.map; }) &&
                      std::any_of(jobs.begin(), jobs.end(), [&](const Job& j) { return j.len > chunk; });
   if (!split) return run(p, jobs, times);
   std::vector<int64_t> done(jobs.size(), 0);
@@ -299,23 +326,45 @@ Layer& Layer::operator=(Layer&& o) noexcept {
 
 LayerState Layer::new_state() const { return LayerState(config_, type_); }
 
-Tensor Layer::forward(const Tensor& x, std::vector<Intermediates>* debug, StageTimes* times) const {
-  if (x.shape.size() != 3 || x.dim(2) != config_.hidden_size)
-    fail("input hidden_states: expected shape [B, S, " + std::to_string(config_.hidden_size) + "], got " +
-         shape_str(x.shape));
+namespace {
+
+void check_batch_input(const TensorView& x, int64_t d) {
+  if (x.shape.size() != 3 || x.dim(2) != d)
+    fail("input hidden_states: expected shape [B, S, " + std::to_string(d) + "], got " + shape_str(x.shape));
+}
+
+}  // namespace
+
+Tensor Layer::forward(TensorView x, std::vector<Intermediates>* debug, StageTimes* times) const {
+  check_batch_input(x, config_.hidden_size);
   const int64_t b = x.dim(0), s = x.dim(1), d = x.dim(2);
   std::vector<LayerState> states(static_cast<size_t>(b), new_state());
   Tensor out({b, s, d});
   if (debug) debug->assign(static_cast<size_t>(b), {});
   std::vector<Job> jobs(static_cast<size_t>(b));
   for (int64_t i = 0; i < b; ++i)
-    jobs[i] = Job(x.ptr() + i * s * d, s, &states[i], out.ptr() + i * s * d, debug ? &(*debug)[i] : nullptr);
+    jobs[i] = Job(x.data + i * s * d, s, &states[i], out.ptr() + i * s * d, debug ? &(*debug)[i] : nullptr);
   if (s > 0) run_split(*packed_, jobs, times);
   return out;
 }
 
-Tensor Layer::forward(const Tensor& x, LayerState& state, Intermediates* debug, StageTimes* times) const {
-  const Tensor* xs[] = {&x};
+std::vector<AttentionMap> Layer::attention_map(TensorView x, bool dense) const {
+  check_batch_input(x, config_.hidden_size);
+  const int64_t b = x.dim(0), s = x.dim(1), d = x.dim(2);
+  std::vector<LayerState> states(static_cast<size_t>(b), new_state());
+  std::vector<AttentionMap> maps(static_cast<size_t>(b));
+  Tensor out({s, d});  // per sequence, overwritten: only the maps are kept
+  std::vector<Job> jobs(1);
+  for (int64_t i = 0; i < b && s > 0; ++i) {
+    jobs[0] = Job(x.data + i * s * d, s, &states[i], out.ptr(), nullptr);
+    jobs[0].map = &maps[i], jobs[0].dense_map = dense;
+    run_split(*packed_, jobs, nullptr);
+  }
+  return maps;
+}
+
+Tensor Layer::forward(TensorView x, LayerState& state, Intermediates* debug, StageTimes* times) const {
+  const TensorView xs[] = {x};
   LayerState* sts[] = {&state};
   std::vector<Intermediates> dbg;
   std::vector<Tensor> out = forward_batch(xs, sts, debug ? &dbg : nullptr, times);
@@ -325,6 +374,16 @@ Tensor Layer::forward(const Tensor& x, LayerState& state, Intermediates* debug, 
 
 std::vector<Tensor> Layer::forward_batch(std::span<const Tensor* const> xs, std::span<LayerState* const> states,
                                          std::vector<Intermediates>* debug, StageTimes* times) const {
+  std::vector<TensorView> views;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    if (!xs[i]) fail("forward_batch: input " + std::to_string(i) + " is null");
+    views.emplace_back(*xs[i]);
+  }
+  return forward_batch(std::span<const TensorView>(views), states, debug, times);
+}
+
+std::vector<Tensor> Layer::forward_batch(std::span<const TensorView> xs, std::span<LayerState* const> states,
+                                         std::vector<Intermediates>* debug, StageTimes* times) const {
   if (xs.size() != states.size())
     fail("forward_batch: " + std::to_string(xs.size()) + " inputs but " + std::to_string(states.size()) + " states");
   const int64_t d = config_.hidden_size;
@@ -332,8 +391,8 @@ std::vector<Tensor> Layer::forward_batch(std::span<const Tensor* const> xs, std:
   std::vector<Job> jobs;
   if (debug) debug->assign(xs.size(), {});
   for (size_t i = 0; i < xs.size(); ++i) {
-    if (!xs[i] || !states[i]) fail("forward_batch: input or state " + std::to_string(i) + " is null");
-    const Tensor& x = *xs[i];
+    if (!states[i]) fail("forward_batch: state " + std::to_string(i) + " is null");
+    const TensorView& x = xs[i];
     const bool ok = (x.shape.size() == 2 && x.dim(1) == d) || (x.shape.size() == 3 && x.dim(0) == 1 && x.dim(2) == d);
     if (!ok)
       fail("chunk " + std::to_string(i) + ": expected shape [S, " + std::to_string(d) + "] or [1, S, " +
@@ -345,7 +404,7 @@ std::vector<Tensor> Layer::forward_batch(std::span<const Tensor* const> xs, std:
       if (states[k] == states[i]) fail("forward_batch: the same state is given twice");
     const int64_t s = x.numel() / d;
     outs[i] = Tensor({s, d});
-    if (s > 0) jobs.emplace_back(x.ptr(), s, states[i], outs[i].ptr(), debug ? &(*debug)[i] : nullptr);
+    if (s > 0) jobs.emplace_back(x.data, s, states[i], outs[i].ptr(), debug ? &(*debug)[i] : nullptr);
   }
   if (!jobs.empty()) run_split(*packed_, jobs, times);
   return outs;

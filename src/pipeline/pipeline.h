@@ -110,8 +110,20 @@ struct KeySet {
   const int32_t* selected = nullptr;  // CSA: indices into entries (-1 = empty); null: the first n_entries
   int64_t n_entries = 0;
 };
+// Where one query's softmax mass goes (Layer::attention_map); head h writes
+// mass[h·mass_stride + 0..2] = window, entries, sink and, if dense is set,
+// the probability of each key at dense[h·dense_stride + column].
+struct MassOut {
+  float* mass = nullptr;
+  int64_t mass_stride = 0;
+  float* dense = nullptr;
+  int64_t dense_stride = 0;
+  int64_t window_col = 0;  // column of the first window key (its absolute position)
+  int64_t entry_col = 0;   // column of compressed entry 0
+};
 // o[h_begin..h_end) of one query = softmax-with-sink attention over the key set.
-void attend(const PackedLayer& p, const float* q, const KeySet& keys, int64_t h_begin, int64_t h_end, float* o);
+void attend(const PackedLayer& p, const float* q, const KeySet& keys, int64_t h_begin, int64_t h_end, float* o,
+            const MassOut* map = nullptr);
 
 // De-rotate o [rows, H*D] at its positions, then out = o_b(o_a_grouped(o)).
 // `grouped` is scratch of rows·g·d_g floats.

@@ -1,0 +1,23 @@
+"""dsv4: the attention layers of DeepSeek-V4 (sliding window, CSA, HCA) on CPU.
+
+A thin layer over the C++ library: the same numbers as `dsv4 verify`, NumPy or
+torch tensors in, the same kind out, the GIL released while computing.
+
+    import dsv4
+    layer = dsv4.Layer(dsv4.Config.preset("v4-flash"), "csa", state_dict)
+    y = layer(x)                                  # x [B, S, d] or [S, d]
+    state = layer.new_state()                     # decode
+    y1 = layer(x[:100], state=state); y2 = layer(x[100:101], state=state)
+
+Every failure is a dsv4.Error (a ValueError) naming the tensor, key, shape or file.
+See docs/python.md.
+"""
+from ._core import Config, Error, RopeScaling, get_num_threads, safetensors_metadata, set_num_threads
+from ._layer import Layer, State
+from ._arrays import load_safetensors, save_safetensors
+
+LAYER_TYPES = ("sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention")
+
+__all__ = ["Config", "Error", "Layer", "RopeScaling", "State", "LAYER_TYPES", "get_num_threads", "load_safetensors",
+           "safetensors_metadata", "save_safetensors", "set_num_threads"]
+__version__ = "0.1.0"

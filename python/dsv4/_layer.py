@@ -1,0 +1,165 @@
+"""dsv4.Layer and dsv4.State: the Pythonic face of the C++ Layer.
+
+Shapes and array kinds are handled here; every number is computed by the core.
+"""
+import os
+
+import numpy as np
+
+from . import _core
+from ._arrays import as_f32, like
+from ._core import Error
+
+
+def _weight_arrays(weights):
+    if not hasattr(weights, "items"):
+        raise Error("weights: expected a mapping name -> array (e.g. a state_dict())")
+    return [(str(k), as_f32(v, f"weight '{k}'")[0]) for k, v in weights.items()]
+
+
+def _stack(dicts):
+    """One dict of [B, ...] arrays from B per-sequence dicts of equal shapes."""
+    return {k: np.stack([d[k] for d in dicts]) for k in dicts[0]} if dicts else {}
+
+
+class State:
+    """Decode state of one sequence for one layer (window, pending windows, compressed entries)."""
+
+    def __init__(self, core_state, owner):
+        self._core = core_state
+        self._owner = owner  # the token of the Layer that made it
+
+    @property
+    def position(self):
+        """Tokens consumed so far (the next chunk starts here)."""
+        return self._core.position
+
+    @property
+    def nbytes(self):
+        """Heap bytes held by the state."""
+        return self._core.nbytes
+
+    @property
+    def layer_type(self):
+        return self._core.layer_type
+
+    def clone(self):
+        """An independent copy (fork a shared prefix)."""
+        return State(self._core.clone(), self._owner)
+
+    def reset(self):
+        """Back to position 0, keeping the memory."""
+        self._core.reset()
+
+    def save(self, path):
+        """Writes the versioned, checksummed state file (docs/decode.md); read it with Layer.load_state."""
+        self._core.save(os.fspath(path))
+
+    def __repr__(self):
+        return f"dsv4.State({self.layer_type}, position={self.position}, nbytes={self.nbytes})"
+
+
+class Layer:
+    """One DeepSeek-V4 attention layer.
+
+    Layer(config, layer_type, weights, weights_format="f32"):
+      layer_type: "sliding_attention" | "compressed_sparse_attention" | "heavily_compressed_attention"
+                  (or "swa" | "csa" | "hca");
+      weights: mapping name -> array (NumPy, or torch tensors of any float dtype) under the keys of
+               the reference DeepseekV4Attention.state_dict() ("q_a_proj.weight", ...,
+               "compressor.indexer.scorer.weights_proj.weight") or full checkpoint names;
+      weights_format: "f32" or "bf16" (projection matrices held as bf16).
+    """
+
+    def __init__(self, config, layer_type, weights, weights_format="f32"):
+        self._init(_core.Layer(config, str(layer_type), _weight_arrays(weights), weights_format))
+
+    def _init(self, core, owner=None):
+        self._core = core
+        self._owner = owner if owner is not None else object()
+
+    @classmethod
+    def from_model(cls, path, layer_index, weights_format="f32"):
+        """Layer `layer_index` of a checkpoint folder (config.json + safetensors shards, FP8 included)."""
+        layer = cls.__new__(cls)
+        layer._init(_core.Layer.from_model(os.fspath(path), int(layer_index), weights_format))
+        return layer
+
+    @property
+    def config(self):
+        return self._core.config
+
+    @property
+    def layer_type(self):
+        return self._core.layer_type
+
+    @property
+    def weight_bytes(self):
+        return self._core.weight_bytes
+
+    def __repr__(self):
+        return f"dsv4.Layer({self.layer_type}, d={self.config.hidden_size}, weight_bytes={self.weight_bytes})"
+
+    def _state(self, state, i=None):
+        if not isinstance(state, State):
+            raise Error(f"state{'' if i is None else f' {i}'}: expected a dsv4.State, got {type(state).__name__}")
+        if state._owner is not self._owner:
+            raise Error(f"state{'' if i is None else f' {i}'}: made by another dsv4.Layer "
+                        f"(a {state.layer_type} state at position {state.position}); use this layer's new_state()")
+        return state._core
+
+    def __call__(self, x, state=None, return_intermediates=False):
+        """y = layer(x): x [B, S, d] or [S, d] (one-shot, positions 0..S-1), or a chunk [S, d] of one
+        sequence through `state` (positions continue from state.position). y has x's kind and shape,
+        dtype float32. With return_intermediates=True: (y, dict of NumPy arrays)."""
+        a, torch_in = as_f32(x, "input hidden_states")
+        if state is not None:
+            r = self._core.forward_state(a, self._state(state), return_intermediates)
+            return (like(r[0], torch_in), r[1]) if return_intermediates else like(r, torch_in)
+        flat = a.ndim == 2
+        r = self._core.forward(a[None] if flat else a, return_intermediates)
+        y = r[0] if return_intermediates else r
+        y = like(y[0] if flat else y, torch_in)
+        if not return_intermediates:
+            return y
+        return y, (r[1][0] if flat else _stack(r[1]))
+
+    forward = __call__
+
+    def forward_batch(self, xs, states, return_intermediates=False):
+        """A serving step: chunk xs[i] [S_i, d] of sequence i through states[i], all in one call
+        (bit-identical to separate calls). Returns the list of outputs (and of intermediates)."""
+        xs, states = list(xs), list(states)
+        conv = [as_f32(x, f"chunk {i}") for i, x in enumerate(xs)]
+        cores = [self._state(s, i) for i, s in enumerate(states)]
+        r = self._core.forward_batch([a for a, _ in conv], cores, return_intermediates)
+        ys = r[0] if return_intermediates else r
+        ys = [like(y, t) for y, (_, t) in zip(ys, conv)]
+        return (ys, r[1]) if return_intermediates else ys
+
+    def new_state(self):
+        """An empty decode state for one sequence."""
+        return State(self._core.new_state(), self._owner)
+
+    def load_state(self, path):
+        """A state saved by State.save for a layer of this type and config."""
+        return State(self._core.load_state(os.fspath(path)), self._owner)
+
+    def attention_map(self, x, dense=False):
+        """Where each query's softmax mass goes, one-shot over x [B, S, d] or [S, d].
+
+        Returns a dict of NumPy arrays ([B, ...] for a 3-D x):
+          window, compressed, sink  [H, S]  mass on the sliding-window keys, the compressed entries
+                                           (CSA: the selected ones) and the sink; they sum to 1;
+          selected                  [S, k] CSA: the entries attended (-1 = empty slot);
+          dense (dense=True only)   [H, S, S + T]  probability of each key position, then entry.
+        Costs O(H (W + k)) per query beyond the forward; the dense map is O(H S (S + T)).
+        """
+        a, _ = as_f32(x, "input hidden_states")
+        flat = a.ndim == 2
+        maps = []
+        for m in self._core.attention_map(a[None] if flat else a, bool(dense)):
+            mass = m.pop("mass")
+            m.update(window=mass[..., 0], compressed=mass[..., 1], sink=mass[..., 2])
+            maps.append(m)
+        return maps[0] if flat else _stack(maps)

@@ -1,0 +1,157 @@
+// dsv4._core.Layer and dsv4._core.State. Every compute call releases the GIL;
+// inputs are read in place, outputs handed to NumPy without a copy.
+#include <pybind11/stl.h>
+#include <pybind11/stl/filesystem.h>
+
+#include "arrays.h"
+#include "bindings.h"
+#include "dsv4/layer.h"
+#include "dsv4/model.h"
+#include "dsv4/weights.h"
+
+namespace dsv4::py_bind {
+namespace {
+
+// A decode state with the config it belongs to (save() writes its fingerprint).
+struct State {
+  LayerState state;
+  Config config;
+};
+
+WeightFormat parse_format(const std::string& s) {
+  if (s == "f32") return WeightFormat::f32;
+  if (s == "bf16") return WeightFormat::bf16;
+  fail("weights_format: expected 'f32' or 'bf16', got '" + s + "'");
+}
+
+py::dict intermediates_dict(Intermediates&& d, LayerType t) {
+  py::dict out;
+  out["q"] = to_numpy(std::move(d.q));
+  out["kv"] = to_numpy(std::move(d.kv));
+  if (t == LayerType::sliding) return out;
+  out["compressed_kv"] = to_numpy(std::move(d.compressed_kv));
+  if (t == LayerType::hca) return out;
+  out["indexer_q"] = to_numpy(std::move(d.indexer_q));
+  out["indexer_kv"] = to_numpy(std::move(d.indexer_kv));
+  out["index_scores"] = to_numpy(std::move(d.index_scores));
+  out["topk"] = to_numpy(std::move(d.topk));
+  return out;
+}
+
+py::list intermediates_list(std::vector<Intermediates>&& v, LayerType t) {
+  py::list out;
+  for (Intermediates& d : v) out.append(intermediates_dict(std::move(d), t));
+  return out;
+}
+
+py::dict map_dict(AttentionMap&& m, LayerType t) {
+  py::dict out;
+  out["mass"] = to_numpy(std::move(m.mass));
+  if (t == LayerType::csa) out["selected"] = to_numpy(std::move(m.selected));
+  if (!m.dense.empty()) out["dense"] = to_numpy(std::move(m.dense));
+  return out;
+}
+
+Layer make_layer(const Config& c, const std::string& type, const std::vector<std::pair<std::string, py::array>>& named,
+                 const std::string& format) {
+  const LayerType t = parse_layer_type(type);
+  const WeightFormat f = parse_format(format);
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const auto& [name, a] : named) tensors.emplace_back(name, tensor_of(a, "weight '" + name + "'"));
+  py::gil_scoped_release nogil;
+  return Layer(c, t, layer_weights_from_named(std::move(tensors), c, t), LayerOptions{f});
+}
+
+py::object forward(const Layer& l, const py::array& x, bool debug) {
+  const TensorView v = view_of(x, "input hidden_states");
+  std::vector<Intermediates> dbg;
+  Tensor y;
+  {
+    py::gil_scoped_release nogil;
+    use_configured_threads();
+    y = l.forward(v, debug ? &dbg : nullptr);
+  }
+  if (!debug) return to_numpy(std::move(y));
+  return py::make_tuple(to_numpy(std::move(y)), intermediates_list(std::move(dbg), l.type()));
+}
+
+py::object forward_batch(const Layer& l, const std::vector<py::array>& xs, const std::vector<State*>& states,
+                         bool debug) {
+  std::vector<TensorView> views;
+  for (size_t i = 0; i < xs.size(); ++i) views.push_back(view_of(xs[i], "chunk " + std::to_string(i)));
+  std::vector<LayerState*> sts;
+  for (State* s : states) sts.push_back(s ? &s->state : nullptr);
+  std::vector<Intermediates> dbg;
+  std::vector<Tensor> ys;
+  {
+    py::gil_scoped_release nogil;
+    use_configured_threads();
+    ys = l.forward_batch(std::span<const TensorView>(views), sts, debug ? &dbg : nullptr);
+  }
+  py::list out;
+  for (Tensor& y : ys) out.append(to_numpy(std::move(y)));
+  if (!debug) return out;
+  return py::make_tuple(out, intermediates_list(std::move(dbg), l.type()));
+}
+
+py::list attention_map(const Layer& l, const py::array& x, bool dense) {
+  const TensorView v = view_of(x, "input hidden_states");
+  std::vector<AttentionMap> maps;
+  {
+    py::gil_scoped_release nogil;
+    use_configured_threads();
+    maps = l.attention_map(v, dense);
+  }
+  py::list out;
+  for (AttentionMap& m : maps) out.append(map_dict(std::move(m), l.type()));
+  return out;
+}
+
+}  // namespace
+
+void bind_layer(py::module_& m) {
+  py::class_<State>(m, "State")
+      .def_property_readonly("position", [](const State& s) { return s.state.position(); })
+      .def_property_readonly("nbytes", [](const State& s) { return s.state.bytes(); })
+      .def_property_readonly("layer_type", [](const State& s) { return std::string(layer_type_name(s.state.type())); })
+      .def("clone", [](const State& s) { return State{s.state.clone(), s.config}; })
+      .def("reset", [](State& s) { s.state.reset(); })
+      .def("save", [](const State& s, const std::filesystem::path& p) { save_state(s.state, s.config, p); },
+           py::arg("path"));
+
+  py::class_<Layer>(m, "Layer")
+      .def(py::init(&make_layer), py::arg("config"), py::arg("layer_type"), py::arg("weights"),
+           py::arg("weights_format") = "f32")
+      .def_static(
+          "from_model",
+          [](const std::filesystem::path& dir, int64_t i, const std::string& format) {
+            const WeightFormat f = parse_format(format);
+            py::gil_scoped_release nogil;
+            return Model::open(dir).layer(i, LayerOptions{f});
+          },
+          py::arg("path"), py::arg("layer_index"), py::arg("weights_format") = "f32")
+      .def_property_readonly("config", &Layer::config)
+      .def_property_readonly("layer_type", [](const Layer& l) { return std::string(layer_type_name(l.type())); })
+      .def_property_readonly("weight_bytes", &Layer::weight_bytes)
+      .def("forward", &forward, py::arg("x"), py::arg("debug") = false)
+      .def(
+          "forward_state",
+          [](const Layer& l, const py::array& x, State& s, bool debug) {
+            py::object r = forward_batch(l, {x}, {&s}, debug);
+            if (!debug) return py::object(r.cast<py::list>()[0]);
+            auto t = r.cast<py::tuple>();
+            return py::object(py::make_tuple(t[0].cast<py::list>()[0], t[1].cast<py::list>()[0]));
+          },
+          py::arg("x"), py::arg("state"), py::arg("debug") = false)
+      .def("forward_batch", &forward_batch, py::arg("xs"), py::arg("states"), py::arg("debug") = false)
+      .def("attention_map", &attention_map, py::arg("x"), py::arg("dense") = false)
+      .def("new_state", [](const Layer& l) { return State{l.new_state(), l.config()}; })
+      .def(
+          "load_state",
+          [](const Layer& l, const std::filesystem::path& p) {
+            return State{load_state(l.config(), l.type(), p), l.config()};
+          },
+          py::arg("path"));
+}
+
+}  // namespace dsv4::py_bind
