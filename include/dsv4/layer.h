@@ -65,13 +65,13 @@ class Layer {
   // Bytes of weights the layer holds (packed matrices + the small tensors).
   size_t weight_bytes() const;
 
-  // One-shot forward over x [B, S, d] at positions 0..S-1 -> [B, S, d].
+  // One-shot forward over x [B, S, d] (or [S, d]) at positions 0..S-1 -> x's shape.
   // If `debug` is given it is resized to B and filled.
   // Long inputs run in chunks of at most kPrefillChunk tokens through a state,
   // which bounds activation memory (debug output disables the split).
   Tensor forward(TensorView x, std::vector<Intermediates>* debug = nullptr, StageTimes* times = nullptr) const;
 
-  // One-shot forward of x [B, S, d] that also reports where each query attends
+  // One-shot forward of x [B, S, d] or [S, d] that also reports where each query attends
   // (one map per sequence). Costs O(H·(W + k)) per query on top of the forward;
   // the [H, S, S + T] dense map is built only when `dense` is true.
   std::vector<AttentionMap> attention_map(TensorView x, bool dense = false) const;

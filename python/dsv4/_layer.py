@@ -116,13 +116,10 @@ class Layer:
         if state is not None:
             r = self._core.forward_state(a, self._state(state), return_intermediates)
             return (like(r[0], torch_in), r[1]) if return_intermediates else like(r, torch_in)
-        flat = a.ndim == 2
-        r = self._core.forward(a[None] if flat else a, return_intermediates)
-        y = r[0] if return_intermediates else r
-        y = like(y[0] if flat else y, torch_in)
         if not return_intermediates:
-            return y
-        return y, (r[1][0] if flat else _stack(r[1]))
+            return like(self._core.forward(a), torch_in)
+        y, dbg = self._core.forward(a, True)
+        return like(y, torch_in), (dbg[0] if a.ndim == 2 else _stack(dbg))
 
     forward = __call__
 
@@ -156,10 +153,9 @@ class Layer:
         Costs O(H (W + k)) per query beyond the forward; the dense map is O(H S (S + T)).
         """
         a, _ = as_f32(x, "input hidden_states")
-        flat = a.ndim == 2
         maps = []
-        for m in self._core.attention_map(a[None] if flat else a, bool(dense)):
+        for m in self._core.attention_map(a, bool(dense)):
             mass = m.pop("mass")
             m.update(window=mass[..., 0], compressed=mass[..., 1], sink=mass[..., 2])
             maps.append(m)
-        return maps[0] if flat else _stack(maps)
+        return maps[0] if a.ndim == 2 else _stack(maps)

@@ -328,18 +328,22 @@ LayerState Layer::new_state() const { return LayerState(config_, type_); }
 
 namespace {
 
-void check_batch_input(const TensorView& x, int64_t d) {
-  if (x.shape.size() != 3 || x.dim(2) != d)
-    fail("input hidden_states: expected shape [B, S, " + std::to_string(d) + "], got " + shape_str(x.shape));
+// One-shot input: [B, S, d], or [S, d] for one sequence. Returns it as [B, S, d].
+Shape batch_shape(const TensorView& x, int64_t d) {
+  const size_t n = x.shape.size();
+  if ((n != 2 && n != 3) || x.shape.back() != d)
+    fail("input hidden_states: expected shape [B, S, " + std::to_string(d) + "] or [S, " + std::to_string(d) +
+         "], got " + shape_str(x.shape));
+  return n == 3 ? x.shape : Shape{1, x.dim(0), d};
 }
 
 }  // namespace
 
 Tensor Layer::forward(TensorView x, std::vector<Intermediates>* debug, StageTimes* times) const {
-  check_batch_input(x, config_.hidden_size);
-  const int64_t b = x.dim(0), s = x.dim(1), d = x.dim(2);
+  const Shape shape = batch_shape(x, config_.hidden_size);
+  const int64_t b = shape[0], s = shape[1], d = shape[2];
   std::vector<LayerState> states(static_cast<size_t>(b), new_state());
-  Tensor out({b, s, d});
+  Tensor out(x.shape);
   if (debug) debug->assign(static_cast<size_t>(b), {});
   std::vector<Job> jobs(static_cast<size_t>(b));
   for (int64_t i = 0; i < b; ++i)
@@ -349,8 +353,8 @@ Tensor Layer::forward(TensorView x, std::vector<Intermediates>* debug, StageTime
 }
 
 std::vector<AttentionMap> Layer::attention_map(TensorView x, bool dense) const {
-  check_batch_input(x, config_.hidden_size);
-  const int64_t b = x.dim(0), s = x.dim(1), d = x.dim(2);
+  const Shape shape = batch_shape(x, config_.hidden_size);
+  const int64_t b = shape[0], s = shape[1], d = shape[2];
   std::vector<LayerState> states(static_cast<size_t>(b), new_state());
   std::vector<AttentionMap> maps(static_cast<size_t>(b));
   Tensor out({s, d});  // per sequence, overwritten: only the maps are kept
