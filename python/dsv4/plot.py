@@ -9,6 +9,7 @@ softmax mass split by query position (window / compressed / sink, mean over
 heads), and the sink's share per head. Needs matplotlib (python3-matplotlib).
 """
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -77,7 +78,7 @@ def main(argv=None):
         raise SystemExit(f"{a.input}: no tensor '{a.input_name}' (has: {', '.join(sorted(tensors))})")
     x = tensors[a.input_name]
     x = x[0] if x.ndim == 3 else x
-    fig = attention_figure(layer, x, title=f"{a.model} layer {a.layer}: {layer.layer_type}, {x.shape[0]} tokens")
+    fig = attention_figure(layer, x, title=f"{os.path.basename(os.path.normpath(a.model))} layer {a.layer}: {layer.layer_type}, {x.shape[0]} tokens")
     fig.savefig(a.out, dpi=110)
     print(f"wrote {a.out}")
     return 0

@@ -1,0 +1,109 @@
+"""Configs from config.json, model folders, the plot command, the example, import without torch."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import dsv4
+from conftest import CONFORMANCE, ROOT, Case, assert_close
+
+CLI = os.environ.get("DSV4_CLI", os.path.join(ROOT, "build", "dsv4"))
+PYENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+
+
+def synth(tmp_path, *args):
+    out = tmp_path / "model"
+    subprocess.run([CLI, "synth-model", str(out), *args], check=True, capture_output=True)
+    return out
+
+
+def test_config_fields_presets_and_kwargs():
+    flash = dsv4.Config.preset("v4-flash")
+    assert (flash.hidden_size, flash.num_attention_heads, flash.index_topk) == (4096, 64, 512)
+    assert flash.rope_scaling.factor == 16.0
+    pro = dsv4.Config.preset("v4-pro")
+    assert pro.hidden_size == 7168 and pro != flash
+    again = dsv4.Config(**flash.to_dict())
+    assert again == flash
+    c = dsv4.Config(hidden_size=64, rope_scaling={"factor": 4.0}, layer_types=["swa", "csa"])
+    assert c.hidden_size == 64 and c.rope_scaling.factor == 4.0
+    assert c.layer_types == ["sliding_attention", "compressed_sparse_attention"]
+
+
+@pytest.mark.parametrize("form", ["layer_types", "compress_ratios"])
+def test_config_from_hf_dict_and_path(tmp_path, form):
+    d = dsv4.Config.preset("v4-flash").to_dict()
+    d.pop("layer_types")
+    if form == "layer_types":
+        d.update(layer_types=["sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention"])
+    else:
+        d.update(num_hidden_layers=3, compress_ratios=[0, 4, 128, 0])  # the last entry: the MTP layer
+    c = dsv4.Config.from_hf(d)
+    assert c.layer_types == ["sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention"]
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    assert dsv4.Config.from_hf(tmp_path) == c
+    assert dsv4.Config.from_hf(str(tmp_path / "config.json")) == c
+
+
+@pytest.mark.parametrize("scheme", ["hf", "original"])
+def test_from_model_reproduces_the_reference(tmp_path, scheme):
+    path = next(p for p in CONFORMANCE if "small_csa_stateless_s37." in p)
+    case = Case(path)
+    model = synth(tmp_path, "--scheme", scheme, "--from-conformance", path)
+    layer = dsv4.Layer.from_model(model, 0)
+    assert layer.layer_type == "compressed_sparse_attention" and layer.config.hidden_size == 64
+    assert_close(layer(case.chunks[0]["hidden_states"]), case.chunks[0]["output"], "from_model")
+    half = dsv4.Layer.from_model(model, 0, weights_format="bf16")
+    assert half.weight_bytes < layer.weight_bytes
+
+
+def test_fp8_model_folder(tmp_path):
+    model = synth(tmp_path, "--scheme", "original", "--dtype", "fp8", "--sharded")
+    x = dsv4.load_safetensors(model / "sample_input.safetensors")["hidden_states"]
+    for i, t in enumerate(["sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention"]):
+        layer = dsv4.Layer.from_model(model, i)
+        assert layer.layer_type == t
+        y = layer(x)
+        assert y.shape == x.shape and np.isfinite(y).all()
+
+
+def test_safetensors_round_trip(tmp_path):
+    a = {"x": np.arange(6, dtype=np.float32).reshape(2, 3), "i": np.arange(4), "h": np.ones(3, np.float16)}
+    dsv4.save_safetensors(tmp_path / "t.safetensors", a, {"note": "hi"})
+    b = dsv4.load_safetensors(tmp_path / "t.safetensors")
+    assert np.array_equal(b["x"], a["x"]) and b["i"].dtype == np.int64 and b["h"].dtype == np.float32
+    assert dsv4.safetensors_metadata(tmp_path / "t.safetensors") == {"note": "hi"}
+    (tmp_path / "bad.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{nope")
+    with pytest.raises(dsv4.Error, match="bad.safetensors"):
+        dsv4.load_safetensors(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_plot_command(tmp_path, layer):
+    model = synth(tmp_path)
+    out = tmp_path / f"map{layer}.png"
+    r = subprocess.run([sys.executable, "-m", "dsv4.plot", "--model", str(model), "--layer", str(layer), "--input",
+                        str(model / "sample_input.safetensors"), "--out", str(out)],
+                       env=PYENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10000
+
+
+def test_quickstart_example_runs():
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "quickstart.py")], cwd=ROOT, env=PYENV,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "max |dsv4 - reference| =" in r.stdout
+
+
+def test_imports_without_torch():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import dsv4, numpy as np\n"
+            "c = dsv4.Config.preset('v4-flash')\n"
+            "try:\n    import dsv4.torch\nexcept ImportError:\n    print('no torch: ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], env=PYENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "no torch: ok"
