@@ -59,11 +59,16 @@ class Model {
   // tensors, wrong shapes, dtypes or scale grids (one line each, naming the
   // file and tensor). Empty when it loads (non-finite values aside).
   std::vector<std::string> layer_problems(int64_t i) const;
-  // Layer i's weights in fp32; throws with every problem listed, or naming
-  // a tensor with non-finite values and their count.
-  LayerWeights load_layer(int64_t i) const;
+  // Layer i's weights in fp32 (native: the projection matrices as stored, in
+  // LayerWeights::stored); throws with every problem listed, or naming a
+  // tensor with non-finite values and their count.
+  LayerWeights load_layer(int64_t i, WeightFormat format = WeightFormat::f32) const;
+  // Layer i. The default format is f32: the layer then computes exactly what the
+  // reference computes on the dequantised weights, in every kernel; native holds
+  // the matrices as stored (FP8: a quarter of the bytes) with the same numbers on
+  // the decode path and within 1e-6 in prefill (docs/weights.md).
   Layer layer(int64_t i, LayerOptions options = {}) const {
-    return Layer(config_, layer_type(i), load_layer(i), options);
+    return Layer(config_, layer_type(i), load_layer(i, options.weights), options);
   }
 
  private:

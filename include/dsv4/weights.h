@@ -1,6 +1,7 @@
 // Weights of one attention layer, under the Hugging Face names of the spec
 // (relative to `...self_attn.`). Linear weights are [out, in].
 #pragma once
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
@@ -11,6 +12,18 @@
 #include "dsv4/tensor.h"
 
 namespace dsv4 {
+
+// A projection matrix as the checkpoint stores it (LayerOptions{WeightFormat::native}):
+// F32, BF16, F16 or F8_E4M3 elements, row-major [out, in]; FP8 with one fp32
+// factor per 128x128 block (UE8M0 or fp32 scales, decoded; edge blocks partial).
+struct StoredMatrix {
+  DType dtype = DType::F32;
+  Shape shape;
+  std::vector<std::byte> data;
+  Tensor scale;  // F8_E4M3: [ceil(out/128), ceil(in/128)]; empty otherwise
+  size_t bytes() const { return data.size() + scale.data.size() * sizeof(float); }
+  Tensor dequantised() const;  // the fp32 values (element × its block's factor)
+};
 
 struct CompressorWeights {
   Tensor kv_proj;        // [2D or D, d]   (CSA overlapping: 2 series)
@@ -36,7 +49,25 @@ struct LayerWeights {
   Tensor sinks;     // [H]
   std::optional<CompressorWeights> compressor;  // CSA, HCA
   std::optional<IndexerWeights> indexer;        // CSA
+  // Projection matrices kept in their stored dtype, by spec name
+  // ("q_a_proj.weight", ...); their Tensor above is then empty.
+  std::map<std::string, StoredMatrix> stored;
 };
+
+// Quantisers for stored matrices (benchmarks, synthetic checkpoints):
+// FP8 E4M3 with one scale per 128x128 block, the block's max |w| mapped to 448
+// (ue8m0: the scale rounded up to a power of two, as V4's UE8M0 `.scale`
+// tensors; else fp32 max/448 as `weight_scale_inv`); BF16 rounded to nearest even.
+StoredMatrix quantize_fp8_blocks(const Tensor& w, bool ue8m0);
+StoredMatrix quantize_bf16(const Tensor& w);
+// The released DeepSeek-V4 dtypes: FP8 E4M3 + UE8M0 for q_a, q_b, kv, o_a, o_b and the
+// indexer's q_b; BF16 for the compressors' and the indexer's kv/gate and weights_proj.
+// Moves every projection matrix of w into w.stored (its Tensor left empty).
+void store_as_released(LayerWeights& w, LayerType t);
+
+// The spec names of a layer type's projection matrices (the 2-D ".weight"
+// tensors: what WeightFormat::native keeps as stored).
+std::vector<std::string> projection_names(LayerType t);
 
 // Checks presence and shape of every tensor the layer type needs and that
 // all weights are finite; errors name the tensor, its shape and the expected one.

@@ -18,11 +18,7 @@ struct State {
   Config config;
 };
 
-WeightFormat parse_format(const std::string& s) {
-  if (s == "f32") return WeightFormat::f32;
-  if (s == "bf16") return WeightFormat::bf16;
-  fail("weights_format: expected 'f32' or 'bf16', got '" + s + "'");
-}
+WeightFormat parse_format(const std::string& s) { return parse_weight_format(s); }
 
 py::dict intermediates_dict(Intermediates&& d, LayerType t) {
   py::dict out;

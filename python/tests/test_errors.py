@@ -36,7 +36,7 @@ def test_missing_extra_and_wrong_shape_weights(csa):
         dsv4.Layer(cfg, "csa", dict(sd, sinks=s))
     with pytest.raises(dsv4.Error, match=r"unknown layer type|layer type"):
         dsv4.Layer(cfg, "mla", sd)
-    with pytest.raises(dsv4.Error, match="weights_format"):
+    with pytest.raises(dsv4.Error, match="weights format"):
         dsv4.Layer(cfg, "csa", sd, weights_format="fp4")
 
 

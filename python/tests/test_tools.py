@@ -70,6 +70,19 @@ def test_fp8_model_folder(tmp_path):
         assert y.shape == x.shape and np.isfinite(y).all()
 
 
+def test_native_weights_from_an_fp8_folder(tmp_path):
+    model = synth(tmp_path, "--scheme", "hf", "--dtype", "fp8")
+    x = dsv4.load_safetensors(model / "sample_input.safetensors")["hidden_states"]
+    for i in range(3):
+        native = dsv4.Layer.from_model(model, i, weights_format="native")
+        f32 = dsv4.Layer.from_model(model, i)
+        assert native.weight_bytes < f32.weight_bytes
+        assert_close(native(x), f32(x), f"layer {i} native vs f32", atol=1e-6, rtol=1e-6)
+        s1, s2 = native.new_state(), f32.new_state()
+        for t in range(x.shape[1]):  # decode: the same kernel order, bit for bit
+            assert np.array_equal(native(x[0, t:t + 1], state=s1), f32(x[0, t:t + 1], state=s2))
+
+
 def test_safetensors_round_trip(tmp_path):
     a = {"x": np.arange(6, dtype=np.float32).reshape(2, 3), "i": np.arange(4), "h": np.ones(3, np.float16)}
     dsv4.save_safetensors(tmp_path / "t.safetensors", a, {"note": "hi"})

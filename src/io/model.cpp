@@ -253,7 +253,21 @@ std::vector<std::string> Model::layer_problems(int64_t i) const {
   return problems;
 }
 
-LayerWeights Model::load_layer(int64_t i) const {
+namespace {
+
+// A projection matrix as stored (its bytes copied out of the mapping), scales decoded to fp32.
+StoredMatrix stored_matrix(const SafeTensors& file, const std::string& name, const SafeTensors* scale_file,
+                           const std::string& scale) {
+  const TensorInfo& t = file.info(name);
+  const std::span<const std::byte> b = file.bytes(name);
+  StoredMatrix m{t.dtype, t.shape, std::vector<std::byte>(b.begin(), b.end()), Tensor()};
+  if (scale_file) m.scale = scale_file->f32(scale);
+  return m;
+}
+
+}  // namespace
+
+LayerWeights Model::load_layer(int64_t i, WeightFormat format) const {
   const LayerType type = layer_type(i);
   std::vector<std::string> problems;
   const std::vector<Planned> planned = plan(i, problems);
@@ -266,8 +280,13 @@ LayerWeights Model::load_layer(int64_t i) const {
   LayerWeights w;
   if (type != LayerType::sliding) w.compressor.emplace();
   if (type == LayerType::csa) w.indexer.emplace();
+  const std::vector<std::string> proj = projection_names(type);
   for (const Planned& p : planned) {
     const SafeTensors& file = shards_[size_t(p.shard)];
+    if (format == WeightFormat::native && std::find(proj.begin(), proj.end(), p.hf) != proj.end()) {
+      w.stored[p.hf] = stored_matrix(file, p.name, p.scale.empty() ? nullptr : &shards_[size_t(p.scale_shard)], p.scale);
+      continue;
+    }
     Tensor x = file.f32(p.name);
     if (!p.scale.empty()) apply_block_scales(x, shards_[size_t(p.scale_shard)].f32(p.scale));
     const auto bad = std::count_if(x.data.begin(), x.data.end(), [](float v) { return !std::isfinite(v); });

@@ -2,8 +2,10 @@
 // FP8 block scales.
 #include "dsv4/weights.h"
 
+#include <algorithm>
 #include <cmath>
 
+#include "io/dtype.h"
 #include "io/weight_table.h"
 
 namespace dsv4 {
@@ -92,11 +94,66 @@ void apply_block_scales(Tensor& w, const Tensor& s) {
   }
 }
 
+std::vector<std::string> projection_names(LayerType t) {
+  std::vector<std::string> n = {"q_a_proj.weight", "q_b_proj.weight", "kv_proj.weight", "o_a_proj.weight",
+                                "o_b_proj.weight"};
+  if (t == LayerType::sliding) return n;
+  n.insert(n.end(), {"compressor.kv_proj.weight", "compressor.gate_proj.weight"});
+  if (t == LayerType::hca) return n;
+  n.insert(n.end(), {"compressor.indexer.kv_proj.weight", "compressor.indexer.gate_proj.weight",
+                     "compressor.indexer.q_b_proj.weight", "compressor.indexer.scorer.weights_proj.weight"});
+  return n;
+}
+
+Tensor StoredMatrix::dequantised() const {
+  Tensor out(shape);
+  decode_to_f32(dtype, data, out.ptr());
+  if (dtype == DType::F8_E4M3) apply_block_scales(out, scale);
+  return out;
+}
+
+namespace {
+
+// A stored matrix has the expected shape, a weight dtype, its bytes, its scales,
+// and only finite values (checked on the decoded values, scale applied).
+void validate_stored(const std::string& name, const StoredMatrix& m, const Shape& expected) {
+  const std::string at = "weight '" + name + "' (" + std::string(dtype_name(m.dtype)) + ")";
+  if (m.dtype != DType::F32 && m.dtype != DType::BF16 && m.dtype != DType::F16 && m.dtype != DType::F8_E4M3)
+    fail(at + ": not a weight dtype (F32, BF16, F16, F8_E4M3)");
+  if (m.shape != expected) fail(at + " has shape " + shape_str(m.shape) + ", expected " + shape_str(expected));
+  if (m.data.size() != static_cast<size_t>(numel(m.shape)) * dtype_size(m.dtype))
+    fail(at + ": " + std::to_string(m.data.size()) + " bytes for shape " + shape_str(m.shape));
+  if (m.dtype == DType::F8_E4M3 && m.scale.shape != scale_grid(m.shape))
+    fail(at + ": scale grid has shape " + shape_str(m.scale.shape) + ", expected " + shape_str(scale_grid(m.shape)));
+  if (m.dtype != DType::F8_E4M3 && !m.scale.empty()) fail(at + ": block scales given for a non-FP8 weight");
+  // Decoded a slice at a time: a V4 matrix is up to 128 MB as fp32.
+  const size_t esize = dtype_size(m.dtype), n = m.data.size() / esize, step = 1 << 16;
+  std::vector<float> buf(std::min(n, step));
+  int64_t bad = 0;
+  for (size_t i = 0; i < n; i += step) {
+    const size_t k = std::min(step, n - i);
+    decode_to_f32(m.dtype, std::span(m.data).subspan(i * esize, k * esize), buf.data());
+    bad += std::count_if(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(k), [](float x) { return !std::isfinite(x); });
+  }
+  bad += std::count_if(m.scale.data.begin(), m.scale.data.end(), [](float x) { return !std::isfinite(x); });
+  if (bad) fail(at + " has " + std::to_string(bad) + " non-finite value(s) or scale(s)");
+}
+
+}  // namespace
+
 void validate_weights(const LayerWeights& w, const Config& c, LayerType t) {
   if (t != LayerType::sliding && !w.compressor)
     fail(std::string(layer_type_name(t)) + " layer: compressor weights are missing");
   if (t == LayerType::csa && !w.indexer) fail("compressed_sparse_attention layer: indexer weights are missing");
+  const std::vector<std::string> proj = projection_names(t);
+  for (const auto& [name, m] : w.stored)
+    if (std::find(proj.begin(), proj.end(), name) == proj.end())
+      fail("stored weight '" + name + "' is not a projection matrix of a " + std::string(layer_type_name(t)) + " layer");
   for (const WeightSpec& e : expected_weights(c, t)) {
+    if (auto it = w.stored.find(e.name); it != w.stored.end()) {
+      validate_stored(e.name, it->second, e.shape);
+      continue;
+    }
     const Tensor* x = slot(w, e.name);
     if (!x || x->data.empty()) {
       if (numel(e.shape) == 0 && x) continue;

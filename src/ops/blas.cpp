@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ops/vec.h"
+#include "ops/weight_rows.h"
 
 namespace dsv4 {
 namespace {
@@ -41,39 +42,34 @@ void tiled(bool b_transposed, int64_t m, int64_t n, int64_t k, const float* a, i
   }
 }
 
-// One dot product per element (vec::dot), tiles of 64 weight rows over the threads.
-template <class B>
-void rows_kernel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const B* b, int64_t ldb, float* c,
-                 int64_t ldc) {
+// One dot product per element, tiles of 64 weight rows over the threads.
+// row(j) gives weight row j as a vec row (PtrRow, F16Row, Fp8Row).
+template <class RowOf>
+void rows_kernel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, RowOf row, float* c, int64_t ldc) {
   constexpr int64_t kRowsPerTile = 64;
   const int64_t tiles = (n + kRowsPerTile - 1) / kRowsPerTile;
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < tiles; ++t)
-    for (int64_t j = t * kRowsPerTile; j < std::min(n, (t + 1) * kRowsPerTile); ++j)
-      for (int64_t i = 0; i < m; ++i) c[i * ldc + j] = vec::dot(a + i * lda, b + j * ldb, k);
+    for (int64_t j = t * kRowsPerTile; j < std::min(n, (t + 1) * kRowsPerTile); ++j) {
+      const auto r = row(j);
+      for (int64_t i = 0; i < m; ++i) c[i * ldc + j] = vec::dot_row(a + i * lda, r, k);
+    }
 }
 
-}  // namespace
-
-void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-             int64_t ldc, float beta) {
-  tiled(true, m, n, k, a, lda, b, ldb, c, ldc, beta);
+template <class Row>
+void widen_row(const Row& r, int64_t k, float* out) {
+  int64_t q = 0;
+#ifdef DSV4_AVX2
+  for (; q + 8 <= k; q += 8) _mm256_storeu_ps(out + q, r.load8(q));
+#endif
+  for (; q < k; ++q) out[q] = r.at(q);
 }
 
-void gemm_nt_rows(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-                  int64_t ldc) {
-  rows_kernel(m, n, k, a, lda, b, ldb, c, ldc);
-}
-
-void gemm_nt_rows_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const uint16_t* b, int64_t ldb,
-                       float* c, int64_t ldc) {
-  rows_kernel(m, n, k, a, lda, b, ldb, c, ldc);
-}
-
-void gemm_nt_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const uint16_t* b, int64_t ldb,
-                  float* c, int64_t ldc) {
+// gemm_nt's tiles over widened weights: each work item widens its [kTileN, K]
+// slice of B once (consecutive items of a thread share it).
+template <class RowOf>
+void widened_tiles(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, RowOf row, float* c, int64_t ldc) {
   if (trivial(m, n, k, c, ldc, 0.0f)) return;
-  // Same fixed tiles as gemm_nt; each work item widens its [kTileN, K] slice of B once.
   const int64_t tm = (m + kTileM - 1) / kTileM, tn = (n + kTileN - 1) / kTileN;
 #pragma omp parallel
   {
@@ -85,8 +81,7 @@ void gemm_nt_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, 
       const int64_t mi = std::min(kTileM, m - i0), nj = std::min(kTileN, n - j0);
       if (have != jt) {
         wide.resize(static_cast<size_t>(nj * k));
-        for (int64_t j = 0; j < nj; ++j)
-          for (int64_t q = 0; q < k; ++q) wide[j * k + q] = vec::widen(b[(j0 + j) * ldb + q]);
+        for (int64_t j = 0; j < nj; ++j) widen_row(row(j0 + j), k, &wide[j * k]);
         have = jt;
       }
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(mi), static_cast<blasint>(nj),
@@ -94,6 +89,47 @@ void gemm_nt_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, 
                   static_cast<blasint>(k), 0.0f, c + i0 * ldc + j0, static_cast<blasint>(ldc));
     }
   }
+}
+
+// Calls kernel(row_of) with the vec row type of b's dtype.
+template <class Kernel>
+void with_rows(const WeightRows& b, Kernel kernel) {
+  switch (b.dtype) {
+    case DType::BF16:
+      return kernel([&](int64_t j) { return vec::PtrRow<uint16_t>{static_cast<const uint16_t*>(b.data) + j * b.ld}; });
+    case DType::F16:
+      return kernel([&](int64_t j) { return vec::F16Row{static_cast<const uint16_t*>(b.data) + j * b.ld}; });
+    case DType::F8_E4M3:
+      return kernel([&](int64_t j) {
+        return vec::Fp8Row{static_cast<const uint8_t*>(b.data) + j * b.ld,
+                           b.factor + ((b.row_base + j) / 128) * b.factor_ld};
+      });
+    default:
+      return kernel([&](int64_t j) { return vec::PtrRow<float>{static_cast<const float*>(b.data) + j * b.ld}; });
+  }
+}
+
+}  // namespace
+
+void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+             int64_t ldc, float beta) {
+  tiled(true, m, n, k, a, lda, b, ldb, c, ldc, beta);
+}
+
+void gemm_nt_rows(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                  int64_t ldc) {
+  rows_kernel(m, n, k, a, lda, [&](int64_t j) { return vec::PtrRow<float>{b + j * ldb}; }, c, ldc);
+}
+
+void gemm_nt_w(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const WeightRows& b, float* c,
+               int64_t ldc) {
+  if (b.dtype == DType::F32) return gemm_nt(m, n, k, a, lda, static_cast<const float*>(b.data), b.ld, c, ldc);
+  with_rows(b, [&](auto row) { widened_tiles(m, n, k, a, lda, row, c, ldc); });
+}
+
+void gemm_nt_rows_w(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const WeightRows& b, float* c,
+                    int64_t ldc) {
+  with_rows(b, [&](auto row) { rows_kernel(m, n, k, a, lda, row, c, ldc); });
 }
 
 void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,

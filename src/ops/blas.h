@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 
+#include "dsv4/safetensors.h"  // DType
+
 namespace dsv4 {
 
 void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
@@ -12,12 +14,25 @@ void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const
 // rounds a row differently depending on M). Streams B once: the decode kernel.
 void gemm_nt_rows(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
                   int64_t ldc);
-// The same two with B in bf16 (weights kept at half size): the row-invariant
-// kernel converts on the fly; the BLAS one converts one tile of B to fp32 at a time.
-void gemm_nt_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const uint16_t* b, int64_t ldb,
-                  float* c, int64_t ldc);
-void gemm_nt_rows_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const uint16_t* b, int64_t ldb,
-                       float* c, int64_t ldc);
+
+// Rows of a weight matrix in their stored dtype (F32, BF16, F16 or F8_E4M3).
+// FP8 rows carry a factor per 128x128 block: 256 × its scale (ops/weight_rows.h);
+// row r's factors start at factor + ((row_base + r) / 128) · factor_ld.
+struct WeightRows {
+  DType dtype = DType::F32;
+  const void* data = nullptr;  // row 0
+  int64_t ld = 0;              // elements per row
+  const float* factor = nullptr;
+  int64_t factor_ld = 0, row_base = 0;
+};
+// The same two kernels over stored weights: the row-invariant one converts in
+// registers; the BLAS one widens one [512, K] tile of B at a time into
+// per-thread scratch and runs the same sgemm tiles. Either gives the result of
+// the fp32 kernel on the dequantised weights, bit for bit.
+void gemm_nt_w(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const WeightRows& b, float* c,
+               int64_t ldc);
+void gemm_nt_rows_w(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const WeightRows& b, float* c,
+                    int64_t ldc);
 // C[M,N] = A[M,K] · B[K,N]
 void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
              int64_t ldc, float beta = 0.0f);

@@ -30,19 +30,31 @@ inline __m256 load8(const uint16_t* p) {
 }
 #endif
 
-// Σ a[i]·b[i] in a fixed order (4 x 8 lanes, then the tail).
+// A weight row as fp32 values: load8(i) (AVX2) gives elements i..i+7, at(i)
+// one element; both give the same values, so every element dtype shares one
+// summation order (see ops/weight_rows.h for bf16/f16/FP8 rows).
 template <class B>
-inline float dot(const float* a, const B* b, int64_t n) {
+struct PtrRow {
+  const B* p;
+#ifdef DSV4_AVX2
+  __m256 load8(int64_t i) const { return vec::load8(p + i); }
+#endif
+  float at(int64_t i) const { return widen(p[i]); }
+};
+
+// Σ a[i]·b.at(i) in a fixed order (4 x 8 lanes, then the tail).
+template <class Row>
+inline float dot_row(const float* a, const Row& b, int64_t n) {
   int64_t i = 0;
 #ifdef DSV4_AVX2
   __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
   for (; i + 32 <= n; i += 32) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8(b + i), s0);
-    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), load8(b + i + 8), s1);
-    s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), load8(b + i + 16), s2);
-    s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), load8(b + i + 24), s3);
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), b.load8(i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), b.load8(i + 8), s1);
+    s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), b.load8(i + 16), s2);
+    s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), b.load8(i + 24), s3);
   }
-  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8(b + i), s0);
+  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), b.load8(i), s0);
   __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
   __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
   h = _mm_add_ps(h, _mm_movehl_ps(h, h));
@@ -51,8 +63,14 @@ inline float dot(const float* a, const B* b, int64_t n) {
 #else
   float acc = 0.0f;
 #endif
-  for (; i < n; ++i) acc += a[i] * widen(b[i]);
+  for (; i < n; ++i) acc += a[i] * b.at(i);
   return acc;
+}
+
+// Σ a[i]·b[i] (fp32 or bf16 b) in the order of dot_row.
+template <class B>
+inline float dot(const float* a, const B* b, int64_t n) {
+  return dot_row(a, PtrRow<B>{b}, n);
 }
 
 // y *= a

@@ -8,6 +8,7 @@
 
 #include <omp.h>
 
+#include "io/weight_table.h"
 #include "pipeline/pipeline.h"
 
 namespace dsv4 {
@@ -286,11 +287,31 @@ void run_split(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) 
 
 }  // namespace
 
+std::string_view weight_format_name(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::f32: return "f32";
+    case WeightFormat::bf16: return "bf16";
+    case WeightFormat::native: return "native";
+  }
+  return "?";
+}
+
+WeightFormat parse_weight_format(std::string_view s) {
+  for (WeightFormat f : {WeightFormat::f32, WeightFormat::bf16, WeightFormat::native})
+    if (s == weight_format_name(f)) return f;
+  fail("weights format: expected 'f32', 'bf16' or 'native', got '" + std::string(s) + "'");
+}
+
 Layer::Layer(Config config, LayerType type, LayerWeights weights, LayerOptions options)
     : config_(std::move(config)), type_(type), weights_(std::move(weights)) {
   config_.validate();
   validate_weights(weights_, config_, type_);
+  if (options.weights != WeightFormat::native) {  // f32 / bf16: from the dequantised values
+    for (auto& [name, m] : weights_.stored) *weight_slot(weights_, name) = m.dequantised();
+    weights_.stored.clear();
+  }
   packed_ = std::make_unique<PackedLayer>(pack_layer(config_, type_, weights_, options.weights == WeightFormat::bf16));
+  weights_.stored.clear();
   // The packed matrices are the only copy: release the originals.
   for (Tensor* t : {&weights_.q_a_proj, &weights_.q_b_proj, &weights_.kv_proj, &weights_.o_a_proj, &weights_.o_b_proj})
     *t = Tensor();

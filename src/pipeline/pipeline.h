@@ -19,15 +19,26 @@
 
 namespace dsv4 {
 
-// A packed weight matrix [rows, cols], held as fp32 or bf16 (half the memory;
-// widened to fp32 inside the GEMM, so only the weights are rounded).
+// A packed weight matrix [rows, cols]: consecutive row blocks (segments),
+// each in one dtype — fp32, bf16 (LayerOptions bf16), or what the checkpoint
+// stored (native: FP8 E4M3 + block factors, BF16, F16, F32). The kernels widen
+// to fp32 in registers or per tile, so only the weights are rounded.
 struct Matrix {
+  struct Segment {
+    int64_t row0 = 0, rows = 0;
+    DType dtype = DType::F32;
+    std::vector<float> f32;
+    std::vector<uint16_t> half;  // BF16 or F16 bits
+    std::vector<uint8_t> fp8;    // F8_E4M3 codes
+    std::vector<float> factor;   // FP8: 256 × scale per 128x128 block, [ceil(rows/128), ceil(cols/128)]
+    size_t bytes() const;
+  };
   int64_t rows = 0, cols = 0;
-  std::vector<float> f32;
-  std::vector<uint16_t> bf16;
-  void append(const Tensor& w);          // rows of w (fp32) at the end
-  void to_bf16();                        // round to nearest even, drop the fp32 copy
-  size_t bytes() const { return f32.size() * sizeof(float) + bf16.size() * sizeof(uint16_t); }
+  std::vector<Segment> segs;
+  void append(const Tensor& w);        // fp32 rows at the end
+  void append(const StoredMatrix& w);  // rows as stored (FP8 keeps its codes and scales)
+  void to_bf16();                      // every fp32 segment: round to nearest even, drop the fp32 copy
+  size_t bytes() const;
 };
 
 struct PackedLayer {
@@ -46,6 +57,8 @@ struct PackedLayer {
   size_t bytes() const { return w_in.bytes() + w_up.bytes() + w_oa.bytes() + w_ob.bytes(); }
 };
 
+// Matrices from w's fp32 tensors or, where w.stored has them, as stored;
+// `bf16` rounds the fp32 ones to bf16.
 PackedLayer pack_layer(const Config& c, LayerType t, const LayerWeights& w, bool bf16 = false);
 
 // Growable scratch memory: keeps its allocation between calls and is never

@@ -12,19 +12,15 @@
 namespace dsv4 {
 namespace {
 
+// Appends the weight `name` to m: as stored if the layer keeps it so, else its fp32 tensor.
+void add(Matrix& m, const LayerWeights& w, const char* name, const Tensor& t) {
+  if (auto it = w.stored.find(name); it != w.stored.end())
+    m.append(it->second);
+  else
+    m.append(t);
+}
+
 }  // namespace
-
-void Matrix::append(const Tensor& w) {
-  cols = w.dim(1);
-  rows += w.dim(0);
-  f32.insert(f32.end(), w.data.begin(), w.data.end());
-}
-
-void Matrix::to_bf16() {
-  bf16.resize(f32.size());
-  for (size_t i = 0; i < f32.size(); ++i) bf16[i] = f32_to_bf16(f32[i]);
-  std::vector<float>().swap(f32);
-}
 
 PackedLayer pack_layer(const Config& c, LayerType t, const LayerWeights& w, bool bf16) {
   PackedLayer p;
@@ -33,51 +29,39 @@ PackedLayer pack_layer(const Config& c, LayerType t, const LayerWeights& w, bool
   p.rate = c.compress_rate(t);
   p.inv_freq = layer_inv_freq(c, t);
   p.w = &w;
-  p.w_in.append(w.q_a_proj);
+  add(p.w_in, w, "q_a_proj.weight", w.q_a_proj);
   p.off_kv = c.q_lora_rank;
-  p.w_in.append(w.kv_proj);
+  add(p.w_in, w, "kv_proj.weight", w.kv_proj);
   int64_t cols = p.off_kv + c.head_dim;
   if (w.compressor) {
+    const int64_t in_w = t == LayerType::csa ? 2 * c.head_dim : c.head_dim;
     p.off_cc = cols;
-    p.w_in.append(w.compressor->kv_proj);
-    p.off_cz = p.off_cc + w.compressor->kv_proj.dim(0);
-    p.w_in.append(w.compressor->gate_proj);
-    cols = p.off_cz + w.compressor->gate_proj.dim(0);
+    add(p.w_in, w, "compressor.kv_proj.weight", w.compressor->kv_proj);
+    p.off_cz = p.off_cc + in_w;
+    add(p.w_in, w, "compressor.gate_proj.weight", w.compressor->gate_proj);
+    cols = p.off_cz + in_w;
   }
   if (w.indexer) {
     const CompressorWeights& ic = w.indexer->compressor;
+    const int64_t in_w = 2 * c.index_head_dim;
     p.off_ic = cols;
-    p.w_in.append(ic.kv_proj);
-    p.off_iz = p.off_ic + ic.kv_proj.dim(0);
-    p.w_in.append(ic.gate_proj);
-    p.off_w = p.off_iz + ic.gate_proj.dim(0);
-    p.w_in.append(w.indexer->weights_proj);
+    add(p.w_in, w, "compressor.indexer.kv_proj.weight", ic.kv_proj);
+    p.off_iz = p.off_ic + in_w;
+    add(p.w_in, w, "compressor.indexer.gate_proj.weight", ic.gate_proj);
+    p.off_w = p.off_iz + in_w;
+    add(p.w_in, w, "compressor.indexer.scorer.weights_proj.weight", w.indexer->weights_proj);
     cols = p.off_w + c.index_n_heads;
   }
   p.n_in = cols;
-  p.w_up.append(w.q_b_proj);
+  add(p.w_up, w, "q_b_proj.weight", w.q_b_proj);
   p.off_iq = c.num_attention_heads * c.head_dim;
-  if (w.indexer) p.w_up.append(w.indexer->q_b_proj);
+  if (w.indexer) add(p.w_up, w, "compressor.indexer.q_b_proj.weight", w.indexer->q_b_proj);
   p.n_up = p.w_up.rows;
-  p.w_oa.append(w.o_a_proj);
-  p.w_ob.append(w.o_b_proj);
+  add(p.w_oa, w, "o_a_proj.weight", w.o_a_proj);
+  add(p.w_ob, w, "o_b_proj.weight", w.o_b_proj);
   if (bf16)
     for (Matrix* m : {&p.w_in, &p.w_up, &p.w_oa, &p.w_ob}) m->to_bf16();
   return p;
-}
-
-void linear(const RowGroup& g, int64_t n, const float* a, int64_t lda, const Matrix& w, int64_t w_row0, float* c,
-            int64_t ldc) {
-  const int64_t k = w.cols;
-  a += g.row0 * lda;
-  c += g.row0 * ldc;
-  if (!w.bf16.empty()) {
-    const uint16_t* b = w.bf16.data() + w_row0 * k;
-    g.rowwise ? gemm_nt_rows_bf16(g.rows, n, k, a, lda, b, k, c, ldc) : gemm_nt_bf16(g.rows, n, k, a, lda, b, k, c, ldc);
-    return;
-  }
-  const float* b = w.f32.data() + w_row0 * k;
-  g.rowwise ? gemm_nt_rows(g.rows, n, k, a, lda, b, k, c, ldc) : gemm_nt(g.rows, n, k, a, lda, b, k, c, ldc);
 }
 
 void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* pos, const std::vector<RowGroup>& groups,

@@ -94,7 +94,10 @@ int run_bench(const Options& o) {
 
   const Roofline roof = measure_roofline();
   std::fprintf(stderr, "building a random %s %s layer ...\n", o.preset.c_str(), std::string(layer_type_name(type)).c_str());
-  const Layer layer(c, type, random_layer_weights(c, type, o.seed), LayerOptions{parse_weight_format(o.weights)});
+  // The released dtypes (FP8 + UE8M0, BF16): native keeps them, f32/bf16 hold the same values widened.
+  LayerWeights weights = random_layer_weights(c, type, o.seed);
+  store_as_released(weights, type);
+  const Layer layer(c, type, std::move(weights), LayerOptions{parse_weight_format(o.weights)});
   const Tensor x = random_uniform({total_tokens, c.hidden_size}, 1.0f, o.seed + 99);
 
   std::vector<double> secs;
@@ -201,7 +204,10 @@ void add_bench(CLI::App& app, int& rc) {
   cmd->add_option("--threads", o->threads, "OpenMP threads (default: OMP_NUM_THREADS or all cores)");
   cmd->add_option("--repeats", o->repeats, "measured runs; the median is reported")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--seed", o->seed, "weights and input seed")->capture_default_str();
-  cmd->add_option("--weights", o->weights, "projection matrices in memory: f32 or bf16")->capture_default_str();
+  cmd->add_option("--weights", o->weights,
+                  "projection matrices in memory: f32, bf16, or native (the released FP8/BF16 dtypes as stored); "
+                  "the random layer always has the released dtypes' values")
+      ->capture_default_str();
   cmd->add_flag("--json", o->json, "print one JSON object as the last line of stdout");
   cmd->callback([&rc, o] { rc = run_bench(*o); });
 }

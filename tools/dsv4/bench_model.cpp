@@ -39,12 +39,6 @@ double layer_flops(const Config& c, LayerType t, int64_t p0, int64_t n) {
   return f;
 }
 
-WeightFormat parse_weight_format(const std::string& s) {
-  if (s == "f32") return WeightFormat::f32;
-  if (s == "bf16") return WeightFormat::bf16;
-  fail("--weights: expected f32 or bf16, got '" + s + "'");
-}
-
 Roofline measure_roofline() {
   Roofline r;
   const int64_t n = 2048;

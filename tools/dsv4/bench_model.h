@@ -17,9 +17,6 @@ namespace dsv4::cli {
 //   compressor   6·slots·width per emitted entry (exp, sum, weighted sum)
 double layer_flops(const Config& c, LayerType t, int64_t p0, int64_t n);
 
-// "f32" / "bf16" -> WeightFormat (error naming the value otherwise).
-WeightFormat parse_weight_format(const std::string& s);
-
 struct Roofline {
   double sgemm_gflops = 0;   // dsv4's tiled OpenBLAS sgemm, 2048^3, all threads, best of 3
   double copy_gb_per_s = 0;  // memcpy of 256 MiB, (read + write) bytes / s, best of 3

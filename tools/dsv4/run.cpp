@@ -44,7 +44,7 @@ void run(const RunArgs& a) {
   std::printf("layer %lld (%s): %s -> %s  (%.3f s%s)\n", static_cast<long long>(a.layer),
               std::string(layer_type_name(layer.type())).c_str(), shape_str(x.shape).c_str(), a.output.c_str(), secs,
               a.chunk > 0 ? (", chunks of " + std::to_string(a.chunk)).c_str() : "");
-  if (a.compare_f32) {  // what bf16 weights cost in accuracy and save in memory
+  if (a.compare_f32) {  // what bf16/native weights cost in accuracy and save in memory
     const Layer ref = m.layer(a.layer);
     const Tensor y32 = run_layer(ref, x, a.chunk);
     double max_abs = 0, max_ref = 0;
@@ -77,7 +77,8 @@ void add_run(CLI::App& app, int& rc) {
   cmd->add_option("--chunk", a->chunk, "feed each batch row through a decode state in chunks of N tokens")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--threads", a->threads, "OpenMP threads (default: all)")->check(CLI::PositiveNumber);
-  cmd->add_option("--weights", a->weights, "projection matrices in memory: f32 or bf16 (widened inside the GEMMs)")
+  cmd->add_option("--weights", a->weights, "projection matrices in memory: f32, bf16, or native (as the checkpoint stores them: FP8 + scales, BF16, ...); "
+                  "all widened inside the GEMMs")
       ->capture_default_str();
   cmd->add_flag("--compare-f32", a->compare_f32, "also run with f32 weights; report the memory saved and the error");
   cmd->callback([&rc, a] {

@@ -1,0 +1,57 @@
+// Quantising projection matrices to the checkpoint dtypes (benchmarks and
+// synthetic model folders); the loader keeps real checkpoints as they are.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "dsv4/weights.h"
+#include "io/dtype.h"
+#include "io/weight_table.h"
+
+namespace dsv4 {
+namespace {
+
+// The smallest power of two >= v (v > 0), exactly (frexp: v = f·2^e, f in [0.5, 1)).
+float ceil_pow2(float v) {
+  int e = 0;
+  const float f = std::frexp(v, &e);
+  return std::ldexp(1.0f, f == 0.5f ? e - 1 : e);
+}
+
+}  // namespace
+
+StoredMatrix quantize_fp8_blocks(const Tensor& w, bool ue8m0) {
+  StoredMatrix m{DType::F8_E4M3, w.shape, std::vector<std::byte>(w.data.size()), Tensor(scale_grid(w.shape))};
+  const int64_t rows = w.dim(0), cols = w.dim(1), gc = m.scale.dim(1);
+  const auto block = [&](int64_t i, int64_t j) -> float& { return m.scale.data[(i / kScaleBlock) * gc + j / kScaleBlock]; };
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) block(i, j) = std::max(block(i, j), std::fabs(w.data[i * cols + j]));
+  for (float& s : m.scale.data) {
+    s = s > 0 ? s / 448.0f : 1.0f;
+    if (ue8m0) s = ceil_pow2(s);
+  }
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j)
+      m.data[i * cols + j] = std::byte(f32_to_e4m3fn(w.data[i * cols + j] / block(i, j)));
+  return m;
+}
+
+StoredMatrix quantize_bf16(const Tensor& w) {
+  StoredMatrix m{DType::BF16, w.shape, std::vector<std::byte>(w.data.size() * 2), Tensor()};
+  for (size_t i = 0; i < w.data.size(); ++i) {
+    const uint16_t b = f32_to_bf16(w.data[i]);
+    std::memcpy(m.data.data() + 2 * i, &b, 2);
+  }
+  return m;
+}
+
+void store_as_released(LayerWeights& w, LayerType t) {
+  for (const std::string& name : projection_names(t)) {
+    Tensor& x = *weight_slot(w, name);
+    const bool bf16 = name.starts_with("compressor.") && name != "compressor.indexer.q_b_proj.weight";
+    w.stored[name] = bf16 ? quantize_bf16(x) : quantize_fp8_blocks(x, true);
+    x = Tensor();
+  }
+}
+
+}  // namespace dsv4

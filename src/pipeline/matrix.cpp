@@ -1,0 +1,105 @@
+// Packed weight matrices: row segments in their dtypes, and the one entry
+// point the stages use to multiply by them (linear).
+#include <cmath>
+#include <cstring>
+
+#include "io/dtype.h"
+#include "io/weight_table.h"
+#include "ops/blas.h"
+#include "pipeline/pipeline.h"
+
+namespace dsv4 {
+
+size_t Matrix::Segment::bytes() const {
+  return f32.size() * sizeof(float) + half.size() * sizeof(uint16_t) + fp8.size() + factor.size() * sizeof(float);
+}
+
+size_t Matrix::bytes() const {
+  size_t n = 0;
+  for (const Segment& s : segs) n += s.bytes();
+  return n;
+}
+
+namespace {
+
+// The segment new rows of `dtype` go to: the last one if it has that dtype
+// (FP8 only at a 128-row block boundary, so its factor grid stays one grid).
+Matrix::Segment& tail_for(Matrix& m, DType dtype, int64_t cols) {
+  if (m.rows > 0 && cols != m.cols)
+    fail("packing weights: " + std::to_string(cols) + " columns after " + std::to_string(m.cols));
+  m.cols = cols;
+  const bool reuse = !m.segs.empty() && m.segs.back().dtype == dtype &&
+                     (dtype != DType::F8_E4M3 || m.segs.back().rows % kScaleBlock == 0);
+  if (!reuse) {
+    m.segs.emplace_back();
+    m.segs.back().row0 = m.rows, m.segs.back().dtype = dtype;
+  }
+  return m.segs.back();
+}
+
+}  // namespace
+
+void Matrix::append(const Tensor& w) {
+  Segment& s = tail_for(*this, DType::F32, w.dim(1));
+  s.f32.insert(s.f32.end(), w.data.begin(), w.data.end());
+  s.rows += w.dim(0), rows += w.dim(0);
+}
+
+void Matrix::append(const StoredMatrix& w) {
+  const int64_t n = w.shape.at(0);
+  if (w.dtype == DType::F32) {
+    Tensor t(w.shape);
+    std::memcpy(t.ptr(), w.data.data(), w.data.size());
+    return append(t);
+  }
+  Segment& s = tail_for(*this, w.dtype, w.shape.at(1));
+  if (w.dtype == DType::F8_E4M3) {
+    s.fp8.resize(s.fp8.size() + w.data.size());
+    std::memcpy(s.fp8.data() + s.fp8.size() - w.data.size(), w.data.data(), w.data.size());
+    for (float f : w.scale.data) {
+      const float factor = f * 256.0f;
+      if (!std::isfinite(factor)) fail("packing weights: FP8 block scale " + std::to_string(f) + " is out of range");
+      s.factor.push_back(factor);
+    }
+  } else {  // BF16, F16
+    s.half.resize(s.half.size() + w.data.size() / 2);
+    std::memcpy(s.half.data() + s.half.size() - w.data.size() / 2, w.data.data(), w.data.size());
+  }
+  s.rows += n, rows += n;
+}
+
+void Matrix::to_bf16() {
+  for (Segment& s : segs) {
+    if (s.dtype != DType::F32) continue;
+    s.half.resize(s.f32.size());
+    for (size_t i = 0; i < s.f32.size(); ++i) s.half[i] = f32_to_bf16(s.f32[i]);
+    std::vector<float>().swap(s.f32);
+    s.dtype = DType::BF16;
+  }
+}
+
+void linear(const RowGroup& g, int64_t n, const float* a, int64_t lda, const Matrix& w, int64_t w_row0, float* c,
+            int64_t ldc) {
+  const int64_t k = w.cols;
+  a += g.row0 * lda;
+  c += g.row0 * ldc;
+  for (const Matrix::Segment& s : w.segs) {  // the rows [w_row0, w_row0 + n) of each segment
+    const int64_t r0 = std::max(w_row0, s.row0), r1 = std::min(w_row0 + n, s.row0 + s.rows);
+    if (r0 >= r1) continue;
+    const int64_t local = r0 - s.row0;
+    WeightRows b;
+    b.dtype = s.dtype, b.ld = k;
+    switch (s.dtype) {
+      case DType::F32: b.data = s.f32.data() + local * k; break;
+      case DType::F8_E4M3:
+        b.data = s.fp8.data() + local * k;
+        b.factor = s.factor.data(), b.factor_ld = (k + kScaleBlock - 1) / kScaleBlock, b.row_base = local;
+        break;
+      default: b.data = s.half.data() + local * k; break;
+    }
+    float* cj = c + (r0 - w_row0);
+    g.rowwise ? gemm_nt_rows_w(g.rows, r1 - r0, k, a, lda, b, cj, ldc) : gemm_nt_w(g.rows, r1 - r0, k, a, lda, b, cj, ldc);
+  }
+}
+
+}  // namespace dsv4

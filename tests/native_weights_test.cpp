@@ -1,0 +1,222 @@
+// WeightFormat::native: projection matrices kept as stored (FP8 E4M3 + block
+// scales, BF16) give the numbers of the f32 layer on the dequantised weights.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <cmath>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "dsv4/layer.h"
+#include "dsv4/model.h"
+#include "dsv4/random.h"
+#include "io/dtype.h"
+#include "io/weight_table.h"
+#include "ops/weight_rows.h"
+#include "test_util.h"
+
+namespace dsv4 {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+// Dims with full and partial 128x128 scale blocks in every projection and
+// fused matrices of several segments and 512-row GEMM tiles.
+Config block_config() {
+  Config c = test::small_config();
+  c.hidden_size = 272;
+  c.q_lora_rank = 160;
+  c.num_attention_heads = 6;
+  c.head_dim = 96;
+  c.qk_rope_head_dim = 16;
+  c.o_groups = 2;
+  c.o_lora_rank = 80;
+  c.index_n_heads = 4;
+  c.index_head_dim = 32;
+  c.index_topk = 5;
+  return c;
+}
+
+LayerWeights released(const Config& c, LayerType t, uint64_t seed) {
+  LayerWeights w = random_layer_weights(c, t, seed);
+  store_as_released(w, t);
+  return w;
+}
+
+// max |a - b| / max |b| over the elements.
+double rel_diff(const Tensor& a, const Tensor& b) {
+  double d = 0, m = 0;
+  for (size_t i = 0; i < a.data.size(); ++i) {
+    d = std::max(d, std::fabs(static_cast<double>(a.data[i]) - b.data[i]));
+    m = std::max(m, std::fabs(static_cast<double>(b.data[i])));
+  }
+  return m > 0 ? d / m : d;
+}
+
+TEST(NativeWeights, RowsDecodeEveryCodeLikeTheScalarPath) {
+  std::vector<uint8_t> codes(256);
+  for (int i = 0; i < 256; ++i) codes[size_t(i)] = static_cast<uint8_t>(i == 0x7F || i == 0xFF ? 0 : i);  // no NaN
+  const float factors[2] = {256.0f * 0.0078125f, 256.0f * 3.0e-3f};  // a UE8M0 scale and an fp32 one
+  const vec::Fp8Row row{codes.data(), factors};
+  for (int i = 0; i < 256; ++i) {
+    const float want = e4m3fn_to_f32(codes[size_t(i)]) * (i < 128 ? 0.0078125f : 3.0e-3f);
+    EXPECT_EQ(row.at(i), want) << "code " << i;  // exactly the dequantised weight
+  }
+#ifdef DSV4_AVX2
+  for (int i = 0; i < 256; i += 8) {
+    float lanes[8];
+    _mm256_storeu_ps(lanes, row.load8(i));
+    for (int l = 0; l < 8; ++l) EXPECT_EQ(lanes[l], row.at(i + l)) << "code " << i + l;
+  }
+  std::vector<uint16_t> halfs(64);
+  for (int i = 0; i < 64; ++i)  // normals and subnormals of both signs (exponent never all ones)
+    halfs[size_t(i)] = static_cast<uint16_t>((i * 1021 + 3) & 0xBBFF);
+  const vec::F16Row h{halfs.data()};
+  for (int i = 0; i < 64; i += 8) {
+    float lanes[8];
+    _mm256_storeu_ps(lanes, h.load8(i));
+    for (int l = 0; l < 8; ++l) EXPECT_EQ(lanes[l], f16_to_f32(halfs[size_t(i + l)]));
+  }
+#endif
+}
+
+TEST(NativeWeights, SameNumbersAsDequantisedF32) {
+  const Config c = block_config();
+  std::mt19937 rng(5);
+  for (LayerType t : {LayerType::sliding, LayerType::csa, LayerType::hca}) {
+    SCOPED_TRACE(std::string(layer_type_name(t)));
+    const LayerWeights w = released(c, t, 17);
+    const Layer native(c, t, w, {WeightFormat::native});
+    const Layer f32(c, t, w, {WeightFormat::f32});
+    EXPECT_LT(native.weight_bytes() * 2, f32.weight_bytes());  // FP8 a quarter, BF16 a half
+    const Tensor x = test::random_tensor({1, 200, c.hidden_size}, rng);
+    // Prefill: the same sgemm tiles over the same fp32 values, cut per segment.
+    EXPECT_LE(rel_diff(native.forward(x), f32.forward(x)), 1e-6);
+    // Decode: the row-invariant kernel, one dot product per element, bit for bit.
+    LayerState sn = native.new_state(), sf = f32.new_state();
+    const int64_t d = c.hidden_size;
+    for (int64_t i = 0; i < 40; ++i) {
+      const Tensor tok({1, d}, std::vector<float>(x.data.begin() + i * d, x.data.begin() + (i + 1) * d));
+      const Tensor a = native.forward(tok, sn), b = f32.forward(tok, sf);
+      ASSERT_EQ(a.data, b.data) << "token " << i;
+    }
+  }
+}
+
+TEST(NativeWeights, BitIdenticalForAnyThreadCount) {
+  const Config c = block_config();
+  std::mt19937 rng(6);
+  const Layer layer(c, LayerType::csa, released(c, LayerType::csa, 3), {WeightFormat::native});
+  const Tensor x = test::random_tensor({2, 300, c.hidden_size}, rng);
+  const int n0 = omp_get_max_threads();
+  std::vector<Tensor> outs;
+  for (int n : {1, 2, 3}) {
+    omp_set_num_threads(n);
+    outs.push_back(layer.forward(x));
+  }
+  omp_set_num_threads(n0);
+  EXPECT_EQ(outs[0].data, outs[1].data);
+  EXPECT_EQ(outs[0].data, outs[2].data);
+}
+
+TEST(NativeWeights, StoredMatrixErrorsNameTheWeight) {
+  const Config c = test::small_config();
+  LayerWeights w = released(c, LayerType::hca, 1);
+  auto expect = [&](LayerWeights bad, const std::string& phrase) {
+    try {
+      Layer(c, LayerType::hca, std::move(bad), {WeightFormat::native});
+      ADD_FAILURE() << "no error for " << phrase;
+    } catch (const Error& e) {
+      EXPECT_THAT(e.what(), HasSubstr(phrase));
+    }
+  };
+  LayerWeights a = w;
+  a.stored["kv_proj.weight"].data[5] = std::byte(0x7F);  // E4M3 NaN
+  expect(a, "weight 'kv_proj.weight' (F8_E4M3) has 1 non-finite");
+  LayerWeights b = w;
+  b.stored["q_a_proj.weight"].scale = Tensor({2, 2});
+  expect(b, "weight 'q_a_proj.weight' (F8_E4M3): scale grid has shape [2, 2], expected [1, 1]");
+  LayerWeights d = w;
+  d.stored["o_b_proj.weight"].shape = {3, 3};
+  expect(d, "weight 'o_b_proj.weight' (F8_E4M3) has shape [3, 3]");
+  LayerWeights e = w;
+  e.stored["sinks"] = StoredMatrix{};
+  expect(e, "stored weight 'sinks' is not a projection matrix");
+}
+
+// A one-layer model folder with the layer's matrices as stored (scales F32 or F8_E8M0).
+fs::path write_model(const Config& c0, LayerType t, const LayerWeights& w, NamingScheme s, bool e8m0_scales) {
+  Config c = c0;
+  c.layer_types = {t};
+  const fs::path dir = fs::temp_directory_path() / ("dsv4_native_" + std::to_string(::getpid()) + "_" +
+                                                    std::to_string(int(s)) + std::to_string(e8m0_scales));
+  fs::create_directories(dir);
+  std::vector<NamedTensor> ts;
+  for (const WeightSpec& e : expected_weights(c, t)) {
+    const std::string name = checkpoint_name(s, 0, e.name);
+    auto it = w.stored.find(e.name);
+    if (it == w.stored.end()) {
+      ts.push_back(named(name, *weight_slot(const_cast<LayerWeights&>(w), e.name)));
+      continue;
+    }
+    const StoredMatrix& m = it->second;
+    ts.push_back(NamedTensor{name, m.dtype, m.shape, m.data});
+    if (m.dtype != DType::F8_E4M3) continue;
+    NamedTensor sc = named(scale_name(s, name), m.scale);
+    if (e8m0_scales) {
+      sc.dtype = DType::F8_E8M0;
+      sc.bytes.resize(m.scale.data.size());
+      for (size_t i = 0; i < m.scale.data.size(); ++i) {
+        int ex = 0;
+        std::frexp(m.scale.data[i], &ex);
+        sc.bytes[i] = std::byte(ex - 1 + 127);
+      }
+    }
+    ts.push_back(std::move(sc));
+  }
+  write_safetensors(dir / "model.safetensors", ts);
+  std::ofstream(dir / "config.json") << R"({"hidden_size": )" << c.hidden_size << R"(, "num_attention_heads": )"
+                                     << c.num_attention_heads << R"(, "head_dim": )" << c.head_dim
+                                     << R"(, "qk_rope_head_dim": )" << c.qk_rope_head_dim << R"(, "q_lora_rank": )"
+                                     << c.q_lora_rank << R"(, "o_groups": )" << c.o_groups << R"(, "o_lora_rank": )"
+                                     << c.o_lora_rank << R"(, "sliding_window": )" << c.sliding_window
+                                     << R"(, "compress_rate_csa": )" << c.compress_rate_csa
+                                     << R"(, "compress_rate_hca": )" << c.compress_rate_hca << R"(, "index_n_heads": )"
+                                     << c.index_n_heads << R"(, "index_head_dim": )" << c.index_head_dim
+                                     << R"(, "index_topk": )" << c.index_topk << R"(, "rope_theta": 10000.0,
+      "compress_rope_theta": 160000.0, "rms_norm_eps": 1e-6, "rope_scaling": {"type": "yarn", "factor": 16.0,
+      "original_max_position_embeddings": 64, "beta_fast": 32.0, "beta_slow": 1.0},
+      "layer_types": [")" << layer_type_name(t) << R"("]})";
+  return dir;
+}
+
+TEST(NativeWeights, ModelFoldersBothSchemesBothScaleDtypes) {
+  const Config c = block_config();
+  std::mt19937 rng(8);
+  const LayerWeights w = released(c, LayerType::csa, 21);
+  const Tensor x = test::random_tensor({1, 50, c.hidden_size}, rng);
+  const Layer want(c, LayerType::csa, w, {WeightFormat::native});
+  for (NamingScheme s : {NamingScheme::hugging_face, NamingScheme::deepseek})
+    for (bool e8m0 : {false, true}) {
+      SCOPED_TRACE(std::string(naming_scheme_name(s)) + (e8m0 ? " E8M0 scales" : " F32 scales"));
+      const fs::path dir = write_model(c, LayerType::csa, w, s, e8m0);
+      const Model m = Model::open(dir);
+      const Layer native = m.layer(0, {WeightFormat::native});
+      const Layer f32 = m.layer(0, {WeightFormat::f32});
+      EXPECT_EQ(native.weight_bytes(), want.weight_bytes());
+      EXPECT_EQ(native.forward(x).data, want.forward(x).data);
+      EXPECT_LE(rel_diff(native.forward(x), f32.forward(x)), 1e-6);
+      const LayerWeights lw = m.load_layer(0, WeightFormat::native);
+      EXPECT_EQ(lw.stored.at("q_a_proj.weight").dtype, DType::F8_E4M3);
+      EXPECT_EQ(lw.stored.at("compressor.kv_proj.weight").dtype, DType::BF16);
+      EXPECT_TRUE(lw.q_a_proj.empty());
+      fs::remove_all(dir);
+    }
+}
+
+}  // namespace
+}  // namespace dsv4
