@@ -48,6 +48,23 @@ void BM_Gemm_QUp(benchmark::State& st) { gemm(st, 512, 64 * 512 + 64 * 128, 1024
 void BM_Gemm_OaGroup(benchmark::State& st) { gemm(st, 512, 1024, 4096); }
 void BM_Gemm_Ob(benchmark::State& st) { gemm(st, 512, 4096, 8192); }
 // Decode: one token through the row-invariant kernel (what the layer uses for short chunks).
+// Decode of B = range(1) sequences through o_b [4096, 8192] held as f32 / bf16 / FP8
+// (range(0) = 0, 1, 2): the row-invariant kernel over stored weights; bytes/s of weights.
+void BM_Gemv_Decode_Ob_Stored(benchmark::State& st) {
+  const int64_t n = 4096, k = 8192, m = st.range(1);
+  const Tensor a = random_uniform({m, k}, 1, 1), w = random_uniform({n, k}, 0.02f, 2);
+  const StoredMatrix sm = st.range(0) == 2 ? quantize_fp8_blocks(w, true) : quantize_bf16(w);
+  Matrix mat;
+  st.range(0) == 0 ? mat.append(w) : mat.append(sm);
+  std::vector<float> c(static_cast<size_t>(m * n));
+  const RowGroup g{0, m, true};
+  for (auto _ : st) {
+    linear(g, n, a.ptr(), k, mat, 0, c.data(), n);
+    benchmark::DoNotOptimize(c.data());
+  }
+  st.counters["bytes/s"] = benchmark::Counter(double(mat.bytes()) * st.iterations(), benchmark::Counter::kIsRate);
+}
+
 void BM_Gemv_Decode_QUp(benchmark::State& st) {
   const int64_t n = 64 * 512 + 64 * 128, k = 1024;
   const Tensor a = random_uniform({1, k}, 1, 1), b = random_uniform({n, k}, 1, 2);
@@ -129,6 +146,7 @@ BENCHMARK(BM_Gemm_XSideFused)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Gemm_QUp)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Gemm_OaGroup)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Gemm_Ob)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Gemv_Decode_Ob_Stored)->ArgsProduct({{0, 1, 2}, {1, 16}})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Gemv_Decode_QUp)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_SparseAttention_OneQuery)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_IndexerTopk)->Arg(1024)->Arg(16384)->Unit(benchmark::kMillisecond)->UseRealTime();

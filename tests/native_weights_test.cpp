@@ -123,6 +123,29 @@ TEST(NativeWeights, BitIdenticalForAnyThreadCount) {
   EXPECT_EQ(outs[0].data, outs[2].data);
 }
 
+TEST(NativeWeights, ServingBatchEqualsSeparateBitForBit) {
+  const Config c = block_config();
+  std::mt19937 rng(9);
+  const Layer layer(c, LayerType::csa, released(c, LayerType::csa, 4), {WeightFormat::native});
+  const int64_t d = c.hidden_size, b = 5;  // odd: pairs of rows and one alone in the kernel
+  std::vector<LayerState> sep, bat;
+  for (int64_t i = 0; i < b; ++i) {
+    const Tensor prompt = test::random_tensor({10 + 7 * i, d}, rng);
+    sep.push_back(layer.new_state());
+    layer.forward(prompt, sep.back());
+    bat.push_back(sep.back().clone());
+  }
+  for (int step = 0; step < 3; ++step) {
+    std::vector<Tensor> toks;
+    for (int64_t i = 0; i < b; ++i) toks.push_back(test::random_tensor({1, d}, rng));
+    std::vector<const Tensor*> xs;
+    std::vector<LayerState*> ss;
+    for (int64_t i = 0; i < b; ++i) xs.push_back(&toks[size_t(i)]), ss.push_back(&bat[size_t(i)]);
+    const std::vector<Tensor> ys = layer.forward_batch(xs, ss);
+    for (int64_t i = 0; i < b; ++i) EXPECT_EQ(ys[size_t(i)].data, layer.forward(toks[size_t(i)], sep[size_t(i)]).data);
+  }
+}
+
 TEST(NativeWeights, StoredMatrixErrorsNameTheWeight) {
   const Config c = test::small_config();
   LayerWeights w = released(c, LayerType::hca, 1);

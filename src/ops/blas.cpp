@@ -43,7 +43,8 @@ void tiled(bool b_transposed, int64_t m, int64_t n, int64_t k, const float* a, i
 }
 
 // One dot product per element, tiles of 64 weight rows over the threads.
-// row(j) gives weight row j as a vec row (PtrRow, F16Row, Fp8Row).
+// row(j) gives weight row j as a vec row (PtrRow, F16Row, Fp8Row); it is read
+// once for every pair of activation rows (dot_rows keeps each row's order).
 template <class RowOf>
 void rows_kernel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, RowOf row, float* c, int64_t ldc) {
   constexpr int64_t kRowsPerTile = 64;
@@ -52,7 +53,14 @@ void rows_kernel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, R
   for (int64_t t = 0; t < tiles; ++t)
     for (int64_t j = t * kRowsPerTile; j < std::min(n, (t + 1) * kRowsPerTile); ++j) {
       const auto r = row(j);
-      for (int64_t i = 0; i < m; ++i) c[i * ldc + j] = vec::dot_row(a + i * lda, r, k);
+      int64_t i = 0;
+      for (; i + 2 <= m; i += 2) {
+        const float* ap[2] = {a + i * lda, a + (i + 1) * lda};
+        float out[2];
+        vec::dot_rows<2>(ap, r, k, out);
+        c[i * ldc + j] = out[0], c[(i + 1) * ldc + j] = out[1];
+      }
+      if (i < m) c[i * ldc + j] = vec::dot_row(a + i * lda, r, k);
     }
 }
 
