@@ -42,26 +42,33 @@ void tiled(bool b_transposed, int64_t m, int64_t n, int64_t k, const float* a, i
   }
 }
 
-// One dot product per element, tiles of 64 weight rows over the threads.
-// row(j) gives weight row j as a vec row (PtrRow, F16Row, Fp8Row); it is read
-// once for every pair of activation rows (dot_rows keeps each row's order).
+// One dot product per element for weight rows [j0, j1). row(j) gives weight
+// row j as a vec row (PtrRow, F16Row, Fp8Row); it is read once for every pair
+// of activation rows (dot_rows keeps each row's order, so results never
+// depend on m or on how rows are split).
+template <class RowOf>
+void rows_range(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t lda, RowOf row, float* c,
+                int64_t ldc) {
+  for (int64_t j = j0; j < j1; ++j) {
+    const auto r = row(j);
+    int64_t i = 0;
+    for (; i + 2 <= m; i += 2) {
+      const float* ap[2] = {a + i * lda, a + (i + 1) * lda};
+      float out[2];
+      vec::dot_rows<2>(ap, r, k, out);
+      c[i * ldc + j] = out[0], c[(i + 1) * ldc + j] = out[1];
+    }
+    if (i < m) c[i * ldc + j] = vec::dot_row(a + i * lda, r, k);
+  }
+}
+
+// Tiles of kRowsPerTile weight rows over the threads.
 template <class RowOf>
 void rows_kernel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, RowOf row, float* c, int64_t ldc) {
-  constexpr int64_t kRowsPerTile = 64;
   const int64_t tiles = (n + kRowsPerTile - 1) / kRowsPerTile;
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < tiles; ++t)
-    for (int64_t j = t * kRowsPerTile; j < std::min(n, (t + 1) * kRowsPerTile); ++j) {
-      const auto r = row(j);
-      int64_t i = 0;
-      for (; i + 2 <= m; i += 2) {
-        const float* ap[2] = {a + i * lda, a + (i + 1) * lda};
-        float out[2];
-        vec::dot_rows<2>(ap, r, k, out);
-        c[i * ldc + j] = out[0], c[(i + 1) * ldc + j] = out[1];
-      }
-      if (i < m) c[i * ldc + j] = vec::dot_row(a + i * lda, r, k);
-    }
+    rows_range(m, t * kRowsPerTile, std::min(n, (t + 1) * kRowsPerTile), k, a, lda, row, c, ldc);
 }
 
 template <class Row>
@@ -138,6 +145,11 @@ void gemm_nt_w(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, con
 void gemm_nt_rows_w(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const WeightRows& b, float* c,
                     int64_t ldc) {
   with_rows(b, [&](auto row) { rows_kernel(m, n, k, a, lda, row, c, ldc); });
+}
+
+void gemm_nt_rows_w_range(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t lda,
+                          const WeightRows& b, float* c, int64_t ldc) {
+  with_rows(b, [&](auto row) { rows_range(m, j0, j1, k, a, lda, row, c, ldc); });
 }
 
 void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,

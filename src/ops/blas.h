@@ -33,6 +33,11 @@ void gemm_nt_w(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, con
                int64_t ldc);
 void gemm_nt_rows_w(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const WeightRows& b, float* c,
                     int64_t ldc);
+// Columns [j0, j1) of gemm_nt_rows_w, on the calling thread (callers that
+// spread the tiles of several matrices over one parallel region).
+constexpr int64_t kRowsPerTile = 64;
+void gemm_nt_rows_w_range(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t lda,
+                          const WeightRows& b, float* c, int64_t ldc);
 // C[M,N] = A[M,K] · B[K,N]
 void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
              int64_t ldc, float beta = 0.0f);

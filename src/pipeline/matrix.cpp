@@ -2,6 +2,8 @@
 // point the stages use to multiply by them (linear).
 #include <cmath>
 #include <cstring>
+#include <utility>
+#include <vector>
 
 #include "io/dtype.h"
 #include "io/weight_table.h"
@@ -78,27 +80,55 @@ void Matrix::to_bf16() {
   }
 }
 
+namespace {
+
+// Weight rows [r0, r1) of segment s (r0 relative to the segment).
+WeightRows rows_of(const Matrix::Segment& s, int64_t local, int64_t k) {
+  WeightRows b;
+  b.dtype = s.dtype, b.ld = k;
+  switch (s.dtype) {
+    case DType::F32: b.data = s.f32.data() + local * k; break;
+    case DType::F8_E4M3:
+      b.data = s.fp8.data() + local * k;
+      b.factor = s.factor.data(), b.factor_ld = (k + kScaleBlock - 1) / kScaleBlock, b.row_base = local;
+      break;
+    default: b.data = s.half.data() + local * k; break;
+  }
+  return b;
+}
+
+struct Part {
+  WeightRows b;
+  int64_t n = 0;     // weight rows
+  int64_t col = 0;   // first output column
+};
+
+}  // namespace
+
 void linear(const RowGroup& g, int64_t n, const float* a, int64_t lda, const Matrix& w, int64_t w_row0, float* c,
             int64_t ldc) {
   const int64_t k = w.cols;
   a += g.row0 * lda;
   c += g.row0 * ldc;
-  for (const Matrix::Segment& s : w.segs) {  // the rows [w_row0, w_row0 + n) of each segment
+  std::vector<Part> parts;  // the rows [w_row0, w_row0 + n) of each segment
+  for (const Matrix::Segment& s : w.segs) {
     const int64_t r0 = std::max(w_row0, s.row0), r1 = std::min(w_row0 + n, s.row0 + s.rows);
-    if (r0 >= r1) continue;
-    const int64_t local = r0 - s.row0;
-    WeightRows b;
-    b.dtype = s.dtype, b.ld = k;
-    switch (s.dtype) {
-      case DType::F32: b.data = s.f32.data() + local * k; break;
-      case DType::F8_E4M3:
-        b.data = s.fp8.data() + local * k;
-        b.factor = s.factor.data(), b.factor_ld = (k + kScaleBlock - 1) / kScaleBlock, b.row_base = local;
-        break;
-      default: b.data = s.half.data() + local * k; break;
-    }
-    float* cj = c + (r0 - w_row0);
-    g.rowwise ? gemm_nt_rows_w(g.rows, r1 - r0, k, a, lda, b, cj, ldc) : gemm_nt_w(g.rows, r1 - r0, k, a, lda, b, cj, ldc);
+    if (r0 < r1) parts.push_back({rows_of(s, r0 - s.row0, k), r1 - r0, r0 - w_row0});
+  }
+  if (!g.rowwise) {  // BLAS tiles per part
+    for (const Part& p : parts) gemm_nt_w(g.rows, p.n, k, a, lda, p.b, c + p.col, ldc);
+    return;
+  }
+  // Row-invariant: the 64-row tiles of every part in one parallel region (a
+  // decode step pays one fork/join per matrix, not per segment).
+  std::vector<std::pair<int, int64_t>> tiles;  // (part, first row)
+  for (size_t i = 0; i < parts.size(); ++i)
+    for (int64_t j = 0; j < parts[i].n; j += kRowsPerTile) tiles.emplace_back(static_cast<int>(i), j);
+#pragma omp parallel for schedule(static)
+  for (size_t t = 0; t < tiles.size(); ++t) {
+    const Part& p = parts[size_t(tiles[t].first)];
+    const int64_t j0 = tiles[t].second;
+    gemm_nt_rows_w_range(g.rows, j0, std::min(p.n, j0 + kRowsPerTile), k, a, lda, p.b, c + p.col, ldc);
   }
 }
 

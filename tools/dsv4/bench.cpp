@@ -30,12 +30,6 @@ struct Options {
 
 double now() { return omp_get_wtime(); }
 
-int64_t peak_rss_bytes() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<int64_t>(u.ru_maxrss) * 1024;
-}
-
 // Progress on stderr once a run has taken more than two seconds.
 class Progress {
  public:

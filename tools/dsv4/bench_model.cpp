@@ -1,6 +1,7 @@
 #include "bench_model.h"
 
 #include <omp.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <cstring>
@@ -37,6 +38,12 @@ double layer_flops(const Config& c, LayerType t, int64_t p0, int64_t n) {
     f += entries * 6 * slots * (hd + (csa ? di : 0));
   }
   return f;
+}
+
+int64_t peak_rss_bytes() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<int64_t>(u.ru_maxrss) * 1024;
 }
 
 Roofline measure_roofline() {

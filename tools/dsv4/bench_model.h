@@ -23,4 +23,6 @@ struct Roofline {
 };
 Roofline measure_roofline();
 
+int64_t peak_rss_bytes();  // of this process so far
+
 }  // namespace dsv4::cli

@@ -9,6 +9,7 @@ void add_verify(CLI::App& app, int& rc);      // verify.cpp
 void add_info(CLI::App& app, int& rc);        // info.cpp
 void add_run(CLI::App& app, int& rc);         // run.cpp
 void add_bench(CLI::App& app, int& rc);       // bench.cpp
+void add_bench_serve(CLI::App& app, int& rc);  // bench_serve.cpp: bench-batch, bench-stack
 void add_state_size(CLI::App& app, int& rc);  // state_size.cpp
 void add_synth_model(CLI::App& app, int& rc);  // synth_model.cpp
 

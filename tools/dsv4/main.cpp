@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   dsv4::cli::add_info(app, rc);
   dsv4::cli::add_run(app, rc);
   dsv4::cli::add_bench(app, rc);
+  dsv4::cli::add_bench_serve(app, rc);
   dsv4::cli::add_state_size(app, rc);
   dsv4::cli::add_synth_model(app, rc);
   try {

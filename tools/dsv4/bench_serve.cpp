@@ -1,0 +1,186 @@
+// dsv4 bench-batch: a serving step of B sequences decoding one token each
+// (forward_batch), for several B, at one context length.
+// dsv4 bench-stack: every attention layer of a preset (V4-Flash: 43) in memory
+// with the released dtypes, decoding through all of them.
+// Decode time depends on the sizes of the weights and states, not on their
+// values: contexts are prefilled once per layer type and the state copied.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "bench_model.h"
+#include "commands.h"
+#include "dsv4/layer.h"
+#include "dsv4/random.h"
+
+namespace dsv4::cli {
+namespace {
+
+struct ServeOptions {
+  std::string preset = "v4-flash", layer_type = "csa", weights = "native";
+  int64_t context = 8192, steps = 8, layers = 0;
+  std::vector<int64_t> batches = {1, 2, 4, 8, 16, 32, 64};
+  int threads = 0;
+  uint64_t seed = 1;
+  bool json = false;
+};
+
+Layer released_layer(const Config& c, LayerType t, uint64_t seed, const std::string& format) {
+  LayerWeights w = random_layer_weights(c, t, seed);
+  store_as_released(w, t);
+  return Layer(c, t, std::move(w), LayerOptions{parse_weight_format(format)});
+}
+
+// A state after `context` random tokens, prefilled in kPrefillChunk pieces.
+LayerState prefilled(const Layer& layer, int64_t context, uint64_t seed) {
+  LayerState st = layer.new_state();
+  const int64_t d = layer.config().hidden_size;
+  for (int64_t s0 = 0; s0 < context; s0 += Layer::kPrefillChunk) {
+    const int64_t n = std::min(Layer::kPrefillChunk, context - s0);
+    layer.forward(random_uniform({n, d}, 1.0f, seed + static_cast<uint64_t>(s0)), st);
+  }
+  return st;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+int run_batch(const ServeOptions& o) {
+  if (o.threads > 0) omp_set_num_threads(o.threads);
+  const Config c = Config::preset(o.preset);
+  const LayerType type = parse_layer_type(o.layer_type);
+  const Roofline roof = measure_roofline();
+  const Layer layer = released_layer(c, type, o.seed, o.weights);
+  std::fprintf(stderr, "prefilling %lld tokens ...\n", static_cast<long long>(o.context));
+  const LayerState base = prefilled(layer, o.context, o.seed + 7);
+  nlohmann::json rows = nlohmann::json::array();
+  std::printf("dsv4 bench-batch: %s %s, weights %s (%.2f GB), context %lld, %d threads, copy %.1f GB/s\n",
+              o.preset.c_str(), std::string(layer_type_name(type)).c_str(), o.weights.c_str(),
+              layer.weight_bytes() / 1e9, static_cast<long long>(o.context), omp_get_max_threads(), roof.copy_gb_per_s);
+  std::printf("  %6s %12s %12s %10s %14s\n", "B", "ms/step", "ms/token", "vs B=1", "bound ms/step");
+  double one = 0;
+  for (int64_t b : o.batches) {
+    std::vector<LayerState> states(static_cast<size_t>(b), base);
+    std::vector<LayerState*> ptrs;
+    for (LayerState& s : states) ptrs.push_back(&s);
+    std::vector<double> secs;
+    for (int64_t step = 0; step < o.steps; ++step) {
+      std::vector<Tensor> toks;
+      for (int64_t i = 0; i < b; ++i) toks.push_back(random_uniform({1, c.hidden_size}, 1.0f, o.seed + 1000 * step + i));
+      std::vector<const Tensor*> xs;
+      for (const Tensor& t : toks) xs.push_back(&t);
+      const double t0 = omp_get_wtime();
+      layer.forward_batch(xs, ptrs);
+      secs.push_back(omp_get_wtime() - t0);
+    }
+    const double s = median(secs);
+    if (b == o.batches.front()) one = s;
+    const double bound = (static_cast<double>(layer.weight_bytes()) + static_cast<double>(b) * base.bytes()) /
+                         (roof.copy_gb_per_s * 1e9);
+    std::printf("  %6lld %12.2f %12.3f %10.2f %14.2f\n", static_cast<long long>(b), s * 1e3, s * 1e3 / b, s / one,
+                bound * 1e3);
+    rows.push_back({{"batch", b}, {"seconds_per_step", s}, {"vs_first", s / one}, {"bandwidth_bound_seconds", bound}});
+  }
+  if (o.json)
+    std::printf("%s\n", nlohmann::json{{"preset", o.preset}, {"layer_type", o.layer_type}, {"weights", o.weights},
+                                       {"context", o.context}, {"threads", omp_get_max_threads()},
+                                       {"weight_bytes", layer.weight_bytes()}, {"state_bytes", base.bytes()},
+                                       {"copy_gb_per_s", roof.copy_gb_per_s}, {"rows", rows}}
+                            .dump()
+                            .c_str());
+  return 0;
+}
+
+int run_stack(const ServeOptions& o) {
+  if (o.threads > 0) omp_set_num_threads(o.threads);
+  const Config c = Config::preset(o.preset);
+  const int64_t n = o.layers > 0 ? std::min<int64_t>(o.layers, int64_t(c.layer_types.size()))
+                                 : static_cast<int64_t>(c.layer_types.size());
+  const Roofline roof = measure_roofline();
+  std::vector<Layer> layers;
+  size_t weight_bytes = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    std::fprintf(stderr, "\rbuilding layer %lld/%lld", static_cast<long long>(i + 1), static_cast<long long>(n));
+    layers.push_back(released_layer(c, c.layer_types[size_t(i)], o.seed + 101 * uint64_t(i), o.weights));
+    weight_bytes += layers.back().weight_bytes();
+  }
+  std::fprintf(stderr, "\n");
+  // One prefill per layer type; every layer of that type starts from a copy.
+  std::vector<LayerState> states;
+  std::vector<std::pair<LayerType, LayerState>> per_type;
+  for (int64_t i = 0; i < n; ++i) {
+    const LayerType t = c.layer_types[size_t(i)];
+    auto it = std::find_if(per_type.begin(), per_type.end(), [&](const auto& p) { return p.first == t; });
+    if (it == per_type.end()) {
+      std::fprintf(stderr, "prefilling %lld tokens through a %s layer ...\n", static_cast<long long>(o.context),
+                   std::string(layer_type_name(t)).c_str());
+      per_type.emplace_back(t, prefilled(layers[size_t(i)], o.context, o.seed + 7));
+      it = per_type.end() - 1;
+    }
+    states.push_back(it->second);
+  }
+  std::vector<double> secs;
+  for (int64_t step = 0; step < o.steps; ++step) {
+    const Tensor tok = random_uniform({1, c.hidden_size}, 1.0f, o.seed + 500 + uint64_t(step));
+    const double t0 = omp_get_wtime();
+    for (int64_t i = 0; i < n; ++i) layers[size_t(i)].forward(tok, states[size_t(i)]);  // the attention layers only
+    secs.push_back(omp_get_wtime() - t0);
+  }
+  size_t state_bytes = 0, state_64k = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    state_bytes += states[size_t(i)].bytes();
+    state_64k += dsv4::state_bytes(c, c.layer_types[size_t(i)], 65536);
+  }
+  const double s = median(secs), bound = double(weight_bytes + state_bytes) / (roof.copy_gb_per_s * 1e9);
+  std::printf("dsv4 bench-stack: %s, %lld of %zu attention layers, weights %s, context %lld, %d threads\n",
+              o.preset.c_str(), static_cast<long long>(n), c.layer_types.size(), o.weights.c_str(),
+              static_cast<long long>(o.context), omp_get_max_threads());
+  std::printf("  weights %.2f GB, states %.3f GB (at 65,536 tokens: %.3f GB), peak RSS %.2f GB\n", weight_bytes / 1e9,
+              state_bytes / 1e9, state_64k / 1e9, peak_rss_bytes() / 1e9);
+  std::printf("  decode %.1f ms/token through the stack (median of %lld); bandwidth bound %.1f ms at %.1f GB/s: %.2fx\n",
+              s * 1e3, static_cast<long long>(o.steps), bound * 1e3, roof.copy_gb_per_s, s / bound);
+  if (n < int64_t(c.layer_types.size()))
+    std::printf("  all %zu layers, scaled by layer count: weights %.2f GB, %.0f ms/token\n", c.layer_types.size(),
+                weight_bytes / 1e9 * double(c.layer_types.size()) / double(n), s * 1e3 * double(c.layer_types.size()) / double(n));
+  if (o.json)
+    std::printf("%s\n", nlohmann::json{{"preset", o.preset}, {"layers", n}, {"weights", o.weights},
+                                       {"context", o.context}, {"threads", omp_get_max_threads()},
+                                       {"weight_bytes", weight_bytes}, {"state_bytes", state_bytes},
+                                       {"state_bytes_64k", state_64k}, {"seconds_per_token", s},
+                                       {"bandwidth_bound_seconds", bound}, {"copy_gb_per_s", roof.copy_gb_per_s},
+                                       {"peak_rss_bytes", peak_rss_bytes()}}
+                            .dump()
+                            .c_str());
+  return 0;
+}
+
+void common(CLI::App* cmd, ServeOptions* o) {
+  cmd->add_option("--preset", o->preset, "v4-flash or v4-pro")->capture_default_str();
+  cmd->add_option("--context", o->context, "tokens in each sequence's state before the measured steps")->capture_default_str();
+  cmd->add_option("--steps", o->steps, "measured decode steps (median reported)")->capture_default_str();
+  cmd->add_option("--weights", o->weights, "f32, bf16 or native (the released FP8/BF16 dtypes)")->capture_default_str();
+  cmd->add_option("--threads", o->threads, "OpenMP threads (default: OMP_NUM_THREADS or all cores)");
+  cmd->add_option("--seed", o->seed, "weights and input seed")->capture_default_str();
+  cmd->add_flag("--json", o->json, "print one JSON object as the last line of stdout");
+}
+
+}  // namespace
+
+void add_bench_serve(CLI::App& app, int& rc) {
+  auto o = std::make_shared<ServeOptions>();
+  auto* batch = app.add_subcommand("bench-batch", "Time serving steps of B sequences decoding one token each");
+  common(batch, o.get());
+  batch->add_option("--layer-type", o->layer_type, "swa, csa or hca")->capture_default_str();
+  batch->add_option("--batches", o->batches, "batch sizes B")->capture_default_str();
+  batch->callback([&rc, o] { rc = run_batch(*o); });
+  auto* stack = app.add_subcommand("bench-stack", "Decode through every attention layer of a preset, all in memory");
+  common(stack, o.get());
+  stack->add_option("--layers", o->layers, "only the first N layers (0: all)")->capture_default_str();
+  stack->callback([&rc, o] { rc = run_stack(*o); });
+}
+
+}  // namespace dsv4::cli
