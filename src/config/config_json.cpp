@@ -168,13 +168,53 @@ void parse_layers(const json& j, Config& c) {
   c.layer_types = std::move(types);
 }
 
+// transformers' `rope_parameters` {"main": {...}, "compress": {...}}: RoPE theta
+// and partial_rotary_factor of the sliding layers (main) and of the CSA/HCA
+// layers (compress, which carries the YaRN keys). R = partial_rotary_factor · D.
+double req_double(const json& obj, const std::string& key, const std::string& prefix) {
+  const json* v = find(obj, key);
+  if (!v) fail("missing required key '" + prefix + key + "'");
+  return as_double(*v, prefix + key);
+}
+
+void parse_rope_parameters(const json& rp, int64_t max_pos, Config& c) {
+  if (!rp.is_object()) fail("key 'rope_parameters' must be an object (got " + rp.dump() + ")");
+  const json* main = find(rp, "main");
+  const json* comp = find(rp, "compress");
+  if (!main || !comp) fail("rope_parameters: needs both 'main' and 'compress' entries");
+  for (const auto& [name, e] : {std::pair{"main", main}, std::pair{"compress", comp}})
+    if (!e->is_object()) fail(std::string("rope_parameters.") + name + " must be an object");
+  c.rope_theta = req_double(*main, "rope_theta", "rope_parameters.main.");
+  c.compress_rope_theta = req_double(*comp, "rope_theta", "rope_parameters.compress.");
+  const RopeScaling plain = parse_rope_scaling(main, 0);
+  if (!plain.type.empty())
+    fail("rope_parameters.main: rope_type '" + plain.type + "' (the sliding layers use plain RoPE)");
+  c.rope_scaling = parse_rope_scaling(comp, max_pos);
+  double factor = 0;
+  for (const auto& [name, e] : {std::pair{"main", main}, std::pair{"compress", comp}}) {
+    const std::string key = std::string("rope_parameters.") + name + ".partial_rotary_factor";
+    const json* f = find(*e, "partial_rotary_factor");
+    if (!f) continue;
+    const double v = as_double(*f, key);
+    if (factor != 0 && v != factor) fail(key + " (" + f->dump() + ") differs from the other entry's");
+    factor = v;
+  }
+  if (factor == 0) return;  // qk_rope_head_dim must then be given
+  const double r = factor * static_cast<double>(c.head_dim);
+  if (r != std::floor(r) || r <= 0)
+    fail("rope_parameters: partial_rotary_factor " + json(factor).dump() + " x head_dim " + std::to_string(c.head_dim) +
+         " is not a whole number of dims");
+  c.qk_rope_head_dim = static_cast<int64_t>(r);
+}
+
 Config config_from_json(const json& j) {
   if (!j.is_object()) fail("config JSON must be an object");
   Config c;
   c.hidden_size = req_int(j, "hidden_size");
   c.num_attention_heads = req_int(j, "num_attention_heads");
   c.head_dim = req_int(j, "head_dim");
-  c.qk_rope_head_dim = req_int(j, "qk_rope_head_dim");
+  const json* rp = find(j, "rope_parameters");
+  c.qk_rope_head_dim = rp && !find(j, "qk_rope_head_dim") ? 0 : req_int(j, "qk_rope_head_dim");
   c.q_lora_rank = req_int(j, "q_lora_rank");
   c.o_groups = req_int(j, "o_groups");
   c.o_lora_rank = req_int(j, "o_lora_rank");
@@ -185,7 +225,16 @@ Config config_from_json(const json& j) {
   c.rope_theta = opt(j, "rope_theta", 10000.0, as_double);
   c.compress_rope_theta = opt(j, "compress_rope_theta", 160000.0, as_double);
   c.rms_norm_eps = opt(j, "rms_norm_eps", 1e-6, as_double);
+  if (rp && find(j, "rope_scaling")) fail("config has both 'rope_parameters' and 'rope_scaling'");
   c.rope_scaling = parse_rope_scaling(find(j, "rope_scaling"), opt(j, "max_position_embeddings", int64_t(0), as_int));
+  if (rp) {
+    const int64_t given = c.qk_rope_head_dim;
+    parse_rope_parameters(*rp, opt(j, "max_position_embeddings", int64_t(0), as_int), c);
+    if (given && c.qk_rope_head_dim != given)
+      fail("qk_rope_head_dim (" + std::to_string(given) + ") and rope_parameters' partial_rotary_factor (" +
+           std::to_string(c.qk_rope_head_dim) + " dims) disagree");
+    if (!c.qk_rope_head_dim) fail("rope_parameters: no partial_rotary_factor and no qk_rope_head_dim");
+  }
   parse_layers(j, c);
   c.validate();
   return c;

@@ -192,8 +192,12 @@ std::vector<Model::Planned> Model::plan(int64_t i, std::vector<std::string>& pro
     }
     const int k = it->second.front();
     const std::string suffix = name.substr(pre.size());
-    if (const std::string hf(to_hf(scheme_, suffix)); !hf.empty() && expected.count(hf)) {
-      found[hf] = {hf, name, k, "", -1};
+    const std::string hf(to_hf(scheme_, scheme_ == NamingScheme::hugging_face ? canonical_name(suffix) : suffix));
+    if (!hf.empty() && expected.count(hf)) {
+      if (auto f = found.find(hf); f != found.end())
+        problem(k, name, "duplicates " + quote(f->second.name) + " (two spellings of " + quote(hf) + ")");
+      else
+        found[hf] = {hf, name, k, "", -1};
       continue;
     }
     bool is_scale = false;  // the scale of a weight this layer uses?

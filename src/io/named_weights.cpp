@@ -11,7 +11,8 @@ namespace dsv4 {
 namespace {
 
 // The spec name behind `key`, or "" if it names no tensor of this layer type.
-std::string spec_name(const std::string& key, const std::vector<WeightSpec>& expected) {
+std::string spec_name(const std::string& given, const std::vector<WeightSpec>& expected) {
+  const std::string key = canonical_name(given);
   for (const WeightSpec& e : expected)
     if (e.name == key) return e.name;
   static const std::regex full(R"(^(?:model\.)?layers\.(\d{1,9})\.(?:self_attn|attn)\..+$)");

@@ -20,6 +20,10 @@ std::vector<WeightSpec> expected_weights(const Config& c, LayerType t);
 // w.compressor / w.indexer first for CSA/HCA layers).
 Tensor* weight_slot(LayerWeights& w, const std::string& name);
 
+// The spec name for `name`, which may be an alternative spelling: some
+// transformers versions drop "scorer." from the indexer's head weights.
+std::string canonical_name(const std::string& name);
+
 // FP8 weights carry one scale per 128x128 block; edge blocks are partial.
 constexpr int64_t kScaleBlock = 128;
 Shape scale_grid(const Shape& weight);  // [ceil(rows/128), ceil(cols/128)] of a 2-D weight

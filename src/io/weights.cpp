@@ -76,6 +76,13 @@ Tensor* weight_slot(LayerWeights& w, const std::string& n) {
   return const_cast<Tensor*>(slot(static_cast<const LayerWeights&>(w), n));
 }
 
+std::string canonical_name(const std::string& name) {
+  static const std::string bare = "compressor.indexer.weights_proj.weight";
+  if (name.ends_with(bare) && (name.size() == bare.size() || name[name.size() - bare.size() - 1] == '.'))
+    return name.substr(0, name.size() - bare.size()) + "compressor.indexer.scorer.weights_proj.weight";
+  return name;
+}
+
 Shape scale_grid(const Shape& weight) {
   if (weight.size() != 2) fail("block scales need a 2-D weight, got shape " + shape_str(weight));
   return {(weight[0] + kScaleBlock - 1) / kScaleBlock, (weight[1] + kScaleBlock - 1) / kScaleBlock};

@@ -1,0 +1,139 @@
+// The released checkpoints' conventions: transformers' rope_parameters in
+// config.json, the indexer head weights spelled without "scorer.".
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "dsv4/config.h"
+#include "dsv4/model.h"
+#include "io/weight_table.h"
+#include "test_util.h"
+
+namespace dsv4 {
+namespace {
+
+using json = nlohmann::json;
+using ::testing::HasSubstr;
+
+json flash_json() {
+  const Config c = Config::preset("v4-flash");
+  return json{{"hidden_size", c.hidden_size},         {"num_attention_heads", c.num_attention_heads},
+              {"head_dim", c.head_dim},               {"q_lora_rank", c.q_lora_rank},
+              {"o_groups", c.o_groups},               {"o_lora_rank", c.o_lora_rank},
+              {"sliding_window", c.sliding_window},   {"index_n_heads", c.index_n_heads},
+              {"index_head_dim", c.index_head_dim},   {"index_topk", c.index_topk},
+              {"num_hidden_layers", 3},               {"compress_ratios", {0, 4, 128, 0}}};
+}
+
+json rope_parameters() {
+  return {{"main", {{"rope_type", "default"}, {"rope_theta", 10000.0}, {"partial_rotary_factor", 0.125}}},
+          {"compress",
+           {{"rope_type", "yarn"}, {"rope_theta", 160000.0}, {"partial_rotary_factor", 0.125}, {"factor", 16.0},
+            {"original_max_position_embeddings", 65536}, {"beta_fast", 32}, {"beta_slow", 1}}}};
+}
+
+void expect_error(const std::string& text, const std::string& phrase) {
+  try {
+    config_from_json_text(text, "config.json");
+    ADD_FAILURE() << "no error, expected '" << phrase << "'";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr(phrase));
+  }
+}
+
+TEST(ReleaseFormat, RopeParametersEqualRopeScaling) {
+  json a = flash_json();
+  a["qk_rope_head_dim"] = 64;
+  a["rope_theta"] = 10000.0;
+  a["compress_rope_theta"] = 160000.0;
+  a["rope_scaling"] = {{"type", "yarn"}, {"factor", 16.0}, {"original_max_position_embeddings", 65536},
+                       {"beta_fast", 32}, {"beta_slow", 1}};
+  json b = flash_json();
+  b["rope_parameters"] = rope_parameters();
+  const Config ca = config_from_json_text(a.dump(), "a"), cb = config_from_json_text(b.dump(), "b");
+  EXPECT_EQ(cb.qk_rope_head_dim, 64);
+  EXPECT_EQ(ca.fingerprint(), cb.fingerprint());
+  EXPECT_EQ(cb.layer_types.size(), 3u);  // the MTP entry is not a layer
+  EXPECT_EQ(cb.fingerprint(), [] {
+    Config p = Config::preset("v4-flash");
+    return p.fingerprint();
+  }());
+}
+
+TEST(ReleaseFormat, RopeParametersErrors) {
+  json b = flash_json();
+  b["rope_parameters"] = rope_parameters();
+  b["rope_parameters"]["main"]["partial_rotary_factor"] = 0.25;
+  expect_error(b.dump(), "partial_rotary_factor (0.125) differs");
+  b["rope_parameters"] = rope_parameters();
+  b["rope_parameters"].erase("compress");
+  expect_error(b.dump(), "needs both 'main' and 'compress'");
+  b["rope_parameters"] = rope_parameters();
+  b["qk_rope_head_dim"] = 32;
+  expect_error(b.dump(), "qk_rope_head_dim (32) and rope_parameters' partial_rotary_factor (64 dims) disagree");
+  b.erase("qk_rope_head_dim");
+  b["rope_parameters"]["main"]["rope_type"] = "yarn";
+  expect_error(b.dump(), "rope_parameters.main: rope_type 'yarn'");
+  b["rope_parameters"] = rope_parameters();
+  b["rope_scaling"] = {{"type", "yarn"}};
+  expect_error(b.dump(), "both 'rope_parameters' and 'rope_scaling'");
+}
+
+json config_json(const Config& c) {
+  const RopeScaling& r = c.rope_scaling;
+  json j{{"hidden_size", c.hidden_size},       {"num_attention_heads", c.num_attention_heads},
+         {"head_dim", c.head_dim},             {"qk_rope_head_dim", c.qk_rope_head_dim},
+         {"q_lora_rank", c.q_lora_rank},       {"o_groups", c.o_groups},
+         {"o_lora_rank", c.o_lora_rank},       {"sliding_window", c.sliding_window},
+         {"compress_rate_csa", c.compress_rate_csa}, {"compress_rate_hca", c.compress_rate_hca},
+         {"index_n_heads", c.index_n_heads},   {"index_head_dim", c.index_head_dim},
+         {"index_topk", c.index_topk},         {"rope_theta", c.rope_theta},
+         {"compress_rope_theta", c.compress_rope_theta}, {"rms_norm_eps", c.rms_norm_eps},
+         {"rope_scaling", {{"type", r.type}, {"factor", r.factor},
+                           {"original_max_position_embeddings", r.original_max_position_embeddings},
+                           {"beta_fast", r.beta_fast}, {"beta_slow", r.beta_slow}}}};
+  for (LayerType t : c.layer_types) j["layer_types"].push_back(layer_type_name(t));
+  return j;
+}
+
+TEST(ReleaseFormat, IndexerHeadWeightsWithoutScorer) {
+  Config c = test::small_config();
+  c.layer_types = {LayerType::csa};
+  std::mt19937 rng(3);
+  LayerWeights w = test::random_weights(c, LayerType::csa, rng);
+  const std::string scorer = "compressor.indexer.scorer.weights_proj.weight";
+  const std::string bare = "model.layers.0.self_attn.compressor.indexer.weights_proj.weight";
+  std::vector<NamedTensor> ts;
+  for (const WeightSpec& e : expected_weights(c, LayerType::csa))
+    ts.push_back(named(e.name == scorer ? bare : checkpoint_name(NamingScheme::hugging_face, 0, e.name),
+                       *weight_slot(w, e.name)));
+  const auto dir = std::filesystem::temp_directory_path() / ("dsv4_noscorer_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "config.json") << config_json(c).dump();
+  write_safetensors(dir / "model.safetensors", ts);
+  {
+    const Model m = Model::open(dir);
+    EXPECT_TRUE(m.layer_problems(0).empty());
+    EXPECT_EQ(m.load_layer(0).indexer->weights_proj.data, w.indexer->weights_proj.data);
+  }
+  ts.push_back(named(checkpoint_name(NamingScheme::hugging_face, 0, scorer), w.indexer->weights_proj));
+  write_safetensors(dir / "model.safetensors", ts);
+  const std::vector<std::string> problems = Model::open(dir).layer_problems(0);
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_THAT(problems[0], HasSubstr("two spellings of '" + scorer + "'"));
+  std::filesystem::remove_all(dir);
+
+  // The same names as a state_dict (the Python package's path).
+  std::vector<std::pair<std::string, Tensor>> sd;
+  for (const WeightSpec& e : expected_weights(c, LayerType::csa))
+    sd.emplace_back(e.name == scorer ? "compressor.indexer.weights_proj.weight" : e.name, *weight_slot(w, e.name));
+  EXPECT_EQ(layer_weights_from_named(sd, c, LayerType::csa).indexer->weights_proj.data, w.indexer->weights_proj.data);
+}
+
+}  // namespace
+}  // namespace dsv4
