@@ -186,9 +186,10 @@ void parse_rope_parameters(const json& rp, int64_t max_pos, Config& c) {
     if (!e->is_object()) fail(std::string("rope_parameters.") + name + " must be an object");
   c.rope_theta = req_double(*main, "rope_theta", "rope_parameters.main.");
   c.compress_rope_theta = req_double(*comp, "rope_theta", "rope_parameters.compress.");
-  const RopeScaling plain = parse_rope_scaling(main, 0);
-  if (!plain.type.empty())
-    fail("rope_parameters.main: rope_type '" + plain.type + "' (the sliding layers use plain RoPE)");
+  const json* mt = find(*main, "rope_type") ? find(*main, "rope_type") : find(*main, "type");
+  const std::string main_type = mt ? as_string(*mt, "rope_parameters.main.rope_type") : "default";
+  if (main_type != "default" && main_type != "none")
+    fail("rope_parameters.main: rope_type '" + main_type + "' (the sliding layers use plain RoPE)");
   c.rope_scaling = parse_rope_scaling(comp, max_pos);
   double factor = 0;
   for (const auto& [name, e] : {std::pair{"main", main}, std::pair{"compress", comp}}) {
