@@ -231,6 +231,9 @@ TEST(NativeWeights, ModelFoldersBothSchemesBothScaleDtypes) {
       const Layer native = m.layer(0, {WeightFormat::native});
       const Layer f32 = m.layer(0, {WeightFormat::f32});
       EXPECT_EQ(native.weight_bytes(), want.weight_bytes());
+      EXPECT_EQ(m.layer_bytes(0, WeightFormat::native), native.weight_bytes());  // what `dsv4 info` shows
+      EXPECT_EQ(m.layer_bytes(0, WeightFormat::f32), f32.weight_bytes());
+      EXPECT_EQ(m.layer_bytes(0, WeightFormat::bf16), m.layer(0, {WeightFormat::bf16}).weight_bytes());
       EXPECT_EQ(native.forward(x).data, want.forward(x).data);
       EXPECT_LE(rel_diff(native.forward(x), f32.forward(x)), 1e-6);
       const LayerWeights lw = m.load_layer(0, WeightFormat::native);

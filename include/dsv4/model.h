@@ -59,6 +59,9 @@ class Model {
   // tensors, wrong shapes, dtypes or scale grids (one line each, naming the
   // file and tensor). Empty when it loads (non-finite values aside).
   std::vector<std::string> layer_problems(int64_t i) const;
+  // Bytes layer i's weights would take in memory in a format (what
+  // Layer::weight_bytes() reports once built); throws like load_layer.
+  size_t layer_bytes(int64_t i, WeightFormat format) const;
   // Layer i's weights in fp32 (native: the projection matrices as stored, in
   // LayerWeights::stored); throws with every problem listed, or naming a
   // tensor with non-finite values and their count.

@@ -271,6 +271,24 @@ StoredMatrix stored_matrix(const SafeTensors& file, const std::string& name, con
 
 }  // namespace
 
+size_t Model::layer_bytes(int64_t i, WeightFormat format) const {
+  std::vector<std::string> problems;
+  const std::vector<Planned> planned = plan(i, problems);
+  if (!problems.empty()) fail(dir_.string() + ": layer " + std::to_string(i) + " cannot be loaded: " + problems[0]);
+  const std::vector<std::string> proj = projection_names(layer_type(i));
+  size_t bytes = 0;
+  for (const Planned& p : planned) {
+    const TensorInfo& t = shards_[size_t(p.shard)].info(p.name);
+    const size_t n = static_cast<size_t>(numel(t.shape));
+    const bool matrix = std::find(proj.begin(), proj.end(), p.hf) != proj.end();
+    if (!matrix || format == WeightFormat::f32) bytes += 4 * n;
+    else if (format == WeightFormat::bf16) bytes += 2 * n;
+    else if (t.dtype == DType::F8_E4M3) bytes += n + 4 * static_cast<size_t>(numel(scale_grid(t.shape)));
+    else bytes += dtype_size(t.dtype) * n;
+  }
+  return bytes;
+}
+
 LayerWeights Model::load_layer(int64_t i, WeightFormat format) const {
   const LayerType type = layer_type(i);
   std::vector<std::string> problems;

@@ -43,6 +43,12 @@ int info(const std::string& dir, int64_t only) {
     }
     std::printf("  attention bytes: %llu (%s)\n", static_cast<unsigned long long>(bytes), human(bytes).c_str());
     const std::vector<std::string> problems = m.layer_problems(i);
+    if (problems.empty()) {
+      std::printf("  in memory:");
+      for (WeightFormat f : {WeightFormat::native, WeightFormat::bf16, WeightFormat::f32})
+        std::printf("  %s %s", std::string(weight_format_name(f)).c_str(), human(m.layer_bytes(i, f)).c_str());
+      std::printf("\n");
+    }
     for (const std::string& p : problems) std::printf("  problem: %s\n", p.c_str());
     bad_layers += !problems.empty();
     total += bytes;
