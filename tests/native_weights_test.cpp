@@ -186,20 +186,9 @@ fs::path write_model(const Config& c0, LayerType t, const LayerWeights& w, Namin
       ts.push_back(named(name, *weight_slot(const_cast<LayerWeights&>(w), e.name)));
       continue;
     }
-    const StoredMatrix& m = it->second;
-    ts.push_back(NamedTensor{name, m.dtype, m.shape, m.data});
-    if (m.dtype != DType::F8_E4M3) continue;
-    NamedTensor sc = named(scale_name(s, name), m.scale);
-    if (e8m0_scales) {
-      sc.dtype = DType::F8_E8M0;
-      sc.bytes.resize(m.scale.data.size());
-      for (size_t i = 0; i < m.scale.data.size(); ++i) {
-        int ex = 0;
-        std::frexp(m.scale.data[i], &ex);
-        sc.bytes[i] = std::byte(ex - 1 + 127);
-      }
-    }
-    ts.push_back(std::move(sc));
+    for (NamedTensor& t : checkpoint_tensors(name, scale_name(s, name), it->second,
+                                             e8m0_scales ? DType::F8_E8M0 : DType::F32))
+      ts.push_back(std::move(t));
   }
   write_safetensors(dir / "model.safetensors", ts);
   std::ofstream(dir / "config.json") << R"({"hidden_size": )" << c.hidden_size << R"(, "num_attention_heads": )"

@@ -60,6 +60,11 @@ struct LayerWeights {
 // tensors; else fp32 max/448 as `weight_scale_inv`); BF16 rounded to nearest even.
 StoredMatrix quantize_fp8_blocks(const Tensor& w, bool ue8m0);
 StoredMatrix quantize_bf16(const Tensor& w);
+// A stored matrix as checkpoint tensors: the weight under `name` and, for FP8,
+// its block scales under `scale_name` as F32 (weight_scale_inv) or F8_E8M0
+// (UE8M0 bytes; the scales must then be powers of two).
+std::vector<NamedTensor> checkpoint_tensors(const std::string& name, const std::string& scale_name,
+                                           const StoredMatrix& m, DType scale_dtype);
 // The released DeepSeek-V4 dtypes: FP8 E4M3 + UE8M0 for q_a, q_b, kv, o_a, o_b and the
 // indexer's q_b; BF16 for the compressors' and the indexer's kv/gate and weights_proj.
 // Moves every projection matrix of w into w.stored (its Tensor left empty).

@@ -45,6 +45,26 @@ StoredMatrix quantize_bf16(const Tensor& w) {
   return m;
 }
 
+std::vector<NamedTensor> checkpoint_tensors(const std::string& name, const std::string& scale_name,
+                                           const StoredMatrix& m, DType scale_dtype) {
+  std::vector<NamedTensor> out{NamedTensor{name, m.dtype, m.shape, m.data}};
+  if (m.dtype != DType::F8_E4M3) return out;
+  NamedTensor s = named(scale_name, m.scale);
+  if (scale_dtype == DType::F8_E8M0) {
+    s.dtype = DType::F8_E8M0;
+    s.bytes.resize(m.scale.data.size());
+    for (size_t i = 0; i < m.scale.data.size(); ++i) {
+      const float v = m.scale.data[i];
+      if (!(v > 0) || ceil_pow2(v) != v) fail(name + ": scale " + std::to_string(v) + " is not a power of two (UE8M0)");
+      int e = 0;
+      std::frexp(v, &e);
+      s.bytes[i] = std::byte(static_cast<uint8_t>(e - 1 + 127));
+    }
+  }
+  out.push_back(std::move(s));
+  return out;
+}
+
 void store_as_released(LayerWeights& w, LayerType t) {
   for (const std::string& name : projection_names(t)) {
     Tensor& x = *weight_slot(w, name);

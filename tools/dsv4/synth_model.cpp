@@ -23,7 +23,7 @@ namespace fs = std::filesystem;
 using json = nlohmann::ordered_json;
 
 struct SynthArgs {
-  std::string dir, scheme = "hf", dtype = "f32", from;
+  std::string dir, scheme = "hf", dtype = "f32", from, scale_dtype;
   bool sharded = false;
   uint64_t seed = 0;
 };
@@ -57,53 +57,33 @@ LayerWeights random_weights(const Config& c, LayerType t, std::mt19937& rng) {
   return w;
 }
 
-// A layer's weights by name after `load_layer_weights` or random_weights.
-const Tensor& get(const LayerWeights& w, const std::string& name) {
-  return *weight_slot(const_cast<LayerWeights&>(w), name);
-}
-
-NamedTensor as_bf16(const std::string& name, const Tensor& t) {
-  NamedTensor nt{name, DType::BF16, t.shape, std::vector<std::byte>(t.data.size() * 2)};
-  for (size_t i = 0; i < t.data.size(); ++i) {
-    const uint16_t b = f32_to_bf16(t.data[i]);
-    std::memcpy(nt.bytes.data() + 2 * i, &b, 2);
-  }
-  return nt;
-}
-
-// FP8 E4M3 with one F32 scale per 128x128 block (block max maps to 448).
-std::pair<NamedTensor, NamedTensor> as_fp8(const std::string& name, const std::string& scale, const Tensor& t) {
-  const Shape grid = scale_grid(t.shape);
-  const int64_t rows = t.dim(0), cols = t.dim(1);
-  Tensor s(grid);
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < cols; ++j) {
-      float& m = s.data[size_t((i / kScaleBlock) * grid[1] + j / kScaleBlock)];
-      m = std::max(m, std::fabs(t.data[size_t(i * cols + j)]));
+// f32 / bf16: every tensor in that dtype. fp8: the released dtypes (FP8 E4M3 +
+// block scales for the main projections and the indexer's q_b; BF16 for the
+// compressor/indexer projections and the norms; F32 sinks and position biases).
+void encode(std::vector<NamedTensor>& out, NamingScheme scheme, int64_t layer, LayerWeights w, LayerType t,
+            const Config& c, const std::string& dtype, DType scale_dtype) {
+  if (dtype == "fp8") {
+    // UE8M0 scales are powers of two; F32 ones are the block max / 448.
+    for (const std::string& n : projection_names(t)) {
+      Tensor& x = *weight_slot(w, n);
+      const bool bf16 = n.starts_with("compressor.") && n != "compressor.indexer.q_b_proj.weight";
+      w.stored[n] = bf16 ? quantize_bf16(x) : quantize_fp8_blocks(x, scale_dtype == DType::F8_E8M0);
+      x = Tensor();
     }
-  for (float& v : s.data) v = v > 0 ? v / 448.0f : 1.0f;
-  NamedTensor q{name, DType::F8_E4M3, t.shape, std::vector<std::byte>(t.data.size())};
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < cols; ++j)
-      q.bytes[size_t(i * cols + j)] = std::byte(
-          f32_to_e4m3fn(t.data[size_t(i * cols + j)] / s.data[size_t((i / kScaleBlock) * grid[1] + j / kScaleBlock)]));
-  return {std::move(q), named(scale, s)};
-}
-
-// Released checkpoints: the main projections FP8, compressor/indexer
-// projections BF16, norms, sinks and biases fp32.
-void encode(std::vector<NamedTensor>& out, NamingScheme scheme, int64_t layer, const std::string& hf, const Tensor& t,
-            const std::string& dtype) {
-  const std::string name = checkpoint_name(scheme, layer, hf);
-  const bool proj = t.shape.size() == 2 && hf.ends_with("proj.weight");
-  if (dtype == "bf16" || (dtype == "fp8" && proj && hf.starts_with("compressor."))) {
-    out.push_back(as_bf16(name, t));
-  } else if (dtype == "fp8" && proj) {
-    auto [q, s] = as_fp8(name, scale_name(scheme, name), t);
-    out.push_back(std::move(q));
-    out.push_back(std::move(s));
-  } else {
-    out.push_back(named(name, t));
+  } else if (dtype == "bf16") {
+    for (const std::string& n : projection_names(t)) w.stored[n] = quantize_bf16(*weight_slot(w, n));
+  }
+  for (const WeightSpec& e : expected_weights(c, t)) {
+    const std::string name = checkpoint_name(scheme, layer, e.name);
+    auto it = w.stored.find(e.name);
+    const bool bf16 = dtype == "bf16" || (dtype == "fp8" && e.name.ends_with("norm.weight"));  // sinks, ape: F32
+    if (it == w.stored.end() && bf16) it = w.stored.emplace(e.name, quantize_bf16(*weight_slot(w, e.name))).first;
+    if (it == w.stored.end()) {
+      out.push_back(named(name, *weight_slot(w, e.name)));
+      continue;
+    }
+    for (NamedTensor& nt : checkpoint_tensors(name, scale_name(scheme, name), it->second, scale_dtype))
+      out.push_back(std::move(nt));
   }
 }
 
@@ -155,6 +135,9 @@ void write_text(const fs::path& p, const std::string& text) {
 
 void synth(const SynthArgs& a) {
   const NamingScheme scheme = a.scheme == "hf" ? NamingScheme::hugging_face : NamingScheme::deepseek;
+  // The released V4 files (original names) carry UE8M0 scales; HF-converted and older ones fp32.
+  const std::string sd = a.scale_dtype.empty() ? (a.scheme == "hf" ? "f32" : "e8m0") : a.scale_dtype;
+  const DType scale_dtype = sd == "e8m0" ? DType::F8_E8M0 : DType::F32;
   Config c = small_dims();
   std::vector<LayerWeights> layers;
   Tensor sample;  // an input for `dsv4 run`
@@ -184,8 +167,7 @@ void synth(const SynthArgs& a) {
   std::vector<NamedTensor> all;
   for (size_t i = 0; i < n; ++i) {
     std::vector<NamedTensor> ts;
-    for (const WeightSpec& e : expected_weights(c, c.layer_types[i]))
-      encode(ts, scheme, int64_t(i), e.name, get(layers[i], e.name), a.dtype);
+    encode(ts, scheme, int64_t(i), layers[i], c.layer_types[i], c, a.dtype, scale_dtype);
     if (!a.sharded) {
       for (NamedTensor& t : ts) all.push_back(std::move(t));
       continue;
@@ -223,6 +205,10 @@ void add_synth_model(CLI::App& app, int& rc) {
                   "f32, bf16, or fp8 (FP8 E4M3 projections + 128x128 block scales, BF16 "
                   "compressor/indexer projections)")
       ->check(CLI::IsMember({"f32", "bf16", "fp8"}));
+  cmd->add_option("--scale-dtype", a->scale_dtype,
+                  "fp8 block scales: e8m0 (UE8M0 `.scale`, the released V4 files; default with --scheme original) "
+                  "or f32 (`weight_scale_inv`; default with --scheme hf)")
+      ->check(CLI::IsMember({"f32", "e8m0"}));
   cmd->add_flag("--sharded", a->sharded, "one shard per layer plus model.safetensors.index.json");
   cmd->add_option("--seed", a->seed, "random seed");
   cmd->add_option("--from-conformance", a->from, "re-pack this conformance case's weights as a one-layer model")
