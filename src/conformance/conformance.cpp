@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <set>
 #include <sstream>
 
 #include "dsv4/layer.h"
@@ -46,6 +45,12 @@ Tensor batch_row(const Tensor& t, int64_t b) {
   return Tensor(s, std::vector<float>(t.data.begin() + b * per, t.data.begin() + (b + 1) * per));
 }
 
+std::string set_str(const std::set<int64_t>& v) {
+  std::string s;
+  for (int64_t i : v) s += (s.empty() ? "{" : ", ") + std::to_string(i);
+  return s.empty() ? "{}" : s + "}";
+}
+
 void compare_topk(CaseReport& rep, const std::string& what, const TensorI64& ref, int64_t b, const TensorI64& ours) {
   const int64_t s = ref.shape.at(1), w = ref.shape.at(2);
   if (ours.shape != Shape{s, w}) {
@@ -54,13 +59,10 @@ void compare_topk(CaseReport& rep, const std::string& what, const TensorI64& ref
     return;
   }
   for (int64_t t = 0; t < s; ++t) {
-    std::set<int64_t> a, r;
-    for (int64_t i = 0; i < w; ++i) {
-      if (ours.data[t * w + i] >= 0) a.insert(ours.data[t * w + i]);
-      if (ref.data[(b * s + t) * w + i] >= 0) r.insert(ref.data[(b * s + t) * w + i]);
-    }
+    const std::set<int64_t> a = topk_set(ours, t), r = topk_set(ref, b * s + t);
     if (a != r) {
-      rep.failures.push_back(what + ": query " + std::to_string(t) + " selects a different set");
+      rep.failures.push_back(what + ": query " + std::to_string(t) + " selects " + set_str(a) + ", reference " +
+                             set_str(r));
       return;
     }
   }
@@ -93,7 +95,7 @@ void run_case(const SafeTensors& f, CaseReport& rep, Tolerance tol) {
       Tensor xb({s, d}, std::vector<float>(x.data.begin() + b * s * d, x.data.begin() + (b + 1) * s * d));
       Intermediates dbg;
       const Tensor y = layer.forward(xb, states[b], &dbg);
-      const std::string at = k + "[" + std::to_string(b) + "]";
+      const std::string at = k + "[" + std::to_string(b) + "]";  // e.g. chunk0.[1]output: batch row 1
       compare(rep, at + "output", batch_row(out_ref, b), y.ptr(), y.numel(), tol);
       compare(rep, at + "q", batch_row(f.f32(k + "q"), b), dbg.q.ptr(), dbg.q.numel(), tol);
       compare(rep, at + "kv", batch_row(f.f32(k + "kv"), b), dbg.kv.ptr(), dbg.kv.numel(), tol);
@@ -112,6 +114,19 @@ void run_case(const SafeTensors& f, CaseReport& rep, Tolerance tol) {
 }
 
 }  // namespace
+
+std::set<int64_t> topk_set(std::span<const int64_t> row) {
+  std::set<int64_t> s(row.begin(), row.end());
+  s.erase(-1);
+  return s;
+}
+
+std::set<int64_t> topk_set(const TensorI64& topk, int64_t row) {
+  const int64_t w = topk.shape.empty() ? 0 : topk.shape.back();
+  if (row < 0 || (row + 1) * w > static_cast<int64_t>(topk.data.size()))
+    fail("topk_set: row " + std::to_string(row) + " outside " + shape_str(topk.shape));
+  return topk_set(std::span<const int64_t>(topk.data.data() + row * w, static_cast<size_t>(w)));
+}
 
 CaseReport verify_case(const std::filesystem::path& file, Tolerance tol) {
   CaseReport rep;
