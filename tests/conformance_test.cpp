@@ -36,7 +36,9 @@ TEST_P(FastPath, MatchesEveryOutput) {
   for (const std::string& f : r.failures) ADD_FAILURE() << f;
   EXPECT_TRUE(r.passed);
   EXPECT_GT(r.compared, 0);
-  EXPECT_LE(r.max_abs, 1e-4);  // far inside the per-element bound for O(1) values
+  // Headroom: the shipped suite's worst error is 2.1e-6, so a drift shows here
+  // while verify's per-element bound (1e-5 + 1e-5·|ref|) still passes.
+  EXPECT_LE(r.max_abs, 5e-6);
 }
 
 INSTANTIATE_TEST_SUITE_P(Stateless, FastPath, ::testing::ValuesIn(case_files("stateless")), test_name);

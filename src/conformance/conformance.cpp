@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "dsv4/layer.h"
@@ -68,12 +69,34 @@ void compare_topk(CaseReport& rep, const std::string& what, const TensorI64& ref
   }
 }
 
+// The chunk lengths from metadata 'chunks'. Every tensor named chunkN.* must
+// belong to one of them, so a file that lost a chunk's tensors fails.
+std::vector<int64_t> chunk_lengths(const SafeTensors& f) {
+  const std::string where = f.label() + ": metadata 'chunks'";
+  std::vector<int64_t> out;
+  try {
+    out = nlohmann::json::parse(f.meta("chunks")).get<std::vector<int64_t>>();
+  } catch (const nlohmann::json::exception&) {
+    fail(where + " must be a JSON list of chunk lengths");
+  }
+  if (out.empty()) fail(where + " lists no chunk");
+  for (const std::string& name : f.names()) {
+    if (name.rfind("chunk", 0) != 0) continue;
+    const size_t dot = name.find('.');
+    const std::string n = dot == std::string::npos ? "" : name.substr(5, dot - 5);
+    if (n.empty() || n.find_first_not_of("0123456789") != std::string::npos) continue;
+    if (n.size() > 9 || std::stoll(n) >= static_cast<int64_t>(out.size()))
+      fail(f.label() + ": tensor '" + name + "' belongs to no chunk (metadata 'chunks' lists " +
+           std::to_string(out.size()) + ")");
+  }
+  return out;
+}
+
 void run_case(const SafeTensors& f, CaseReport& rep, Tolerance tol) {
   const LayerSpec spec = layer_spec_from_json_text(f.meta("config"), f.label() + " metadata 'config'");
   const Layer layer(spec.config, spec.type, load_layer_weights(f, spec.config, spec.type));
-  int64_t n_chunks = 0;
-  while (f.contains("chunk" + std::to_string(n_chunks) + ".hidden_states")) ++n_chunks;
-  if (n_chunks == 0) fail(f.label() + ": no tensor 'chunk0.hidden_states'");
+  const std::vector<int64_t> chunks = chunk_lengths(f);
+  const int64_t n_chunks = static_cast<int64_t>(chunks.size());
   const Tensor x0 = f.f32("chunk0.hidden_states");
   if (x0.shape.size() != 3) fail(f.label() + ": 'chunk0.hidden_states' must be [B, S, d], got " + shape_str(x0.shape));
   const int64_t batch = x0.dim(0), d = spec.config.hidden_size;
@@ -85,6 +108,9 @@ void run_case(const SafeTensors& f, CaseReport& rep, Tolerance tol) {
     if (x.shape.size() != 3 || x.dim(0) != batch || x.dim(2) != d)
       fail(f.label() + ": '" + k + "hidden_states' has shape " + shape_str(x.shape));
     const int64_t s = x.dim(1);
+    if (s != chunks[c])
+      fail(f.label() + ": '" + k + "hidden_states' has " + std::to_string(s) + " tokens, metadata 'chunks' says " +
+           std::to_string(chunks[c]));
     const TensorI64 pos = f.i64(k + "position_ids");
     for (int64_t b = 0; b < batch; ++b)
       for (int64_t i = 0; i < s; ++i)
