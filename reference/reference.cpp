@@ -6,8 +6,6 @@
 #include <cmath>
 #include <numeric>
 
-#include "ops/rope.h"
-
 namespace dsv4::reference {
 namespace {
 
@@ -120,7 +118,7 @@ Indexed run_indexer(const Config& c, const LayerWeights& w, const float* x, cons
 Mat forward_one(const Config& c, LayerType type, const LayerWeights& w, const float* x, int64_t s_len,
                 Intermediates* dbg) {
   const int64_t h_n = c.num_attention_heads, hd = c.head_dim, win = c.sliding_window;
-  const std::vector<float> freq = layer_inv_freq(c, type);
+  const std::vector<float> freq = rope_inv_freq(c, type);
 
   // 1. query: low-rank, weighted norm, up-projection, per-head norm, RoPE
   Mat c_q = linear(x, s_len, w.q_a_proj);

@@ -15,4 +15,8 @@ namespace dsv4::reference {
 Tensor forward(const Config& c, LayerType t, const LayerWeights& w, const Tensor& x,
                std::vector<Intermediates>* debug = nullptr);
 
+// RoPE frequencies f_i of a layer of type t (plain θ for sliding, YaRN θ_c for
+// CSA/HCA, plain θ_c if rope_scaling.type is empty), from the spec.
+std::vector<float> rope_inv_freq(const Config& c, LayerType t);
+
 }  // namespace dsv4::reference

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# libFuzzer (ASan + UBSan) on the safetensors header parser and the config /
-# index JSON readers: builds build-fuzz/ with clang, runs each target for
+# libFuzzer (ASan + UBSan) on the safetensors header parser, the config /
+# index JSON readers and load_state: builds build-fuzz/ with clang, runs each target for
 # FUZZ_SECONDS (default 60) from the seed corpora, exits non-zero on any
 # crash, leak or sanitizer report (the reproducer lands in build-fuzz/artifacts/).
 set -euo pipefail
@@ -10,7 +10,7 @@ B=build-fuzz
 
 cmake -S . -B $B -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDSV4_FUZZ=ON \
   -DDSV4_BUILD_TESTS=OFF -DDSV4_BUILD_BENCH=OFF -DDSV4_NATIVE_ISA=OFF -DDSV4_WERROR=ON >/dev/null
-cmake --build $B -j"$(nproc)" --target fuzz_safetensors fuzz_json
+cmake --build $B -j"$(nproc)" --target fuzz_safetensors fuzz_json fuzz_state
 
 # Seeds: every conformance header (data cut off), the smallest whole
 # conformance file, and tiny files of every dtype.
@@ -30,11 +30,21 @@ tiny f32 '{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}' '\x00\x00\x80\
 tiny mixed '{"__metadata__":{"k":"v"},"q":{"dtype":"F8_E4M3","shape":[2,2],"data_offsets":[0,4]},"s":{"dtype":"BF16","shape":[1,1],"data_offsets":[4,6]},"h":{"dtype":"F16","shape":[1],"data_offsets":[6,8]},"e":{"dtype":"F8_E8M0","shape":[],"data_offsets":[8,9]},"i":{"dtype":"I64","shape":[0,3],"data_offsets":[9,9]}}' \
   '\x38\x7e\x7f\x81\x80\x3f\x00\x3c\x7f'
 
+# load_state seeds: an empty state of each layer type. The first byte asks the
+# harness to repair every header field and the checksum (see fuzz/state_fuzz.cpp);
+# the zero payload reads as position 0, nothing pending, nothing emitted.
+state_seeds=$B/seeds/state
+rm -rf "$state_seeds" && mkdir -p "$state_seeds" $B/corpus/state
+for seed in "sliding \\x1f 8" "csa \\x3f 56" "hca \\x5f 32"; do
+  set -- $seed
+  { printf "$2"; head -c $((80 + $3 + 8)) /dev/zero; } > "$state_seeds/empty_$1"
+done
+
 status=0
 run() {  # run TARGET DICT SEEDS...
   local t=$1 dict=$2; shift 2
   echo "== $t: ${secs}s"
-  if ! $B/fuzz/$t -max_total_time="$secs" -print_final_stats=1 -dict="$dict" \
+  if ! $B/fuzz/$t -max_total_time="$secs" -print_final_stats=1 ${dict:+-dict="$dict"} \
       -artifact_prefix=$B/artifacts/$t- $B/corpus/${t#fuzz_} "$@"; then
     echo "FAIL: $t (see $B/artifacts/)"
     status=1
@@ -42,4 +52,5 @@ run() {  # run TARGET DICT SEEDS...
 }
 run fuzz_safetensors fuzz/safetensors.dict "$seeds"
 run fuzz_json fuzz/json.dict fuzz/corpus/json
+run fuzz_state "" "$state_seeds"
 exit $status

@@ -36,7 +36,9 @@ TEST_P(FastPath, MatchesEveryOutput) {
   for (const std::string& f : r.failures) ADD_FAILURE() << f;
   EXPECT_TRUE(r.passed);
   EXPECT_GT(r.compared, 0);
-  EXPECT_LE(r.max_abs, 1e-4);  // far inside the per-element bound for O(1) values
+  // Headroom: the shipped suite's worst error is 2.1e-6, so a drift shows here
+  // while verify's per-element bound (1e-5 + 1e-5·|ref|) still passes.
+  EXPECT_LE(r.max_abs, 5e-6);
 }
 
 INSTANTIATE_TEST_SUITE_P(Stateless, FastPath, ::testing::ValuesIn(case_files("stateless")), test_name);
@@ -56,15 +58,9 @@ TEST_P(Reference, MatchesStatelessOutputs) {
   for (size_t b = 0; b < dbg.size(); ++b) EXPECT_TRUE(test::all_close(dbg[b].q.ptr(), Tensor({per}, {q.data.begin() + b * per, q.data.begin() + (b + 1) * per}), 1e-5, 1e-5));
   if (spec.type == LayerType::csa) {
     const TensorI64 ref = f.i64("chunk0.topk_indices");
-    const int64_t s = ref.shape[1], k = ref.shape[2];
+    const int64_t s = ref.shape[1];
     for (size_t b = 0; b < dbg.size(); ++b)
-      for (int64_t t = 0; t < s; ++t) {
-        std::vector<int64_t> a(dbg[b].topk.data.begin() + t * k, dbg[b].topk.data.begin() + (t + 1) * k);
-        std::vector<int64_t> r(ref.data.begin() + (b * s + t) * k, ref.data.begin() + (b * s + t + 1) * k);
-        std::sort(a.begin(), a.end());
-        std::sort(r.begin(), r.end());
-        EXPECT_EQ(a, r) << "query " << t;
-      }
+      for (int64_t t = 0; t < s; ++t) EXPECT_EQ(topk_set(dbg[b].topk, t), topk_set(ref, b * s + t)) << "query " << t;
   }
 }
 

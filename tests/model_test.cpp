@@ -447,21 +447,9 @@ TEST(Model, RunLayerChunkedMatchesOneShot) {
 
 // ---------------------------------------------------------------- the dsv4 binary
 
-// The dsv4 binary next to the test binary's folder (build/tests/dsv4_tests -> build/dsv4).
-fs::path dsv4_binary() {
-  std::error_code ec;
-  const fs::path self = fs::read_symlink("/proc/self/exe", ec);
-  return ec ? fs::path() : self.parent_path().parent_path() / "dsv4";
-}
-
-int sh(const std::string& cmd, const fs::path& log) {
-  return std::system((cmd + " > '" + log.string() + "' 2>&1").c_str());
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+using test::dsv4_binary;
+using test::sh;
+using test::slurp;
 
 TEST(ModelCli, SynthInfoRunReproduceTheConformanceOutput) {
   const fs::path bin = dsv4_binary();

@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 
+#include "dsv4/conformance.h"
 #include "dsv4/layer.h"
 #include "io/dtype.h"
 #include "reference.h"
@@ -29,44 +31,29 @@ Case random_case(std::mt19937& rng, LayerType type) {
   return k;
 }
 
-// True if some query has more eligible entries than k and its k-th and (k+1)-th
-// best reference scores are too close for two fp32 implementations to agree on.
-bool ambiguous_topk(const Case& k, const std::vector<Intermediates>& dbg) {
-  if (k.type != LayerType::csa) return false;
-  for (const Intermediates& d : dbg) {
-    const int64_t s = d.index_scores.dim(0), n_t = d.index_scores.dim(1);
-    for (int64_t t = 0; t < s; ++t) {
-      const int64_t elig = std::min(n_t, (t + 1) / k.c.compress_rate_csa);
-      if (elig <= k.c.index_topk) continue;
-      std::vector<float> v(&d.index_scores.data[t * n_t], &d.index_scores.data[t * n_t] + elig);
-      std::sort(v.begin(), v.end(), std::greater<>());
-      const float a = v[k.c.index_topk - 1], b = v[k.c.index_topk];
-      if (a == 0.0f && b == 0.0f) continue;  // every head's ReLU is 0: exactly 0 in any implementation, ties go by index
-      if (a - b <= 1e-4f * std::max(std::fabs(a), std::fabs(b)) + 1e-6f) return true;
-    }
-  }
-  return false;
-}
-
+// Type and thread count vary independently: every type meets the reference at
+// 1, 2 and 3 threads (cases cycle through the 9 pairs).
 TEST(RandomParity, FastEqualsReferenceOnManyShapes) {
   std::mt19937 rng(20261126);
   const LayerType types[] = {LayerType::sliding, LayerType::csa, LayerType::hca};
   int cases = 0, redraws = 0;
+  std::map<std::pair<LayerType, int>, int> met;  // (type, threads) -> cases
   const int saved_threads = omp_get_max_threads();
-  for (int i = 0; cases < 240; ++i) {
-    Case k = random_case(rng, types[i % 3]);
+  while (cases < 240) {
+    Case k = random_case(rng, types[cases % 3]);
     ASSERT_NO_THROW(k.c.validate());
     const LayerWeights w = test::random_weights(k.c, k.type, rng);
     const Tensor x = test::random_tensor({k.batch, k.seq, k.c.hidden_size}, rng, 2.0f);
     std::vector<Intermediates> rdbg;
     const Tensor ref = reference::forward(k.c, k.type, w, x, &rdbg);
-    if (ambiguous_topk(k, rdbg)) {  // like the golden generator: redraw near-ties at the k boundary
+    if (test::ambiguous_topk(k.c, k.type, rdbg)) {  // redraw near-ties at the k boundary
       ASSERT_LT(++redraws, 100);
       continue;
     }
+    const int threads = 1 + (cases / 3) % 3;
     ++cases;
+    ++met[{k.type, threads}];
     const Layer layer(k.c, k.type, w);
-    const int threads = 1 + cases % 3;
     omp_set_num_threads(threads);
     std::vector<Intermediates> dbg;
     const Tensor y = layer.forward(x, &dbg);
@@ -81,17 +68,13 @@ TEST(RandomParity, FastEqualsReferenceOnManyShapes) {
       if (k.type != LayerType::csa) continue;
       EXPECT_TRUE(test::all_close(dbg[b].index_scores, rdbg[b].index_scores, 1e-5, 1e-5));
       ASSERT_EQ(dbg[b].topk.shape, rdbg[b].topk.shape);
-      const int64_t width = dbg[b].topk.shape[1];
-      for (int64_t t = 0; t < k.seq; ++t) {
-        std::vector<int64_t> a(dbg[b].topk.data.begin() + t * width, dbg[b].topk.data.begin() + (t + 1) * width);
-        std::vector<int64_t> r(rdbg[b].topk.data.begin() + t * width, rdbg[b].topk.data.begin() + (t + 1) * width);
-        std::sort(a.begin(), a.end());
-        std::sort(r.begin(), r.end());
-        EXPECT_EQ(a, r) << "query " << t;
-      }
+      for (int64_t t = 0; t < k.seq; ++t) EXPECT_EQ(topk_set(dbg[b].topk, t), topk_set(rdbg[b].topk, t)) << "query " << t;
     }
   }
   EXPECT_EQ(cases, 240);
+  for (LayerType t : types)
+    for (int threads : {1, 2, 3})
+      EXPECT_GE((met[{t, threads}]), 20) << layer_type_name(t) << " at " << threads << " threads";
 }
 
 TEST(RandomParity, BitIdenticalForAnyThreadCount) {
@@ -139,7 +122,7 @@ TEST(RandomParity, LongSequencesAndManyEntries) {
       x = test::random_tensor({1, s, c.hidden_size}, rng, 2.0f);
       std::vector<Intermediates> rdbg;
       ref = reference::forward(c, t, w, x, &rdbg);
-      if (!ambiguous_topk(Case{c, t, 1, s}, rdbg)) break;
+      if (!test::ambiguous_topk(c, t, rdbg)) break;
     }
     const Layer layer(c, t, w);
     EXPECT_TRUE(test::all_close(layer.forward(x), ref, 1e-5, 1e-5)) << layer_type_name(t) << " one-shot";

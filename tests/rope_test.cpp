@@ -5,6 +5,7 @@
 
 #include "dsv4/safetensors.h"
 #include "ops/rope.h"
+#include "reference.h"
 #include "test_util.h"
 
 namespace dsv4 {
@@ -43,6 +44,37 @@ TEST(Rope, FrequenciesMatchConformanceFiles) {
     EXPECT_TRUE(test::all_close(Tensor(main.shape, plain_inv_freq(c.qk_rope_head_dim, c.rope_theta)), main, 0, 1e-6));
     EXPECT_TRUE(test::all_close(Tensor(comp.shape, layer_inv_freq(c, LayerType::csa)), comp, 0, 1e-6)) << name;
     EXPECT_EQ(layer_inv_freq(c, LayerType::hca), layer_inv_freq(c, LayerType::csa));
+  }
+}
+
+// The naive reference derives its frequencies on its own; both must agree to the
+// bit (angles pos·f_i at long positions) on every branch: plain, YaRN, YaRN off.
+TEST(Rope, ReferenceFrequenciesEqualTheFastPath) {
+  int compared = 0;
+  for (int64_t r : {2, 4, 8, 16, 64})
+    for (int64_t l0 : {16, 64, 4096, 65536})
+      for (double factor : {1.0, 4.0, 16.0})
+        for (const char* type : {"yarn", ""}) {
+          Config c = test::small_config();
+          c.qk_rope_head_dim = r;
+          c.rope_scaling.original_max_position_embeddings = l0;
+          c.rope_scaling.factor = factor;
+          c.rope_scaling.type = type;
+          for (LayerType t : {LayerType::sliding, LayerType::csa, LayerType::hca}) {
+            EXPECT_EQ(reference::rope_inv_freq(c, t), layer_inv_freq(c, t))
+                << "R=" << r << " L0=" << l0 << " factor=" << factor << " type '" << type << "' "
+                << layer_type_name(t);
+            ++compared;
+          }
+        }
+  EXPECT_EQ(compared, 360);
+  // And against the files' own frequencies (plain for SWA, YaRN for CSA).
+  for (const char* name : {"small_swa_stateless_s4", "medium_csa_stateless_s100"}) {
+    const SafeTensors f = SafeTensors::open(test::data_path(std::string("conformance/") + name + ".safetensors"));
+    const Config c = layer_spec_from_json_text(f.meta("config"), name).config;
+    const Tensor main = f.f32("rope.main_inv_freq"), comp = f.f32("rope.compress_inv_freq");
+    EXPECT_TRUE(test::all_close(Tensor(main.shape, reference::rope_inv_freq(c, LayerType::sliding)), main, 0, 1e-6));
+    EXPECT_TRUE(test::all_close(Tensor(comp.shape, reference::rope_inv_freq(c, LayerType::csa)), comp, 0, 1e-6));
   }
 }
 

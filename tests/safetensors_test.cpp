@@ -9,6 +9,8 @@
 #include <functional>
 #include <iterator>
 
+#include <nlohmann/json.hpp>
+
 #include "dsv4/error.h"
 
 namespace dsv4 {
@@ -192,6 +194,53 @@ TEST(SafeTensors, BadJson) {
   expect_parse_error(image(""), "bad JSON");
   expect_parse_error(image("{\"\xff\": 1}"), "bad JSON");  // invalid UTF-8
   expect_parse_error(image("[1, 2]"), "header JSON must be an object");
+}
+
+// No raw header byte reaches a message: invalid UTF-8 turns into U+FFFD and
+// control characters into escapes, so every message is valid, printable UTF-8.
+TEST(SafeTensors, HeaderTextInMessagesIsEscaped) {
+  auto message = [](const std::vector<std::byte>& b) {
+    try {
+      SafeTensors::parse(b, "model.safetensors");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    ADD_FAILURE() << "no error";
+    return std::string();
+  };
+  for (const std::string& bad : {std::string("{\"\xff\xfe\": 1}"), std::string("{\"a\xc3\": 1}"),
+                                 std::string("{\"t\":{\"dtype\":\"F\x80\"}}")}) {
+    const std::string m = message(image(bad));
+    EXPECT_THAT(m, HasSubstr("bad JSON"));
+    EXPECT_NO_THROW((void)nlohmann::json(m).dump()) << "message is not valid UTF-8: " << m;
+    EXPECT_TRUE(std::none_of(m.begin(), m.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20; })) << m;
+    EXPECT_THAT(m, HasSubstr("\xef\xbf\xbd")) << m;  // U+FFFD where the bad byte was
+  }
+  // Valid JSON whose strings hold control characters: escaped in the message.
+  const std::string m = message(image(R"({"t\u0007":{"dtype":"X\u001b[31m","shape":[1],"data_offsets":[0,4]}})", 4));
+  EXPECT_THAT(m, HasSubstr(R"(tensor 't\u0007': unknown dtype 'X\u001b[31m')"));
+}
+
+// The format requires the tensors to tile the data area exactly.
+TEST(SafeTensors, BytesOutsideEveryTensorAreRejected) {
+  const std::string one = R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})";
+  EXPECT_NO_THROW(SafeTensors::parse(image(one, 4), "m"));
+  expect_parse_error(image(one, 5), "1 bytes after the last tensor's data (at 4 of 5");
+  expect_parse_error(image(one, 12), "8 bytes after the last tensor's data");
+  expect_parse_error(image("{}", 3), "3 bytes after the last tensor's data (at 0 of 3");
+  expect_parse_error(image(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8),
+                     "data bytes [0, 4] before tensor 'a' belong to no tensor");
+  expect_parse_error(image(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                           R"("b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})",
+                           12),
+                     "data bytes [4, 8] before tensor 'b' belong to no tensor");
+  // A file written by write_safetensors with one byte appended.
+  const std::string path = tmp_path("trailing.safetensors");
+  write_safetensors(path, {named("w", Tensor({2, 2}))});
+  auto b = read_bytes(path);
+  b.push_back(std::byte{0});
+  write_bytes(path, b);
+  expect_error([&] { SafeTensors::open(path); }, path, "1 bytes after the last tensor's data");
 }
 
 TEST(SafeTensors, UnknownDtype) {

@@ -13,6 +13,7 @@
 #include <set>
 #include <tuple>
 
+#include "dsv4/conformance.h"
 #include "dsv4/layer.h"
 #include "dsv4/state.h"
 #include "test_util.h"
@@ -46,12 +47,7 @@ Fed feed(const Layer& layer, const Tensor& x, const std::vector<int64_t>& chunks
     Intermediates dbg;
     const Tensor y = layer.forward(rows(x, at, n), st, debug ? &dbg : nullptr);
     std::copy(y.data.begin(), y.data.end(), f.y.data.begin() + at * d);
-    for (int64_t t = 0; debug && t < n; ++t) {
-      const int64_t w = dbg.topk.shape.at(1);
-      std::set<int64_t> s(dbg.topk.data.begin() + t * w, dbg.topk.data.begin() + (t + 1) * w);
-      s.erase(-1);
-      f.topk.push_back(std::move(s));
-    }
+    for (int64_t t = 0; debug && t < n; ++t) f.topk.push_back(topk_set(dbg.topk, t));
     at += n;
   }
   EXPECT_EQ(at, x.dim(0));
@@ -65,23 +61,6 @@ Tensor one_shot(const Layer& layer, const Tensor& x, Intermediates& dbg) {
   dbg = std::move(all.at(0));
   y.shape = {x.dim(0), x.dim(1)};
   return y;
-}
-
-// Like random_parity_test: a query whose k-th and (k+1)-th best scores are too
-// close for two evaluation orders to agree on makes the top-k set ill-posed.
-// `p0`: position of the chunk's first query.
-bool ambiguous_topk(const Config& c, LayerType t, const Intermediates& d, int64_t p0 = 0) {
-  if (t != LayerType::csa || d.index_scores.empty()) return false;
-  const int64_t s = d.index_scores.dim(0), n_t = d.index_scores.dim(1), k = c.index_topk;
-  for (int64_t q = 0; q < s; ++q) {
-    const int64_t elig = std::min(n_t, (p0 + q + 1) / c.compress_rate_csa);
-    if (elig <= k) continue;
-    std::vector<float> v(&d.index_scores.data[q * n_t], &d.index_scores.data[q * n_t] + elig);
-    std::sort(v.begin(), v.end(), std::greater<>());
-    const float a = v[k - 1], b = v[k];
-    if (a - b <= 1e-4f * std::max(std::fabs(a), std::fabs(b)) + 1e-6f) return true;
-  }
-  return false;
 }
 
 std::vector<int64_t> chunks_at(std::vector<int64_t> cuts, int64_t s) {  // boundaries in (0, s) -> lengths
@@ -137,7 +116,7 @@ TEST(StateChunking, AnyChunkingEqualsOneShot) {
     const Tensor x = test::random_tensor({s, c.hidden_size}, rng, 2.0f);
     Intermediates ref_dbg;
     const Tensor ref = one_shot(layer, x, ref_dbg);
-    if (ambiguous_topk(c, type, ref_dbg)) {
+    if (test::ambiguous_topk(c, type, ref_dbg)) {
       ASSERT_LT(++redraws, 100);
       continue;
     }
@@ -160,12 +139,7 @@ TEST(StateChunking, AnyChunkingEqualsOneShot) {
       EXPECT_EQ(st.position(), s);
       ASSERT_TRUE(test::all_close(f.y, ref, 1e-6, 1e-6));
       if (type != LayerType::csa) continue;
-      const int64_t k = ref_dbg.topk.shape.at(1);
-      for (int64_t t = 0; t < s; ++t) {
-        std::set<int64_t> want(ref_dbg.topk.data.begin() + t * k, ref_dbg.topk.data.begin() + (t + 1) * k);
-        want.erase(-1);
-        ASSERT_EQ(f.topk.at(t), want) << "query " << t;
-      }
+      for (int64_t t = 0; t < s; ++t) ASSERT_EQ(f.topk.at(t), topk_set(ref_dbg.topk, t)) << "query " << t;
     }
   }
   EXPECT_GT(patterns, 1000);  // about 11 chunkings per case
@@ -182,7 +156,7 @@ TEST(StateChunking, AnyChunkingEqualsOneShot) {
 // sized, single tokens, empty) through forward_batch at 1, 2 and 3 threads and
 // through separate forward calls. Batched results never depend on the thread
 // count; against separate calls they are bit-identical if `bit_exact`, else
-// equal within 1e-6 (steps with a top-k near-tie excepted, see ambiguous_topk).
+// equal within 1e-6 (steps with a top-k near-tie excepted, see test::ambiguous_topk).
 void batch_vs_separate(bool bit_exact) {
   std::mt19937 rng(99);
   const int saved_threads = omp_get_max_threads();
@@ -210,7 +184,7 @@ void batch_vs_separate(bool bit_exact) {
           Intermediates dbg;
           const int64_t p0 = sep[i].position();
           want.push_back(layer.forward(xs[i], sep[i], &dbg));
-          tie.push_back(ambiguous_topk(c, type, dbg, p0));
+          tie.push_back(test::ambiguous_topk(c, type, dbg, p0));
         }
         std::vector<Tensor> first;
         std::vector<LayerState> next;

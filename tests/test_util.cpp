@@ -1,10 +1,30 @@
 #include "test_util.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
+#include <functional>
 
 namespace dsv4::test {
 
 std::string data_path(const std::string& rel) { return std::string(DSV4_TEST_DATA) + "/" + rel; }
+
+std::filesystem::path dsv4_binary() {
+  std::error_code ec;
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? std::filesystem::path() : self.parent_path().parent_path() / "dsv4";
+}
+
+int sh(const std::string& cmd, const std::filesystem::path& log) {
+  return std::system((cmd + " > '" + log.string() + "' 2>&1").c_str());
+}
+
+std::string slurp(const std::filesystem::path& p) {
+  std::ifstream in(p);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
 
 Tensor random_tensor(Shape shape, std::mt19937& rng, float scale) {
   Tensor t(std::move(shape));
@@ -90,6 +110,25 @@ Config small_config() {
   c.rope_scaling.factor = 16;
   c.rope_scaling.original_max_position_embeddings = 64;
   return c;
+}
+
+bool ambiguous_topk(const Config& c, LayerType t, const Intermediates& d, int64_t p0) {
+  if (t != LayerType::csa || d.index_scores.empty()) return false;
+  const int64_t s = d.index_scores.dim(0), n_t = d.index_scores.dim(1), k = c.index_topk;
+  for (int64_t q = 0; q < s; ++q) {
+    const int64_t elig = std::min(n_t, (p0 + q + 1) / c.compress_rate_csa);
+    if (elig <= k) continue;
+    std::vector<float> v(&d.index_scores.data[q * n_t], &d.index_scores.data[q * n_t] + elig);
+    std::sort(v.begin(), v.end(), std::greater<>());
+    const float a = v[k - 1], b = v[k];
+    if (a == 0.0f && b == 0.0f) continue;  // every head's ReLU is 0: exactly 0 in any implementation, ties go by index
+    if (a - b <= 1e-4f * std::max(std::fabs(a), std::fabs(b)) + 1e-6f) return true;
+  }
+  return false;
+}
+
+bool ambiguous_topk(const Config& c, LayerType t, const std::vector<Intermediates>& batch) {
+  return std::any_of(batch.begin(), batch.end(), [&](const Intermediates& d) { return ambiguous_topk(c, t, d); });
 }
 
 ::testing::AssertionResult all_close(const float* ours, const Tensor& ref, double atol, double rtol) {

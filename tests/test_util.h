@@ -2,16 +2,24 @@
 #pragma once
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <random>
 #include <string>
 
 #include "dsv4/config.h"
+#include "dsv4/layer.h"
 #include "dsv4/tensor.h"
 #include "dsv4/weights.h"
 
 namespace dsv4::test {
 
 std::string data_path(const std::string& rel);  // under tests/data
+
+// The dsv4 binary next to the test binary's folder (build/tests/dsv4_tests -> build/dsv4).
+std::filesystem::path dsv4_binary();
+// Runs a shell command with stdout and stderr to `log`; returns std::system's status.
+int sh(const std::string& cmd, const std::filesystem::path& log);
+std::string slurp(const std::filesystem::path& p);
 
 // Weights of the right shapes for (c, t), values ~ U(-scale, scale) / sqrt(fan_in),
 // norms ~ 1 + small noise, sinks ~ U(-1, 1).
@@ -22,6 +30,13 @@ Tensor random_tensor(Shape shape, std::mt19937& rng, float scale = 1.0f);
 Config small_config();
 // Random small dimensions (heads, ranks, window, rates, top-k) for property tests.
 Config random_config(std::mt19937& rng);
+
+// True if some query of a CSA chunk (first query at position p0) has more
+// eligible entries than k and its k-th and (k+1)-th best scores in `d` are too
+// close for two fp32 evaluation orders to agree on: the top-k set is then
+// ill-posed, so tests redraw such cases, as the golden generator does.
+bool ambiguous_topk(const Config& c, LayerType t, const Intermediates& d, int64_t p0 = 0);
+bool ambiguous_topk(const Config& c, LayerType t, const std::vector<Intermediates>& batch);
 
 // ok iff |a - b| <= atol + rtol·|b| for all elements; message names the worst element.
 ::testing::AssertionResult all_close(const Tensor& ours, const Tensor& ref, double atol, double rtol);

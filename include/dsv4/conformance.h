@@ -2,9 +2,14 @@
 // path and compares every output with |ours - ref| <= atol + rtol·|ref| and
 // the CSA top-k as sets. Used by `dsv4 verify` and by the tests.
 #pragma once
+#include <cstdint>
 #include <filesystem>
+#include <set>
+#include <span>
 #include <string>
 #include <vector>
+
+#include "dsv4/tensor.h"
 
 namespace dsv4 {
 
@@ -21,6 +26,12 @@ struct Tolerance {
   double atol = 1e-5;
   double rtol = 1e-5;
 };
+
+// The entries one row of top-k indices selects, as a set (-1 padding dropped):
+// top-k results agree when these sets do, whatever the order within a row.
+std::set<int64_t> topk_set(std::span<const int64_t> row);
+// Row `row` of a top-k tensor [..., k] (rows counted over the leading axes).
+std::set<int64_t> topk_set(const TensorI64& topk, int64_t row);
 
 // Never throws for a bad file: the error becomes a failure of the case.
 CaseReport verify_case(const std::filesystem::path& file, Tolerance tol = {});

@@ -33,8 +33,9 @@ struct TensorInfo {
 class SafeTensors {
  public:
   // Maps the file and validates: header length within the file, valid JSON,
-  // no tensor listed twice, known dtypes, shape x element size == byte span, spans inside the data
-  // area and not overlapping.
+  // no tensor listed twice, known dtypes, shape x element size == byte span, spans
+  // that tile the data area (no overlap, hole or trailing byte). Header text in
+  // error messages is made printable (invalid UTF-8 -> U+FFFD, control escapes).
   static SafeTensors open(const std::filesystem::path& path);
   // Same checks over bytes already in memory (fuzzing, tests). The bytes must
   // outlive the object. `label` stands in for the file name in errors.

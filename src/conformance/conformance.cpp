@@ -2,7 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <set>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "dsv4/layer.h"
@@ -46,6 +46,12 @@ Tensor batch_row(const Tensor& t, int64_t b) {
   return Tensor(s, std::vector<float>(t.data.begin() + b * per, t.data.begin() + (b + 1) * per));
 }
 
+std::string set_str(const std::set<int64_t>& v) {
+  std::string s;
+  for (int64_t i : v) s += (s.empty() ? "{" : ", ") + std::to_string(i);
+  return s.empty() ? "{}" : s + "}";
+}
+
 void compare_topk(CaseReport& rep, const std::string& what, const TensorI64& ref, int64_t b, const TensorI64& ours) {
   const int64_t s = ref.shape.at(1), w = ref.shape.at(2);
   if (ours.shape != Shape{s, w}) {
@@ -54,24 +60,43 @@ void compare_topk(CaseReport& rep, const std::string& what, const TensorI64& ref
     return;
   }
   for (int64_t t = 0; t < s; ++t) {
-    std::set<int64_t> a, r;
-    for (int64_t i = 0; i < w; ++i) {
-      if (ours.data[t * w + i] >= 0) a.insert(ours.data[t * w + i]);
-      if (ref.data[(b * s + t) * w + i] >= 0) r.insert(ref.data[(b * s + t) * w + i]);
-    }
+    const std::set<int64_t> a = topk_set(ours, t), r = topk_set(ref, b * s + t);
     if (a != r) {
-      rep.failures.push_back(what + ": query " + std::to_string(t) + " selects a different set");
+      rep.failures.push_back(what + ": query " + std::to_string(t) + " selects " + set_str(a) + ", reference " +
+                             set_str(r));
       return;
     }
   }
 }
 
+// The chunk lengths from metadata 'chunks'. Every tensor named chunkN.* must
+// belong to one of them, so a file that lost a chunk's tensors fails.
+std::vector<int64_t> chunk_lengths(const SafeTensors& f) {
+  const std::string where = f.label() + ": metadata 'chunks'";
+  std::vector<int64_t> out;
+  try {
+    out = nlohmann::json::parse(f.meta("chunks")).get<std::vector<int64_t>>();
+  } catch (const nlohmann::json::exception&) {
+    fail(where + " must be a JSON list of chunk lengths");
+  }
+  if (out.empty()) fail(where + " lists no chunk");
+  for (const std::string& name : f.names()) {
+    if (name.rfind("chunk", 0) != 0) continue;
+    const size_t dot = name.find('.');
+    const std::string n = dot == std::string::npos ? "" : name.substr(5, dot - 5);
+    if (n.empty() || n.find_first_not_of("0123456789") != std::string::npos) continue;
+    if (n.size() > 9 || std::stoll(n) >= static_cast<int64_t>(out.size()))
+      fail(f.label() + ": tensor '" + name + "' belongs to no chunk (metadata 'chunks' lists " +
+           std::to_string(out.size()) + ")");
+  }
+  return out;
+}
+
 void run_case(const SafeTensors& f, CaseReport& rep, Tolerance tol) {
   const LayerSpec spec = layer_spec_from_json_text(f.meta("config"), f.label() + " metadata 'config'");
   const Layer layer(spec.config, spec.type, load_layer_weights(f, spec.config, spec.type));
-  int64_t n_chunks = 0;
-  while (f.contains("chunk" + std::to_string(n_chunks) + ".hidden_states")) ++n_chunks;
-  if (n_chunks == 0) fail(f.label() + ": no tensor 'chunk0.hidden_states'");
+  const std::vector<int64_t> chunks = chunk_lengths(f);
+  const int64_t n_chunks = static_cast<int64_t>(chunks.size());
   const Tensor x0 = f.f32("chunk0.hidden_states");
   if (x0.shape.size() != 3) fail(f.label() + ": 'chunk0.hidden_states' must be [B, S, d], got " + shape_str(x0.shape));
   const int64_t batch = x0.dim(0), d = spec.config.hidden_size;
@@ -83,6 +108,9 @@ void run_case(const SafeTensors& f, CaseReport& rep, Tolerance tol) {
     if (x.shape.size() != 3 || x.dim(0) != batch || x.dim(2) != d)
       fail(f.label() + ": '" + k + "hidden_states' has shape " + shape_str(x.shape));
     const int64_t s = x.dim(1);
+    if (s != chunks[c])
+      fail(f.label() + ": '" + k + "hidden_states' has " + std::to_string(s) + " tokens, metadata 'chunks' says " +
+           std::to_string(chunks[c]));
     const TensorI64 pos = f.i64(k + "position_ids");
     for (int64_t b = 0; b < batch; ++b)
       for (int64_t i = 0; i < s; ++i)
@@ -93,7 +121,7 @@ void run_case(const SafeTensors& f, CaseReport& rep, Tolerance tol) {
       Tensor xb({s, d}, std::vector<float>(x.data.begin() + b * s * d, x.data.begin() + (b + 1) * s * d));
       Intermediates dbg;
       const Tensor y = layer.forward(xb, states[b], &dbg);
-      const std::string at = k + "[" + std::to_string(b) + "]";
+      const std::string at = k + "[" + std::to_string(b) + "]";  // e.g. chunk0.[1]output: batch row 1
       compare(rep, at + "output", batch_row(out_ref, b), y.ptr(), y.numel(), tol);
       compare(rep, at + "q", batch_row(f.f32(k + "q"), b), dbg.q.ptr(), dbg.q.numel(), tol);
       compare(rep, at + "kv", batch_row(f.f32(k + "kv"), b), dbg.kv.ptr(), dbg.kv.numel(), tol);
@@ -112,6 +140,19 @@ void run_case(const SafeTensors& f, CaseReport& rep, Tolerance tol) {
 }
 
 }  // namespace
+
+std::set<int64_t> topk_set(std::span<const int64_t> row) {
+  std::set<int64_t> s(row.begin(), row.end());
+  s.erase(-1);
+  return s;
+}
+
+std::set<int64_t> topk_set(const TensorI64& topk, int64_t row) {
+  const int64_t w = topk.shape.empty() ? 0 : topk.shape.back();
+  if (row < 0 || (row + 1) * w > static_cast<int64_t>(topk.data.size()))
+    fail("topk_set: row " + std::to_string(row) + " outside " + shape_str(topk.shape));
+  return topk_set(std::span<const int64_t>(topk.data.data() + row * w, static_cast<size_t>(w)));
+}
 
 CaseReport verify_case(const std::filesystem::path& file, Tolerance tol) {
   CaseReport rep;

@@ -33,12 +33,20 @@ std::string cat(const A&... a) {
   return o.str();
 }
 
-std::string quoted(const std::string& s) { return cat("'", s, "'"); }
+// Header text for an error message: invalid UTF-8 becomes U+FFFD and control
+// characters become JSON escapes, so no raw header byte reaches a terminal or log.
+std::string printable(std::string_view s) {
+  const std::string j = json(std::string(s)).dump(-1, ' ', false, json::error_handler_t::replace);
+  return j.substr(1, j.size() - 2);  // without the quotes dump adds
+}
+
+// (Not "quoted": ADL would pick std::quoted for a non-const std::string.)
+std::string quote(const std::string& s) { return cat("'", printable(s), "'"); }
 std::string span_str(uint64_t b, uint64_t e) { return cat("[", b, ", ", e, "]"); }
 
 template <class... A>
 [[noreturn]] void fail_tensor(const std::string& label, const std::string& name, const A&... what) {
-  fail(cat(label, ": tensor ", quoted(name), ": ", what...));
+  fail(cat(label, ": tensor ", quote(name), ": ", what...));
 }
 
 [[noreturn]] void fail_too_short(const std::string& label, uint64_t size) {
@@ -98,7 +106,7 @@ TensorInfo parse_entry(const std::string& label, const std::string& name, const 
   const json& dt = j["dtype"];
   if (!dt.is_string()) fail_tensor(label, name, "dtype must be a string");
   if (!parse_dtype(dt.get<std::string>(), info.dtype))
-    fail_tensor(label, name, "unknown dtype ", quoted(dt.get<std::string>()),
+    fail_tensor(label, name, "unknown dtype ", quote(dt.get<std::string>()),
                 " (supported: F32, I64, BF16, F16, F8_E4M3, F8_E8M0)");
 
   const json& sh = j["shape"];
@@ -136,15 +144,26 @@ TensorInfo parse_entry(const std::string& label, const std::string& name, const 
   return info;
 }
 
-void check_overlaps(const std::string& label, const std::map<std::string, TensorInfo>& tensors) {
+// The tensors must tile the data area: no overlaps, and (as the format
+// requires) no byte that belongs to no tensor, between tensors or after the last.
+void check_spans(const std::string& label, const std::map<std::string, TensorInfo>& tensors, uint64_t data_size) {
   std::vector<const TensorInfo*> v;
   for (const auto& [_, t] : tensors)
-    if (t.begin != t.end) v.push_back(&t);  // empty spans overlap nothing
+    if (t.begin != t.end) v.push_back(&t);  // empty spans take no bytes
   std::sort(v.begin(), v.end(), [](auto* a, auto* b) { return a->begin < b->begin; });
-  for (size_t i = 1; i < v.size(); ++i)
-    if (v[i]->begin < v[i - 1]->end)
-      fail(cat(label, ": tensors ", quoted(v[i - 1]->name), " ", span_str(v[i - 1]->begin, v[i - 1]->end),
-               " and ", quoted(v[i]->name), " ", span_str(v[i]->begin, v[i]->end), " overlap"));
+  uint64_t covered = 0;  // end of the spans so far
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i > 0 && v[i]->begin < v[i - 1]->end)
+      fail(cat(label, ": tensors ", quote(v[i - 1]->name), " ", span_str(v[i - 1]->begin, v[i - 1]->end),
+               " and ", quote(v[i]->name), " ", span_str(v[i]->begin, v[i]->end), " overlap"));
+    if (v[i]->begin > covered)
+      fail(cat(label, ": data bytes ", span_str(covered, v[i]->begin), " before tensor ", quote(v[i]->name),
+               " belong to no tensor (safetensors allows no holes)"));
+    covered = v[i]->end;
+  }
+  if (covered != data_size)
+    fail(cat(label, ": ", data_size - covered, " bytes after the last tensor's data (at ", covered, " of ", data_size,
+             "; safetensors allows no trailing bytes)"));
 }
 
 const TensorInfo& typed_info(const SafeTensors& st, const std::string& name, DType want) {
@@ -157,9 +176,9 @@ const TensorInfo& typed_info(const SafeTensors& st, const std::string& name, DTy
 template <class T>
 NamedTensor named_impl(const std::string& name, DType dtype, const Shape& shape, const std::vector<T>& data) {
   for (int64_t d : shape)
-    if (d < 0) fail(cat("named(", quoted(name), "): negative dimension in shape ", shape_str(shape)));
+    if (d < 0) fail(cat("named(", quote(name), "): negative dimension in shape ", shape_str(shape)));
   if (numel(shape) != int64_t(data.size()))
-    fail(cat("named(", quoted(name), "): shape ", shape_str(shape), " given ", data.size(), " values"));
+    fail(cat("named(", quote(name), "): shape ", shape_str(shape), " given ", data.size(), " values"));
   NamedTensor nt{name, dtype, shape, std::vector<std::byte>(data.size() * sizeof(T))};
   if (!data.empty()) std::memcpy(nt.bytes.data(), data.data(), nt.bytes.size());
   return nt;
@@ -209,10 +228,10 @@ SafeTensors SafeTensors::parse(std::span<const std::byte> bytes, std::string lab
   try {
     j = parse_json_checking_keys(std::string_view(hdr, n), 1, nullptr, dup);
   } catch (const json::exception& e) {
-    fail(cat(label, ": bad JSON in header: ", e.what()));
+    fail(cat(label, ": bad JSON in header: ", printable(e.what())));
   }
   if (!j.is_object()) fail(cat(label, ": header JSON must be an object, got ", j.type_name()));
-  if (!dup.empty()) fail(cat(label, ": tensor '", dup, "' is listed twice in the header"));
+  if (!dup.empty()) fail(cat(label, ": tensor ", quote(dup), " is listed twice in the header"));
 
   SafeTensors st;
   st.label_ = std::move(label);
@@ -222,7 +241,7 @@ SafeTensors SafeTensors::parse(std::span<const std::byte> bytes, std::string lab
       if (!value.is_object()) fail(cat(st.label_, ": __metadata__ must be an object of strings"));
       for (const auto& [mk, mv] : value.items()) {
         if (!mv.is_string())
-          fail(cat(st.label_, ": __metadata__ value for key ", quoted(mk), " must be a string, got ",
+          fail(cat(st.label_, ": __metadata__ value for key ", quote(mk), " must be a string, got ",
                    mv.type_name()));
         st.metadata_[mk] = mv.get<std::string>();
       }
@@ -230,7 +249,7 @@ SafeTensors SafeTensors::parse(std::span<const std::byte> bytes, std::string lab
     }
     st.tensors_[key] = parse_entry(st.label_, key, value, st.data_.size());
   }
-  check_overlaps(st.label_, st.tensors_);
+  check_spans(st.label_, st.tensors_, st.data_.size());
   return st;
 }
 
@@ -238,7 +257,7 @@ bool SafeTensors::contains(const std::string& name) const { return tensors_.coun
 
 const TensorInfo& SafeTensors::info(const std::string& name) const {
   auto it = tensors_.find(name);
-  if (it == tensors_.end()) fail(cat(label_, ": no tensor named ", quoted(name)));
+  if (it == tensors_.end()) fail(cat(label_, ": no tensor named ", quote(name)));
   return it->second;
 }
 
@@ -250,7 +269,7 @@ std::vector<std::string> SafeTensors::names() const {
 
 const std::string& SafeTensors::meta(const std::string& key) const {
   auto it = metadata_.find(key);
-  if (it == metadata_.end()) fail(cat(label_, ": no metadata key ", quoted(key)));
+  if (it == metadata_.end()) fail(cat(label_, ": no metadata key ", quote(key)));
   return it->second;
 }
 
@@ -282,22 +301,22 @@ std::map<std::string, std::string> parse_safetensors_index(std::string_view text
   try {
     j = parse_json_checking_keys(text, 2, "weight_map", dup);
   } catch (const json::exception& e) {
-    fail(cat(where, ": bad JSON: ", e.what()));
+    fail(cat(where, ": bad JSON: ", printable(e.what())));
   }
   if (!j.is_object()) fail(cat(where, ": must be a JSON object, got ", j.type_name()));
   auto wm = j.find("weight_map");
   if (wm == j.end()) fail(cat(where, ": no 'weight_map' (tensor name -> shard file)"));
   if (!wm->is_object()) fail(cat(where, ": 'weight_map' must be an object, got ", wm->type_name()));
   if (wm->empty()) fail(cat(where, ": 'weight_map' is empty"));
-  if (!dup.empty()) fail(cat(where, ": tensor '", dup, "' is listed twice in 'weight_map'"));
+  if (!dup.empty()) fail(cat(where, ": tensor ", quote(dup), " is listed twice in 'weight_map'"));
   std::map<std::string, std::string> out;
   for (const auto& [name, shard] : wm->items()) {
     if (!shard.is_string())
-      fail(cat(where, ": tensor ", quoted(name), ": shard must be a file name string, got ", shard.dump()));
+      fail(cat(where, ": tensor ", quote(name), ": shard must be a file name string, got ", shard.dump()));
     const std::string s = shard.get<std::string>();
     // A plain name in the model folder: no path can escape it.
     if (s.empty() || s == "." || s == ".." || s.find_first_of(std::string("/\0", 2)) != std::string::npos)
-      fail(cat(where, ": tensor ", quoted(name), ": shard ", quoted(s), " is not a plain file name"));
+      fail(cat(where, ": tensor ", quote(name), ": shard ", quote(s), " is not a plain file name"));
     out[name] = s;
   }
   return out;
@@ -321,7 +340,7 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Name
   uint64_t offset = 0;
   for (const NamedTensor& t : tensors) {
     if (t.name == kMetadataKey) fail(cat(label, ": tensor name '__metadata__' is reserved"));
-    if (!seen.insert(t.name).second) fail(cat(label, ": duplicate tensor name ", quoted(t.name)));
+    if (!seen.insert(t.name).second) fail(cat(label, ": duplicate tensor name ", quote(t.name)));
     for (int64_t d : t.shape)
       if (d < 0) fail_tensor(label, t.name, "negative dimension in shape ", shape_str(t.shape));
     const uint64_t want = uint64_t(numel(t.shape)) * dtype_size(t.dtype);

@@ -1,0 +1,135 @@
+// Bit-identical results for 1, 2 and 3 threads where the work is split: GEMMs
+// of several 256 x 512 tiles (rows, output features and keys), a prefill of
+// several kPrefillChunk pieces, decode over more than 512 entries (the
+// indexer spreads key tiles over the threads) and a ragged batch mixing all of
+// them. Small hidden sizes keep this cheap; lengths do the work.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <cstring>
+
+#include "dsv4/layer.h"
+#include "test_util.h"
+
+namespace dsv4 {
+namespace {
+
+const LayerType kTypes[] = {LayerType::sliding, LayerType::csa, LayerType::hca};
+
+template <class T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+}
+
+::testing::AssertionResult same_state(const LayerState& a, const LayerState& b) {
+  if (a.position() != b.position()) return ::testing::AssertionFailure() << "positions differ";
+  if (!same_bits(a.window(), b.window())) return ::testing::AssertionFailure() << "window differs";
+  for (auto [x, y, what] : {std::tuple{&a.compressor(), &b.compressor(), "compressor"},
+                            std::tuple{&a.indexer(), &b.indexer(), "indexer"}})
+    if (!same_bits(x->entries, y->entries) || !same_bits(x->pend_c, y->pend_c) || !same_bits(x->pend_z, y->pend_z) ||
+        !same_bits(x->prev_c, y->prev_c) || !same_bits(x->prev_zb, y->prev_zb))
+      return ::testing::AssertionFailure() << what << " differs";
+  return ::testing::AssertionSuccess();
+}
+
+// Runs f at 1, 2 and 3 threads; f returns the outputs to compare bit for bit.
+template <class F>
+void at_each_thread_count(const std::string& what, F f) {
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const std::vector<Tensor> first = f();
+  for (int threads : {2, 3}) {
+    omp_set_num_threads(threads);
+    const std::vector<Tensor> got = f();
+    ASSERT_EQ(got.size(), first.size());
+    for (size_t i = 0; i < got.size(); ++i)
+      EXPECT_TRUE(got[i].shape == first[i].shape && same_bits(got[i].data, first[i].data))
+          << what << ": output " << i << " differs at " << threads << " threads";
+  }
+  omp_set_num_threads(saved);
+}
+
+// Every fused projection, o_a and o_b has more than 512 output features, and a
+// prefill of 1024 + 100 tokens has more than 256 rows per piece.
+TEST(BitIdentity, LongPrefillWideProjections) {
+  std::mt19937 rng(31);
+  Config c = test::small_config();
+  c.hidden_size = 520;   // o_b: 2 column tiles
+  c.q_lora_rank = 400;   // x-side: q_lora + D (+ compressors) > 512
+  c.num_attention_heads = 4;
+  c.head_dim = 136;      // c_q-side: H·D = 544
+  c.o_groups = 2;
+  c.o_lora_rank = 264;   // o_a: g·d_g = 528
+  const Tensor x = test::random_tensor({1, Layer::kPrefillChunk + 100, c.hidden_size}, rng, 2.0f);
+  for (LayerType t : kTypes) {
+    const Layer layer(c, t, test::random_weights(c, t, rng));
+    at_each_thread_count(std::string(layer_type_name(t)) + " prefill", [&] { return std::vector<Tensor>{layer.forward(x)}; });
+  }
+}
+
+// Decode steps over more than 512 window keys (sliding), selected entries
+// (CSA: k = 520 of up to 1100) and compressed entries (HCA), then one
+// forward_batch of ragged chunks: a long prefill split into pieces, a 300-token
+// chunk, single tokens at > 512 entries, an empty chunk. Batched equals
+// separate calls and neither depends on the thread count.
+TEST(BitIdentity, DecodeOverManyEntriesAndRaggedBatch) {
+  std::mt19937 rng(32);
+  Config c = test::small_config();
+  c.hidden_size = 32;
+  c.num_attention_heads = 2;
+  c.o_groups = 1;
+  c.sliding_window = 520;
+  c.compress_rate_csa = 1;
+  c.compress_rate_hca = 2;
+  c.index_topk = 520;
+  for (LayerType t : kTypes) {
+    const std::string name(layer_type_name(t));
+    const Layer layer(c, t, test::random_weights(c, t, rng));
+    LayerState long_st = layer.new_state(), mid_st = layer.new_state();  // 1100 and 600 tokens in
+    layer.forward(test::random_tensor({1100, c.hidden_size}, rng, 2.0f), long_st);
+    layer.forward(test::random_tensor({600, c.hidden_size}, rng, 2.0f), mid_st);
+
+    const Tensor steps = test::random_tensor({3, c.hidden_size}, rng, 2.0f);
+    LayerState first;
+    at_each_thread_count(name + " decode", [&] {
+      LayerState st = long_st;
+      std::vector<Tensor> ys;
+      for (int64_t i = 0; i < steps.dim(0); ++i)
+        ys.push_back(layer.forward(Tensor({1, c.hidden_size}, {steps.data.begin() + i * c.hidden_size,
+                                                               steps.data.begin() + (i + 1) * c.hidden_size}), st));
+      if (first.position() == 0) first = st;
+      EXPECT_TRUE(same_state(st, first)) << name << " decode";
+      return ys;
+    });
+
+    const std::vector<Tensor> xs = {test::random_tensor({Layer::kPrefillChunk + 76, c.hidden_size}, rng, 2.0f),
+                                    test::random_tensor({300, c.hidden_size}, rng, 2.0f),
+                                    test::random_tensor({1, c.hidden_size}, rng, 2.0f),
+                                    test::random_tensor({0, c.hidden_size}, rng),
+                                    test::random_tensor({1, c.hidden_size}, rng, 2.0f)};
+    const std::vector<const LayerState*> start = {nullptr, &mid_st, &long_st, &mid_st, &mid_st};
+    auto fresh = [&] {
+      std::vector<LayerState> sts;
+      for (const LayerState* s : start) sts.push_back(s ? *s : layer.new_state());
+      return sts;
+    };
+    std::vector<LayerState> sep = fresh();
+    std::vector<Tensor> want;
+    for (size_t i = 0; i < xs.size(); ++i) want.push_back(layer.forward(xs[i], sep[i]));
+    at_each_thread_count(name + " batch", [&] {
+      std::vector<LayerState> sts = fresh();
+      std::vector<const Tensor*> xp;
+      std::vector<LayerState*> sp;
+      for (size_t i = 0; i < xs.size(); ++i) xp.push_back(&xs[i]), sp.push_back(&sts[i]);
+      const std::vector<Tensor> ys = layer.forward_batch(xp, sp);
+      for (size_t i = 0; i < xs.size(); ++i) {
+        EXPECT_TRUE(same_bits(ys.at(i).data, want[i].data)) << name << " batch chunk " << i << " vs separate call";
+        EXPECT_TRUE(same_state(sts[i], sep[i])) << name << " batch chunk " << i;
+      }
+      return ys;
+    });
+  }
+}
+
+}  // namespace
+}  // namespace dsv4
