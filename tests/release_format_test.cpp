@@ -1,5 +1,6 @@
 // The released checkpoints' conventions: transformers' rope_parameters in
-// config.json, the indexer head weights spelled without "scorer.".
+// config.json, the indexer head weights spelled without "scorer.", shards that
+// also hold other modules in dtypes dsv4 does not decode (I8 experts).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -112,6 +113,10 @@ TEST(ReleaseFormat, IndexerHeadWeightsWithoutScorer) {
   for (const WeightSpec& e : expected_weights(c, LayerType::csa))
     ts.push_back(named(e.name == scorer ? bare : checkpoint_name(NamingScheme::hugging_face, 0, e.name),
                        *weight_slot(w, e.name)));
+  // Other modules as the released shards hold them: read never, listed by dtype.
+  ts.push_back(NamedTensor{"model.layers.0.mlp.experts.0.w1.weight", DType::I8, {4, 8}, std::vector<std::byte>(32)});
+  ts.push_back(NamedTensor{"model.layers.0.mlp.experts.0.w1.scale", DType::F8_E8M0, {4, 1}, std::vector<std::byte>(4)});
+  ts.push_back(NamedTensor{"model.embed_tokens.weight", DType::BF16, {3, 64}, std::vector<std::byte>(384)});
   const auto dir = std::filesystem::temp_directory_path() / ("dsv4_noscorer_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   std::ofstream(dir / "config.json") << config_json(c).dump();
@@ -120,6 +125,7 @@ TEST(ReleaseFormat, IndexerHeadWeightsWithoutScorer) {
     const Model m = Model::open(dir);
     EXPECT_TRUE(m.layer_problems(0).empty());
     EXPECT_EQ(m.load_layer(0).indexer->weights_proj.data, w.indexer->weights_proj.data);
+    EXPECT_EQ(m.other_tensors(), (std::map<std::string, int64_t>{{"BF16", 1}, {"F8_E8M0", 1}, {"I8", 1}}));
   }
   ts.push_back(named(checkpoint_name(NamingScheme::hugging_face, 0, scorer), w.indexer->weights_proj));
   write_safetensors(dir / "model.safetensors", ts);

@@ -55,6 +55,9 @@ class Model {
   // Every stored tensor under layer i's attention prefix (scales and
   // unexpected ones included), sorted by name.
   std::vector<TensorSummary> layer_tensors(int64_t i) const;
+  // Tensors outside every layer's attention prefix (experts, norms,
+  // hyper-connections, embeddings, ...) by dtype: skipped, never read.
+  std::map<std::string, int64_t> other_tensors() const;
   // What stops layer i from loading: missing, unexpected or duplicated
   // tensors, wrong shapes, dtypes or scale grids (one line each, naming the
   // file and tensor). Empty when it loads (non-finite values aside).

@@ -70,8 +70,9 @@ def test_fp8_model_folder(tmp_path):
         assert y.shape == x.shape and np.isfinite(y).all()
 
 
-def test_native_weights_from_an_fp8_folder(tmp_path):
-    model = synth(tmp_path, "--scheme", "hf", "--dtype", "fp8")
+@pytest.mark.parametrize("scheme", ["hf", "original"])
+def test_native_weights_from_an_fp8_folder(tmp_path, scheme):
+    model = synth(tmp_path, "--scheme", scheme, "--dtype", "fp8", "--sharded", "--other-modules")
     x = dsv4.load_safetensors(model / "sample_input.safetensors")["hidden_states"]
     for i in range(3):
         native = dsv4.Layer.from_model(model, i, weights_format="native")

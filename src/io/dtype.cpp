@@ -78,7 +78,9 @@ uint8_t f32_to_e4m3fn(float x) {
   return sign | uint8_t(code > 0x7e ? 0x7e : code);
 }
 
-bool is_float_dtype(DType t) { return t != DType::I64; }
+bool is_float_dtype(DType t) {
+  return t == DType::F32 || t == DType::BF16 || t == DType::F16 || t == DType::F8_E4M3 || t == DType::F8_E8M0;
+}
 
 void decode_to_f32(DType t, std::span<const std::byte> bytes, float* out) {
   switch (t) {
@@ -93,7 +95,7 @@ void decode_to_f32(DType t, std::span<const std::byte> bytes, float* out) {
       return decode<uint8_t>(bytes, out, e4m3fn_to_f32);
     case DType::F8_E8M0:
       return decode<uint8_t>(bytes, out, e8m0_to_f32);
-    case DType::I64:
+    default:
       break;
   }
   fail("decode_to_f32: dtype " + std::string(dtype_name(t)) + " is not a float dtype");

@@ -18,7 +18,7 @@ float e8m0_to_f32(uint8_t b);    // OCP E8M0 scale: 2^(b-127), 0xFF = NaN
 uint16_t f32_to_bf16(float x);   // NaN stays NaN
 uint8_t f32_to_e4m3fn(float x);  // saturates to ±448, NaN -> 0x7F|sign
 
-// Dtypes that f32() converts (everything but I64).
+// Dtypes that f32() converts: F32, BF16, F16, F8_E4M3, F8_E8M0.
 bool is_float_dtype(DType t);
 // Decodes bytes.size() / dtype_size(t) elements of a float dtype into out.
 // The bytes need not be aligned.

@@ -157,6 +157,16 @@ std::string Model::prefix(int64_t i) const {
                                                : "layers." + std::to_string(i) + ".attn.";
 }
 
+std::map<std::string, int64_t> Model::other_tensors() const {
+  std::map<std::string, int64_t> by_dtype;
+  for (const auto& [name, shards] : where_) {
+    bool attention = false;
+    for (int64_t i = 0; i < num_layers() && !attention; ++i) attention = name.starts_with(prefix(i));
+    if (!attention) ++by_dtype[std::string(dtype_name(shards_[size_t(shards.front())].info(name).dtype))];
+  }
+  return by_dtype;
+}
+
 std::vector<TensorSummary> Model::layer_tensors(int64_t i) const {
   layer_type(i);  // range check
   const std::string pre = prefix(i);

@@ -29,6 +29,9 @@ int info(const std::string& dir, int64_t only) {
       (long long)c.q_lora_rank, (long long)c.o_groups, (long long)c.o_lora_rank, (long long)c.sliding_window,
       (long long)c.compress_rate_csa, (long long)c.compress_rate_hca, (long long)c.index_n_heads,
       (long long)c.index_head_dim, (long long)c.index_topk);
+  std::string others;
+  for (const auto& [dtype, n] : m.other_tensors()) others += " " + dtype + " x" + std::to_string(n);
+  std::printf("others  %s\n", others.empty() ? " none" : (others + "  (other modules: skipped, not read)").c_str());
   uint64_t total = 0;
   int bad_layers = 0;
   for (int64_t i = 0; i < m.num_layers(); ++i) {

@@ -24,7 +24,7 @@ using json = nlohmann::ordered_json;
 
 struct SynthArgs {
   std::string dir, scheme = "hf", dtype = "f32", from, scale_dtype;
-  bool sharded = false;
+  bool sharded = false, other_modules = false;
   uint64_t seed = 0;
 };
 
@@ -177,6 +177,22 @@ void synth(const SynthArgs& a) {
     for (const NamedTensor& t : ts) weight_map[t.name] = shard, total += t.bytes.size();
     write_safetensors(dir / shard, ts, {{"format", "pt"}});
   }
+  if (a.other_modules) {  // as the released shards: experts as I8 FP4 packs + E8M0 scales, hyper-connections, embeddings
+    const std::string l0 = scheme == NamingScheme::hugging_face ? "model.layers.0." : "layers.0.";
+    std::vector<NamedTensor> other = {
+        {l0 + "ffn.experts.0.w1.weight", DType::I8, {8, 16}, std::vector<std::byte>(128, std::byte{0x11})},
+        {l0 + "ffn.experts.0.w1.scale", DType::F8_E8M0, {8, 1}, std::vector<std::byte>(8, std::byte{127})},
+        {l0 + "hc_attn_fn", DType::F32, {4}, std::vector<std::byte>(16)},
+        {l0 + "attn_norm.weight", DType::BF16, {c.hidden_size}, std::vector<std::byte>(size_t(2 * c.hidden_size))},
+        {scheme == NamingScheme::hugging_face ? "model.embed_tokens.weight" : "embed.weight", DType::BF16,
+         {16, c.hidden_size}, std::vector<std::byte>(size_t(32 * c.hidden_size))}};
+    if (a.sharded) {
+      for (const NamedTensor& t : other) weight_map[t.name] = "model-others.safetensors", total += t.bytes.size();
+      write_safetensors(dir / "model-others.safetensors", other, {{"format", "pt"}});
+    } else {
+      for (NamedTensor& t : other) all.push_back(std::move(t));
+    }
+  }
   if (a.sharded) {
     json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
     write_text(dir / "model.safetensors.index.json", index.dump(2) + "\n");
@@ -209,6 +225,9 @@ void add_synth_model(CLI::App& app, int& rc) {
                   "fp8 block scales: e8m0 (UE8M0 `.scale`, the released V4 files; default with --scheme original) "
                   "or f32 (`weight_scale_inv`; default with --scheme hf)")
       ->check(CLI::IsMember({"f32", "e8m0"}));
+  cmd->add_flag("--other-modules", a->other_modules,
+                "also write tensors of other modules as the released shards hold them (experts as I8 + F8_E8M0, "
+                "hyper-connections, norms, embeddings); loaders must skip them");
   cmd->add_flag("--sharded", a->sharded, "one shard per layer plus model.safetensors.index.json");
   cmd->add_option("--seed", a->seed, "random seed");
   cmd->add_option("--from-conformance", a->from, "re-pack this conformance case's weights as a one-layer model")
