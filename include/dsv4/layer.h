@@ -35,6 +35,10 @@ struct PackedLayer;  // weights rearranged once for the fast path
 enum class WeightFormat { f32, bf16 };
 struct LayerOptions {
   WeightFormat weights = WeightFormat::f32;
+  // reference: the fp32 math (default). deployment: the served model's FP8/FP4
+  // roundings and a quantised decode state (docs/numerics.md). A deployment
+  // CSA layer needs index_head_dim to be a power of two.
+  Numerics numerics = Numerics::reference;
 };
 
 class Layer {
@@ -47,6 +51,7 @@ class Layer {
 
   const Config& config() const { return config_; }
   LayerType type() const { return type_; }
+  Numerics numerics() const;
   // Norms, position biases and sinks; the projection matrices live packed
   // inside the layer (their Tensors here are empty).
   const LayerWeights& weights() const { return weights_; }
@@ -59,7 +64,7 @@ class Layer {
   // which bounds activation memory (debug output disables the split).
   Tensor forward(const Tensor& x, std::vector<Intermediates>* debug = nullptr, StageTimes* times = nullptr) const;
 
-  // A new empty decode state for one sequence.
+  // A new empty decode state for one sequence (in the layer's numerics).
   LayerState new_state() const;
 
   // Feed one chunk x [S, d] (or [1, S, d]) of one sequence through its state;
