@@ -11,5 +11,6 @@ void add_run(CLI::App& app, int& rc);         // run.cpp
 void add_bench(CLI::App& app, int& rc);       // bench.cpp
 void add_state_size(CLI::App& app, int& rc);  // state_size.cpp
 void add_synth_model(CLI::App& app, int& rc);  // synth_model.cpp
+void add_numerics_diff(CLI::App& app, int& rc);  // numerics_diff.cpp
 
 }  // namespace dsv4::cli
