@@ -41,7 +41,18 @@ float max_abs(const float* x, int64_t n) {
   return a;
 }
 
-float scale_of(uint8_t byte) { return std::ldexp(1.0f, static_cast<int>(byte) - 127); }
+// 2^(byte - 127) from the bits (byte 0 is the fp32 subnormal 2^-127).
+float scale_of(uint8_t byte) {
+  return std::bit_cast<float>(byte ? static_cast<uint32_t>(byte) << 23 : 0x00400000u);
+}
+
+// E4M3 code -> fp32 without a table: the 7 magnitude bits placed at the top of
+// an fp32 mantissa/exponent give (1 + m/8)·2^(E-127) (and m·2^-129 for E = 0),
+// exactly 2^-120 times the E4M3 value. Vectorises; NaN codes are never stored.
+inline float e4m3_bits(uint8_t c) {
+  const uint32_t u = (static_cast<uint32_t>(c & 0x80) << 24) | (static_cast<uint32_t>(c & 0x7f) << 20);
+  return std::bit_cast<float>(u) * 0x1p120f;
+}
 
 }  // namespace
 
@@ -144,11 +155,10 @@ void kv_row_encode(const float* x, int64_t d, int64_t r, uint8_t* row, float* dq
 void kv_row_decode(const uint8_t* row, int64_t d, int64_t r, float* out) {
   const int64_t nope = d - r;
   const uint8_t* scales = row + nope + 2 * r;
-  const std::array<float, 256>& lut = e4m3_table();
   for (int64_t b = 0, k = 0; b < nope; b += kFp8Block, ++k) {
     const int64_t end = std::min(nope, b + kFp8Block);
     const float s = scale_of(scales[k]);
-    for (int64_t i = b; i < end; ++i) out[i] = lut[row[i]] * s;
+    for (int64_t i = b; i < end; ++i) out[i] = e4m3_bits(row[i]) * s;
   }
   for (int64_t i = 0; i < r; ++i) {
     uint16_t h;
@@ -177,13 +187,14 @@ void index_row_decode(const uint8_t* row, int64_t n, float* out) {
   const uint8_t* scales = row + (n + 1) / 2;
   const auto& lut = e2m1_pair_table();
   for (int64_t b = 0, k = 0; b < n; b += kFp4Block, ++k) {  // blocks of 32 start at even indices
-    const int64_t end = std::min(n, b + kFp4Block);
+    const int64_t end = std::min(n, b + kFp4Block), pairs = (end - b) / 2;
     const float s = scale_of(scales[k]);
-    for (int64_t i = b; i < end; i += 2) {
-      const auto& pair = lut[row[i / 2]];
-      out[i] = pair[0] * s;
-      if (i + 1 < end) out[i + 1] = pair[1] * s;
+    for (int64_t j = 0; j < pairs; ++j) {
+      const auto& pair = lut[row[b / 2 + j]];
+      out[b + 2 * j] = pair[0] * s;
+      out[b + 2 * j + 1] = pair[1] * s;
     }
+    if ((end - b) % 2) out[end - 1] = lut[row[(end - 1) / 2]][0] * s;  // odd n: the last value alone
   }
 }
 
