@@ -9,6 +9,7 @@
 
 #include <omp.h>
 
+#include "ops/quant.h"
 #include "pipeline/pipeline.h"
 
 namespace dsv4 {
@@ -33,6 +34,7 @@ struct Job {
   // entries and CSA indexer keys dequantised (reference numerics: unused).
   Scratch<uint8_t>* kcoded = nullptr;
   Scratch<float>* entries = nullptr;
+  Scratch<float>* picked = nullptr;  // CSA short chunk: each row's selected entries, decoded once
 };
 
 void check_finite(const float* x, int64_t n, const std::string& what) {
@@ -116,6 +118,27 @@ void index(const PackedLayer& p, const Projected& pr, const int64_t* pos, Job& j
              &t.topk);
 }
 
+// Deployment CSA, short chunk: a row's selected entries are read by every
+// head block of the row, so decode them once per row (in index order, as
+// attend would gather them) rather than once per head block.
+bool decodes_picked(const PackedLayer& p, const Job& j) {
+  return p.deployed() && p.type == LayerType::csa && j.len <= kShortChunk;
+}
+void decode_picked(const PackedLayer& p, Job& j) {
+  const int64_t hd = p.c.head_dim, r = p.c.qk_rope_head_dim;
+  const CompressorState& cs = j.st->compressor();
+  float* out = j.picked->get(static_cast<size_t>(std::max<int64_t>(j.len * j.width, 1) * hd));
+  std::vector<int32_t> sel;
+  for (int64_t i = 0; i < j.len; ++i) {
+    const int32_t* row = j.topk->data() + i * j.width;
+    sel.assign(row, row + j.width);
+    sel.erase(std::remove(sel.begin(), sel.end(), -1), sel.end());
+    std::sort(sel.begin(), sel.end());
+    for (size_t k = 0; k < sel.size(); ++k)
+      quant::kv_row_decode(&cs.coded[sel[k] * cs.row_bytes], hd, r, out + (i * j.width + static_cast<int64_t>(k)) * hd);
+  }
+}
+
 // The compressed keys of one query (CSA: its selection of the entries).
 void entry_keys(const PackedLayer& p, const Job& j, int64_t r, int64_t t, KeySet& ks) {
   const CompressorState& cs = j.st->compressor();
@@ -129,6 +152,11 @@ void entry_keys(const PackedLayer& p, const Job& j, int64_t r, int64_t t, KeySet
     ks.row_bytes = cs.row_bytes;
     ks.selected = j.topk->data() + (r - j.row0) * j.width;  // width 0: no entries yet
     ks.n_entries = j.width;
+    if (decodes_picked(p, j)) {
+      ks.entries = j.picked->data() + (r - j.row0) * j.width * p.c.head_dim;
+      ks.n_entries = std::count_if(ks.selected, ks.selected + j.width, [](int32_t e) { return e >= 0; });
+      ks.selected = nullptr, ks.coded = nullptr;
+    }
   }
 }
 
@@ -171,7 +199,7 @@ struct Workspace {
   Scratch<int32_t> job_of;
   Scratch<int64_t> unit_row, unit_h0, unit_h1;  // attention work items
   Projected pr;
-  std::vector<Scratch<float>> kwin, entries;  // per job
+  std::vector<Scratch<float>> kwin, entries, picked;  // per job
   std::vector<Scratch<int32_t>> topk;
   std::vector<Scratch<uint8_t>> kcoded;
 };
@@ -186,7 +214,7 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
   std::vector<RowGroup> groups;
   if (ws.kwin.size() < jobs.size()) {
     ws.kwin.resize(jobs.size()), ws.topk.resize(jobs.size());
-    ws.entries.resize(jobs.size()), ws.kcoded.resize(jobs.size());
+    ws.entries.resize(jobs.size()), ws.kcoded.resize(jobs.size()), ws.picked.resize(jobs.size());
   }
   for (size_t k = 0; k < jobs.size(); ++k) {
     Job& j = jobs[k];
@@ -194,6 +222,7 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
     j.topk = &ws.topk[k];
     j.entries = &ws.entries[k];
     j.kcoded = &ws.kcoded[k];
+    j.picked = &ws.picked[k];
     j.row0 = rows;
     j.p0 = j.st->position();
     if (j.len > kShortChunk)
@@ -232,6 +261,8 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
   if (p.w->indexer) {
     StageTimes scratch;
     for (Job& j : jobs) index(p, pr, pos, j, times ? *times : scratch);
+    for (Job& j : jobs)
+      if (decodes_picked(p, j)) decode_picked(p, j);
   }
   if (p.deployed() && p.type == LayerType::hca)  // decoded once per chunk, read by all its queries
     for (Job& j : jobs) entries_f32(p, j.st->compressor(), j.st->compressor().emitted, false, *j.entries);
