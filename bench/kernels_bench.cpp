@@ -9,6 +9,7 @@
 
 #include "dsv4/random.h"
 #include "ops/blas.h"
+#include "ops/quant.h"
 #include "pipeline/pipeline.h"
 
 namespace dsv4 {
@@ -140,6 +141,29 @@ void BM_CompressorPooling(benchmark::State& st) {
   st.counters["tokens/s"] = benchmark::Counter(static_cast<double>(n) * st.iterations(), benchmark::Counter::kIsRate);
 }
 
+// Deployment numerics: what one decode step at context 65,536 adds on one
+// thread: decoding 16,384 indexer keys, 512 selected entries and 127 window
+// rows from the encoded state, and encoding the new kv row.
+void BM_Deployment_DecodeStepRows(benchmark::State& st) {
+  const int64_t keys = 16384, picked = 512, window = 127, d = 512, r = 64, di = 128;
+  const size_t kb = quant::kv_row_bytes(d, r), ib = quant::index_row_bytes(di);
+  const Tensor x = random_uniform({keys, d}, 1, 3);
+  std::vector<uint8_t> kv(picked * kb), ix(keys * ib), row(kb);
+  std::vector<float> tmp(static_cast<size_t>(di)), out(static_cast<size_t>(keys * di));
+  for (int64_t i = 0; i < keys; ++i) {
+    std::copy_n(x.ptr() + i * d, di, tmp.data());
+    quant::hadamard(tmp.data(), di);
+    quant::index_row_encode(tmp.data(), di, &ix[i * ib]);
+    if (i < picked) quant::kv_row_encode(x.ptr() + i * d, d, r, &kv[i * kb]);
+  }
+  for (auto _ : st) {
+    for (int64_t i = 0; i < keys; ++i) quant::index_row_decode(&ix[i * ib], di, &out[i * di]);
+    for (int64_t i = 0; i < picked + window; ++i) quant::kv_row_decode(&kv[(i % picked) * kb], d, r, &out[i * d]);
+    quant::kv_row_encode(x.ptr(), d, r, row.data());
+    benchmark::DoNotOptimize(out.data());
+  }
+}
+
 BENCHMARK(BM_Roofline_Sgemm2048)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Roofline_Copy256MiB)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Gemm_XSideFused)->Unit(benchmark::kMillisecond)->UseRealTime();
@@ -151,6 +175,7 @@ BENCHMARK(BM_Gemv_Decode_QUp)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_SparseAttention_OneQuery)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_IndexerTopk)->Arg(1024)->Arg(16384)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_CompressorPooling)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Deployment_DecodeStepRows)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 }  // namespace dsv4

@@ -1,10 +1,14 @@
 // Straight loops over attention.md, one sequence at a time. Accumulates in
 // double so that it sits closer to the exact result than any fp32 fast path.
+// Deployment numerics round at the points official_numerics.md names (a
+// non-null Rounder; the roundings themselves are fp32 as the spec fixes them).
 #include "reference.h"
 
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+
+#include "numerics.h"
 
 namespace dsv4::reference {
 namespace {
@@ -46,8 +50,9 @@ void rope(float* v, int64_t width, const std::vector<float>& freq, int64_t pos, 
 
 // Compressed entries of a whole sequence: [S / r, width]. `overlap` = CSA
 // pooling over 2r slots (series A of window w-1, series B of window w).
+// `round`: deployment numerics, with `r` RoPE dims (main entries) or r = -1 (indexer keys).
 Mat compress(const float* x, int64_t s_len, const CompressorWeights& cw, int64_t rate, int64_t width,
-             bool overlap, double eps, const std::vector<float>& freq) {
+             bool overlap, double eps, const std::vector<float>& freq, Rounder* round, int64_t r) {
   const Mat cv = linear(x, s_len, cw.kv_proj), z = linear(x, s_len, cw.gate_proj);
   const int64_t in_w = overlap ? 2 * width : width, n_entries = s_len / rate;
   const float* bias = cw.position_bias.ptr();
@@ -74,6 +79,8 @@ Mat compress(const float* x, int64_t s_len, const CompressorWeights& cw, int64_t
     }
     rms_norm(&e[w * width], width, cw.kv_norm.ptr(), eps);
     rope(&e[w * width], width, freq, w * rate, +1);
+    if (round && r >= 0) round->kv_row(&e[w * width], width, r, cw.kv_norm.ptr());
+    if (round && r < 0) round->index_vec(&e[w * width], width);
   }
   return e;
 }
@@ -84,13 +91,16 @@ struct Indexed {
 };
 
 Indexed run_indexer(const Config& c, const LayerWeights& w, const float* x, const Mat& c_q, int64_t s_len,
-                    const std::vector<float>& freq) {
+                    const std::vector<float>& freq, Rounder* round) {
   const int64_t hi = c.index_n_heads, di = c.index_head_dim, m = c.compress_rate_csa;
   Indexed ix;
-  ix.keys = compress(x, s_len, w.indexer->compressor, m, di, true, c.rms_norm_eps, freq);
+  ix.keys = compress(x, s_len, w.indexer->compressor, m, di, true, c.rms_norm_eps, freq, round, -1);
   ix.q = linear(c_q.data(), s_len, w.indexer->q_b_proj);
   for (int64_t t = 0; t < s_len; ++t)
-    for (int64_t h = 0; h < hi; ++h) rope(&ix.q[(t * hi + h) * di], di, freq, t, +1);
+    for (int64_t h = 0; h < hi; ++h) {
+      rope(&ix.q[(t * hi + h) * di], di, freq, t, +1);
+      if (round) round->index_vec(&ix.q[(t * hi + h) * di], di);
+    }
   const Mat a = linear(x, s_len, w.indexer->weights_proj);
   const int64_t n_t = s_len / m;
   ix.scores.assign(static_cast<size_t>(s_len * n_t), 0.0f);
@@ -116,7 +126,7 @@ Indexed run_indexer(const Config& c, const LayerWeights& w, const float* x, cons
 }
 
 Mat forward_one(const Config& c, LayerType type, const LayerWeights& w, const float* x, int64_t s_len,
-                Intermediates* dbg) {
+                Intermediates* dbg, Rounder* round) {
   const int64_t h_n = c.num_attention_heads, hd = c.head_dim, win = c.sliding_window;
   const std::vector<float> freq = rope_inv_freq(c, type);
 
@@ -134,14 +144,16 @@ Mat forward_one(const Config& c, LayerType type, const LayerWeights& w, const fl
   for (int64_t t = 0; t < s_len; ++t) {
     rms_norm(&kv[t * hd], hd, w.kv_norm.ptr(), c.rms_norm_eps);
     rope(&kv[t * hd], hd, freq, t, +1);
+    if (round) round->kv_row(&kv[t * hd], hd, c.qk_rope_head_dim, w.kv_norm.ptr());
   }
   // 4. compressed entries (+ indexer for CSA)
   const int64_t rate = c.compress_rate(type);
   Mat comp;
   Indexed ix;
   if (type != LayerType::sliding)
-    comp = compress(x, s_len, *w.compressor, rate, hd, type == LayerType::csa, c.rms_norm_eps, freq);
-  if (type == LayerType::csa) ix = run_indexer(c, w, x, c_q, s_len, freq);
+    comp = compress(x, s_len, *w.compressor, rate, hd, type == LayerType::csa, c.rms_norm_eps, freq, round,
+                    c.qk_rope_head_dim);
+  if (type == LayerType::csa) ix = run_indexer(c, w, x, c_q, s_len, freq, round);
 
   // 5-6. attention with sink, then de-rotation
   Mat o(static_cast<size_t>(s_len * h_n * hd));
@@ -209,14 +221,18 @@ Mat forward_one(const Config& c, LayerType type, const LayerWeights& w, const fl
 
 }  // namespace
 
-Tensor forward(const Config& c, LayerType t, const LayerWeights& w, const Tensor& x, std::vector<Intermediates>* debug) {
+Tensor forward(const Config& c, LayerType t, const LayerWeights& w, const Tensor& x, std::vector<Intermediates>* debug,
+               Numerics numerics, double* closest_tie) {
   const int64_t b = x.dim(0), s_len = x.dim(1), d = x.dim(2);
   Tensor out({b, s_len, d});
   if (debug) debug->assign(static_cast<size_t>(b), {});
+  Rounder rounder;
+  Rounder* round = numerics == Numerics::deployment ? &rounder : nullptr;
   for (int64_t i = 0; i < b; ++i) {
-    Mat y = forward_one(c, t, w, x.ptr() + i * s_len * d, s_len, debug ? &(*debug)[i] : nullptr);
+    Mat y = forward_one(c, t, w, x.ptr() + i * s_len * d, s_len, debug ? &(*debug)[i] : nullptr, round);
     std::copy(y.begin(), y.end(), out.ptr() + i * s_len * d);
   }
+  if (closest_tie) *closest_tie = rounder.closest;
   return out;
 }
 

@@ -12,8 +12,11 @@
 namespace dsv4::reference {
 
 // One-shot forward over x [B, S, d] at positions 0..S-1 -> [B, S, d].
+// Deployment numerics: `closest_tie` (if given) gets how near a rounded value
+// came to a rounding decision (Rounder::closest in numerics.h).
 Tensor forward(const Config& c, LayerType t, const LayerWeights& w, const Tensor& x,
-               std::vector<Intermediates>* debug = nullptr);
+               std::vector<Intermediates>* debug = nullptr, Numerics numerics = Numerics::reference,
+               double* closest_tie = nullptr);
 
 // RoPE frequencies f_i of a layer of type t (plain θ for sliding, YaRN θ_c for
 // CSA/HCA, plain θ_c if rope_scaling.type is empty), from the spec.

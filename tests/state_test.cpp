@@ -16,12 +16,21 @@
 #include "dsv4/conformance.h"
 #include "dsv4/layer.h"
 #include "dsv4/state.h"
+#include "reference.h"
 #include "test_util.h"
 
 namespace dsv4 {
 namespace {
 
 const LayerType kTypes[] = {LayerType::sliding, LayerType::csa, LayerType::hca};
+
+// A random config a layer in numerics n accepts (deployment: D_I a power of two).
+Config random_config(std::mt19937& rng, Numerics n) {
+  Config c = test::random_config(rng);
+  if (n == Numerics::deployment) c.index_head_dim = std::max<int64_t>(c.qk_rope_head_dim, int64_t{8} << (rng() % 2));
+  return c;
+}
+LayerOptions with(Numerics n) { return LayerOptions{WeightFormat::f32, n}; }
 
 
 // Rows [from, from + n) of x [S, d] as [n, d].
@@ -104,19 +113,28 @@ std::string show(const std::vector<int64_t>& v) {
 
 // ---- chunked prefill and decode == one-shot ---------------------------------
 
-TEST(StateChunking, AnyChunkingEqualsOneShot) {
+// Deployment numerics: true if the reference's roundings of x came near a tie
+// (two fp32 evaluation orders may round differently there; see reference/numerics.h).
+bool rounding_near_tie(const Config& c, LayerType t, const LayerWeights& w, const Tensor& x) {
+  double tie = 0;
+  reference::forward(c, t, w, Tensor({1, x.dim(0), x.dim(1)}, x.data), nullptr, Numerics::deployment, &tie);
+  return tie <= 5e-7;
+}
+
+void chunkings_equal_one_shot(Numerics n, int n_cases) {
   std::mt19937 rng(424242);
   int cases = 0, redraws = 0, patterns = 0;
-  for (int i = 0; cases < 120; ++i) {
+  for (int i = 0; cases < n_cases; ++i) {
     const LayerType type = kTypes[i % 3];
-    const Config c = test::random_config(rng);
+    const Config c = random_config(rng, n);
     const int64_t r = c.compress_rate(type), w = c.sliding_window;
     const int64_t s = std::max(2 * r, w) + 1 + static_cast<int64_t>(rng() % 30);
-    const Layer layer(c, type, test::random_weights(c, type, rng));
+    const LayerWeights weights = test::random_weights(c, type, rng);
+    const Layer layer(c, type, weights, with(n));
     const Tensor x = test::random_tensor({s, c.hidden_size}, rng, 2.0f);
     Intermediates ref_dbg;
     const Tensor ref = one_shot(layer, x, ref_dbg);
-    if (test::ambiguous_topk(c, type, ref_dbg)) {
+    if (test::ambiguous_topk(c, type, ref_dbg) || (n == Numerics::deployment && rounding_near_tie(c, type, weights, x))) {
       ASSERT_LT(++redraws, 100);
       continue;
     }
@@ -138,12 +156,16 @@ TEST(StateChunking, AnyChunkingEqualsOneShot) {
       const Fed f = feed(layer, x, chunks, st, type == LayerType::csa);
       EXPECT_EQ(st.position(), s);
       ASSERT_TRUE(test::all_close(f.y, ref, 1e-6, 1e-6));
+      EXPECT_EQ(st.numerics(), n);
       if (type != LayerType::csa) continue;
       for (int64_t t = 0; t < s; ++t) ASSERT_EQ(f.topk.at(t), topk_set(ref_dbg.topk, t)) << "query " << t;
     }
   }
-  EXPECT_GT(patterns, 1000);  // about 11 chunkings per case
+  EXPECT_GT(patterns, 8 * n_cases);  // about 11 chunkings per case
 }
+
+TEST(StateChunking, AnyChunkingEqualsOneShot) { chunkings_equal_one_shot(Numerics::reference, 120); }
+TEST(StateChunking, AnyChunkingEqualsOneShotDeployment) { chunkings_equal_one_shot(Numerics::deployment, 60); }
 
 // ---- forward_batch == separate forward calls ----------------------------------
 
@@ -157,14 +179,14 @@ TEST(StateChunking, AnyChunkingEqualsOneShot) {
 // through separate forward calls. Batched results never depend on the thread
 // count; against separate calls they are bit-identical if `bit_exact`, else
 // equal within 1e-6 (steps with a top-k near-tie excepted, see test::ambiguous_topk).
-void batch_vs_separate(bool bit_exact) {
+void batch_vs_separate(bool bit_exact, Numerics n = Numerics::reference) {
   std::mt19937 rng(99);
   const int saved_threads = omp_get_max_threads();
   int compared = 0;
   for (int rep = 0; rep < 4; ++rep)
     for (LayerType type : kTypes) {
-      const Config c = rep == 0 ? test::small_config() : test::random_config(rng);
-      const Layer layer(c, type, test::random_weights(c, type, rng));
+      const Config c = rep == 0 ? test::small_config() : random_config(rng, n);
+      const Layer layer(c, type, test::random_weights(c, type, rng), with(n));
       const int n_seq = 2 + static_cast<int>(rng() % 4);
       std::vector<LayerState> sep(n_seq, layer.new_state());
       for (LayerState& st : sep)
@@ -205,6 +227,9 @@ void batch_vs_separate(bool bit_exact) {
               ASSERT_EQ(sts[i].compressor().entries, next[i].compressor().entries);
               ASSERT_EQ(sts[i].indexer().entries, next[i].indexer().entries);
               ASSERT_EQ(sts[i].window(), next[i].window());
+              ASSERT_EQ(sts[i].compressor().coded, next[i].compressor().coded);
+              ASSERT_EQ(sts[i].indexer().coded, next[i].indexer().coded);
+              ASSERT_EQ(sts[i].window_coded(), next[i].window_coded());
               continue;
             }
             ASSERT_EQ(sts[i].position(), sep[i].position());
@@ -213,6 +238,9 @@ void batch_vs_separate(bool bit_exact) {
               EXPECT_EQ(sts[i].compressor().entries, sep[i].compressor().entries);
               EXPECT_EQ(sts[i].indexer().entries, sep[i].indexer().entries);
               EXPECT_EQ(sts[i].window(), sep[i].window());
+              EXPECT_EQ(sts[i].compressor().coded, sep[i].compressor().coded);
+              EXPECT_EQ(sts[i].indexer().coded, sep[i].indexer().coded);
+              EXPECT_EQ(sts[i].window_coded(), sep[i].window_coded());
             } else {
               if (!tie[i]) {
                 EXPECT_TRUE(test::all_close(got[i], want[i], 1e-6, 1e-6));
@@ -237,6 +265,7 @@ TEST(StateBatch, RaggedBatchEqualsSeparateCallsAnyThreadCount) { batch_vs_separa
 // Short chunks share a row-invariant GEMM and long ones get their own BLAS
 // calls, so a chunk's result never depends on the other chunks of the call.
 TEST(StateBatch, RaggedBatchEqualsSeparateCallsBitForBit) { batch_vs_separate(true); }
+TEST(StateBatch, RaggedBatchEqualsSeparateCallsBitForBitDeployment) { batch_vs_separate(true, Numerics::deployment); }
 
 TEST(StateBatch, InputErrors) {
   std::mt19937 rng(5);
@@ -353,28 +382,46 @@ TEST(StateLifecycle, ResetEqualsFresh) {
 
 TEST(StateLifecycle, BytesFollowTheDocumentedFormula) {
   std::mt19937 rng(13);
-  for (int i = 0; i < 30; ++i) {
+  for (int i = 0; i < 48; ++i) {
     const LayerType type = kTypes[i % 3];
-    const Config c = test::random_config(rng);
-    const Layer layer(c, type, test::random_weights(c, type, rng));
+    const Numerics nm = i < 30 ? Numerics::reference : Numerics::deployment;
+    const Config c = random_config(rng, nm);
+    const Layer layer(c, type, test::random_weights(c, type, rng), with(nm));
     LayerState st = layer.new_state();
-    const int64_t d = c.head_dim, w = c.sliding_window, di = c.index_head_dim;
+    const int64_t d = c.head_dim, w = c.sliding_window, di = c.index_head_dim, r = c.qk_rope_head_dim;
+    // Bytes of a stored window row / main entry and of an indexer key (state.h).
+    const bool dep = nm == Numerics::deployment;
+    const int64_t kv = dep ? ((d - r) + 2 * r + (d - r + 63) / 64 + 7) / 8 * 8 : 4 * d;
+    const int64_t key = dep ? (di + 1) / 2 + (di + 31) / 32 : 4 * di;
     for (int64_t n : {0, 1, 3, 7, 20}) {
       layer.forward(test::random_tensor({n, c.hidden_size}, rng), st);
       const int64_t pos = st.position();
       // The formula of state.h, spelled out once more per type.
-      int64_t floats = (w - 1) * d;
-      if (type == LayerType::hca) floats += 2 * c.compress_rate_hca * d + pos / c.compress_rate_hca * d;
+      int64_t bytes = (w - 1) * kv;
+      if (type == LayerType::hca) bytes += 4 * 2 * c.compress_rate_hca * d + pos / c.compress_rate_hca * kv;
       if (type == LayerType::csa) {
         const int64_t m = c.compress_rate_csa;
-        floats += 2 * m * 2 * d + 2 * m * d + pos / m * d + 2 * m * 2 * di + 2 * m * di + pos / m * di;
+        bytes += 4 * (2 * m * 2 * d + 2 * m * d) + pos / m * kv + 4 * (2 * m * 2 * di + 2 * m * di) + pos / m * key;
       }
-      EXPECT_EQ(state_bytes(c, type, pos), static_cast<size_t>(floats) * 4);
-      EXPECT_EQ(st.clone().bytes(), state_bytes(c, type, pos)) << layer_type_name(type) << " at " << pos;
-      EXPECT_GE(st.bytes(), state_bytes(c, type, pos));
-      EXPECT_LE(st.bytes(), 2 * state_bytes(c, type, pos));
+      EXPECT_EQ(state_bytes(c, type, pos, nm), static_cast<size_t>(bytes));
+      EXPECT_EQ(st.clone().bytes(), state_bytes(c, type, pos, nm)) << layer_type_name(type) << " at " << pos;
+      EXPECT_GE(st.bytes(), state_bytes(c, type, pos, nm));
+      EXPECT_LE(st.bytes(), 2 * state_bytes(c, type, pos, nm));
     }
   }
+}
+
+// The deployment state at V4 dims: 584 B per window row and main entry, 68 B per indexer key.
+TEST(StateLifecycle, DeploymentRowsAtV4Dims) {
+  const Config c = Config::preset("v4-flash");
+  const Numerics dep = Numerics::deployment;
+  for (LayerType t : kTypes) {
+    const size_t fixed = state_bytes(c, t, 0, dep), ref_fixed = state_bytes(c, t, 0);
+    EXPECT_EQ(ref_fixed - fixed, 127u * (512 * 4 - 584)) << layer_type_name(t);  // the window ring
+  }
+  EXPECT_EQ(state_bytes(c, LayerType::csa, 4096, dep) - state_bytes(c, LayerType::csa, 0, dep), 1024u * (584 + 68));
+  EXPECT_EQ(state_bytes(c, LayerType::hca, 4096, dep) - state_bytes(c, LayerType::hca, 0, dep), 32u * 584);
+  EXPECT_EQ(state_bytes(c, LayerType::csa, 4096) - state_bytes(c, LayerType::csa, 0), 1024u * (512 + 128) * 4);
 }
 
 // ---- save / load -----------------------------------------------------------------
@@ -413,7 +460,7 @@ void fix_checksum(std::string& bytes) {
   for (size_t i = 0; i + 8 < bytes.size(); ++i) h = (h ^ static_cast<unsigned char>(bytes[i])) * 1099511628211ull;
   std::memcpy(&bytes[bytes.size() - 8], &h, 8);
 }
-constexpr size_t kHeader = 80, kPayloadField = 72;  // header bytes; offset of the payload length
+constexpr size_t kHeader = 84, kPayloadField = 76;  // header bytes; offset of the payload length
 
 // Step over byte offsets of a file: every one in the header and the trailer,
 // every third in the payload (keeps the sanitizer run short).
@@ -421,10 +468,11 @@ size_t sampled(size_t at, size_t size) { return at < kHeader + 16 || at + 16 >= 
 
 TEST_F(StateFile, SaveLoadContinueIsBitIdentical) {
   std::mt19937 rng(21);
-  for (int i = 0; i < 12; ++i) {
+  for (int i = 0; i < 18; ++i) {
     const LayerType type = kTypes[i % 3];
-    const Config c = i < 3 ? test::small_config() : test::random_config(rng);
-    const Layer layer(c, type, test::random_weights(c, type, rng));
+    const Numerics nm = i < 12 ? Numerics::reference : Numerics::deployment;
+    const Config c = i % 12 < 3 ? test::small_config() : random_config(rng, nm);
+    const Layer layer(c, type, test::random_weights(c, type, rng), with(nm));
     const int64_t r = std::max<int64_t>(c.compress_rate(type), 1), w = c.sliding_window;
     // Saved at: empty, inside the first window, mid-window with a CSA prev series, past W, on edges.
     for (int64_t p : {int64_t{0}, int64_t{1}, r - 1, r, r + 1, 2 * r + r / 2 + 1, w - 1, w + 3, 3 * w + r + 1}) {
@@ -437,14 +485,15 @@ TEST_F(StateFile, SaveLoadContinueIsBitIdentical) {
         EXPECT_EQ(st.compressor().pending, p % r);
       }
       save_state(st, c, file("s.state"));
-      LayerState back = load_state(c, type, file("s.state"));
+      LayerState back = load_state(c, type, file("s.state"), nm);
       EXPECT_EQ(back.position(), p);
-      EXPECT_EQ(back.bytes(), state_bytes(c, type, p));
+      EXPECT_EQ(back.numerics(), nm);
+      EXPECT_EQ(back.bytes(), state_bytes(c, type, p, nm));
       const Tensor tail = rows(x, p, 9);
       EXPECT_TRUE(same_bits(feed(layer, tail, {2, 1, 6}, back).y, feed(layer, tail, {2, 1, 6}, st).y));
       // Saving what was loaded reproduces the file byte for byte.
       const std::string first = read(file("s.state"));
-      LayerState again = load_state(c, type, file("s.state"));
+      LayerState again = load_state(c, type, file("s.state"), nm);
       save_state(again, c, file("t.state"));
       EXPECT_EQ(read(file("t.state")), first);
     }
@@ -473,6 +522,16 @@ TEST_F(StateFile, WrongConfigOrTypeIsRejected) {
   expect_load_error(
       c, LayerType::hca, file("csa.state"),
       "saved from a compressed_sparse_attention layer, cannot restore into a heavily_compressed_attention");
+
+  // Numerics: a deployment state is not a reference one, either way.
+  const Layer dep(c, LayerType::csa, test::random_weights(c, LayerType::csa, rng), LayerOptions{WeightFormat::f32, Numerics::deployment});
+  LayerState ds = dep.new_state();
+  dep.forward(test::random_tensor({10, c.hidden_size}, rng), ds);
+  save_state(ds, c, file("dep.state"));
+  expect_load_error(c, LayerType::csa, file("dep.state"),
+                    "saved with deployment numerics, cannot restore into a layer with reference numerics");
+  EXPECT_THROW(load_state(c, LayerType::csa, file("csa.state"), Numerics::deployment), Error);
+  EXPECT_NO_THROW(load_state(c, LayerType::csa, file("dep.state"), Numerics::deployment));
 
   // Saving checks the state against the config and type it is saved for.
   Config wider = c;
@@ -547,10 +606,14 @@ TEST_F(StateFile, ForeignAndInconsistentFilesAreReported) {
   write(file("empty.state"), "");
   expect_load_error(c, LayerType::csa, file("empty.state"), "truncated");
 
-  std::string v2 = good;
-  v2[8] = 2;
-  write(file("v2.state"), v2);
-  expect_load_error(c, LayerType::csa, file("v2.state"), "unsupported format version 2");
+  std::string v3 = good;
+  v3[8] = 3;
+  write(file("v3.state"), v3);
+  expect_load_error(c, LayerType::csa, file("v3.state"), "unsupported format version 3");
+  std::string v1 = good;  // files of the format before deployment numerics
+  v1[8] = 1;
+  write(file("v1.state"), v1);
+  expect_load_error(c, LayerType::csa, file("v1.state"), "unsupported format version 1 (this build reads version 2)");
 
   // Fields edited with a valid checksum: the consistency checks, before any allocation.
   auto edited = [&](size_t at, int64_t v) {

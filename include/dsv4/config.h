@@ -18,6 +18,14 @@ std::string_view layer_type_name(LayerType t);
 // Accepts the long names above and the short "swa" / "csa" / "hca".
 LayerType parse_layer_type(std::string_view name);
 
+// Where a layer rounds (docs/numerics.md). reference: the fp32 math of the
+// PyTorch reference. deployment: the served model's roundings (FP8 E4M3 window
+// rows and compressed entries, Hadamard + FP4 E2M1 indexer keys and queries),
+// and a decode state that stores rows in those formats.
+enum class Numerics { reference, deployment };
+std::string_view numerics_name(Numerics n);  // "reference", "deployment"
+Numerics parse_numerics(std::string_view name);
+
 struct RopeScaling {
   std::string type = "yarn";
   double factor = 16.0;

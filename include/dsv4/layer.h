@@ -55,6 +55,10 @@ std::string_view weight_format_name(WeightFormat f);  // "f32", "bf16", "native"
 WeightFormat parse_weight_format(std::string_view s);  // throws naming the value
 struct LayerOptions {
   WeightFormat weights = WeightFormat::f32;
+  // reference: the fp32 math (default). deployment: the served model's FP8/FP4
+  // roundings and a quantised decode state (docs/numerics.md). A deployment
+  // CSA layer needs index_head_dim to be a power of two.
+  Numerics numerics = Numerics::reference;
 };
 
 class Layer {
@@ -67,6 +71,7 @@ class Layer {
 
   const Config& config() const { return config_; }
   LayerType type() const { return type_; }
+  Numerics numerics() const;
   // Norms, position biases and sinks; the projection matrices live packed
   // inside the layer (their Tensors here are empty).
   const LayerWeights& weights() const { return weights_; }
@@ -84,7 +89,7 @@ class Layer {
   // the [H, S, S + T] dense map is built only when `dense` is true.
   std::vector<AttentionMap> attention_map(TensorView x, bool dense = false) const;
 
-  // A new empty decode state for one sequence.
+  // A new empty decode state for one sequence (in the layer's numerics).
   LayerState new_state() const;
 
   // Feed one chunk x [S, d] (or [1, S, d]) of one sequence through its state;

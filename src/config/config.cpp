@@ -25,6 +25,16 @@ LayerType parse_layer_type(std::string_view name) {
        "or swa/sliding/csa/hca)");
 }
 
+std::string_view numerics_name(Numerics n) {
+  return n == Numerics::deployment ? "deployment" : "reference";
+}
+
+Numerics parse_numerics(std::string_view name) {
+  if (name == "reference") return Numerics::reference;
+  if (name == "deployment") return Numerics::deployment;
+  fail("unknown numerics '" + std::string(name) + "' (expected reference or deployment)");
+}
+
 namespace {
 
 std::string num(double v) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "ops/blas.h"
+#include "ops/quant.h"
 #include "ops/vec.h"
 #include "pipeline/pipeline.h"
 
@@ -52,7 +53,11 @@ void attend(const PackedLayer& p, const float* q, const KeySet& keys, int64_t h_
     std::sort(picked.begin(), picked.end());  // the key set is a set; index order reads memory forward
     n_e = static_cast<int64_t>(picked.size());
     gathered.resize(static_cast<size_t>(n_e * hd));
-    for (int64_t j = 0; j < n_e; ++j) std::copy_n(keys.entries + picked[j] * hd, hd, &gathered[j * hd]);
+    for (int64_t j = 0; j < n_e; ++j)
+      if (keys.coded)  // deployment numerics: dequantise the selected entries only
+        quant::kv_row_decode(keys.coded + picked[j] * keys.row_bytes, hd, p.c.qk_rope_head_dim, &gathered[j * hd]);
+      else
+        std::copy_n(keys.entries + picked[j] * hd, hd, &gathered[j * hd]);
     entries = gathered.data();
   }
   const int64_t nw = keys.n_window, n = nw + n_e;

@@ -3,12 +3,14 @@
 #include "dsv4/layer.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 
 #include <omp.h>
 
 #include "io/weight_table.h"
+#include "ops/quant.h"
 #include "pipeline/pipeline.h"
 
 namespace dsv4 {
@@ -31,6 +33,11 @@ struct Job {
   Scratch<float>* kwin = nullptr;    // [n_cached + len, D]: cached window rows, then this chunk's kv
   Scratch<int32_t>* topk = nullptr;  // CSA: [len, width]
   int64_t width = 0;
+  // Deployment numerics: this chunk's kv rows encoded [len, row bytes]; HCA
+  // entries and CSA indexer keys dequantised (reference numerics: unused).
+  Scratch<uint8_t>* kcoded = nullptr;
+  Scratch<float>* entries = nullptr;
+  Scratch<float>* picked = nullptr;  // CSA short chunk: each row's selected entries, decoded once
 };
 
 void check_finite(const float* x, int64_t n, const std::string& what) {
@@ -44,22 +51,41 @@ void check_finite(const float* x, int64_t n, const std::string& what) {
 }
 
 // Window rows this chunk may read: the cached last min(p0, W-1) rows in position order, then the new ones.
-void gather_window(const PackedLayer& p, const Projected& pr, Job& j) {
+// In deployment numerics the cached rows are decoded and the new ones encoded
+// (into j.kcoded) and read back dequantised.
+void gather_window(const PackedLayer& p, Projected& pr, Job& j) {
   const int64_t hd = p.c.head_dim, slots = j.st->window_slots();
+  const size_t rb = j.st->window_row_bytes();
   j.n_cached = std::min(j.p0, slots);
-  j.kwin->get(static_cast<size_t>((j.n_cached + j.len) * hd));
+  float* kwin = j.kwin->get(static_cast<size_t>((j.n_cached + j.len) * hd));
   for (int64_t i = 0; i < j.n_cached; ++i) {
-    const int64_t pos = j.p0 - j.n_cached + i;
-    std::memcpy(&(*j.kwin)[i * hd], &j.st->window()[(pos % slots) * hd], hd * sizeof(float));
+    const int64_t slot = (j.p0 - j.n_cached + i) % slots;
+    if (rb)
+      decode_rows(p, false, &j.st->window_coded()[slot * rb], 1, &kwin[i * hd]);
+    else
+      std::memcpy(&kwin[i * hd], &j.st->window()[slot * hd], hd * sizeof(float));
   }
-  for (int64_t i = 0; i < j.len; ++i)
-    std::memcpy(&(*j.kwin)[(j.n_cached + i) * hd], &pr.in[(j.row0 + i) * p.n_in + p.off_kv], hd * sizeof(float));
+  uint8_t* coded = rb ? j.kcoded->get(j.len * rb) : nullptr;
+  for (int64_t i = 0; i < j.len; ++i) {
+    float* kv = &pr.in[(j.row0 + i) * p.n_in + p.off_kv];
+    if (rb)
+      encode_row(p, false, kv, coded + i * rb, &kwin[(j.n_cached + i) * hd]);
+    else
+      std::memcpy(&kwin[(j.n_cached + i) * hd], kv, hd * sizeof(float));
+  }
 }
 
+// The chunk's last min(len, W-1) rows into the ring (cached rows are already there).
 void keep_window(const PackedLayer& p, Job& j) {
   const int64_t hd = p.c.head_dim, slots = j.st->window_slots(), end = j.p0 + j.len;
-  for (int64_t pos = std::max<int64_t>(j.p0 - j.n_cached, end - slots); pos < end; ++pos)
-    std::memcpy(&j.st->window()[(pos % slots) * hd], &(*j.kwin)[(pos - (j.p0 - j.n_cached)) * hd], hd * sizeof(float));
+  const size_t rb = j.st->window_row_bytes();
+  for (int64_t pos = std::max(j.p0, end - slots); pos < end; ++pos) {
+    const int64_t slot = pos % slots, i = pos - j.p0;
+    if (rb)
+      std::memcpy(&j.st->window_coded()[slot * rb], &(*j.kcoded)[i * rb], rb);
+    else
+      std::memcpy(&j.st->window()[slot * hd], &(*j.kwin)[(j.n_cached + i) * hd], hd * sizeof(float));
+  }
 }
 
 // Accumulates wall time into one StageTimes field (if timing is on).
@@ -80,18 +106,61 @@ void compress(const PackedLayer& p, const Projected& pr, Job& j) {
   const LayerWeights& w = *p.w;
   if (w.compressor)
     compress_feed(p, *w.compressor, j.st->compressor(), &pr.in[j.row0 * p.n_in + p.off_cc],
-                  &pr.in[j.row0 * p.n_in + p.off_cz], p.n_in, j.len);
+                  &pr.in[j.row0 * p.n_in + p.off_cz], p.n_in, j.len, false);
   if (w.indexer)
     compress_feed(p, w.indexer->compressor, j.st->indexer(), &pr.in[j.row0 * p.n_in + p.off_ic],
-                  &pr.in[j.row0 * p.n_in + p.off_iz], p.n_in, j.len);
+                  &pr.in[j.row0 * p.n_in + p.off_iz], p.n_in, j.len, true);
 }
 
 void index(const PackedLayer& p, const Projected& pr, const int64_t* pos, Job& j, StageTimes& t) {
   const CompressorState& ix = j.st->indexer();
   j.width = std::min(p.c.index_topk, ix.emitted);
   j.topk->get(static_cast<size_t>(j.len * j.width));
-  index_topk(p, pr, j.row0, j.len, pos + j.row0, ix.entries.data(), ix.emitted, j.width, j.topk->data(),
-             &t.index_scores, &t.topk);
+  const float* keys = entries_f32(p, ix, ix.emitted, true, *j.entries);
+  index_topk(p, pr, j.row0, j.len, pos + j.row0, keys, ix.emitted, j.width, j.topk->data(), &t.index_scores,
+             &t.topk);
+}
+
+// Deployment CSA, short chunk: a row's selected entries are read by every
+// head block of the row, so decode them once per row (in index order, as
+// attend would gather them) rather than once per head block.
+bool decodes_picked(const PackedLayer& p, const Job& j) {
+  return p.deployed() && p.type == LayerType::csa && j.len <= kShortChunk;
+}
+void decode_picked(const PackedLayer& p, Job& j) {
+  const int64_t hd = p.c.head_dim, r = p.c.qk_rope_head_dim;
+  const CompressorState& cs = j.st->compressor();
+  float* out = j.picked->get(static_cast<size_t>(std::max<int64_t>(j.len * j.width, 1) * hd));
+  std::vector<int32_t> sel;
+  for (int64_t i = 0; i < j.len; ++i) {
+    const int32_t* row = j.topk->data() + i * j.width;
+    sel.assign(row, row + j.width);
+    sel.erase(std::remove(sel.begin(), sel.end(), -1), sel.end());
+    std::sort(sel.begin(), sel.end());
+    for (size_t k = 0; k < sel.size(); ++k)
+      quant::kv_row_decode(&cs.coded[sel[k] * cs.row_bytes], hd, r, out + (i * j.width + static_cast<int64_t>(k)) * hd);
+  }
+}
+
+// The compressed keys of one query (CSA: its selection of the entries).
+void entry_keys(const PackedLayer& p, const Job& j, int64_t r, int64_t t, KeySet& ks) {
+  const CompressorState& cs = j.st->compressor();
+  if (p.type == LayerType::hca) {
+    ks.entries = cs.row_bytes ? j.entries->data() : cs.entries.data();
+    ks.n_entries = std::min(cs.emitted, (t + 1) / p.rate);
+  }
+  if (p.type == LayerType::csa) {
+    ks.entries = cs.entries.data();
+    ks.coded = cs.row_bytes ? cs.coded.data() : nullptr;
+    ks.row_bytes = cs.row_bytes;
+    ks.selected = j.topk->data() + (r - j.row0) * j.width;  // width 0: no entries yet
+    ks.n_entries = j.width;
+    if (decodes_picked(p, j) && !j.map) {  // (a map needs the entries' ids: attend gathers them)
+      ks.entries = j.picked->data() + (r - j.row0) * j.width * p.c.head_dim;
+      ks.n_entries = std::count_if(ks.selected, ks.selected + j.width, [](int32_t e) { return e >= 0; });
+      ks.selected = nullptr, ks.coded = nullptr;
+    }
+  }
 }
 
 void fill_debug(const PackedLayer& p, const Projected& pr, const Job& j) {
@@ -106,17 +175,20 @@ void fill_debug(const PackedLayer& p, const Projected& pr, const Job& j) {
     std::memcpy(&d.kv.data[t * hd], &(*j.kwin)[(j.n_cached + t) * hd], hd * sizeof(float));
   }
   if (p.type == LayerType::sliding) return;
+  Scratch<float> buf;
   const CompressorState& cs = j.st->compressor();
-  d.compressed_kv = Tensor({cs.emitted, cs.width}, std::vector<float>(cs.entries.begin(), cs.entries.begin() + cs.emitted * cs.width));
+  const float* e = entries_f32(p, cs, cs.emitted, false, buf);
+  d.compressed_kv = Tensor({cs.emitted, cs.width}, std::vector<float>(e, e + cs.emitted * cs.width));
   if (!p.w->indexer) return;
   const CompressorState& ix = j.st->indexer();
   const int64_t hi = c.index_n_heads, di = c.index_head_dim, n_t = ix.emitted;
   d.indexer_q = Tensor({s, hi, di});
   for (int64_t t = 0; t < s; ++t)
     std::memcpy(&d.indexer_q.data[t * hi * di], &pr.up[(j.row0 + t) * p.n_up + p.off_iq], hi * di * sizeof(float));
-  d.indexer_kv = Tensor({n_t, di}, std::vector<float>(ix.entries.begin(), ix.entries.begin() + n_t * di));
+  const float* keys = entries_f32(p, ix, n_t, true, buf);
+  d.indexer_kv = Tensor({n_t, di}, std::vector<float>(keys, keys + n_t * di));
   d.index_scores = Tensor({s, n_t});
-  index_scores_dense(p, pr, j.row0, s, ix.entries.data(), n_t, d.index_scores.ptr());
+  index_scores_dense(p, pr, j.row0, s, d.indexer_kv.ptr(), n_t, d.index_scores.ptr());
   d.topk.shape = {s, j.width};
   d.topk.data.assign(j.topk->data(), j.topk->data() + j.len * j.width);
 }
@@ -152,8 +224,9 @@ struct Workspace {
   Scratch<int32_t> job_of;
   Scratch<int64_t> unit_row, unit_h0, unit_h1;  // attention work items
   Projected pr;
-  std::vector<Scratch<float>> kwin;  // per job
+  std::vector<Scratch<float>> kwin, entries, picked;  // per job
   std::vector<Scratch<int32_t>> topk;
+  std::vector<Scratch<uint8_t>> kcoded;
 };
 
 void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
@@ -164,11 +237,17 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
   std::stable_partition(jobs.begin(), jobs.end(), [](const Job& j) { return j.len <= kShortChunk; });
   int64_t rows = 0;
   std::vector<RowGroup> groups;
-  if (ws.kwin.size() < jobs.size()) ws.kwin.resize(jobs.size()), ws.topk.resize(jobs.size());
+  if (ws.kwin.size() < jobs.size()) {
+    ws.kwin.resize(jobs.size()), ws.topk.resize(jobs.size());
+    ws.entries.resize(jobs.size()), ws.kcoded.resize(jobs.size()), ws.picked.resize(jobs.size());
+  }
   for (size_t k = 0; k < jobs.size(); ++k) {
     Job& j = jobs[k];
     j.kwin = &ws.kwin[k];
     j.topk = &ws.topk[k];
+    j.entries = &ws.entries[k];
+    j.kcoded = &ws.kcoded[k];
+    j.picked = &ws.picked[k];
     j.row0 = rows;
     j.p0 = j.st->position();
     if (j.len > kShortChunk)
@@ -195,6 +274,7 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
   {
     Stage s(times, &StageTimes::project);
     project(p, x, rows, pos, groups, pr);
+    if (p.deployed() && p.w->indexer) round_index_queries(p, pr, rows);
   }
   {
     Stage s(times, &StageTimes::compress);
@@ -206,7 +286,11 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
   if (p.w->indexer) {
     StageTimes scratch;
     for (Job& j : jobs) index(p, pr, pos, j, times ? *times : scratch);
+    for (Job& j : jobs)
+      if (decodes_picked(p, j)) decode_picked(p, j);
   }
+  if (p.deployed() && p.type == LayerType::hca)  // decoded once per chunk, read by all its queries
+    for (Job& j : jobs) entries_f32(p, j.st->compressor(), j.st->compressor().emitted, false, *j.entries);
 
   // Attention per (query, head block). All heads of a query share its keys, so
   // a block is two GEMMs. Short chunks (decode) split the heads so every thread
@@ -236,13 +320,7 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
       KeySet ks;
       ks.window = &(*j.kwin)[lo * hd];
       ks.n_window = at - lo + 1;
-      const CompressorState& cs = j.st->compressor();
-      ks.entries = cs.entries.data();
-      if (p.type == LayerType::hca) ks.n_entries = std::min(cs.emitted, (t + 1) / p.rate);
-      if (p.type == LayerType::csa) {
-        ks.selected = j.topk->data() + (r - j.row0) * j.width;  // width 0: no entries yet
-        ks.n_entries = j.width;
-      }
+      entry_keys(p, j, r, t, ks);
       const MassOut mo = j.map ? map_out(j, r, t, ks.n_window) : MassOut{};
       attend(p, &pr.up[r * p.n_up], ks, unit_h0[u], unit_h1[u], &o[r * h_n * hd], j.map ? &mo : nullptr);
     }
@@ -306,11 +384,16 @@ Layer::Layer(Config config, LayerType type, LayerWeights weights, LayerOptions o
     : config_(std::move(config)), type_(type), weights_(std::move(weights)) {
   config_.validate();
   validate_weights(weights_, config_, type_);
+  const int64_t di = config_.index_head_dim;
+  if (options.numerics == Numerics::deployment && type_ == LayerType::csa && !std::has_single_bit(static_cast<uint64_t>(di)))
+    fail("deployment numerics: index_head_dim must be a power of two for the indexer's Hadamard transform (got " +
+         std::to_string(di) + ")");
   if (options.weights != WeightFormat::native) {  // f32 / bf16: from the dequantised values
     for (auto& [name, m] : weights_.stored) *weight_slot(weights_, name) = m.dequantised();
     weights_.stored.clear();
   }
   packed_ = std::make_unique<PackedLayer>(pack_layer(config_, type_, weights_, options.weights == WeightFormat::bf16));
+  packed_->numerics = options.numerics;
   weights_.stored.clear();
   // The packed matrices are the only copy: release the originals.
   for (Tensor* t : {&weights_.q_a_proj, &weights_.q_b_proj, &weights_.kv_proj, &weights_.o_a_proj, &weights_.o_b_proj})
@@ -345,7 +428,8 @@ Layer& Layer::operator=(Layer&& o) noexcept {
   return *this;
 }
 
-LayerState Layer::new_state() const { return LayerState(config_, type_); }
+LayerState Layer::new_state() const { return LayerState(config_, type_, packed_->numerics); }
+Numerics Layer::numerics() const { return packed_->numerics; }
 
 namespace {
 
@@ -422,7 +506,10 @@ std::vector<Tensor> Layer::forward_batch(std::span<const TensorView> xs, std::sp
     if (!ok)
       fail("chunk " + std::to_string(i) + ": expected shape [S, " + std::to_string(d) + "] or [1, S, " +
            std::to_string(d) + "], got " + shape_str(x.shape));
-    if (!states[i]->fits(config_, type_))
+    if (states[i]->numerics() != numerics())
+      fail("chunk " + std::to_string(i) + ": state has " + std::string(numerics_name(states[i]->numerics())) +
+           " numerics, the layer " + std::string(numerics_name(numerics())));
+    if (!states[i]->fits(config_, type_, numerics()))
       fail("chunk " + std::to_string(i) + ": state was made for another layer (type " +
            std::string(layer_type_name(states[i]->type())) + " or other dimensions)");
     for (size_t k = 0; k < i; ++k)

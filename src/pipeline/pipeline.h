@@ -44,6 +44,7 @@ struct Matrix {
 struct PackedLayer {
   Config c;
   LayerType type = LayerType::sliding;
+  Numerics numerics = Numerics::reference;
   int64_t rate = 0;  // compress rate (0: sliding)
   std::vector<float> inv_freq;
   // x-side fused weight rows [W_qa; W_kv; W_ckv; W_cg; W_Ikv; W_Ig; W_w]: [n_in, d]
@@ -55,6 +56,7 @@ struct PackedLayer {
   Matrix w_oa, w_ob;                // output projections
   const LayerWeights* w = nullptr;  // norms, biases, sinks (the matrices above are released from it)
   size_t bytes() const { return w_in.bytes() + w_up.bytes() + w_oa.bytes() + w_ob.bytes(); }
+  bool deployed() const { return numerics == Numerics::deployment; }
 };
 
 // Matrices from w's fp32 tensors or, where w.stored has them, as stored;
@@ -103,9 +105,22 @@ void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* 
              Projected& out);
 
 // Feed n tokens' C/Z rows (row stride ld) into a compressor; emits the entries
-// of windows that complete. Returns how many were emitted.
+// of windows that complete (stored in the state's format; `index_keys`: the
+// CSA indexer's compressor). Returns how many were emitted.
 int64_t compress_feed(const PackedLayer& p, const CompressorWeights& w, CompressorState& st, const float* c_rows,
-                      const float* z_rows, int64_t ld, int64_t n);
+                      const float* z_rows, int64_t ld, int64_t n, bool index_keys = false);
+
+// Stored rows in deployment numerics (rows.cpp): main rows (window kv rows,
+// compressed entries: FP8 + bf16 RoPE dims) and indexer keys (Hadamard, FP4).
+// Encodes x (an index key is rotated in place first); `dq` gets the dequantised row.
+void encode_row(const PackedLayer& p, bool index_key, float* x, uint8_t* row, float* dq = nullptr);
+void decode_rows(const PackedLayer& p, bool index_key, const uint8_t* rows, int64_t n, float* out);
+// Entries [0, n) of a compressor as fp32: the state's own array (reference
+// numerics) or decoded into buf.
+const float* entries_f32(const PackedLayer& p, const CompressorState& st, int64_t n, bool index_keys,
+                         Scratch<float>& buf);
+// Indexer queries of `rows` tokens in pr.up: Hadamard, then FP4, per head.
+void round_index_queries(const PackedLayer& p, Projected& pr, int64_t rows);
 
 // CSA indexer for `rows` queries: top-k eligible entries, best first, -1-padded to `width`.
 // Adds the wall time split between scoring and selection to *score_s / *select_s.
@@ -122,6 +137,8 @@ struct KeySet {
   const float* entries = nullptr;  // compressed entries [T, D]
   const int32_t* selected = nullptr;  // CSA: indices into entries (-1 = empty); null: the first n_entries
   int64_t n_entries = 0;
+  const uint8_t* coded = nullptr;  // CSA in deployment numerics: entries stored as rows of row_bytes
+  size_t row_bytes = 0;
 };
 // Where one query's softmax mass goes (Layer::attention_map); head h writes
 // mass[h·mass_stride + 0..2] = window, entries, sink and, if dense is set,

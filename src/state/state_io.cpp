@@ -1,11 +1,14 @@
 // Saved decode states (format: docs/decode.md). Little-endian binary:
 //
-//   header   "DSV4STAT" | u32 version | u32 layer type | char[16] config fingerprint |
-//            i64 D, W, m, m', D_I (for readable mismatch messages) | u64 payload bytes
+//   header   "DSV4STAT" | u32 version (2) | u32 layer type | u32 numerics (0 reference, 1 deployment) |
+//            char[16] config fingerprint | i64 D, W, m, m', D_I (for readable mismatch messages) |
+//            u64 payload bytes
 //   payload  i64 position | window ring slots 0..min(pos, W-1)-1 (the valid ones) |
 //            per compressor (HCA: main; CSA: main, indexer):
 //              i64 pending, emitted, has_prev | pending C, Z rows | series-A C, Z+B if has_prev |
 //              emitted entries
+//   Window rows and entries are fp32 (reference numerics) or rows of the
+//   deployment formats (state.h); pending and series-A rows are always fp32.
 //   trailer  u64 FNV-1a 64 of header and payload
 //
 // Loading checks sizes against the file length and the checksum before it
@@ -31,10 +34,10 @@ namespace {
 static_assert(std::endian::native == std::endian::little, "state files are little-endian; add byte swaps");
 
 constexpr char kMagic[8] = {'D', 'S', 'V', '4', 'S', 'T', 'A', 'T'};
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;  // 1: before deployment numerics (no numerics field)
 constexpr size_t kFingerprintLen = 16;
 constexpr size_t kDims = 5;
-constexpr size_t kHeaderBytes = sizeof kMagic + 4 + 4 + kFingerprintLen + 8 * kDims + 8;
+constexpr size_t kHeaderBytes = sizeof kMagic + 4 + 4 + 4 + kFingerprintLen + 8 * kDims + 8;
 constexpr const char* kDimNames[kDims] = {"head_dim", "sliding_window", "compress_rate_csa", "compress_rate_hca",
                                           "index_head_dim"};
 
@@ -62,7 +65,7 @@ struct Fnv1a {
 
 struct Header {
   char magic[8];
-  uint32_t version, type;
+  uint32_t version, type, numerics;
   char fingerprint[kFingerprintLen];
   int64_t dims[kDims];
   uint64_t payload;
@@ -78,10 +81,14 @@ std::vector<const CompressorState*> compressors(const LayerState& s, LayerType t
   return {};
 }
 
-// Float counts of the variable payload parts.
-int64_t window_floats(const Config& c, int64_t pos) { return std::min(pos, c.sliding_window - 1) * c.head_dim; }
-int64_t compressor_floats(const CompressorState& s, int64_t rate) {
-  return 2 * s.pending * s.in_width + (s.has_prev ? 2 * rate * s.width : 0) + s.emitted * s.width;
+// Byte counts of the variable payload parts.
+int64_t window_rows(const LayerState& s) { return std::min(s.position(), s.window_slots()); }
+int64_t window_row_size(const LayerState& s) {
+  return s.window_row_bytes() ? static_cast<int64_t>(s.window_row_bytes()) : s.head_dim() * 4;
+}
+int64_t entry_size(const CompressorState& s) { return s.row_bytes ? static_cast<int64_t>(s.row_bytes) : s.width * 4; }
+int64_t compressor_bytes(const CompressorState& s, int64_t rate) {
+  return 4 * (2 * s.pending * s.in_width + (s.has_prev ? 2 * rate * s.width : 0)) + s.emitted * entry_size(s);
 }
 
 // ---- writing ---------------------------------------------------------------
@@ -102,7 +109,10 @@ class Writer {
   void put(const T& v) {
     put(&v, sizeof v);
   }
-  void floats(const std::vector<float>& v, int64_t n) { put(v.data(), static_cast<size_t>(n) * sizeof(float)); }
+  template <class T>
+  void items(const std::vector<T>& v, int64_t n) {
+    put(v.data(), static_cast<size_t>(n) * sizeof(T));
+  }
   void finish() {
     raw(&hash_.h, sizeof hash_.h);
     const bool ok = std::fflush(f_) == 0 && !std::ferror(f_);
@@ -138,14 +148,15 @@ class Reader {
     get(&v, sizeof v);
     return v;
   }
-  // rows × width floats into v, zero-padded to `size` floats; checked against
+  // rows × width items into v, zero-padded to `size` items; checked against
   // the bytes left before anything is allocated (rows comes from the file).
-  void floats(std::vector<float>& v, int64_t rows, int64_t width, size_t size) {
-    if (rows < 0 || (width > 0 && static_cast<uint64_t>(rows) > left_ / sizeof(float) / static_cast<uint64_t>(width)))
+  template <class T>
+  void items(std::vector<T>& v, int64_t rows, int64_t width, size_t size) {
+    if (rows < 0 || (width > 0 && static_cast<uint64_t>(rows) > left_ / sizeof(T) / static_cast<uint64_t>(width)))
       short_payload();
     const size_t n = static_cast<size_t>(rows * width);
-    v.assign(std::max(size, n), 0.0f);
-    get(v.data(), n * sizeof(float));
+    v.assign(std::max(size, n), T{});
+    get(v.data(), n * sizeof(T));
   }
   uint64_t left() const { return left_; }
 
@@ -172,37 +183,43 @@ void read_compressor(Reader& r, const std::filesystem::path& p, const char* name
   expect(p, has_prev == static_cast<int64_t>(s.overlapping && s.emitted > 0), cat(name, " series-A flag ", has_prev));
   s.has_prev = has_prev != 0;
   const size_t pend = s.pend_c.size(), prev = s.prev_c.size();
-  r.floats(s.pend_c, s.pending, s.in_width, pend);
-  r.floats(s.pend_z, s.pending, s.in_width, pend);
+  r.items(s.pend_c, s.pending, s.in_width, pend);
+  r.items(s.pend_z, s.pending, s.in_width, pend);
   if (s.has_prev) {
-    r.floats(s.prev_c, rate, s.width, prev);
-    r.floats(s.prev_zb, rate, s.width, prev);
+    r.items(s.prev_c, rate, s.width, prev);
+    r.items(s.prev_zb, rate, s.width, prev);
   }
-  r.floats(s.entries, s.emitted, s.width, 0);
+  if (s.row_bytes)
+    r.items(s.coded, s.emitted, static_cast<int64_t>(s.row_bytes), 0);
+  else
+    r.items(s.entries, s.emitted, s.width, 0);
 }
+
+uint32_t numerics_code(Numerics n) { return n == Numerics::deployment ? 1 : 0; }
 
 }  // namespace
 
 void save_state(const LayerState& state, const Config& c, const std::filesystem::path& path) {
   c.validate();
   const LayerType t = state.type();
-  if (!state.fits(c, t))
+  if (!state.fits(c, t, state.numerics()))
     fail(cat("save_state: the state does not belong to a ", layer_type_name(t), " layer of this config (fingerprint ",
              c.fingerprint(), ")"));
   const int64_t rate = c.compress_rate(t);
   const auto comps = compressors(state, t);
-  int64_t payload_floats = window_floats(c, state.pos_);
-  for (const CompressorState* s : comps) payload_floats += compressor_floats(*s, rate);
+  int64_t payload = 8 + window_rows(state) * window_row_size(state);
+  for (const CompressorState* s : comps) payload += 24 + compressor_bytes(*s, rate);
 
   Header h{};
   std::memcpy(h.magic, kMagic, sizeof kMagic);
   h.version = kVersion;
   h.type = type_code(t);
+  h.numerics = numerics_code(state.numerics());
   const std::string fp = c.fingerprint();
   std::memcpy(h.fingerprint, fp.data(), std::min(fp.size(), kFingerprintLen));
   const auto dims = dims_of(c);
   std::copy(dims.begin(), dims.end(), h.dims);
-  h.payload = static_cast<uint64_t>(8 + payload_floats * 4 + 24 * static_cast<int64_t>(comps.size()));
+  h.payload = static_cast<uint64_t>(payload);
 
   // Write beside the target, then rename: a reader never sees a half-written file.
   static std::atomic<unsigned> counter{0};
@@ -213,22 +230,29 @@ void save_state(const LayerState& state, const Config& c, const std::filesystem:
     w.put(h.magic, sizeof h.magic);
     w.put(h.version);
     w.put(h.type);
+    w.put(h.numerics);
     w.put(h.fingerprint, sizeof h.fingerprint);
     w.put(h.dims, sizeof h.dims);
     w.put(h.payload);
     w.put(state.pos_);
-    w.floats(state.window_, window_floats(c, state.pos_));
+    if (state.window_row_bytes_)
+      w.items(state.window_coded_, window_rows(state) * static_cast<int64_t>(state.window_row_bytes_));
+    else
+      w.items(state.window_, window_rows(state) * state.head_dim_);
     for (const CompressorState* s : comps) {
       w.put(s->pending);
       w.put(s->emitted);
       w.put(static_cast<int64_t>(s->has_prev));
-      w.floats(s->pend_c, s->pending * s->in_width);
-      w.floats(s->pend_z, s->pending * s->in_width);
+      w.items(s->pend_c, s->pending * s->in_width);
+      w.items(s->pend_z, s->pending * s->in_width);
       if (s->has_prev) {
-        w.floats(s->prev_c, rate * s->width);
-        w.floats(s->prev_zb, rate * s->width);
+        w.items(s->prev_c, rate * s->width);
+        w.items(s->prev_zb, rate * s->width);
       }
-      w.floats(s->entries, s->emitted * s->width);
+      if (s->row_bytes)
+        w.items(s->coded, s->emitted * static_cast<int64_t>(s->row_bytes));
+      else
+        w.items(s->entries, s->emitted * s->width);
     }
     w.finish();
     std::error_code ec;
@@ -241,7 +265,7 @@ void save_state(const LayerState& state, const Config& c, const std::filesystem:
   }
 }
 
-LayerState load_state(const Config& c, LayerType t, const std::filesystem::path& path) {
+LayerState load_state(const Config& c, LayerType t, const std::filesystem::path& path, Numerics n) {
   c.validate();  // the sizes below come from it
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) bad_file(path, "cannot open: no such file");
@@ -261,6 +285,7 @@ LayerState load_state(const Config& c, LayerType t, const std::filesystem::path&
   std::memcpy(h.magic, raw, sizeof kMagic);
   std::memcpy(&h.version, q, 4), q += 4;
   std::memcpy(&h.type, q, 4), q += 4;
+  std::memcpy(&h.numerics, q, 4), q += 4;
   std::memcpy(h.fingerprint, q, kFingerprintLen), q += kFingerprintLen;
   std::memcpy(h.dims, q, sizeof h.dims), q += sizeof h.dims;
   std::memcpy(&h.payload, q, 8);
@@ -296,6 +321,11 @@ LayerState load_state(const Config& c, LayerType t, const std::filesystem::path&
   if (saved != t)
     bad_file(path, cat("saved from a ", layer_type_name(saved), " layer, cannot restore into a ", layer_type_name(t),
                        " layer"));
+  if (h.numerics > 1) bad_file(path, cat("invalid numerics code ", h.numerics));
+  const Numerics saved_n = h.numerics == 1 ? Numerics::deployment : Numerics::reference;
+  if (saved_n != n)
+    bad_file(path, cat("saved with ", numerics_name(saved_n), " numerics, cannot restore into a layer with ",
+                       numerics_name(n), " numerics"));
   const std::string fp = c.fingerprint(), saved_fp(h.fingerprint, kFingerprintLen);
   if (saved_fp != fp) {
     std::string diff;
@@ -307,13 +337,17 @@ LayerState load_state(const Config& c, LayerType t, const std::filesystem::path&
   }
 
   // Payload: every count is checked against the config and the bytes left.
-  LayerState s(c, t);
+  LayerState s(c, t, n);
   const int64_t rate = c.compress_rate(t);
   in.seekg(static_cast<std::streamoff>(kHeaderBytes));
   Reader r(path, in, h.payload);
   s.pos_ = r.i64();
   if (s.pos_ < 0) bad_file(path, cat("inconsistent state: position ", s.pos_));
-  r.floats(s.window_, std::min(s.pos_, s.window_slots_), s.head_dim_, s.window_.size());
+  if (s.window_row_bytes_)
+    r.items(s.window_coded_, std::min(s.pos_, s.window_slots_), static_cast<int64_t>(s.window_row_bytes_),
+            s.window_coded_.size());
+  else
+    r.items(s.window_, std::min(s.pos_, s.window_slots_), s.head_dim_, s.window_.size());
   if (t != LayerType::sliding) read_compressor(r, path, "compressor", s.comp_, rate, s.pos_);
   if (t == LayerType::csa) read_compressor(r, path, "indexer", s.index_, rate, s.pos_);
   if (r.left() != 0) bad_file(path, cat("inconsistent state: ", r.left(), " unread payload bytes"));

@@ -21,7 +21,7 @@ namespace dsv4::cli {
 namespace {
 
 struct Options {
-  std::string preset = "v4-flash", layer_type = "csa", weights = "f32";
+  std::string preset = "v4-flash", layer_type = "csa", weights = "f32", numerics = "reference";
   int64_t seq = 4096, context = 0, decode = 0;
   int threads = 0, repeats = 3;
   bool json = false;
@@ -91,7 +91,7 @@ int run_bench(const Options& o) {
   // The released dtypes (FP8 + UE8M0, BF16): native keeps them, f32/bf16 hold the same values widened.
   LayerWeights weights = random_layer_weights(c, type, o.seed);
   store_as_released(weights, type);
-  const Layer layer(c, type, std::move(weights), LayerOptions{parse_weight_format(o.weights)});
+  const Layer layer(c, type, std::move(weights), LayerOptions{parse_weight_format(o.weights), parse_numerics(o.numerics)});
   const Tensor x = random_uniform({total_tokens, c.hidden_size}, 1.0f, o.seed + 99);
 
   std::vector<double> secs;
@@ -158,6 +158,7 @@ int run_bench(const Options& o) {
                       {"gflops_vs_sgemm", flops / seconds * 1e-9 / roof.sgemm_gflops},
                       {"weight_bytes", weight_bytes},
                       {"weights", o.weights},
+                      {"numerics", o.numerics},
                       {"state_bytes", state_bytes}};
   if (decode) {
     const double bound = (weight_bytes + static_cast<double>(state_bytes)) / (roof.copy_gb_per_s * 1e9);
@@ -165,10 +166,11 @@ int run_bench(const Options& o) {
     j["seconds_vs_bandwidth_bound"] = seconds / bound;
     j["context_prefill_seconds"] = context_seconds;
   }
-  std::printf("dsv4 bench: %s %s, %s, %d threads\n", o.preset.c_str(), std::string(layer_type_name(type)).c_str(),
+  std::printf("dsv4 bench: %s %s, %s, %d threads, %s numerics\n", o.preset.c_str(),
+              std::string(layer_type_name(type)).c_str(),
               decode ? ("decode after " + std::to_string(o.context) + " tokens").c_str()
                      : ("prefill S=" + std::to_string(o.seq)).c_str(),
-              omp_get_max_threads());
+              omp_get_max_threads(), o.numerics.c_str());
   std::printf("  median %.4f s  (%s)  %.1f tokens/s  %.1f GFLOP/s = %.0f%% of sgemm %.1f GFLOP/s\n", seconds,
               decode ? "per token" : "whole prefill", tokens / seconds, flops / seconds * 1e-9,
               100 * flops / seconds * 1e-9 / roof.sgemm_gflops, roof.sgemm_gflops);
@@ -201,6 +203,9 @@ void add_bench(CLI::App& app, int& rc) {
   cmd->add_option("--weights", o->weights,
                   "projection matrices in memory: f32, bf16, or native (the released FP8/BF16 dtypes as stored); "
                   "the random layer always has the released dtypes' values")
+      ->capture_default_str();
+  cmd->add_option("--numerics", o->numerics, "reference or deployment (docs/numerics.md)")
+      ->check(CLI::IsMember({"reference", "deployment"}))
       ->capture_default_str();
   cmd->add_flag("--json", o->json, "print one JSON object as the last line of stdout");
   cmd->callback([&rc, o] { rc = run_bench(*o); });

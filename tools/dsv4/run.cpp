@@ -19,14 +19,14 @@ struct RunArgs {
   std::string model, input, output, input_name = "hidden_states";
   int64_t layer = 0, chunk = 0;
   int threads = 0;
-  std::string weights = "f32";
+  std::string weights = "f32", numerics = "reference";
   bool compare_f32 = false;
 };
 
 void run(const RunArgs& a) {
   if (a.threads > 0) omp_set_num_threads(a.threads);
   const Model m = Model::open(a.model);
-  const Layer layer = m.layer(a.layer, LayerOptions{parse_weight_format(a.weights)});
+  const Layer layer = m.layer(a.layer, LayerOptions{parse_weight_format(a.weights), parse_numerics(a.numerics)});
   const SafeTensors in = SafeTensors::open(a.input);
   const Tensor x = in.f32(a.input_name);
   const int64_t d = m.config().hidden_size;
@@ -40,12 +40,13 @@ void run(const RunArgs& a) {
                     {{"model", a.model},
                      {"layer", std::to_string(a.layer)},
                      {"layer_type", std::string(layer_type_name(layer.type()))},
-                     {"chunk", std::to_string(a.chunk)}});
+                     {"chunk", std::to_string(a.chunk)},
+                     {"numerics", a.numerics}});
   std::printf("layer %lld (%s): %s -> %s  (%.3f s%s)\n", static_cast<long long>(a.layer),
               std::string(layer_type_name(layer.type())).c_str(), shape_str(x.shape).c_str(), a.output.c_str(), secs,
               a.chunk > 0 ? (", chunks of " + std::to_string(a.chunk)).c_str() : "");
   if (a.compare_f32) {  // what bf16/native weights cost in accuracy and save in memory
-    const Layer ref = m.layer(a.layer);
+    const Layer ref = m.layer(a.layer, LayerOptions{WeightFormat::f32, layer.numerics()});
     const Tensor y32 = run_layer(ref, x, a.chunk);
     double max_abs = 0, max_ref = 0;
     for (size_t i = 0; i < y.data.size(); ++i) {
@@ -79,6 +80,10 @@ void add_run(CLI::App& app, int& rc) {
   cmd->add_option("--threads", a->threads, "OpenMP threads (default: all)")->check(CLI::PositiveNumber);
   cmd->add_option("--weights", a->weights, "projection matrices in memory: f32, bf16, or native (as the checkpoint stores them: FP8 + scales, BF16, ...); "
                   "all widened inside the GEMMs")
+      ->capture_default_str();
+  cmd->add_option("--numerics", a->numerics,
+                  "reference (fp32 math) or deployment (FP8 caches, Hadamard + FP4 indexer; docs/numerics.md)")
+      ->check(CLI::IsMember({"reference", "deployment"}))
       ->capture_default_str();
   cmd->add_flag("--compare-f32", a->compare_f32, "also run with f32 weights; report the memory saved and the error");
   cmd->callback([&rc, a] {

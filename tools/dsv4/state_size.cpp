@@ -56,8 +56,8 @@ struct Row {
 };
 
 // Feeds tokens in chunks of 512 up to each count; a clone holds the state tightly.
-std::vector<Row> measure(const Config& c, LayerType t, const std::vector<int64_t>& counts, int& rc) {
-  const Layer layer(c, t, constant_weights(c, t));
+std::vector<Row> measure(const Config& c, LayerType t, Numerics nm, const std::vector<int64_t>& counts, int& rc) {
+  const Layer layer(c, t, constant_weights(c, t), LayerOptions{WeightFormat::f32, nm});
   LayerState st = layer.new_state();
   std::vector<Row> rows;
   const int64_t chunk = 512;
@@ -68,28 +68,29 @@ std::vector<Row> measure(const Config& c, LayerType t, const std::vector<int64_t
       layer.forward(filled({len, c.hidden_size}, 0.1f), st);
     }
     rows.push_back({n, st.bytes(), st.clone().bytes(), omp_get_wtime() - t0});
-    if (rows.back().tight != state_bytes(c, t, n)) {  // the documented formula must match the code
+    if (rows.back().tight != state_bytes(c, t, n, nm)) {  // the documented formula must match the code
       std::fprintf(stderr, "dsv4 state-size: %s at %lld tokens holds %zu bytes, formula says %zu\n",
                    std::string(layer_type_name(t)).c_str(), static_cast<long long>(n), rows.back().tight,
-                   state_bytes(c, t, n));
+                   state_bytes(c, t, n, nm));
       rc = 1;
     }
   }
   return rows;
 }
 
-void report(const std::string& preset, std::vector<int64_t> counts, int& rc) {
+void report(const std::string& preset, Numerics nm, std::vector<int64_t> counts, int& rc) {
   const Config c = Config::preset(preset);
   std::sort(counts.begin(), counts.end());
   counts.erase(std::unique(counts.begin(), counts.end()), counts.end());
-  std::printf("%s: D=%lld W=%lld m=%lld m'=%lld D_I=%lld\n", preset.c_str(), static_cast<long long>(c.head_dim),
+  std::printf("%s, %s numerics: D=%lld W=%lld m=%lld m'=%lld D_I=%lld\n", preset.c_str(),
+              std::string(numerics_name(nm)).c_str(), static_cast<long long>(c.head_dim),
               static_cast<long long>(c.sliding_window), static_cast<long long>(c.compress_rate_csa),
               static_cast<long long>(c.compress_rate_hca), static_cast<long long>(c.index_head_dim));
   std::printf("%-8s %9s %14s %14s %8s\n", "type", "tokens", "bytes()", "tight", "feed s");
   const LayerType types[] = {LayerType::sliding, LayerType::csa, LayerType::hca};
   double fixed[3] = {}, per_token[3] = {};
   for (int i = 0; i < 3; ++i) {
-    const std::vector<Row> rows = measure(c, types[i], counts, rc);
+    const std::vector<Row> rows = measure(c, types[i], nm, counts, rc);
     for (const Row& r : rows)
       std::printf("%-8s %9lld %14zu %14zu %8.1f\n", kNames[i], static_cast<long long>(r.tokens), r.held, r.tight,
                   r.seconds);
@@ -129,7 +130,12 @@ void add_state_size(CLI::App& app, int& rc) {
       ->delimiter(',')
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 24))
       ->capture_default_str();
-  cmd->callback([&rc, preset, tokens] { report(*preset, *tokens, rc); });
+  auto numerics = std::make_shared<std::string>("reference");
+  cmd->add_option("--numerics", *numerics,
+                  "reference (fp32 rows) or deployment (584 B window rows and entries, 68 B indexer keys)")
+      ->check(CLI::IsMember({"reference", "deployment"}))
+      ->capture_default_str();
+  cmd->callback([&rc, preset, tokens, numerics] { report(*preset, parse_numerics(*numerics), *tokens, rc); });
 }
 
 }  // namespace dsv4::cli

@@ -1,0 +1,215 @@
+// Deployment numerics, fast path == naive reference (to 1e-5) over random
+// configurations: several FP8 blocks with a shorter last one, FP4 blocks,
+// all-zero blocks, blocks whose small values fall to subnormal codes, long
+// inputs split into prefill pieces, and decode. Plus what the option changes.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <set>
+
+#include "dsv4/layer.h"
+#include "reference.h"
+#include "test_util.h"
+
+namespace dsv4 {
+namespace {
+
+constexpr Numerics kDeploy = Numerics::deployment;
+// Two fp32 implementations a few ulp apart may round a value within this
+// relative distance of a rounding decision differently (reference/numerics.h).
+constexpr double kTieMargin = 5e-7;
+
+// A random small config whose rows span several FP8 blocks (64) and FP4 blocks (32) at times.
+Config deploy_config(std::mt19937& rng) {
+  Config c = test::random_config(rng);
+  if (rng() % 3 == 0) c.head_dim = rng() % 2 ? 80 : 136;  // 2 blocks with a short last one, or 2 full ones
+  const int64_t r = c.qk_rope_head_dim;
+  c.index_head_dim = std::max<int64_t>(r, int64_t{8} << (rng() % 4));  // 8 .. 64: a power of two >= R
+  return c;
+}
+
+// kv_norm weights that make every kv row's first FP8 block all zeros (`zero`),
+// or all but one value 1e-5 times smaller: those get subnormal codes or round to 0.
+void shape_blocks(LayerWeights& w, bool zero) {
+  auto apply = [zero](Tensor& norm) {
+    const int64_t n = std::min<int64_t>(64, norm.numel());
+    for (int64_t i = 0; i < n; ++i) norm.data[i] = zero ? 0.0f : (i == 1 ? 1.0f : 1e-5f * norm.data[i]);
+  };
+  apply(w.kv_norm);
+  if (w.compressor) apply(w.compressor->kv_norm);
+}
+
+struct Drawn {
+  Config c;
+  LayerType type;
+  LayerWeights w;
+  Tensor x, ref;
+  std::vector<Intermediates> dbg;
+};
+
+// Draws weights and input until the reference run is unambiguous (no rounding
+// or top-k decision within the margin); false after too many tries.
+bool draw(std::mt19937& rng, Drawn& k, int64_t batch, int64_t seq, int blocks, int& redraws) {
+  for (int tries = 0; tries < 50; ++tries) {
+    k.w = test::random_weights(k.c, k.type, rng);
+    if (blocks) shape_blocks(k.w, blocks == 1);
+    k.x = test::random_tensor({batch, seq, k.c.hidden_size}, rng, 2.0f);
+    double tie = 0;
+    k.ref = reference::forward(k.c, k.type, k.w, k.x, &k.dbg, kDeploy, &tie);
+    if (tie > kTieMargin && !test::ambiguous_topk(k.c, k.type, k.dbg)) return true;
+    ++redraws;
+  }
+  return false;
+}
+
+::testing::AssertionResult same_sets(const TensorI64& a, const TensorI64& b) {
+  if (a.shape != b.shape) return ::testing::AssertionFailure() << "top-k shapes differ";
+  const int64_t s = a.shape[0], w = a.shape[1];
+  for (int64_t t = 0; t < s; ++t) {
+    const std::set<int64_t> x(a.data.begin() + t * w, a.data.begin() + (t + 1) * w),
+        y(b.data.begin() + t * w, b.data.begin() + (t + 1) * w);
+    if (x != y) return ::testing::AssertionFailure() << "query " << t << " selects other entries";
+  }
+  return ::testing::AssertionSuccess();
+}
+
+TEST(Deployment, FastEqualsReferenceOnManyShapes) {
+  std::mt19937 rng(20261127);
+  const LayerType types[] = {LayerType::sliding, LayerType::csa, LayerType::hca};
+  int cases = 0, redraws = 0;
+  for (int i = 0; cases < 150; ++i) {
+    Drawn k{deploy_config(rng), types[i % 3], {}, {}, {}, {}};
+    const int64_t batch = 1 + static_cast<int64_t>(rng() % 3);
+    const int64_t seq = 1 + static_cast<int64_t>(rng() % 2 ? rng() % 45 : rng() % 6);
+    const int blocks = static_cast<int>(rng() % 4) % 3;  // 0: as drawn, 1: zero blocks, 2: subnormal codes
+    ASSERT_TRUE(draw(rng, k, batch, seq, blocks, redraws)) << "no unambiguous draw";
+    ++cases;
+    const Layer layer(k.c, k.type, k.w, LayerOptions{WeightFormat::f32, kDeploy});
+    std::vector<Intermediates> dbg;
+    const Tensor y = layer.forward(k.x, &dbg);
+    SCOPED_TRACE("case " + std::to_string(cases) + " " + std::string(layer_type_name(k.type)) + " D=" +
+                 std::to_string(k.c.head_dim) + " D_I=" + std::to_string(k.c.index_head_dim) + " B=" +
+                 std::to_string(batch) + " S=" + std::to_string(seq) + " blocks " + std::to_string(blocks));
+    ASSERT_TRUE(test::all_close(y, k.ref, 1e-5, 1e-5));
+    for (size_t b = 0; b < dbg.size(); ++b) {
+      EXPECT_TRUE(test::all_close(dbg[b].kv, k.dbg[b].kv, 1e-5, 1e-5));
+      EXPECT_TRUE(test::all_close(dbg[b].compressed_kv, k.dbg[b].compressed_kv, 1e-5, 1e-5));
+      if (k.type != LayerType::csa) continue;
+      EXPECT_TRUE(test::all_close(dbg[b].indexer_q, k.dbg[b].indexer_q, 1e-5, 1e-5));
+      EXPECT_TRUE(test::all_close(dbg[b].indexer_kv, k.dbg[b].indexer_kv, 1e-5, 1e-5));
+      EXPECT_TRUE(test::all_close(dbg[b].index_scores, k.dbg[b].index_scores, 1e-5, 1e-5));
+      EXPECT_TRUE(same_sets(dbg[b].topk, k.dbg[b].topk));
+    }
+    if (batch == 1) {  // token by token through a state: the coded ring and entries
+      LayerState st = layer.new_state();
+      const int64_t dd = k.c.hidden_size;
+      for (int64_t t = 0; t < seq; ++t) {
+        const Tensor yt = layer.forward(
+            Tensor({1, dd}, std::vector<float>(k.x.data.begin() + t * dd, k.x.data.begin() + (t + 1) * dd)), st);
+        ASSERT_TRUE(test::all_close(yt.ptr(), Tensor({dd}, std::vector<float>(k.ref.data.begin() + t * dd,
+                                                                                  k.ref.data.begin() + (t + 1) * dd)),
+                                    1e-5, 1e-5))
+            << "decoded token " << t;
+      }
+    }
+    if (blocks == 1) {
+      EXPECT_EQ(dbg[0].kv.data[0], 0.0f);  // the zero block really is zero
+    }
+  }
+  std::printf("%d cases, %d draws redrawn for a rounding or top-k near-tie\n", cases, redraws);
+  EXPECT_LT(redraws, cases);  // the margin excludes a minority of draws
+}
+
+// Prefill pieces (> kPrefillChunk tokens) and decode steps with several key
+// tiles (> 512 entries): the same as one unsplit forward (debug output
+// disables the split). Against the reference this long a run always holds some
+// rounding near-tie; the random shapes above compare short ones with it.
+TEST(Deployment, LongSequencesEqualOneUnsplitForward) {
+  std::mt19937 rng(12);
+  Config c = test::small_config();
+  c.compress_rate_csa = 2;
+  c.compress_rate_hca = 2;
+  c.index_topk = 6;
+  c.sliding_window = 4;
+  const int64_t s = Layer::kPrefillChunk + 41, decoded = 4, d = c.hidden_size;
+  for (LayerType t : {LayerType::sliding, LayerType::csa, LayerType::hca}) {
+    const Layer layer(c, t, test::random_weights(c, t, rng), LayerOptions{WeightFormat::f32, kDeploy});
+    const Tensor x = test::random_tensor({1, s, d}, rng, 2.0f);
+    std::vector<Intermediates> dbg;
+    const Tensor whole = layer.forward(x, &dbg);
+    EXPECT_TRUE(test::all_close(layer.forward(x), whole, 1e-5, 1e-5)) << layer_type_name(t) << " split";
+    LayerState st = layer.new_state();
+    const int64_t pre = s - decoded;
+    Tensor y = layer.forward(Tensor({pre, d}, std::vector<float>(x.data.begin(), x.data.begin() + pre * d)), st);
+    for (int64_t i = pre; i < s; ++i) {
+      const Tensor yi =
+          layer.forward(Tensor({1, d}, std::vector<float>(x.data.begin() + i * d, x.data.begin() + (i + 1) * d)), st);
+      y.data.insert(y.data.end(), yi.data.begin(), yi.data.end());
+    }
+    EXPECT_TRUE(test::all_close(y.ptr(), Tensor({s * d}, whole.data), 1e-5, 1e-5)) << layer_type_name(t) << " decode";
+    if (t == LayerType::csa) {
+      EXPECT_GT(st.indexer().emitted, 512);
+    }
+  }
+}
+
+// The option changes what it should: outputs move by about the FP8 step, the
+// state shrinks; the reference numerics are the default.
+TEST(Deployment, ChangesOutputsAndShrinksTheState) {
+  std::mt19937 rng(13);
+  Config c = test::small_config();
+  c.head_dim = 136;  // 128 FP8 dims: 2 blocks
+  for (LayerType t : {LayerType::sliding, LayerType::csa, LayerType::hca}) {
+    const LayerWeights w = test::random_weights(c, t, rng);
+    const Layer ref(c, t, w), dep(c, t, w, LayerOptions{WeightFormat::f32, kDeploy});
+    EXPECT_EQ(ref.numerics(), Numerics::reference);
+    EXPECT_EQ(dep.numerics(), kDeploy);
+    const Tensor x = test::random_tensor({1, 40, c.hidden_size}, rng, 2.0f);
+    const Tensor a = ref.forward(x), b = dep.forward(x);
+    double diff = 0, scale = 0;
+    for (size_t i = 0; i < a.data.size(); ++i)
+      diff = std::max(diff, double(std::fabs(a.data[i] - b.data[i]))), scale = std::max(scale, double(std::fabs(a.data[i])));
+    EXPECT_GT(diff, 1e-4 * scale) << layer_type_name(t);  // (CSA: a changed top-k choice can move more)
+    LayerState sr = ref.new_state(), sd = dep.new_state();
+    ref.forward(x.data.size() ? Tensor({40, c.hidden_size}, x.data) : x, sr);
+    dep.forward(Tensor({40, c.hidden_size}, x.data), sd);
+    EXPECT_EQ(sd.numerics(), kDeploy);
+    EXPECT_LT(sd.clone().bytes(), sr.clone().bytes()) << layer_type_name(t);
+  }
+}
+
+TEST(Deployment, InputErrors) {
+  std::mt19937 rng(14);
+  Config c = test::small_config();
+  c.index_head_dim = 24;  // not a power of two
+  try {
+    const Layer layer(c, LayerType::csa, test::random_weights(c, LayerType::csa, rng), LayerOptions{WeightFormat::f32, kDeploy});
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("index_head_dim must be a power of two"), std::string::npos) << e.what();
+  }
+  // The other layer types have no indexer: any D_I.
+  EXPECT_NO_THROW(Layer(c, LayerType::hca, test::random_weights(c, LayerType::hca, rng), LayerOptions{WeightFormat::f32, kDeploy}));
+  c = test::small_config();
+  const LayerWeights w = test::random_weights(c, LayerType::csa, rng);
+  const Layer dep(c, LayerType::csa, w, LayerOptions{WeightFormat::f32, kDeploy}), ref(c, LayerType::csa, w);
+  LayerState s_ref = ref.new_state(), s_dep = dep.new_state();
+  const Tensor x = test::random_tensor({3, c.hidden_size}, rng);
+  try {
+    dep.forward(x, s_ref);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("state has reference numerics, the layer deployment"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(ref.forward(x, s_dep), Error);
+  EXPECT_EQ(s_ref.position(), 0);
+  EXPECT_THROW(parse_numerics("fp8"), Error);
+  EXPECT_EQ(parse_numerics("deployment"), kDeploy);
+  EXPECT_EQ(numerics_name(kDeploy), "deployment");
+}
+
+}  // namespace
+}  // namespace dsv4
