@@ -68,21 +68,25 @@ class Layer:
       weights: mapping name -> array (NumPy, or torch tensors of any float dtype) under the keys of
                the reference DeepseekV4Attention.state_dict() ("q_a_proj.weight", ...,
                "compressor.indexer.scorer.weights_proj.weight") or full checkpoint names;
-      weights_format: "f32" or "bf16" (projection matrices held as bf16).
+      weights_format: "f32", "bf16" (projection matrices held as bf16) or "native" (as a checkpoint
+               stores them; from arrays this is f32 — use from_model for FP8/BF16 checkpoints);
+      numerics: "reference" (the fp32 math of the PyTorch reference) or "deployment" (FP8 caches,
+               Hadamard + FP4 indexer, a 4x smaller decode state; docs/numerics.md).
     """
 
-    def __init__(self, config, layer_type, weights, weights_format="f32"):
-        self._init(_core.Layer(config, str(layer_type), _weight_arrays(weights), weights_format))
+    def __init__(self, config, layer_type, weights, weights_format="f32", numerics="reference"):
+        self._init(_core.Layer(config, str(layer_type), _weight_arrays(weights), weights_format, numerics))
 
     def _init(self, core, owner=None):
         self._core = core
         self._owner = owner if owner is not None else object()
 
     @classmethod
-    def from_model(cls, path, layer_index, weights_format="f32"):
-        """Layer `layer_index` of a checkpoint folder (config.json + safetensors shards, FP8 included)."""
+    def from_model(cls, path, layer_index, weights_format="f32", numerics="reference"):
+        """Layer `layer_index` of a checkpoint folder (config.json + safetensors shards, FP8 included).
+        weights_format="native" keeps the matrices as stored (FP8: a quarter of the bytes)."""
         layer = cls.__new__(cls)
-        layer._init(_core.Layer.from_model(os.fspath(path), int(layer_index), weights_format))
+        layer._init(_core.Layer.from_model(os.fspath(path), int(layer_index), weights_format, numerics))
         return layer
 
     @property
@@ -96,6 +100,11 @@ class Layer:
     @property
     def weight_bytes(self):
         return self._core.weight_bytes
+
+    @property
+    def numerics(self):
+        """ "reference" or "deployment"."""
+        return self._core.numerics
 
     def __repr__(self):
         return f"dsv4.Layer({self.layer_type}, d={self.config.hidden_size}, weight_bytes={self.weight_bytes})"

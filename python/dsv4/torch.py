@@ -29,7 +29,7 @@ class _Forward(torch.autograd.Function):
 
 
 class Attention(nn.Module):
-    """Attention(config, layer_type, state_dict, weights_format="f32").
+    """Attention(config, layer_type, state_dict, weights_format="f32", numerics="reference").
 
     forward(hidden_states, state=None): hidden_states [B, S, d] or [S, d] (one-shot), or a chunk
     [S, d] of one sequence through a decode state from new_state(). Any float dtype in, float32 out.
@@ -37,9 +37,10 @@ class Attention(nn.Module):
     states made before keep what they cached with the old weights.
     """
 
-    def __init__(self, config, layer_type, state_dict, weights_format="f32"):
+    def __init__(self, config, layer_type, state_dict, weights_format="f32", numerics="reference"):
         super().__init__()
         self.config, self.layer_type, self.weights_format = config, layer_type, weights_format
+        self.numerics = numerics
         for key, value in state_dict.items():
             if key.startswith(("model.", "layers.")):
                 raise Error(f"state_dict key '{key}': dsv4.torch.Attention takes the module's own keys "
@@ -66,7 +67,7 @@ class Attention(nn.Module):
         if key == self._key:
             return self._layer
         weights = {n: p.detach() for n, p in self.named_parameters()}
-        fresh = Layer(self.config, self.layer_type, weights, self.weights_format)
+        fresh = Layer(self.config, self.layer_type, weights, self.weights_format, self.numerics)
         if self._layer is not None:
             fresh._owner = self._layer._owner  # states made before stay usable
         self._layer, self._key = fresh, key

@@ -49,13 +49,13 @@ py::dict map_dict(AttentionMap&& m, LayerType t) {
 }
 
 Layer make_layer(const Config& c, const std::string& type, const std::vector<std::pair<std::string, py::array>>& named,
-                 const std::string& format) {
+                 const std::string& format, const std::string& numerics) {
   const LayerType t = parse_layer_type(type);
-  const WeightFormat f = parse_format(format);
+  const LayerOptions opt{parse_format(format), parse_numerics(numerics)};
   std::vector<std::pair<std::string, Tensor>> tensors;
   for (const auto& [name, a] : named) tensors.emplace_back(name, tensor_of(a, "weight '" + name + "'"));
   py::gil_scoped_release nogil;
-  return Layer(c, t, layer_weights_from_named(std::move(tensors), c, t), LayerOptions{f});
+  return Layer(c, t, layer_weights_from_named(std::move(tensors), c, t), opt);
 }
 
 py::object forward(const Layer& l, const py::array& x, bool debug) {
@@ -117,15 +117,16 @@ void bind_layer(py::module_& m) {
 
   py::class_<Layer>(m, "Layer")
       .def(py::init(&make_layer), py::arg("config"), py::arg("layer_type"), py::arg("weights"),
-           py::arg("weights_format") = "f32")
+           py::arg("weights_format") = "f32", py::arg("numerics") = "reference")
       .def_static(
           "from_model",
-          [](const std::filesystem::path& dir, int64_t i, const std::string& format) {
-            const WeightFormat f = parse_format(format);
+          [](const std::filesystem::path& dir, int64_t i, const std::string& format, const std::string& numerics) {
+            const LayerOptions opt{parse_format(format), parse_numerics(numerics)};
             py::gil_scoped_release nogil;
-            return Model::open(dir).layer(i, LayerOptions{f});
+            return Model::open(dir).layer(i, opt);
           },
-          py::arg("path"), py::arg("layer_index"), py::arg("weights_format") = "f32")
+          py::arg("path"), py::arg("layer_index"), py::arg("weights_format") = "f32", py::arg("numerics") = "reference")
+      .def_property_readonly("numerics", [](const Layer& l) { return std::string(numerics_name(l.numerics())); })
       .def_property_readonly("config", &Layer::config)
       .def_property_readonly("layer_type", [](const Layer& l) { return std::string(layer_type_name(l.type())); })
       .def_property_readonly("weight_bytes", &Layer::weight_bytes)
@@ -145,7 +146,7 @@ void bind_layer(py::module_& m) {
       .def(
           "load_state",
           [](const Layer& l, const std::filesystem::path& p) {
-            return State{load_state(l.config(), l.type(), p), l.config()};
+            return State{load_state(l.config(), l.type(), p, l.numerics()), l.config()};
           },
           py::arg("path"));
 }

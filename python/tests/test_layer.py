@@ -156,3 +156,26 @@ def test_threads_do_not_change_results(built):
         assert all(np.array_equal(o, outs[0]) for o in outs)
     finally:
         dsv4.set_num_threads(n0)
+
+
+def test_deployment_numerics(layer_type, tmp_path):
+    """numerics="deployment": a smaller state, chunked == one-shot, save/load, and it changes the numbers."""
+    ref, sd, cfg = random_weights(layer_type, seed=6)
+    dep = dsv4.Layer(cfg, layer_type, sd, numerics="deployment")
+    base = dsv4.Layer(cfg, layer_type, sd)
+    assert dep.numerics == "deployment" and base.numerics == "reference"
+    x = np.random.default_rng(8).standard_normal((S, cfg.hidden_size)).astype(np.float32)
+    full = dep(x)
+    assert not np.array_equal(full, base(x))
+    st = dep.new_state()
+    got = np.concatenate([dep(x[:30], state=st), dep(x[30:31], state=st), dep(x[31:], state=st)])
+    assert_close(got, full, "deployment chunked", atol=1e-6, rtol=1e-6)
+    b = base.new_state()
+    base(x, state=b)
+    assert st.nbytes < b.nbytes
+    st.save(tmp_path / "d.state")
+    assert dep.load_state(tmp_path / "d.state").position == S
+    with pytest.raises(dsv4.Error, match="d.state"):
+        base.load_state(tmp_path / "d.state")  # a state of the other numerics
+    with pytest.raises(dsv4.Error, match="numerics"):
+        dsv4.Layer(cfg, layer_type, sd, numerics="fp4")
