@@ -115,10 +115,12 @@ std::string show(const std::vector<int64_t>& v) {
 
 // Deployment numerics: true if the reference's roundings of x came near a tie
 // (two fp32 evaluation orders may round differently there; see reference/numerics.h).
+// The margin covers how far the fast path's chunked and one-shot values (BLAS tiles
+// vs the row-invariant kernel) and the reference's can drift apart: ~1e-6 relative.
 bool rounding_near_tie(const Config& c, LayerType t, const LayerWeights& w, const Tensor& x) {
   double tie = 0;
   reference::forward(c, t, w, Tensor({1, x.dim(0), x.dim(1)}, x.data), nullptr, Numerics::deployment, &tie);
-  return tie <= 5e-7;
+  return tie <= 2e-6;
 }
 
 void chunkings_equal_one_shot(Numerics n, int n_cases) {
