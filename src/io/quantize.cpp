@@ -7,19 +7,9 @@
 #include "dsv4/weights.h"
 #include "io/dtype.h"
 #include "io/weight_table.h"
+#include "ops/quant.h"
 
 namespace dsv4 {
-namespace {
-
-// The smallest power of two >= v (v > 0), exactly (frexp: v = f·2^e, f in [0.5, 1)).
-float ceil_pow2(float v) {
-  int e = 0;
-  const float f = std::frexp(v, &e);
-  return std::ldexp(1.0f, f == 0.5f ? e - 1 : e);
-}
-
-}  // namespace
-
 StoredMatrix quantize_fp8_blocks(const Tensor& w, bool ue8m0) {
   StoredMatrix m{DType::F8_E4M3, w.shape, std::vector<std::byte>(w.data.size()), Tensor(scale_grid(w.shape))};
   const int64_t rows = w.dim(0), cols = w.dim(1), gc = m.scale.dim(1);
@@ -28,7 +18,7 @@ StoredMatrix quantize_fp8_blocks(const Tensor& w, bool ue8m0) {
     for (int64_t j = 0; j < cols; ++j) block(i, j) = std::max(block(i, j), std::fabs(w.data[i * cols + j]));
   for (float& s : m.scale.data) {
     s = s > 0 ? s / 448.0f : 1.0f;
-    if (ue8m0) s = ceil_pow2(s);
+    if (ue8m0) s = quant::ceil_pow2(s);
   }
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t j = 0; j < cols; ++j)
@@ -55,10 +45,9 @@ std::vector<NamedTensor> checkpoint_tensors(const std::string& name, const std::
     s.bytes.resize(m.scale.data.size());
     for (size_t i = 0; i < m.scale.data.size(); ++i) {
       const float v = m.scale.data[i];
-      if (!(v > 0) || ceil_pow2(v) != v) fail(name + ": scale " + std::to_string(v) + " is not a power of two (UE8M0)");
-      int e = 0;
-      std::frexp(v, &e);
-      s.bytes[i] = std::byte(static_cast<uint8_t>(e - 1 + 127));
+      if (!(v > 0) || quant::ceil_pow2(v) != v)
+        fail(name + ": scale " + std::to_string(v) + " is not a power of two (UE8M0)");
+      s.bytes[i] = std::byte(static_cast<uint8_t>(quant::ceil_pow2_exp(v) + 127));
     }
   }
   out.push_back(std::move(s));
