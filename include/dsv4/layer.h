@@ -13,6 +13,7 @@
 #include "dsv4/profile.h"
 #include "dsv4/state.h"
 #include "dsv4/tensor.h"
+#include "dsv4/train.h"
 #include "dsv4/weights.h"
 
 namespace dsv4 {
@@ -104,6 +105,16 @@ class Layer {
   // The same over views of the callers' buffers (no copy of the inputs).
   std::vector<Tensor> forward_batch(std::span<const TensorView> xs, std::span<LayerState* const> states,
                                     std::vector<Intermediates>* debug = nullptr, StageTimes* times = nullptr) const;
+
+  // Training (docs/training.md). forward_train is forward(x) — the same
+  // output bit for bit — that also fills `tape` for backward. Reference
+  // numerics only (deployment numerics round, which has no gradient).
+  Tensor forward_train(TensorView x, Tape& tape) const;
+  // Gradients of sum(y · dy) for y = forward(x): dy has the shape forward gave.
+  // Deterministic: bit-identical for any thread count.
+  LayerGradients backward(const Tape& tape, TensorView dy) const;
+  // Both in one call (the tape is dropped after).
+  LayerGradients backward(TensorView x, TensorView dy) const;
 
   static constexpr int64_t kPrefillChunk = 1024;
 

@@ -1,0 +1,48 @@
+// Training: the backward pass of one layer (Layer::forward_train / backward).
+//
+// What receives a gradient is what autograd of the reference gives one: the
+// CSA top-k selection is discrete, so no gradient flows through the lightning
+// indexer — its weights (compressor.indexer.*) get zero gradients. Everything
+// else does: the q / kv / output projections and norms, the sinks, the
+// compressors' projections, position biases and norms.
+#pragma once
+#include <cstddef>
+#include <memory>
+
+#include "dsv4/tensor.h"
+#include "dsv4/weights.h"
+
+namespace dsv4 {
+
+class Layer;
+
+// d loss / d (input, weights) of a one-shot forward.
+struct LayerGradients {
+  Tensor dx;  // x's shape ([B, S, d] or [S, d])
+  // Every weight of the layer, fp32, same names and shapes as LayerWeights
+  // (for native/bf16 layers: the gradient w.r.t. the dequantised values).
+  // Summed over the batch. The indexer's tensors are present and zero.
+  LayerWeights weights;
+};
+
+struct TapeData;  // the forward's saved activations (src/train/tape.h)
+
+// What Layer::forward_train keeps for Layer::backward: the input, the CSA
+// selection, the attention output and what cannot be recomputed cheaply
+// (docs/training.md lists it). O(S·(H·D + W + k)) floats per sequence; nothing S×S.
+class Tape {
+ public:
+  Tape();
+  ~Tape();
+  Tape(Tape&&) noexcept;
+  Tape& operator=(Tape&&) noexcept;
+  bool empty() const;
+  size_t bytes() const;  // memory held
+  TapeData* data() const { return d_.get(); }
+
+ private:
+  friend class Layer;
+  std::unique_ptr<TapeData> d_;
+};
+
+}  // namespace dsv4

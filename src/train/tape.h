@@ -1,0 +1,33 @@
+// What a training forward saves for the backward (Layer::forward_train).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "dsv4/tensor.h"
+#include "dsv4/train.h"
+
+namespace dsv4 {
+
+struct PackedLayer;
+
+// One sequence. Everything else the backward needs (raw projections, q,
+// pooled entries, norms' scales) is recomputed from x, chunk by chunk.
+struct SeqTape {
+  int64_t len = 0;
+  std::vector<float> kv;       // [S, D]      key = value rows after norm and RoPE
+  std::vector<float> entries;  // [T, D]      compressed entries (CSA / HCA)
+  std::vector<int32_t> topk;   // [S, width]  CSA selection, -1 = empty slot
+  int64_t width = 0;
+  std::vector<float> o;        // [S, H·D]    attention output after de-rotation (o_a's input)
+  std::vector<float> grouped;  // [S, g·d_g]  o_b's input
+};
+
+struct TapeData {
+  const PackedLayer* layer = nullptr;  // the layer that made it (backward checks)
+  Shape x_shape;                       // as given ([B, S, d] or [S, d])
+  std::vector<float> x;                // [B, S, d] copy of the input
+  std::vector<SeqTape> seqs;
+  size_t bytes() const;
+};
+
+}  // namespace dsv4
