@@ -47,16 +47,21 @@ void query_backward(const PackedLayer& p, const SeqTape& tape, const QueryKeys& 
   const int64_t nw = k.n_window, n_e = static_cast<int64_t>(k.ids.size()), n = nw + n_e;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   const float* win = tape.kv.data() + k.lo * hd;
-  thread_local std::vector<float> ent, prob, dprob;
+  // ds_p = [dS; P] and q_do = [q; dO] ([2H, n], [2H, D]): dK is then one GEMM over 2H.
+  thread_local std::vector<float> ent, ds_p, q_do;
   ent.resize(static_cast<size_t>(n_e * hd));
   for (int64_t j = 0; j < n_e; ++j) std::copy_n(tape.entries.data() + k.ids[j] * hd, hd, &ent[j * hd]);
-  prob.resize(static_cast<size_t>(h_n * n));
-  dprob.resize(static_cast<size_t>(h_n * n));
+  ds_p.resize(static_cast<size_t>(2 * h_n * n));
+  q_do.resize(static_cast<size_t>(2 * h_n * hd));
+  std::copy_n(q_t, h_n * hd, q_do.data());
+  std::copy_n(do_t, h_n * hd, q_do.data() + h_n * hd);
+  float* prob = ds_p.data() + h_n * n;
+  float* dprob = ds_p.data();
 
-  gemm_nt(h_n, nw, hd, q_t, hd, win, hd, prob.data(), n);
-  gemm_nt(h_n, n_e, hd, q_t, hd, ent.data(), hd, prob.data() + nw, n);
-  gemm_nt(h_n, nw, hd, do_t, hd, win, hd, dprob.data(), n);
-  gemm_nt(h_n, n_e, hd, do_t, hd, ent.data(), hd, dprob.data() + nw, n);
+  gemm_nt(2 * h_n, nw, hd, q_do.data(), hd, win, hd, ds_p.data(), n);  // dP (from dO) and logits (from q)
+  gemm_nt(2 * h_n, n_e, hd, q_do.data(), hd, ent.data(), hd, ds_p.data() + nw, n);
+  // rows 0..H-1 hold q·k, H..2H-1 dO·k: swap roles into place
+  std::swap_ranges(ds_p.begin(), ds_p.begin() + h_n * n, ds_p.begin() + h_n * n);
   const float* sinks = p.w->sinks.ptr();
   for (int64_t h = 0; h < h_n; ++h) {
     float* pr = &prob[h * n];
@@ -70,10 +75,9 @@ void query_backward(const PackedLayer& p, const SeqTape& tape, const QueryKeys& 
     dsink_t[h] = -(e_sink / den) * dl;
     for (int64_t j = 0; j < n; ++j) dp[j] = scale * pr[j] * (dp[j] - dl);  // dS, scaled
   }
-  gemm_nn(h_n, hd, nw, dprob.data(), n, win, hd, dq_t, hd);
-  gemm_nn(h_n, hd, n_e, dprob.data() + nw, n, ent.data(), hd, dq_t, hd, 1.0f);
-  gemm_tn(n, hd, h_n, dprob.data(), n, q_t, hd, g, hd);
-  gemm_tn(n, hd, h_n, prob.data(), n, do_t, hd, g, hd, 1.0f);
+  gemm_nn(h_n, hd, nw, dprob, n, win, hd, dq_t, hd);
+  gemm_nn(h_n, hd, n_e, dprob + nw, n, ent.data(), hd, dq_t, hd, 1.0f);
+  gemm_tn(n, hd, 2 * h_n, ds_p.data(), n, q_do.data(), hd, g, hd);  // scale·dSᵀq + Pᵀ dO
 }
 
 void add(float* y, const float* x, int64_t n) {

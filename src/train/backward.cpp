@@ -52,7 +52,7 @@ size_t Tape::bytes() const { return d_ ? d_->bytes() : 0; }
 
 namespace {
 
-constexpr int64_t kQueryChunk = 256;  // queries per step of the output/attention/q backward
+constexpr int64_t kQueryChunk = 512;  // queries per step of the output/attention/q backward
 
 // The projection matrices as fp32 (views of f32 layers, dequantised copies otherwise).
 struct DenseWeights {
