@@ -1,6 +1,8 @@
-// The backward pass: the naive reference::backward against central finite
-// differences of its own double-precision loss (tiny layers, every tensor,
-// every element).
+// The backward pass. First the naive reference::backward against central
+// finite differences of its own double-precision loss (tiny layers, every
+// tensor, every element); then the fast Layer::backward against the
+// reference on random shapes and the conformance configurations, its thread
+// invariance, forward_train == forward, and its errors.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <omp.h>
@@ -166,6 +168,206 @@ TEST(ReferenceBackward, NoEntriesMeansNoCompressorGradient) {
       if (sp.name.rfind("compressor.", 0) == 0) EXPECT_EQ(m, 0.0) << sp.name;
       else EXPECT_GT(m, 0.0) << sp.name;
     }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Layer::backward (fp32) == reference::backward (double).
+//
+// Per element |fast − ref| ≤ 1e-5·scale + 1e-5·|ref|, scale = max |ref| of
+// that tensor: a weight's gradient is a sum over every token of every
+// sequence, so an element near zero is a cancellation whose fp32 error
+// follows the size of the tensor's terms, not its own value. Where the
+// reference is exactly zero (the indexer, a compressor without entries) the
+// fast path must be exactly zero too.
+
+::testing::AssertionResult gradients_close(const LayerGradients& fast, const LayerGradients& ref, const Config& c,
+                                           LayerType t, double* worst = nullptr) {
+  for (const WeightSpec& s : gradient_specs(c, t, ref.dx.shape)) {
+    const Tensor &r = grad_of(ref, s.name), &f = grad_of(fast, s.name);
+    if (f.shape != r.shape)
+      return ::testing::AssertionFailure() << s.name << " has shape " << shape_str(f.shape) << ", expected "
+                                           << shape_str(s.shape);
+    const double scale = max_abs(r);
+    if (const auto ok = test::all_close(f, r, 1e-5 * scale, 1e-5); !ok)
+      return ::testing::AssertionFailure() << s.name << ": " << ok.message();
+    for (int64_t i = 0; worst && i < r.numel(); ++i)
+      *worst = std::max(*worst, std::fabs(static_cast<double>(f.data[i]) - r.data[i]) / scale);
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// Random configurations and shapes: odd S, S < W, S < m (no entries), T < k
+// and T > k, batch 1-3, every type; cases whose CSA selection is ill-posed
+// (test::ambiguous_topk) are redrawn.
+TEST(FastBackward, MatchesReferenceOnManyShapes) {
+  std::mt19937 rng(1127);
+  auto pick = [&](std::initializer_list<int64_t> v) { return *(v.begin() + rng() % v.size()); };
+  int cases = 0, redraws = 0;
+  std::map<std::string, int> met;
+  double worst = 0;
+  while (cases < 150) {
+    const LayerType t = kTypes[cases % 3];
+    const Config c = test::random_config(rng);
+    const int64_t batch = 1 + static_cast<int64_t>(rng() % 3);
+    const int64_t seq = pick({1, 2, 3, 5, 7}) + static_cast<int64_t>(rng() % 2 ? rng() % 30 : 0);
+    const LayerWeights w = test::random_weights(c, t, rng);
+    const Tensor x = test::random_tensor({batch, seq, c.hidden_size}, rng, 2.0f);
+    const Tensor dy = test::random_tensor(x.shape, rng, 1.0f);
+    std::vector<Intermediates> dbg;
+    reference::forward(c, t, w, x, &dbg);
+    if (test::ambiguous_topk(c, t, dbg)) {
+      ASSERT_LT(++redraws, 100);
+      continue;
+    }
+    ++cases;
+    const int64_t rate = c.compress_rate(t);
+    if (seq % 2) ++met["odd S"];
+    if (seq < c.sliding_window) ++met["S < W"];
+    if (rate && seq < rate) ++met["no entries"];
+    if (t == LayerType::csa) ++met[seq / rate > c.index_topk ? "T > k" : "T <= k"];
+    SCOPED_TRACE("case " + std::to_string(cases) + " " + std::string(layer_type_name(t)) + " B=" +
+                 std::to_string(batch) + " S=" + std::to_string(seq));
+    const LayerGradients ref = reference::backward(c, t, w, x, dy);
+    const LayerGradients fast = Layer(c, t, w).backward(x, dy);
+    ASSERT_TRUE(gradients_close(fast, ref, c, t, &worst));
+  }
+  std::printf("[ fast vs ref ] %d cases, worst |fast - ref| / max|ref| = %.2e\n", cases, worst);
+  for (const char* what : {"odd S", "S < W", "no entries", "T > k", "T <= k"})
+    EXPECT_GE(met[what], 5) << what;
+}
+
+std::vector<std::string> stateless_files() {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(test::data_path("conformance")))
+    if (e.path().extension() == ".safetensors" && e.path().filename().string().find("_stateless_") != std::string::npos)
+      out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::string file_test_name(const ::testing::TestParamInfo<std::string>& info) {
+  std::string n = info.param.substr(0, info.param.find('.'));
+  std::replace_if(n.begin(), n.end(), [](char ch) { return !std::isalnum(static_cast<unsigned char>(ch)); }, '_');
+  return n;
+}
+
+// The conformance configurations, weights and inputs, with a seeded random dy.
+class FastBackwardConformance : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(FastBackwardConformance, MatchesReference) {
+  const SafeTensors f = SafeTensors::open(test::data_path("conformance/" + GetParam()));
+  const LayerSpec spec = layer_spec_from_json_text(f.meta("config"), "config");
+  const LayerWeights w = load_layer_weights(f, spec.config, spec.type);
+  const Tensor x = f.f32("chunk0.hidden_states");
+  std::mt19937 rng(77);
+  const Tensor dy = test::random_tensor(x.shape, rng, 1.0f);
+  const LayerGradients ref = reference::backward(spec.config, spec.type, w, x, dy);
+  const LayerGradients fast = Layer(spec.config, spec.type, w).backward(x, dy);
+  double worst = 0;
+  EXPECT_TRUE(gradients_close(fast, ref, spec.config, spec.type, &worst));
+  RecordProperty("worst_error", std::to_string(worst));
+}
+
+INSTANTIATE_TEST_SUITE_P(Stateless, FastBackwardConformance, ::testing::ValuesIn(stateless_files()), file_test_name);
+
+TEST(FastBackward, CoversEveryStatelessConformanceFile) { EXPECT_EQ(stateless_files().size(), 18u); }
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.shape == b.shape && std::memcmp(a.ptr(), b.ptr(), a.data.size() * sizeof(float)) == 0;
+}
+
+// More than Layer::kPrefillChunk tokens (the forward runs in pieces) and, for
+// CSA, T = 550 entries > k: the gradients are bit-identical at 1, 2 and 3
+// threads, forward_train is forward to the bit, and both match the reference.
+TEST(FastBackward, LongSequenceBitIdenticalForAnyThreadCountAndMatchesReference) {
+  std::mt19937 rng(1101);
+  Config c = tiny_config();
+  c.index_topk = 6;
+  const int64_t s = Layer::kPrefillChunk + 77;
+  const int saved = omp_get_max_threads();
+  for (LayerType t : kTypes) {
+    SCOPED_TRACE(std::string(layer_type_name(t)));
+    LayerWeights w;
+    Tensor x;
+    for (int draw = 0;; ++draw) {  // redraw an ill-posed selection
+      ASSERT_LT(draw, 40);
+      w = test::random_weights(c, t, rng);
+      x = test::random_tensor({2, s, c.hidden_size}, rng, 2.0f);
+      std::vector<Intermediates> dbg;
+      reference::forward(c, t, w, x, &dbg);
+      if (!test::ambiguous_topk(c, t, dbg)) break;
+    }
+    const Tensor dy = test::random_tensor(x.shape, rng, 1.0f);
+    const Layer layer(c, t, w);
+    omp_set_num_threads(1);
+    Tape tape;
+    EXPECT_TRUE(same_bits(layer.forward_train(x, tape), layer.forward(x)));
+    const LayerGradients g1 = layer.backward(tape, dy);
+    for (int threads : {2, 3}) {
+      omp_set_num_threads(threads);
+      const LayerGradients g = layer.backward(x, dy);
+      for (const WeightSpec& sp : gradient_specs(c, t, x.shape))
+        EXPECT_TRUE(same_bits(grad_of(g, sp.name), grad_of(g1, sp.name))) << sp.name << " at " << threads << " threads";
+    }
+    omp_set_num_threads(saved);
+    EXPECT_TRUE(gradients_close(g1, reference::backward(c, t, w, x, dy), c, t));
+  }
+}
+
+TEST(FastBackward, ForwardTrainIsForwardBitForBit) {
+  std::mt19937 rng(37);
+  const Config c = test::small_config();
+  for (LayerType t : kTypes) {
+    const Layer layer(c, t, test::random_weights(c, t, rng));
+    for (const Shape& shape : {Shape{2, 37, c.hidden_size}, Shape{5, c.hidden_size}}) {
+      const Tensor x = test::random_tensor(shape, rng, 2.0f);
+      Tape tape;
+      const Tensor y = layer.forward_train(x, tape);
+      EXPECT_TRUE(same_bits(y, layer.forward(x))) << layer_type_name(t) << " " << shape_str(shape);
+      EXPECT_FALSE(tape.empty());
+      EXPECT_GT(tape.bytes(), 0u);
+    }
+  }
+}
+
+// f must throw dsv4::Error whose message contains `phrase`.
+void expect_error(const std::function<void()>& f, const std::string& phrase) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one naming '" << phrase << "'";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), ::testing::HasSubstr(phrase));
+  }
+}
+
+TEST(FastBackward, RejectsBadDyForeignTapesAndDeploymentNumerics) {
+  std::mt19937 rng(3);
+  const Config c = test::small_config();
+  for (LayerType t : kTypes) {
+    SCOPED_TRACE(std::string(layer_type_name(t)));
+    const LayerWeights w = test::random_weights(c, t, rng);
+    const Layer layer(c, t, w), other(c, t, test::random_weights(c, t, rng));
+    const Tensor x = test::random_tensor({2, 9, c.hidden_size}, rng, 2.0f);
+    Tape tape;
+    layer.forward_train(x, tape);
+    for (const Shape& bad : {Shape{2, 8, c.hidden_size}, Shape{9, c.hidden_size}, Shape{2, 9, c.hidden_size + 1}}) {
+      const Tensor dy(bad);
+      expect_error([&] { layer.backward(tape, dy); }, "dy");
+      expect_error([&] { layer.backward(x, dy); }, "dy");
+    }
+    for (float v : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+      Tensor dy(x.shape);
+      dy.data[17] = v;
+      expect_error([&] { layer.backward(tape, dy); }, "dy");
+    }
+    const Tensor dy(x.shape);
+    expect_error([&] { other.backward(tape, dy); }, "tape");
+    expect_error([&] { layer.backward(Tape(), dy); }, "tape");
+    const Layer deployed(c, t, w, LayerOptions{WeightFormat::f32, Numerics::deployment});
+    Tape dtape;
+    expect_error([&] { deployed.forward_train(x, dtape); }, "deployment");
+    expect_error([&] { deployed.backward(x, dy); }, "deployment");
   }
 }
 
