@@ -361,10 +361,14 @@ double loss_f64(const Config& c, LayerType t, const Point64& p, const Tensor& dy
 }
 
 LayerGradients backward(const Config& c, LayerType t, const LayerWeights& w, const Tensor& x, const Tensor& dy) {
+  return backward(c, t, w, x, dy, select_topk(c, t, w, x));
+}
+
+LayerGradients backward(const Config& c, LayerType t, const LayerWeights& w, const Tensor& x, const Tensor& dy,
+                        const Selection& sel) {
   if (x.shape.size() != 3 || dy.shape != x.shape) fail("reference::backward: x and dy must both be [B, S, d]");
   const int64_t b = x.dim(0), s_len = x.dim(1), d = x.dim(2);
   const Point64 p = widen(c, t, w, x);
-  const Selection sel = select_topk(c, t, w, x);
   const Dims dm(c, t);
   const Params<const double*> pw = params(p.w);
   std::map<std::string, std::vector<double>> grads;

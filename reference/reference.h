@@ -33,6 +33,12 @@ LayerGradients backward(const Config& c, LayerType t, const LayerWeights& w, con
 using Selection = std::vector<std::vector<std::vector<int64_t>>>;
 Selection select_topk(const Config& c, LayerType t, const LayerWeights& w, const Tensor& x);
 
+// `backward` (above) with the CSA selection given instead of computed — e.g. the one
+// a fast forward made, where the indexer's scores have near-ties that fp32 and
+// double could break differently.
+LayerGradients backward(const Config& c, LayerType t, const LayerWeights& w, const Tensor& x, const Tensor& dy,
+                        const Selection& sel);
+
 // For finite differences: a layer's input and weights widened to double, so
 // that a step of 1e-6 is not lost to fp32 rounding. `w` holds every tensor of
 // the layer type under its spec name (expected_weights in io/weight_table.h,

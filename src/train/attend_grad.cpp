@@ -1,6 +1,6 @@
 // Backward of stage 4, the sparse gather attention with the sink. Per query
 // (all heads share its keys, K = V) it recomputes the probabilities from q and
-// the keys, then with dS = P ⊙ (dP − Σ_j P dP):
+// the keys, then with dS = P ⊙ (dP − Δ), Δ = Σ_j P dP = dO · o:
 //   dq = scale · dS K,   dK = scale · dSᵀ q + Pᵀ dO,   d sink = −p_sink Σ_j P dP
 // as a few GEMMs of [H, W + k]. The key gradients of a block of queries are
 // kept per query, then added into their rows by destination row, each in
@@ -42,7 +42,7 @@ QueryKeys keys_of(const PackedLayer& p, const SeqTape& tape, int64_t t) {
 
 // One query, all heads: dq_t [H, D], dsink_t [H], g [n, D] (window rows first).
 void query_backward(const PackedLayer& p, const SeqTape& tape, const QueryKeys& k, const float* q_t,
-                    const float* do_t, float* dq_t, float* dsink_t, float* g) {
+                    const float* do_t, const float* delta_t, float* dq_t, float* dsink_t, float* g) {
   const int64_t hd = p.c.head_dim, h_n = p.c.num_attention_heads;
   const int64_t nw = k.n_window, n_e = static_cast<int64_t>(k.ids.size()), n = nw + n_e;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
@@ -69,9 +69,7 @@ void query_backward(const PackedLayer& p, const SeqTape& tape, const QueryKeys& 
     const float mx = vec::scale_max(pr, scale, n, sinks[h]);
     const float e_sink = std::exp(sinks[h] - mx), den = e_sink + vec::exp_sum(pr, n, mx);
     vec::scale(pr, 1.0f / den, n);
-    double delta = 0;  // Σ_j P dP = dO · o
-    for (int64_t j = 0; j < n; ++j) delta += static_cast<double>(pr[j]) * dp[j];
-    const float dl = static_cast<float>(delta);
+    const float dl = delta_t[h];
     dsink_t[h] = -(e_sink / den) * dl;
     for (int64_t j = 0; j < n; ++j) dp[j] = scale * pr[j] * (dp[j] - dl);  // dS, scaled
   }
@@ -115,7 +113,7 @@ void scatter(const PackedLayer& p, int64_t b0, int64_t b1, const std::vector<Que
 }  // namespace
 
 void attend_backward(const PackedLayer& p, const SeqTape& tape, int64_t t0, int64_t t1, const float* q,
-                     const float* d_o, float* dq, float* dsink, float* dkv, float* dent) {
+                     const float* d_o, const float* delta, float* dq, float* dsink, float* dkv, float* dent) {
   const int64_t hd = p.c.head_dim, h_n = p.c.num_attention_heads, ho = h_n * hd;
   const int64_t max_e = p.type == LayerType::csa   ? tape.width
                         : p.type == LayerType::hca ? static_cast<int64_t>(tape.entries.size()) / hd
@@ -130,7 +128,7 @@ void attend_backward(const PackedLayer& p, const SeqTape& tape, int64_t t0, int6
     for (int64_t t = b0; t < b1; ++t) {
       const int64_t i = t - t0;
       keys[t - b0] = keys_of(p, tape, t);
-      query_backward(p, tape, keys[t - b0], q + i * ho, d_o + i * ho, dq + i * ho, dsink + i * h_n,
+      query_backward(p, tape, keys[t - b0], q + i * ho, d_o + i * ho, delta + i * h_n, dq + i * ho, dsink + i * h_n,
                      &g[(t - b0) * g_stride]);
     }
     scatter(p, b0, b1, keys, g, g_stride, dkv, dent);

@@ -150,6 +150,15 @@ class SeqBackward {
       gemm_tn(dg, gw, n, &dgrouped_[i * dg], gd, &t_.o[t0 * ho + i * gw], ho, g_.weights.o_a_proj.ptr() + i * dg * gw,
               gw, 1.0f);
     }
+    // Δ = dO · o per head, in double (o as saved, after de-rotation: the rotation is orthogonal)
+    delta_.resize(static_cast<size_t>(n * h_n));
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < n * h_n; ++r) {
+      double acc = 0;
+      const float *a = &d_o_[r * hd], *b = &t_.o[t0 * ho + r * hd];
+      for (int64_t i = 0; i < hd; ++i) acc += static_cast<double>(a[i]) * b[i];
+      delta_[r] = static_cast<float>(acc);
+    }
     // q recomputed: up-projection, per-head norm, RoPE
     qraw_.resize(static_cast<size_t>(n * ho));
     q_.resize(static_cast<size_t>(n * ho));
@@ -167,7 +176,8 @@ class SeqBackward {
       rotate_heads(p_, &q_[r * ho], h_n, t0 + r, false);
     }
     dq_.resize(static_cast<size_t>(n * ho));
-    attend_backward(p_, t_, t0, t1, q_.data(), d_o_.data(), dq_.data(), &dsink_[t0 * h_n], dkv_.data(), dent_.data());
+    attend_backward(p_, t_, t0, t1, q_.data(), d_o_.data(), delta_.data(), dq_.data(), &dsink_[t0 * h_n], dkv_.data(),
+                    dent_.data());
     // back through RoPE and the per-head norm (into q_, free now), then q_b
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < n; ++r) {
@@ -233,7 +243,7 @@ class SeqBackward {
   LayerGradients& g_;
   int64_t s_;
   std::vector<float> raw_, draw_, cq_, dcq_, inv_cq_, inv_kv_, dkv_, dent_, dsink_;
-  std::vector<float> dgrouped_, d_o_, qraw_, q_, inv_q_, dq_;
+  std::vector<float> dgrouped_, d_o_, delta_, qraw_, q_, inv_q_, dq_;
 };
 
 }  // namespace

@@ -18,11 +18,13 @@ namespace dsv4 {
 
 // Backward of the attention of queries [t0, t1) of one sequence. q and d_o
 // ([t1-t0, H·D]) are the roped queries and the gradient of the attention
-// output before de-rotation. Writes dq (w.r.t. the roped q) and dsink
+// output before de-rotation; delta [t1-t0, H] = Σ_j P_j dP_j per head, which
+// is dO · o (computed from the saved o, as FlashAttention-2 does: no
+// cancellation-prone sum over the keys). Writes dq (w.r.t. the roped q) and dsink
 // ([t1-t0, H], each query's share of the sinks' gradient); adds the keys'
 // gradients (key and value: K = V) into dkv [S, D] and dent [T, D], in query order.
 void attend_backward(const PackedLayer& p, const SeqTape& tape, int64_t t0, int64_t t1, const float* q,
-                     const float* d_o, float* dq, float* dsink, float* dkv, float* dent);
+                     const float* d_o, const float* delta, float* dq, float* dsink, float* dkv, float* dent);
 
 // Backward of a compressor's T = S / rate entries. dent [T, width]: gradient of
 // the entries (after norm and RoPE). raw holds every token's C and Z rows
