@@ -143,7 +143,6 @@ class SeqBackward {
     // o_b and the grouped o_a
     dgrouped_.resize(static_cast<size_t>(n * gd));
     gemm_nn(n, gd, d, dy, d, w_.ob, gd, dgrouped_.data(), gd);
-    gemm_tn(d, gd, n, dy, d, &t_.grouped[t0 * gd], gd, g_.weights.o_b_proj.ptr(), gd, 1.0f);
     d_o_.resize(static_cast<size_t>(n * ho));
     for (int64_t i = 0; i < g; ++i) {
       gemm_nn(n, gw, dg, &dgrouped_[i * dg], gd, w_.oa + i * dg * gw, gw, &d_o_[i * gw], ho);
@@ -220,9 +219,11 @@ class SeqBackward {
     compress_backward(p_, cg, s_, raw_.data(), dent_.data(), draw_.data(), gc.position_bias.ptr(), gc.kv_norm.ptr());
   }
 
-  // dx and the input-side weights from the raw projections' gradients.
+  // dx and the input-side weights from the raw projections' gradients; W_ob's
+  // from dy and the saved grouped rows (one GEMM over all tokens).
   void input_side(float* dx) {
-    const int64_t d = c_.hidden_size, n = w_.n_raw;
+    const int64_t d = c_.hidden_size, n = w_.n_raw, gd = c_.o_groups * c_.o_lora_rank;
+    gemm_tn(d, gd, s_, dy_, d, t_.grouped.data(), gd, g_.weights.o_b_proj.ptr(), gd, 1.0f);
     gemm_nn(s_, d, n, draw_.data(), n, w_.raw, d, dx, d);
     auto grad = [&](Tensor& gw, int64_t off) {
       gemm_tn(gw.dim(0), d, s_, &draw_[off], n, x_, d, gw.ptr(), d, 1.0f);
