@@ -121,7 +121,8 @@ def rope_inv_freq(cfg, layer_type):
 
 
 def rope_cos_sin(inv_freq, positions):
-    angles = positions.float()[:, None] * inv_freq[None, :]  # [P, R/2]
+    """float32 angles by spec, also when the module runs in float64 (.double())."""
+    angles = positions.float()[:, None] * inv_freq.float()[None, :]  # [P, R/2]
     return angles.cos(), angles.sin()
 
 
@@ -140,8 +141,13 @@ def apply_rope(x, cos, sin):
 # Modules. Parameter names are the Hugging Face state_dict names, so a
 # conformance file loads with load_state_dict(strict=True).
 
+def at_least_f32(x):
+    """x in float32, or as it is when wider (float64: the gradient checks' ground truth)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def rms_norm(x, eps):
-    x32 = x.float()
+    x32 = at_least_f32(x)
     return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
@@ -186,7 +192,7 @@ class Compressor(nn.Module):
             gate_prev = F.pad(gate[..., :D], (0, 0, 0, 0, 1, 0), value=float("-inf"))[:, :T]
             kv = torch.cat([kv_prev, kv[..., D:]], dim=2)  # [B, T, 2r, D]
             gate = torch.cat([gate_prev, gate[..., D:]], dim=2)
-        weights = torch.softmax(gate.float(), dim=2)  # over the slots, per channel
+        weights = torch.softmax(at_least_f32(gate), dim=2)  # over the slots, per channel
         entries = (weights * kv).sum(dim=2)  # [B, T, D]
         entries = self.kv_norm(entries)
         cos, sin = rope_cos_sin(inv_freq, torch.arange(T) * r)  # entry w at position w*r
