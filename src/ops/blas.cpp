@@ -27,17 +27,19 @@ bool trivial(int64_t m, int64_t n, int64_t k, float* c, int64_t ldc, float beta)
   return true;
 }
 
-void tiled(bool b_transposed, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
-           int64_t ldb, float* c, int64_t ldc, float beta) {
+void tiled(bool a_transposed, bool b_transposed, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+           const float* b, int64_t ldb, float* c, int64_t ldc, float beta) {
   if (trivial(m, n, k, c, ldc, beta)) return;
   const int64_t tm = (m + kTileM - 1) / kTileM, tn = (n + kTileN - 1) / kTileN;
 #pragma omp parallel for schedule(dynamic)
   for (int64_t t = 0; t < tm * tn; ++t) {
     const int64_t i0 = (t / tn) * kTileM, j0 = (t % tn) * kTileN;
     const int64_t mi = std::min(kTileM, m - i0), nj = std::min(kTileN, n - j0);
+    const float* at = a_transposed ? a + i0 : a + i0 * lda;
     const float* bt = b_transposed ? b + j0 * ldb : b + j0;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, b_transposed ? CblasTrans : CblasNoTrans, static_cast<blasint>(mi),
-                static_cast<blasint>(nj), static_cast<blasint>(k), 1.0f, a + i0 * lda, static_cast<blasint>(lda), bt,
+    cblas_sgemm(CblasRowMajor, a_transposed ? CblasTrans : CblasNoTrans, b_transposed ? CblasTrans : CblasNoTrans,
+                static_cast<blasint>(mi), static_cast<blasint>(nj), static_cast<blasint>(k), 1.0f, at,
+                static_cast<blasint>(lda), bt,
                 static_cast<blasint>(ldb), beta, c + i0 * ldc + j0, static_cast<blasint>(ldc));
   }
 }
@@ -128,7 +130,7 @@ void with_rows(const WeightRows& b, Kernel kernel) {
 
 void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
              int64_t ldc, float beta) {
-  tiled(true, m, n, k, a, lda, b, ldb, c, ldc, beta);
+  tiled(false, true, m, n, k, a, lda, b, ldb, c, ldc, beta);
 }
 
 void gemm_nt_rows(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
@@ -154,7 +156,19 @@ void gemm_nt_rows_w_range(int64_t m, int64_t j0, int64_t j1, int64_t k, const fl
 
 void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
              int64_t ldc, float beta) {
-  tiled(false, m, n, k, a, lda, b, ldb, c, ldc, beta);
+  tiled(false, false, m, n, k, a, lda, b, ldb, c, ldc, beta);
+}
+
+void gemm_tn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+             int64_t ldc, float beta) {
+  tiled(true, false, m, n, k, a, lda, b, ldb, c, ldc, beta);
+}
+
+void widen_rows(const WeightRows& b, int64_t n, int64_t k, float* out) {
+  with_rows(b, [&](auto row) {
+#pragma omp parallel for schedule(static)
+    for (int64_t j = 0; j < n; ++j) widen_row(row(j), k, out + j * k);
+  });
 }
 
 }  // namespace dsv4

@@ -41,5 +41,11 @@ void gemm_nt_rows_w_range(int64_t m, int64_t j0, int64_t j1, int64_t k, const fl
 // C[M,N] = A[M,K] · B[K,N]
 void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
              int64_t ldc, float beta = 0.0f);
+// C[M,N] = A[K,M]^T · B[K,N] (+ beta·C): weight gradients, a sum over the K tokens
+// in BLAS's order within one fixed tile, so independent of the thread count.
+void gemm_tn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+             int64_t ldc, float beta = 0.0f);
+// The n rows of b widened to fp32 [n, k] (the values the kernels multiply by).
+void widen_rows(const WeightRows& b, int64_t n, int64_t k, float* out);
 
 }  // namespace dsv4

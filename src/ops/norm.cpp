@@ -29,12 +29,26 @@ double sum_squares(const float* x, int64_t n) {
 
 }  // namespace
 
+float rms_inv(const float* x, int64_t n, double eps) {
+  return static_cast<float>(1.0 / std::sqrt(sum_squares(x, n) / static_cast<double>(n) + eps));
+}
+
 void rms_norm(float* x, int64_t n, const float* weight, double eps) {
-  const float inv = static_cast<float>(1.0 / std::sqrt(sum_squares(x, n) / static_cast<double>(n) + eps));
+  const float inv = rms_inv(x, n, eps);
   if (weight) {
     for (int64_t i = 0; i < n; ++i) x[i] = weight[i] * (x[i] * inv);
   } else {
     for (int64_t i = 0; i < n; ++i) x[i] = x[i] * inv;
+  }
+}
+
+void rms_norm_backward(const float* x, int64_t n, float inv, const float* weight, const float* dy, float* dx) {
+  double s = 0;  // Σ g·ŷ with g = w·dy, ŷ = x·inv
+  for (int64_t i = 0; i < n; ++i) s += static_cast<double>(weight ? weight[i] * dy[i] : dy[i]) * (x[i] * inv);
+  const float mean = static_cast<float>(s / static_cast<double>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = weight ? weight[i] * dy[i] : dy[i];
+    dx[i] = inv * (g - (x[i] * inv) * mean);
   }
 }
 

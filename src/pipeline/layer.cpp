@@ -12,6 +12,7 @@
 #include "io/weight_table.h"
 #include "ops/quant.h"
 #include "pipeline/pipeline.h"
+#include "train/tape.h"
 
 namespace dsv4 {
 namespace {
@@ -27,6 +28,7 @@ struct Job {
   float* out = nullptr;
   Intermediates* dbg = nullptr;
   AttentionMap* map = nullptr;  // Layer::attention_map
+  SeqTape* tape = nullptr;      // Layer::forward_train
   bool dense_map = false;
   // filled while running
   int64_t row0 = 0, p0 = 0, n_cached = 0;
@@ -193,6 +195,19 @@ void fill_debug(const PackedLayer& p, const Projected& pr, const Job& j) {
   d.topk.data.assign(j.topk->data(), j.topk->data() + j.len * j.width);
 }
 
+// What the backward cannot recompute cheaply, at the chunk's positions:
+// window rows, the CSA selection, o (de-rotated) and the grouped projection.
+void record_tape(const PackedLayer& p, const Job& j, const float* o, const float* grouped) {
+  const Config& c = p.c;
+  const int64_t hd = c.head_dim, ho = c.num_attention_heads * hd, gd = c.o_groups * c.o_lora_rank;
+  SeqTape& t = *j.tape;
+  std::memcpy(&t.o[j.p0 * ho], &o[j.row0 * ho], j.len * ho * sizeof(float));
+  std::memcpy(&t.grouped[j.p0 * gd], &grouped[j.row0 * gd], j.len * gd * sizeof(float));
+  std::memcpy(&t.kv[j.p0 * hd], &(*j.kwin)[j.n_cached * hd], j.len * hd * sizeof(float));
+  for (int64_t i = 0; i < j.len && p.type == LayerType::csa; ++i)
+    std::copy_n(j.topk->data() + i * j.width, j.width, &t.topk[(j.p0 + i) * t.width]);
+}
+
 // Sizes a job's attention map before the attention stage fills it.
 void start_map(const PackedLayer& p, const Job& j) {
   AttentionMap& m = *j.map;
@@ -334,6 +349,7 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
   for (Job& j : jobs) {
     std::memcpy(j.out, &out[j.row0 * d], j.len * d * sizeof(float));
     if (j.dbg) fill_debug(p, pr, j);
+    if (j.tape) record_tape(p, j, o, ws.grouped.data());
     keep_window(p, j);
     j.st->advance(j.len);
   }
@@ -356,6 +372,7 @@ void run_split(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) 
     for (size_t k = 0; k < jobs.size(); ++k) {
       const int64_t n = std::min(chunk, jobs[k].len - done[k]);
       if (n > 0) piece.emplace_back(jobs[k].x + done[k] * d, n, jobs[k].st, jobs[k].out + done[k] * d, nullptr);
+      if (n > 0) piece.back().tape = jobs[k].tape;
       done[k] += n;
     }
     if (piece.empty()) return;
@@ -454,6 +471,34 @@ Tensor Layer::forward(TensorView x, std::vector<Intermediates>* debug, StageTime
   for (int64_t i = 0; i < b; ++i)
     jobs[i] = Job(x.data + i * s * d, s, &states[i], out.ptr() + i * s * d, debug ? &(*debug)[i] : nullptr);
   if (s > 0) run_split(*packed_, jobs, times);
+  return out;
+}
+
+Tensor Layer::forward_train(TensorView x, Tape& tape) const {
+  if (numerics() == Numerics::deployment)
+    fail("forward_train: deployment numerics round to FP8/FP4, which has no gradient; build the layer with "
+         "reference numerics for training");
+  const Shape shape = batch_shape(x, config_.hidden_size);
+  const int64_t b = shape[0], s = shape[1], d = shape[2];
+  auto data = std::make_unique<TapeData>();
+  data->layer = packed_.get();
+  data->x_shape = x.shape;
+  data->x.assign(x.data, x.data + b * s * d);
+  std::vector<LayerState> states(static_cast<size_t>(b), new_state());
+  Tensor out(x.shape);
+  std::vector<Job> jobs(static_cast<size_t>(b));
+  data->seqs.resize(static_cast<size_t>(b));
+  for (int64_t i = 0; i < b; ++i) {
+    data->seqs[i] = new_seq_tape(*packed_, s);
+    jobs[i] = Job(x.data + i * s * d, s, &states[i], out.ptr() + i * s * d, nullptr);
+    jobs[i].tape = &data->seqs[i];
+  }
+  if (s > 0) run_split(*packed_, jobs, nullptr);
+  for (int64_t i = 0; i < b && packed_->rate; ++i) {
+    const CompressorState& cs = states[i].compressor();
+    data->seqs[i].entries.assign(cs.entries.begin(), cs.entries.begin() + cs.emitted * cs.width);
+  }
+  tape.d_ = std::move(data);
   return out;
 }
 

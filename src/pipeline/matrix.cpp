@@ -132,4 +132,16 @@ void linear(const RowGroup& g, int64_t n, const float* a, int64_t lda, const Mat
   }
 }
 
+const float* Matrix::dense(int64_t row0, int64_t n, std::vector<float>& buf) const {
+  for (const Segment& s : segs)
+    if (s.dtype == DType::F32 && s.row0 <= row0 && row0 + n <= s.row0 + s.rows)
+      return s.f32.data() + (row0 - s.row0) * cols;
+  buf.resize(static_cast<size_t>(n * cols));
+  for (const Segment& s : segs) {
+    const int64_t r0 = std::max(row0, s.row0), r1 = std::min(row0 + n, s.row0 + s.rows);
+    if (r0 < r1) widen_rows(rows_of(s, r0 - s.row0, cols), r1 - r0, cols, buf.data() + (r0 - row0) * cols);
+  }
+  return buf.data();
+}
+
 }  // namespace dsv4

@@ -38,6 +38,9 @@ struct Matrix {
   void append(const Tensor& w);        // fp32 rows at the end
   void append(const StoredMatrix& w);  // rows as stored (FP8 keeps its codes and scales)
   void to_bf16();                      // every fp32 segment: round to nearest even, drop the fp32 copy
+  // Rows [row0, row0 + n) as fp32 [n, cols]: a pointer into an fp32 segment
+  // that holds them all, else widened (dequantised) into buf.
+  const float* dense(int64_t row0, int64_t n, std::vector<float>& buf) const;
   size_t bytes() const;
 };
 

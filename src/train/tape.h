@@ -22,6 +22,9 @@ struct SeqTape {
   std::vector<float> grouped;  // [S, g·d_g]  o_b's input
 };
 
+// Sized for a one-shot sequence of `len` tokens (the CSA selection padded to min(k, len / m)).
+SeqTape new_seq_tape(const PackedLayer& p, int64_t len);
+
 struct TapeData {
   const PackedLayer* layer = nullptr;  // the layer that made it (backward checks)
   Shape x_shape;                       // as given ([B, S, d] or [S, d])

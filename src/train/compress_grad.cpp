@@ -1,0 +1,108 @@
+// Backward of stage 2, the compressors. Entry w = RoPE(RMSNorm_w(e)) with, per
+// channel, e = Σ_j p_j C_j and p = softmax_j(Z_j + B_j) over the window's slots:
+//   dC_j = p_j de,   dZ_j = p_j (C_j − e) de,   dB_j = Σ_windows dZ_j.
+// Each (token, channel) feeds exactly one entry, so entries run in parallel
+// and write disjoint places; the sums over windows run in window order.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "ops/norm.h"
+#include "ops/rope.h"
+#include "train/grad.h"
+
+namespace dsv4 {
+namespace {
+
+// One entry's slots for one channel: where C and Z live and which bias row.
+struct Slot {
+  int64_t tok, col, bias_row;
+};
+
+std::vector<Slot> slots_of(const CompressorGrad& g, int64_t w, int64_t ch) {
+  std::vector<Slot> s;
+  for (int64_t j = 0; j < g.rate; ++j) {
+    if (g.overlap && w > 0) s.push_back({(w - 1) * g.rate + j, ch, j});  // series A of window w-1
+    s.push_back({w * g.rate + j, g.overlap ? g.width + ch : ch, j});      // series B (or the only one)
+  }
+  return s;
+}
+
+}  // namespace
+
+void compress_backward(const PackedLayer& p, const CompressorGrad& g, int64_t s_len, const float* raw,
+                       const float* dent, float* draw, float* dbias, float* dnorm) {
+  const int64_t n_t = s_len / g.rate, width = g.width, in_w = g.overlap ? 2 * width : width;
+  const float* bias = g.w->position_bias.ptr();
+  const float* norm = g.w->kv_norm.ptr();
+  std::vector<float> pooled(static_cast<size_t>(n_t * width)), dy(static_cast<size_t>(n_t * width)), inv(n_t);
+#pragma omp parallel
+  {
+    std::vector<float> prob(static_cast<size_t>(2 * g.rate)), de(static_cast<size_t>(width));
+#pragma omp for schedule(static)
+    for (int64_t w = 0; w < n_t; ++w) {
+      float* e = &pooled[w * width];
+      std::vector<std::vector<Slot>> slots(static_cast<size_t>(width));
+      for (int64_t ch = 0; ch < width; ++ch) {  // recompute the pooled value
+        slots[ch] = slots_of(g, w, ch);
+        e[ch] = 0;
+        float mx = -std::numeric_limits<float>::infinity(), den = 0;
+        for (const Slot& s : slots[ch]) mx = std::max(mx, raw[s.tok * g.ld + g.off_z + s.col] + bias[s.bias_row * in_w + s.col]);
+        for (const Slot& s : slots[ch]) {
+          const float x = std::exp(raw[s.tok * g.ld + g.off_z + s.col] + bias[s.bias_row * in_w + s.col] - mx);
+          den += x;
+          e[ch] += x * raw[s.tok * g.ld + g.off_c + s.col];
+        }
+        e[ch] /= den;
+      }
+      inv[w] = rms_inv(e, width, p.c.rms_norm_eps);
+      float* d = &dy[w * width];
+      std::copy_n(dent + w * width, width, d);
+      rope_apply(d, width, p.inv_freq, w * g.rate, true);  // RoPE's transpose: rotate back
+      rms_norm_backward(e, width, inv[w], norm, d, de.data());
+      for (int64_t ch = 0; ch < width; ++ch) {
+        const std::vector<Slot>& sl = slots[ch];
+        float mx = -std::numeric_limits<float>::infinity(), den = 0;
+        for (size_t i = 0; i < sl.size(); ++i) {
+          prob[i] = raw[sl[i].tok * g.ld + g.off_z + sl[i].col] + bias[sl[i].bias_row * in_w + sl[i].col];
+          mx = std::max(mx, prob[i]);
+        }
+        for (size_t i = 0; i < sl.size(); ++i) den += (prob[i] = std::exp(prob[i] - mx));
+        for (size_t i = 0; i < sl.size(); ++i) {
+          const float pj = prob[i] / den, c = raw[sl[i].tok * g.ld + g.off_c + sl[i].col];
+          draw[sl[i].tok * g.ld + g.off_c + sl[i].col] = pj * de[ch];
+          draw[sl[i].tok * g.ld + g.off_z + sl[i].col] = pj * (c - e[ch]) * de[ch];
+        }
+      }
+    }
+  }
+  // dB[j, col]: the slot-j tokens' dZ, window after window (zero where no entry used them).
+  constexpr int64_t kBlock = 64;
+#pragma omp parallel for schedule(static)
+  for (int64_t c0 = 0; c0 < in_w; c0 += kBlock) {
+    const int64_t c1 = std::min(in_w, c0 + kBlock);
+    std::vector<double> acc(static_cast<size_t>(g.rate * kBlock), 0.0);
+    for (int64_t w = 0; w < n_t; ++w)
+      for (int64_t j = 0; j < g.rate; ++j)
+        for (int64_t col = c0; col < c1; ++col) acc[j * kBlock + col - c0] += draw[(w * g.rate + j) * g.ld + g.off_z + col];
+    for (int64_t j = 0; j < g.rate; ++j)
+      for (int64_t col = c0; col < c1; ++col) dbias[j * in_w + col] += static_cast<float>(acc[j * kBlock + col - c0]);
+  }
+  norm_weight_grad(n_t, width, dy.data(), width, pooled.data(), width, inv.data(), dnorm);
+}
+
+void norm_weight_grad(int64_t rows, int64_t n, const float* dy, int64_t ldy, const float* x, int64_t ldx,
+                      const float* inv, float* dw) {
+  constexpr int64_t kBlock = 64;  // channels per work item: rows are read in order, a block at a time
+#pragma omp parallel for schedule(static)
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    const int64_t i1 = std::min(n, i0 + kBlock);
+    double acc[kBlock] = {};
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t i = i0; i < i1; ++i) acc[i - i0] += static_cast<double>(dy[r * ldy + i]) * (x[r * ldx + i] * inv[r]);
+    for (int64_t i = i0; i < i1; ++i) dw[i] += static_cast<float>(acc[i - i0]);
+  }
+}
+
+}  // namespace dsv4
