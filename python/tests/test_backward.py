@@ -31,7 +31,11 @@ import dsv4
 import dsv4.torch
 from conftest import ROOT, Case, random_weights, small_config, topk_sets, torch_baseline
 
-import _dsv4_reference  # built with the tests (python/tests/reference_ext.cpp); on ctest's PYTHONPATH
+try:
+    import _dsv4_reference  # the tests' own module: python/tests/reference_ext.cpp
+except ImportError as e:
+    raise ImportError("_dsv4_reference is built with the tests (DSV4_BUILD_TESTS) into build/python/tests, "
+                      "which ctest puts on PYTHONPATH; run the tests through ctest or add that folder") from e
 
 ATOL_SCALE, RTOL = 1e-5, 1e-5
 MAX_REDRAWS = 3
