@@ -8,6 +8,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "common.h"
 #include "numerics.h"
 
 namespace dsv4::reference {
@@ -15,38 +16,10 @@ namespace {
 
 using Mat = std::vector<float>;  // row-major
 
-// y[r, o] = Σ_i x[r, i] · W[o, i]   (a linear layer; W is [out, in])
-Mat linear(const float* x, int64_t rows, const Tensor& w) {
-  const int64_t out = w.dim(0), in = w.dim(1);
-  Mat y(static_cast<size_t>(rows * out));
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t o = 0; o < out; ++o) {
-      double acc = 0;
-      for (int64_t i = 0; i < in; ++i) acc += static_cast<double>(x[r * in + i]) * w.data[o * in + i];
-      y[r * out + o] = static_cast<float>(acc);
-    }
-  return y;
-}
+using detail::rms_norm;
+using detail::rope;
 
-void rms_norm(float* v, int64_t n, const float* weight, double eps) {
-  double ss = 0;
-  for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(v[i]) * v[i];
-  const double inv = 1.0 / std::sqrt(ss / n + eps);
-  for (int64_t i = 0; i < n; ++i) v[i] = static_cast<float>(v[i] * inv * (weight ? weight[i] : 1.0f));
-}
-
-// Interleaved RoPE on the trailing R channels of a width-vector; sign -1 de-rotates.
-void rope(float* v, int64_t width, const std::vector<float>& freq, int64_t pos, int sign) {
-  const int64_t r = 2 * static_cast<int64_t>(freq.size());
-  float* x = v + width - r;
-  for (size_t i = 0; i < freq.size(); ++i) {
-    const float a = static_cast<float>(pos) * freq[i];
-    const double c = std::cos(static_cast<double>(a)), s = sign * std::sin(static_cast<double>(a));
-    const double x0 = x[2 * i], x1 = x[2 * i + 1];
-    x[2 * i] = static_cast<float>(x0 * c - x1 * s);
-    x[2 * i + 1] = static_cast<float>(x1 * c + x0 * s);
-  }
-}
+Mat linear(const float* x, int64_t rows, const Tensor& w) { return detail::linear(x, rows, w.ptr(), w.dim(0), w.dim(1)); }
 
 // Compressed entries of a whole sequence: [S / r, width]. `overlap` = CSA
 // pooling over 2r slots (series A of window w-1, series B of window w).
@@ -60,14 +33,8 @@ Mat compress(const float* x, int64_t s_len, const CompressorWeights& cw, int64_t
   for (int64_t w = 0; w < n_entries; ++w) {
     for (int64_t ch = 0; ch < width; ++ch) {
       std::vector<std::pair<float, float>> slots;  // (logit, value)
-      for (int64_t j = 0; j < rate; ++j) {
-        if (overlap && w > 0) {
-          const int64_t tok = (w - 1) * rate + j;
-          slots.emplace_back(z[tok * in_w + ch] + bias[j * in_w + ch], cv[tok * in_w + ch]);
-        }
-        const int64_t tok = w * rate + j, c2 = overlap ? width + ch : ch;
-        slots.emplace_back(z[tok * in_w + c2] + bias[j * in_w + c2], cv[tok * in_w + c2]);
-      }
+      for (const detail::Slot& sl : detail::pool_slots(w, ch, rate, width, overlap))
+        slots.emplace_back(z[sl.tok * in_w + sl.col] + bias[sl.row * in_w + sl.col], cv[sl.tok * in_w + sl.col]);
       double mx = -INFINITY, den = 0, num = 0;
       for (auto& [l, v] : slots) mx = std::max(mx, static_cast<double>(l));
       for (auto& [l, v] : slots) {
@@ -125,18 +92,24 @@ Indexed run_indexer(const Config& c, const LayerWeights& w, const float* x, cons
   return ix;
 }
 
+// c_q = RMSNorm_{w_qa}(X @ W_qa^T): the query's low-rank latent, [S, r_q].
+Mat query_latent(const Config& c, const LayerWeights& w, const float* x, int64_t s_len) {
+  Mat c_q = linear(x, s_len, w.q_a_proj);
+  for (int64_t t = 0; t < s_len; ++t) rms_norm(&c_q[t * c.q_lora_rank], c.q_lora_rank, w.q_a_norm.ptr(), c.rms_norm_eps);
+  return c_q;
+}
+
 Mat forward_one(const Config& c, LayerType type, const LayerWeights& w, const float* x, int64_t s_len,
                 Intermediates* dbg, Rounder* round) {
   const int64_t h_n = c.num_attention_heads, hd = c.head_dim, win = c.sliding_window;
   const std::vector<float> freq = rope_inv_freq(c, type);
 
   // 1. query: low-rank, weighted norm, up-projection, per-head norm, RoPE
-  Mat c_q = linear(x, s_len, w.q_a_proj);
-  for (int64_t t = 0; t < s_len; ++t) rms_norm(&c_q[t * c.q_lora_rank], c.q_lora_rank, w.q_a_norm.ptr(), c.rms_norm_eps);
+  const Mat c_q = query_latent(c, w, x, s_len);
   Mat q = linear(c_q.data(), s_len, w.q_b_proj);
   for (int64_t t = 0; t < s_len; ++t)
     for (int64_t h = 0; h < h_n; ++h) {
-      rms_norm(&q[(t * h_n + h) * hd], hd, nullptr, c.rms_norm_eps);
+      rms_norm(&q[(t * h_n + h) * hd], hd, c.rms_norm_eps);
       rope(&q[(t * h_n + h) * hd], hd, freq, t, +1);
     }
   // 2. key = value
@@ -234,6 +207,18 @@ Tensor forward(const Config& c, LayerType t, const LayerWeights& w, const Tensor
   }
   if (closest_tie) *closest_tie = rounder.closest;
   return out;
+}
+
+Selection select_topk(const Config& c, LayerType t, const LayerWeights& w, const Tensor& x) {
+  const int64_t b = x.dim(0), s_len = x.dim(1), d = x.dim(2);
+  Selection sel(static_cast<size_t>(b));
+  if (t != LayerType::csa) return sel;
+  const std::vector<float> freq = rope_inv_freq(c, t);
+  for (int64_t i = 0; i < b; ++i) {
+    const float* xi = x.ptr() + i * s_len * d;
+    sel[i] = run_indexer(c, w, xi, query_latent(c, w, xi, s_len), s_len, freq, nullptr).topk;
+  }
+  return sel;
 }
 
 }  // namespace dsv4::reference

@@ -2,6 +2,8 @@
 // the spec, with dense masks and full sorts. Obviously correct, slow, and used
 // only by the tests to check the fast path.
 #pragma once
+#include <map>
+#include <string>
 #include <vector>
 
 #include "dsv4/config.h"
@@ -24,6 +26,29 @@ Tensor forward(const Config& c, LayerType t, const LayerWeights& w, const Tensor
 // in reverse. The CSA selection is taken from the indexer and held fixed; the
 // indexer's weights get zero. Implemented in backward.cpp.
 LayerGradients backward(const Config& c, LayerType t, const LayerWeights& w, const Tensor& x, const Tensor& dy);
+
+// The CSA selection of a one-shot forward over x [B, S, d]: per sequence, per
+// query, the entries the indexer keeps (best first), computed exactly as
+// forward does. Empty per sequence for sliding and HCA layers.
+using Selection = std::vector<std::vector<std::vector<int64_t>>>;
+Selection select_topk(const Config& c, LayerType t, const LayerWeights& w, const Tensor& x);
+
+// For finite differences: a layer's input and weights widened to double, so
+// that a step of 1e-6 is not lost to fp32 rounding. `w` holds every tensor of
+// the layer type under its spec name (expected_weights in io/weight_table.h,
+// e.g. "q_a_proj.weight", "compressor.position_bias"), row-major.
+struct Point64 {
+  Shape x_shape;          // [B, S, d]
+  std::vector<double> x;
+  std::map<std::string, std::vector<double>> w;
+};
+Point64 widen(const Config& c, LayerType t, const LayerWeights& w, const Tensor& x);
+
+// The forward of `backward`, entirely in double, with the CSA selection given
+// (held fixed: nothing here depends on the indexer's weights) -> y [B, S, d].
+std::vector<double> forward_f64(const Config& c, LayerType t, const Point64& p, const Selection& sel);
+// L = Σ forward_f64(p) · dy: the loss whose gradient `backward` returns.
+double loss_f64(const Config& c, LayerType t, const Point64& p, const Tensor& dy, const Selection& sel);
 
 // RoPE frequencies f_i of a layer of type t (plain θ for sliding, YaRN θ_c for
 // CSA/HCA, plain θ_c if rope_scaling.type is empty), from the spec.
