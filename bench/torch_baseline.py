@@ -22,6 +22,13 @@ Two modes:
       the last stdout line is one JSON object. Exit 3 when the run would not
       fit (--max-gb) or runs out of memory.
 
+  --backward (with the options above)
+      Training: autograd forward, then loss = (y * dy).sum() backward (dy
+      seeded; x and every parameter require grad), each timed; the medians,
+      backward/forward and peak RSS, as `dsv4 bench --backward` reports them.
+      Autograd keeps the dense tensors for the backward: refused (exit 3) when
+      3x the dense estimate exceeds --max-gb.
+
 Needs only Debian's python3-torch and python3-numpy (run with /usr/bin/python3).
 """
 
@@ -121,7 +128,8 @@ def rope_inv_freq(cfg, layer_type):
 
 
 def rope_cos_sin(inv_freq, positions):
-    angles = positions.float()[:, None] * inv_freq[None, :]  # [P, R/2]
+    """float32 angles by spec, also when the module runs in float64 (.double())."""
+    angles = positions.float()[:, None] * inv_freq.float()[None, :]  # [P, R/2]
     return angles.cos(), angles.sin()
 
 
@@ -140,8 +148,13 @@ def apply_rope(x, cos, sin):
 # Modules. Parameter names are the Hugging Face state_dict names, so a
 # conformance file loads with load_state_dict(strict=True).
 
+def at_least_f32(x):
+    """x in float32, or as it is when wider (float64: the gradient checks' ground truth)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def rms_norm(x, eps):
-    x32 = x.float()
+    x32 = at_least_f32(x)
     return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
@@ -186,7 +199,7 @@ class Compressor(nn.Module):
             gate_prev = F.pad(gate[..., :D], (0, 0, 0, 0, 1, 0), value=float("-inf"))[:, :T]
             kv = torch.cat([kv_prev, kv[..., D:]], dim=2)  # [B, T, 2r, D]
             gate = torch.cat([gate_prev, gate[..., D:]], dim=2)
-        weights = torch.softmax(gate.float(), dim=2)  # over the slots, per channel
+        weights = torch.softmax(at_least_f32(gate), dim=2)  # over the slots, per channel
         entries = (weights * kv).sum(dim=2)  # [B, T, D]
         entries = self.kv_norm(entries)
         cos, sin = rope_cos_sin(inv_freq, torch.arange(T) * r)  # entry w at position w*r
@@ -417,10 +430,13 @@ def bench(args):
             print(json.dumps(result))
         return 3
 
-    need = dense_bytes(cfg, args.layer_type, 1, args.seq)
+    need = dense_bytes(cfg, args.layer_type, 1, args.seq) * (BACKWARD_FACTOR if args.backward else 1)
     if need > args.max_gb * 1e9:
-        return fail(f"would need {need / 1e9:.1f} GB for the dense mask and scores "
+        return fail(f"would need {need / 1e9:.1f} GB for the dense mask and scores"
+                    f"{' (x3: autograd keeps them for the backward)' if args.backward else ''} "
                     f"(limit --max-gb {args.max_gb:g})")
+    if args.backward:
+        return bench_backward(args, cfg, result, fail)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -457,6 +473,53 @@ def bench(args):
     return 0
 
 
+BACKWARD_FACTOR = 3  # autograd keeps the masks, logits and probabilities alive until the backward
+
+
+def bench_backward(args, cfg, result, fail):
+    """Autograd forward + backward of loss = (y * dy).sum(), timed apart; medians over --repeats."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    result["mode"] = "backward"
+    try:
+        layer = DeepseekV4Attention(cfg)
+        init_random(layer, args.seed)
+        gen = torch.Generator().manual_seed(args.seed + 1)
+        x = torch.randn(1, args.seq, cfg["hidden_size"], generator=gen).requires_grad_()
+        dy = torch.randn(1, args.seq, cfg["hidden_size"], generator=gen)
+        positions = torch.arange(args.seq)
+        warmup = args.warmup if args.warmup is not None else (1 if args.seq <= 1024 else 0)
+        fwd, bwd = [], []
+        for i in range(warmup + args.repeats):
+            x.grad = None
+            for p in layer.parameters():
+                p.grad = None
+            t0 = time.perf_counter()
+            loss = (layer(x, positions) * dy).sum()
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
+            del loss
+            if i >= warmup:
+                fwd.append(t1 - t0)
+                bwd.append(t2 - t1)
+            print(f"  run {i + 1}/{warmup + args.repeats}: forward {t1 - t0:.3f} s, backward {t2 - t1:.3f} s"
+                  f"{' (warm-up)' if i < warmup else ''}", file=sys.stderr)
+    except (RuntimeError, MemoryError) as e:
+        return fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'out of memory'}")
+
+    f, b = float(np.median(fwd)), float(np.median(bwd))
+    result.update(forward_seconds=f, backward_seconds=b, backward_over_forward=b / f, seconds=f + b,
+                  tokens_per_s=args.seq / (f + b), peak_rss_bytes=peak_rss_bytes())
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"torch-eager --backward {args.preset} {args.layer_type} S={args.seq} threads={args.threads}: "
+              f"median forward {f:.3f} s, backward {b:.3f} s over {len(fwd)}: backward = {b / f:.2f}x forward, "
+              f"{result['tokens_per_s']:.1f} tokens/s (both), peak RSS {result['peak_rss_bytes'] / 1e9:.2f} GB")
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -470,7 +533,9 @@ def main():
                    help="untimed forwards first (default: 1 if seq <= 1024, else 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-gb", type=float, default=20.0,
-                   help="refuse when the dense mask/scores would exceed this (default 20)")
+                   help="refuse when the dense mask/scores (x3 with --backward) would exceed this (default 20)")
+    p.add_argument("--backward", action="store_true",
+                   help="time autograd forward + backward of (y * dy).sum() (training) instead of forwards")
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
     args = p.parse_args()
 

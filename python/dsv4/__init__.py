@@ -8,16 +8,17 @@ torch tensors in, the same kind out, the GIL released while computing.
     y = layer(x)                                  # x [B, S, d] or [S, d]
     state = layer.new_state()                     # decode
     y1 = layer(x[:100], state=state); y2 = layer(x[100:101], state=state)
+    dx, dweights = layer.backward(x, dy)          # gradients of sum(layer(x) * dy)
 
 Every failure is a dsv4.Error (a ValueError) naming the tensor, key, shape or file.
 See docs/python.md.
 """
 from ._core import Config, Error, RopeScaling, get_num_threads, safetensors_metadata, set_num_threads
-from ._layer import Layer, State
+from ._layer import Gradients, Layer, State, Tape
 from ._arrays import load_safetensors, save_safetensors
 
 LAYER_TYPES = ("sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention")
 
-__all__ = ["Config", "Error", "Layer", "RopeScaling", "State", "LAYER_TYPES", "get_num_threads", "load_safetensors",
-           "safetensors_metadata", "save_safetensors", "set_num_threads"]
+__all__ = ["Config", "Error", "Gradients", "Layer", "RopeScaling", "State", "Tape", "LAYER_TYPES", "get_num_threads",
+           "load_safetensors", "safetensors_metadata", "save_safetensors", "set_num_threads"]
 __version__ = "0.1.0"

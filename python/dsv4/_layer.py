@@ -1,8 +1,9 @@
-"""dsv4.Layer and dsv4.State: the Pythonic face of the C++ Layer.
+"""dsv4.Layer, dsv4.State, dsv4.Tape and dsv4.Gradients: the Pythonic face of the C++ Layer.
 
 Shapes and array kinds are handled here; every number is computed by the core.
 """
 import os
+from typing import Any, Dict, NamedTuple
 
 import numpy as np
 
@@ -57,6 +58,40 @@ class State:
 
     def __repr__(self):
         return f"dsv4.State({self.layer_type}, position={self.position}, nbytes={self.nbytes})"
+
+
+class Tape:
+    """What Layer.forward_train keeps for Layer.backward: the input, the CSA selection, the
+    attention output and what cannot be recomputed cheaply (nothing S x S; docs/python.md)."""
+
+    def __init__(self, core_tape, torch_in):
+        self._core = core_tape
+        self._torch = torch_in  # the input's kind: the gradients come back as it
+
+    @property
+    def nbytes(self):
+        """Heap bytes held by the tape."""
+        return self._core.nbytes
+
+    def __repr__(self):
+        return f"dsv4.Tape(nbytes={self.nbytes})"
+
+
+class Gradients(NamedTuple):
+    """Gradients of sum(y * dy) for y = layer(x), from Layer.backward.
+
+    dx:      like x (its kind: NumPy or torch, and its shape), float32;
+    weights: dict {name: array} with exactly the names Layer(...) takes (the reference
+             state_dict keys), same shapes, float32, summed over the batch; the CSA
+             indexer's (compressor.indexer.*) are zero: the top-k selection is discrete.
+    """
+    dx: Any
+    weights: Dict[str, Any]
+
+
+def _gradients(r, torch_out):
+    dx, weights = r
+    return Gradients(like(dx, torch_out), {k: like(v, torch_out) for k, v in weights.items()})
 
 
 class Layer:
@@ -142,6 +177,27 @@ class Layer:
         ys = r[0] if return_intermediates else r
         ys = [like(y, t) for y, (_, t) in zip(ys, conv)]
         return (ys, r[1]) if return_intermediates else ys
+
+    def forward_train(self, x):
+        """(y, tape): the one-shot forward y = layer(x) (the same numbers bit for bit) that also
+        keeps what backward needs. x [B, S, d] or [S, d]. Reference numerics only."""
+        a, torch_in = as_f32(x, "input hidden_states")
+        y, tape = self._core.forward_train(a)
+        return like(y, torch_in), Tape(tape, torch_in)
+
+    def backward(self, tape_or_x, dy):
+        """Gradients of sum(y * dy) for the one-shot y = layer(x): dx and every weight's.
+
+        layer.backward(tape, dy) with the tape of this layer's forward_train(x), or
+        layer.backward(x, dy) for both passes in one call. dy has y's shape. Returns a
+        Gradients (dx, weights) in the kind of x (NumPy or torch). Deterministic: the same
+        bits for any thread count."""
+        if isinstance(tape_or_x, Tape):
+            d, _ = as_f32(dy, "dy")
+            return _gradients(self._core.backward(tape_or_x._core, d), tape_or_x._torch)
+        a, torch_in = as_f32(tape_or_x, "input hidden_states")
+        d, _ = as_f32(dy, "dy")
+        return _gradients(self._core.backward_input(a, d), torch_in)
 
     def new_state(self):
         """An empty decode state for one sequence."""

@@ -7,7 +7,7 @@ namespace dsv4::py_bind {
 namespace py = pybind11;
 
 void bind_config(py::module_& m);  // Config, RopeScaling
-void bind_layer(py::module_& m);   // Layer, State
+void bind_layer(py::module_& m);   // Layer, State, Tape
 void bind_io(py::module_& m);      // safetensors files
 
 // Applies dsv4.set_num_threads() to the calling thread's OpenMP settings

@@ -1,10 +1,11 @@
-// dsv4._core.Layer and dsv4._core.State. Every compute call releases the GIL;
+// dsv4._core.Layer, State and Tape. Every compute call releases the GIL;
 // inputs are read in place, outputs handed to NumPy without a copy.
 #include <pybind11/stl.h>
 #include <pybind11/stl/filesystem.h>
 
 #include "arrays.h"
 #include "bindings.h"
+#include "gradients.h"
 #include "dsv4/layer.h"
 #include "dsv4/model.h"
 #include "dsv4/weights.h"
@@ -103,6 +104,51 @@ py::list attention_map(const Layer& l, const py::array& x, bool dense) {
   return out;
 }
 
+// A Tape with the Python object of the layer that made it: the tape points into
+// that layer's packed weights, so it keeps the layer alive, and backward takes
+// only its own layer's tapes.
+struct TrainTape {
+  Tape tape;
+  py::object layer;
+};
+
+py::tuple forward_train(const py::object& self, const py::array& x) {
+  const Layer& l = self.cast<const Layer&>();
+  const TensorView v = view_of(x, "input hidden_states");
+  TrainTape t{Tape(), self};
+  Tensor y;
+  {
+    py::gil_scoped_release nogil;
+    use_configured_threads();
+    y = l.forward_train(v, t.tape);
+  }
+  return py::make_tuple(to_numpy(std::move(y)), py::cast(std::move(t)));
+}
+
+py::tuple backward_tape(const py::object& self, const TrainTape& t, const py::array& dy) {
+  if (!t.layer.is(self)) fail("backward: the tape was made by another layer's forward_train");
+  const Layer& l = self.cast<const Layer&>();
+  const TensorView v = view_of(dy, "dy");
+  LayerGradients g;
+  {
+    py::gil_scoped_release nogil;
+    use_configured_threads();
+    g = l.backward(t.tape, v);
+  }
+  return gradients_tuple(std::move(g), l.config(), l.type());
+}
+
+py::tuple backward_input(const Layer& l, const py::array& x, const py::array& dy) {
+  const TensorView vx = view_of(x, "input hidden_states"), vdy = view_of(dy, "dy");
+  LayerGradients g;
+  {
+    py::gil_scoped_release nogil;
+    use_configured_threads();
+    g = l.backward(vx, vdy);
+  }
+  return gradients_tuple(std::move(g), l.config(), l.type());
+}
+
 }  // namespace
 
 void bind_layer(py::module_& m) {
@@ -114,6 +160,9 @@ void bind_layer(py::module_& m) {
       .def("reset", [](State& s) { s.state.reset(); })
       .def("save", [](const State& s, const std::filesystem::path& p) { save_state(s.state, s.config, p); },
            py::arg("path"));
+
+  py::class_<TrainTape>(m, "Tape")
+      .def_property_readonly("nbytes", [](const TrainTape& t) { return t.tape.bytes(); });
 
   py::class_<Layer>(m, "Layer")
       .def(py::init(&make_layer), py::arg("config"), py::arg("layer_type"), py::arg("weights"),
@@ -142,6 +191,9 @@ void bind_layer(py::module_& m) {
           py::arg("x"), py::arg("state"), py::arg("debug") = false)
       .def("forward_batch", &forward_batch, py::arg("xs"), py::arg("states"), py::arg("debug") = false)
       .def("attention_map", &attention_map, py::arg("x"), py::arg("dense") = false)
+      .def("forward_train", &forward_train, py::arg("x"))
+      .def("backward", &backward_tape, py::arg("tape"), py::arg("dy"))
+      .def("backward_input", &backward_input, py::arg("x"), py::arg("dy"))
       .def("new_state", [](const Layer& l) { return State{l.new_state(), l.config()}; })
       .def(
           "load_state",

@@ -121,3 +121,24 @@ def test_imports_without_torch():
     r = subprocess.run([sys.executable, "-c", code], env=PYENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "no torch: ok"
+
+
+def test_bench_backward_commands():
+    """`dsv4 bench --backward` and `bench/torch_baseline.py --backward` at a tiny S: their JSON adds up."""
+    r = subprocess.run([CLI, "bench", "--backward", "--layer-type", "swa", "--seq", "8", "--repeats", "1",
+                        "--threads", "1", "--json"], check=True, capture_output=True, text=True)
+    j = json.loads(r.stdout.strip().splitlines()[-1])
+    assert j["mode"] == "backward" and j["seq"] == 8 and j["forward_seconds"] > 0 and j["backward_seconds"] > 0
+    assert j["backward_over_forward"] == pytest.approx(j["backward_seconds"] / j["forward_seconds"])
+    assert j["tape_bytes"] >= 8 * 4096 * 4 and j["peak_rss_bytes"] > j["weight_bytes"]  # the tape keeps x
+    r = subprocess.run([CLI, "bench", "--backward", "--seq", "8", "--numerics", "deployment"], capture_output=True,
+                       text=True)
+    assert r.returncode != 0 and "reference numerics only" in r.stderr
+    tb = [sys.executable, os.path.join(ROOT, "bench", "torch_baseline.py"), "--backward", "--layer-type", "swa",
+          "--repeats", "1", "--warmup", "0", "--threads", "1", "--json"]
+    r = subprocess.run(tb + ["--seq", "8"], check=True, capture_output=True, text=True)
+    j = json.loads(r.stdout.strip().splitlines()[-1])
+    assert j["mode"] == "backward" and j["backward_over_forward"] == pytest.approx(j["backward_seconds"] /
+                                                                                   j["forward_seconds"])
+    r = subprocess.run(tb + ["--seq", "4096", "--max-gb", "20"], capture_output=True, text=True)
+    assert r.returncode == 3 and "x3" in json.loads(r.stdout.strip().splitlines()[-1])["error"]

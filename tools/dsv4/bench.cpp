@@ -2,6 +2,7 @@
 // tokens or decode of N tokens after a prefill of C. Reports median seconds,
 // tokens/s, achieved GFLOP/s of the sparse algorithm, peak RSS, per-stage times,
 // and the machine's own sgemm GFLOP/s and copy bandwidth measured in the same run.
+// With --backward: forward_train + backward of S tokens (training), timed apart.
 #include <omp.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -24,7 +25,7 @@ struct Options {
   std::string preset = "v4-flash", layer_type = "csa", weights = "f32", numerics = "reference";
   int64_t seq = 4096, context = 0, decode = 0;
   int threads = 0, repeats = 3;
-  bool json = false;
+  bool json = false, backward = false;
   uint64_t seed = 1;
 };
 
@@ -78,8 +79,68 @@ nlohmann::json stages_json(const StageTimes& t) {
           {"topk", t.topk},              {"attention", t.attention}, {"output", t.output}};
 }
 
+// --backward: Layer::forward_train then Layer::backward of one sequence of S
+// tokens (loss = sum(y · dy), dy seeded), each timed; the medians of both, their
+// ratio, the tape's bytes and the peak RSS (weights, tape and gradients included).
+int run_backward_bench(const Options& o) {
+  if (o.decode > 0 || o.context > 0) fail("bench --backward: one-shot only (give --seq S, not --context/--decode)");
+  if (o.seq <= 0) fail("bench --backward: --seq must be > 0");
+  if (parse_numerics(o.numerics) != Numerics::reference)
+    fail("bench --backward: reference numerics only (deployment numerics round, which has no gradient)");
+  const Config c = Config::preset(o.preset);
+  const LayerType type = parse_layer_type(o.layer_type);
+  std::fprintf(stderr, "building a random %s %s layer ...\n", o.preset.c_str(), std::string(layer_type_name(type)).c_str());
+  LayerWeights weights = random_layer_weights(c, type, o.seed);
+  store_as_released(weights, type);
+  const Layer layer(c, type, std::move(weights), LayerOptions{parse_weight_format(o.weights), Numerics::reference});
+  const Tensor x = random_uniform({o.seq, c.hidden_size}, 1.0f, o.seed + 99);
+  const Tensor dy = random_uniform({o.seq, c.hidden_size}, 1.0f, o.seed + 100);
+
+  std::vector<double> fwd, bwd;
+  size_t tape_bytes = 0;
+  for (int r = 0; r < o.repeats; ++r) {
+    Tape tape;
+    double t0 = now();
+    const Tensor y = layer.forward_train(x, tape);
+    fwd.push_back(now() - t0);
+    tape_bytes = tape.bytes();
+    t0 = now();
+    const LayerGradients g = layer.backward(tape, dy);
+    bwd.push_back(now() - t0);
+    std::fprintf(stderr, "  run %d/%d: forward_train %.3f s, backward %.3f s\n", r + 1, o.repeats, fwd.back(), bwd.back());
+  }
+  const double f = median(fwd), b = median(bwd);
+  const double weight_bytes = static_cast<double>(layer.weight_bytes());
+  nlohmann::json j = {{"impl", "dsv4"},
+                      {"preset", o.preset},
+                      {"layer_type", o.layer_type},
+                      {"mode", "backward"},
+                      {"seq", o.seq},
+                      {"threads", omp_get_max_threads()},
+                      {"repeats", o.repeats},
+                      {"forward_seconds", f},
+                      {"backward_seconds", b},
+                      {"backward_over_forward", b / f},
+                      {"seconds", f + b},
+                      {"tokens_per_s", static_cast<double>(o.seq) / (f + b)},
+                      {"peak_rss_bytes", peak_rss_bytes()},
+                      {"tape_bytes", tape_bytes},
+                      {"weight_bytes", weight_bytes},
+                      {"weights", o.weights},
+                      {"numerics", o.numerics}};
+  std::printf("dsv4 bench --backward: %s %s, S=%lld, %d threads\n", o.preset.c_str(),
+              std::string(layer_type_name(type)).c_str(), static_cast<long long>(o.seq), omp_get_max_threads());
+  std::printf("  median forward_train %.4f s, backward %.4f s: backward = %.2fx forward, %.1f tokens/s (both)\n", f, b,
+              b / f, static_cast<double>(o.seq) / (f + b));
+  std::printf("  peak RSS %.2f GB, weights %.2f GB, tape %.1f MB\n", peak_rss_bytes() / 1e9, weight_bytes / 1e9,
+              tape_bytes / 1e6);
+  if (o.json) std::printf("%s\n", j.dump().c_str());
+  return 0;
+}
+
 int run_bench(const Options& o) {
   if (o.threads > 0) omp_set_num_threads(o.threads);
+  if (o.backward) return run_backward_bench(o);
   const Config c = Config::preset(o.preset);
   const LayerType type = parse_layer_type(o.layer_type);
   const bool decode = o.decode > 0;
@@ -191,7 +252,7 @@ int run_bench(const Options& o) {
 
 void add_bench(CLI::App& app, int& rc) {
   auto o = std::make_shared<Options>();
-  auto* cmd = app.add_subcommand("bench", "Time one random layer at a preset's dimensions (prefill or decode)");
+  auto* cmd = app.add_subcommand("bench", "Time one random layer at a preset's dimensions (prefill, decode or --backward)");
   cmd->add_option("--preset", o->preset, "v4-flash or v4-pro")->capture_default_str();
   cmd->add_option("--layer-type", o->layer_type, "swa, csa or hca")->capture_default_str();
   cmd->add_option("--seq", o->seq, "prefill: tokens S")->capture_default_str();
@@ -207,6 +268,9 @@ void add_bench(CLI::App& app, int& rc) {
   cmd->add_option("--numerics", o->numerics, "reference or deployment (docs/numerics.md)")
       ->check(CLI::IsMember({"reference", "deployment"}))
       ->capture_default_str();
+  cmd->add_flag("--backward", o->backward,
+                "training: time forward_train and backward of --seq tokens (loss = sum(y * dy)); reports both, "
+                "backward/forward, the tape's bytes and peak RSS (reference numerics, one-shot only)");
   cmd->add_flag("--json", o->json, "print one JSON object as the last line of stdout");
   cmd->callback([&rc, o] { rc = run_bench(*o); });
 }
