@@ -389,5 +389,42 @@ TEST(FastBackward, RejectsBadDyForeignTapesAndDeploymentNumerics) {
   }
 }
 
+// Accumulating into reused gradients (Layer::zero_gradients) and reusing a
+// tape for a sequence of another length: the same bits as fresh objects; a
+// second backward into the same gradients doubles every weight gradient (to
+// rounding: BLAS adds its partial sums into the existing values), and dx is
+// set, not summed. Gradients of the wrong shapes are refused.
+TEST(FastBackward, AccumulatesIntoReusedGradientsAndTapes) {
+  std::mt19937 rng(41);
+  const Config c = test::small_config();
+  for (LayerType t : kTypes) {
+    SCOPED_TRACE(std::string(layer_type_name(t)));
+    const Layer layer(c, t, test::random_weights(c, t, rng));
+    Tape tape;
+    LayerGradients acc = layer.zero_gradients();
+    for (int64_t s : {29, 13}) {  // the second forward reuses the tape's (larger) memory
+      const Tensor x = test::random_tensor({2, s, c.hidden_size}, rng, 2.0f);
+      const Tensor dy = test::random_tensor(x.shape, rng, 1.0f);
+      EXPECT_TRUE(same_bits(layer.forward_train(x, tape), layer.forward(x)));
+      const LayerGradients fresh = layer.backward(x, dy);
+      acc = layer.zero_gradients();
+      layer.backward(tape, dy, acc);
+      for (const WeightSpec& sp : gradient_specs(c, t, x.shape))
+        EXPECT_TRUE(same_bits(grad_of(acc, sp.name), grad_of(fresh, sp.name))) << sp.name << " S=" << s;
+      layer.backward(tape, dy, acc);
+      EXPECT_TRUE(same_bits(acc.dx, fresh.dx));
+      for (const WeightSpec& sp : expected_weights(c, t)) {
+        Tensor twice = grad_of(fresh, sp.name);
+        double scale = 0;
+        for (float& v : twice.data) scale = std::max(scale, std::fabs(double(v *= 2.0f)));
+        EXPECT_TRUE(test::all_close(grad_of(acc, sp.name), twice, 1e-6 * scale, 1e-6)) << sp.name << " S=" << s;
+      }
+    }
+    LayerGradients wrong = layer.zero_gradients();
+    wrong.weights.q_a_proj = Tensor({1, 1});
+    expect_error([&] { layer.backward(tape, Tensor(tape.data()->x_shape), wrong); }, "q_a_proj.weight");
+  }
+}
+
 }  // namespace
 }  // namespace dsv4

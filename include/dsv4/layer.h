@@ -107,12 +107,18 @@ class Layer {
                                     std::vector<Intermediates>* debug = nullptr, StageTimes* times = nullptr) const;
 
   // Training (docs/training.md). forward_train is forward(x) — the same
-  // output bit for bit — that also fills `tape` for backward. Reference
-  // numerics only (deployment numerics round, which has no gradient).
+  // output bit for bit — that also fills `tape` for backward (reusing the
+  // tape's memory if it held an earlier forward). Reference numerics only
+  // (deployment numerics round, which has no gradient).
   Tensor forward_train(TensorView x, Tape& tape) const;
   // Gradients of sum(y · dy) for y = forward(x): dy has the shape forward gave.
   // Deterministic: bit-identical for any thread count.
   LayerGradients backward(const Tape& tape, TensorView dy) const;
+  // The same, accumulating: adds the weights' gradients into grads.weights (as
+  // torch accumulates .grad: micro-batches, reused buffers) and sets grads.dx.
+  void backward(const Tape& tape, TensorView dy, LayerGradients& grads) const;
+  // Zero gradients of every weight of the layer (dx empty): what to accumulate into.
+  LayerGradients zero_gradients() const;
   // Both in one call (the tape is dropped after).
   LayerGradients backward(TensorView x, TensorView dy) const;
 

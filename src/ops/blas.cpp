@@ -17,6 +17,7 @@ namespace {
 // build runs single-threaded. So results are bit-identical for any number of
 // threads. (No `if` clause: a one-thread team would not count as parallel.)
 constexpr int64_t kTileM = 256, kTileN = 512;
+constexpr int64_t kTileTn = 1024;  // gemm_tn
 
 // BLAS rejects K = 0 (lda < 1); the product is then just beta·C.
 bool trivial(int64_t m, int64_t n, int64_t k, float* c, int64_t ldc, float beta) {
@@ -28,7 +29,8 @@ bool trivial(int64_t m, int64_t n, int64_t k, float* c, int64_t ldc, float beta)
 }
 
 void tiled(bool a_transposed, bool b_transposed, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-           const float* b, int64_t ldb, float* c, int64_t ldc, float beta) {
+           const float* b, int64_t ldb, float* c, int64_t ldc, float beta, int64_t kTileM = dsv4::kTileM,
+           int64_t kTileN = dsv4::kTileN) {
   if (trivial(m, n, k, c, ldc, beta)) return;
   const int64_t tm = (m + kTileM - 1) / kTileM, tn = (n + kTileN - 1) / kTileN;
 #pragma omp parallel for schedule(dynamic)
@@ -161,7 +163,9 @@ void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const
 
 void gemm_tn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
              int64_t ldc, float beta) {
-  tiled(true, false, m, n, k, a, lda, b, ldb, c, ldc, beta);
+  // Weight gradients are large outputs over a short K (a chunk of tokens):
+  // bigger tiles pack each operand panel fewer times.
+  tiled(true, false, m, n, k, a, lda, b, ldb, c, ldc, beta, kTileTn, kTileTn);
 }
 
 void widen_rows(const WeightRows& b, int64_t n, int64_t k, float* out) {

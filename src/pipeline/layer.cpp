@@ -480,7 +480,8 @@ Tensor Layer::forward_train(TensorView x, Tape& tape) const {
          "reference numerics for training");
   const Shape shape = batch_shape(x, config_.hidden_size);
   const int64_t b = shape[0], s = shape[1], d = shape[2];
-  auto data = std::make_unique<TapeData>();
+  std::unique_ptr<TapeData> data = std::move(tape.d_);  // an earlier tape's memory is reused
+  if (!data) data = std::make_unique<TapeData>();
   data->layer = packed_.get();
   data->x_shape = x.shape;
   data->x.assign(x.data, x.data + b * s * d);
@@ -489,7 +490,7 @@ Tensor Layer::forward_train(TensorView x, Tape& tape) const {
   std::vector<Job> jobs(static_cast<size_t>(b));
   data->seqs.resize(static_cast<size_t>(b));
   for (int64_t i = 0; i < b; ++i) {
-    data->seqs[i] = new_seq_tape(*packed_, s);
+    size_seq_tape(*packed_, s, data->seqs[i]);
     jobs[i] = Job(x.data + i * s * d, s, &states[i], out.ptr() + i * s * d, nullptr);
     jobs[i].tape = &data->seqs[i];
   }

@@ -84,8 +84,8 @@ void add(float* y, const float* x, int64_t n) {
 
 // Key gradients of queries [b0, b1) into their rows: window rows by position,
 // entries by id, each destination summing its queries in order.
-void scatter(const PackedLayer& p, int64_t b0, int64_t b1, const std::vector<QueryKeys>& keys,
-             const std::vector<float>& g, int64_t g_stride, float* dkv, float* dent) {
+void scatter(const PackedLayer& p, int64_t b0, int64_t b1, const std::vector<QueryKeys>& keys, const float* g,
+             int64_t g_stride, float* dkv, float* dent) {
   const int64_t hd = p.c.head_dim, w = p.c.sliding_window;
   const int64_t r0 = std::max<int64_t>(0, b0 - w + 1);
 #pragma omp parallel for schedule(static)
@@ -119,7 +119,11 @@ void attend_backward(const PackedLayer& p, const SeqTape& tape, int64_t t0, int6
                         : p.type == LayerType::hca ? static_cast<int64_t>(tape.entries.size()) / hd
                                                    : 0;
   const int64_t g_stride = (p.c.sliding_window + max_e) * hd;
-  std::vector<float> g(static_cast<size_t>(std::min(kQueryBlock, t1 - t0) * g_stride));
+  // The calling thread's buffer, kept between calls (no new pages when warm);
+  // the parallel regions below reach it through `g`, not as their own thread_local.
+  thread_local std::vector<float> g_buf;
+  g_buf.resize(static_cast<size_t>(std::min(kQueryBlock, t1 - t0) * g_stride));
+  float* const g = g_buf.data();
   std::vector<QueryKeys> keys;
   for (int64_t b0 = t0; b0 < t1; b0 += kQueryBlock) {
     const int64_t b1 = std::min(t1, b0 + kQueryBlock);

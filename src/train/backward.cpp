@@ -29,18 +29,15 @@ size_t TapeData::bytes() const {
   return n;
 }
 
-SeqTape new_seq_tape(const PackedLayer& p, int64_t len) {
+void size_seq_tape(const PackedLayer& p, int64_t len, SeqTape& t) {
   const Config& c = p.c;
-  SeqTape t;
   t.len = len;
   t.kv.resize(static_cast<size_t>(len * c.head_dim));
   t.o.resize(static_cast<size_t>(len * c.num_attention_heads * c.head_dim));
   t.grouped.resize(static_cast<size_t>(len * c.o_groups * c.o_lora_rank));
-  if (p.type == LayerType::csa) {
-    t.width = std::min(c.index_topk, len / p.rate);
-    t.topk.assign(static_cast<size_t>(len * t.width), -1);
-  }
-  return t;
+  t.width = p.type == LayerType::csa ? std::min(c.index_topk, len / p.rate) : 0;
+  t.topk.assign(static_cast<size_t>(len * t.width), -1);
+  t.entries.clear();
 }
 
 Tape::Tape() = default;
@@ -71,15 +68,6 @@ DenseWeights dense_weights(const PackedLayer& p) {
   return d;
 }
 
-// Zero gradients of every weight the layer type has.
-LayerWeights zero_gradients(const Config& c, LayerType t) {
-  LayerWeights g;
-  if (t != LayerType::sliding) g.compressor.emplace();
-  if (t == LayerType::csa) g.indexer.emplace();
-  for (const WeightSpec& s : expected_weights(c, t)) *weight_slot(g, s.name) = Tensor(s.shape);
-  return g;
-}
-
 void check_finite(const float* x, int64_t n, const char* what) {
   for (int64_t i = 0; i < n; ++i)
     if (!std::isfinite(x[i]))
@@ -95,11 +83,20 @@ void rotate_heads(const PackedLayer& p, float* row, int64_t heads, int64_t pos, 
   for (int64_t h = 0; h < heads; ++h) rope_rotate(row + h * hd + hd - rd, rd, cs, sn, inverse);
 }
 
+// The backward's scratch, kept per calling thread between calls (as the
+// forward's workspace is): a warm call touches no new pages.
+struct Buffers {
+  std::vector<float> raw, draw, cq, dcq, inv_cq, inv_kv, dkv, dent, dsink;  // per sequence
+  std::vector<float> dgrouped, d_o, delta, qraw, q, inv_q, dq;              // per query chunk
+};
+
 class SeqBackward {
  public:
   SeqBackward(const PackedLayer& p, const DenseWeights& w, const SeqTape& tape, const float* x, const float* dy,
-              LayerGradients& g)
-      : p_(p), c_(p.c), w_(w), t_(tape), x_(x), dy_(dy), g_(g), s_(tape.len) {}
+              LayerGradients& g, Buffers& b)
+      : p_(p), c_(p.c), w_(w), t_(tape), x_(x), dy_(dy), g_(g), s_(tape.len), raw_(b.raw), draw_(b.draw), cq_(b.cq),
+        dcq_(b.dcq), inv_cq_(b.inv_cq), inv_kv_(b.inv_kv), dkv_(b.dkv), dent_(b.dent), dsink_(b.dsink),
+        dgrouped_(b.dgrouped), d_o_(b.d_o), delta_(b.delta), qraw_(b.qraw), q_(b.q), inv_q_(b.inv_q), dq_(b.dq) {}
 
   void run(float* dx) {
     recompute();
@@ -243,28 +240,47 @@ class SeqBackward {
   const float *x_, *dy_;
   LayerGradients& g_;
   int64_t s_;
-  std::vector<float> raw_, draw_, cq_, dcq_, inv_cq_, inv_kv_, dkv_, dent_, dsink_;
-  std::vector<float> dgrouped_, d_o_, delta_, qraw_, q_, inv_q_, dq_;
+  std::vector<float>&raw_, &draw_, &cq_, &dcq_, &inv_cq_, &inv_kv_, &dkv_, &dent_, &dsink_;
+  std::vector<float>&dgrouped_, &d_o_, &delta_, &qraw_, &q_, &inv_q_, &dq_;
 };
 
 }  // namespace
 
-LayerGradients Layer::backward(const Tape& tape, TensorView dy) const {
+LayerGradients Layer::zero_gradients() const {
+  LayerGradients g;
+  if (type_ != LayerType::sliding) g.weights.compressor.emplace();
+  if (type_ == LayerType::csa) g.weights.indexer.emplace();
+  for (const WeightSpec& s : expected_weights(config_, type_)) *weight_slot(g.weights, s.name) = Tensor(s.shape);
+  return g;
+}
+
+void Layer::backward(const Tape& tape, TensorView dy, LayerGradients& grads) const {
   const TapeData* td = tape.data();
   if (!td) fail("backward: the tape is empty (fill it with forward_train first)");
   if (td->layer != packed_.get()) fail("backward: the tape was recorded by another layer");
   if (dy.shape != td->x_shape)
     fail("backward: dy has shape " + shape_str(dy.shape) + ", the forward's output " + shape_str(td->x_shape));
   check_finite(dy.data, dy.numel(), "backward: dy");
+  for (const WeightSpec& s : expected_weights(config_, type_)) {
+    const Tensor* t = weight_slot(grads.weights, s.name);
+    if (!t || t->shape != s.shape)
+      fail("backward: gradient '" + s.name + "' to accumulate into has shape " + (t ? shape_str(t->shape) : "none") +
+           ", expected " + shape_str(s.shape) + " (start from Layer::zero_gradients())");
+  }
   const int64_t b = static_cast<int64_t>(td->seqs.size()), d = config_.hidden_size;
   const int64_t s = b ? td->seqs[0].len : 0;
-  LayerGradients g;
-  g.dx = Tensor(td->x_shape);
-  g.weights = zero_gradients(config_, type_);
-  if (s == 0) return g;
+  if (grads.dx.shape != td->x_shape) grads.dx = Tensor(td->x_shape);
+  if (s == 0) return;
+  thread_local Buffers buf;
   const DenseWeights w = dense_weights(*packed_);
   for (int64_t i = 0; i < b; ++i)
-    SeqBackward(*packed_, w, td->seqs[i], td->x.data() + i * s * d, dy.data + i * s * d, g).run(g.dx.ptr() + i * s * d);
+    SeqBackward(*packed_, w, td->seqs[i], td->x.data() + i * s * d, dy.data + i * s * d, grads, buf)
+        .run(grads.dx.ptr() + i * s * d);
+}
+
+LayerGradients Layer::backward(const Tape& tape, TensorView dy) const {
+  LayerGradients g = zero_gradients();
+  backward(tape, dy, g);
   return g;
 }
 

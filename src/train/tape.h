@@ -22,8 +22,9 @@ struct SeqTape {
   std::vector<float> grouped;  // [S, g·d_g]  o_b's input
 };
 
-// Sized for a one-shot sequence of `len` tokens (the CSA selection padded to min(k, len / m)).
-SeqTape new_seq_tape(const PackedLayer& p, int64_t len);
+// Sizes t for a one-shot sequence of `len` tokens (the CSA selection padded to
+// min(k, len / m)), keeping the memory t already holds.
+void size_seq_tape(const PackedLayer& p, int64_t len, SeqTape& t);
 
 struct TapeData {
   const PackedLayer* layer = nullptr;  // the layer that made it (backward checks)

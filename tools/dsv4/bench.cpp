@@ -79,9 +79,10 @@ nlohmann::json stages_json(const StageTimes& t) {
           {"topk", t.topk},              {"attention", t.attention}, {"output", t.output}};
 }
 
-// --backward: Layer::forward_train then Layer::backward of one sequence of S
-// tokens (loss = sum(y · dy), dy seeded), each timed; the medians of both, their
-// ratio, the tape's bytes and the peak RSS (weights, tape and gradients included).
+// --backward: Layer::forward (inference), Layer::forward_train then
+// Layer::backward of one sequence of S tokens (loss = sum(y · dy), dy seeded),
+// each timed; the medians, the backward's ratio to both forwards, the tape's
+// bytes and the peak RSS (weights, tape and gradients included).
 int run_backward_bench(const Options& o) {
   if (o.decode > 0 || o.context > 0) fail("bench --backward: one-shot only (give --seq S, not --context/--decode)");
   if (o.seq <= 0) fail("bench --backward: --seq must be > 0");
@@ -96,20 +97,25 @@ int run_backward_bench(const Options& o) {
   const Tensor x = random_uniform({o.seq, c.hidden_size}, 1.0f, o.seed + 99);
   const Tensor dy = random_uniform({o.seq, c.hidden_size}, 1.0f, o.seed + 100);
 
-  std::vector<double> fwd, bwd;
+  std::vector<double> inf, fwd, bwd;  // inference forward, forward_train, backward
   size_t tape_bytes = 0;
+  Tape tape;                                   // reused, as a training loop would:
+  LayerGradients grads = layer.zero_gradients();  // later repeats touch no new pages
   for (int r = 0; r < o.repeats; ++r) {
-    Tape tape;
     double t0 = now();
+    layer.forward(x);
+    inf.push_back(now() - t0);
+    t0 = now();
     const Tensor y = layer.forward_train(x, tape);
     fwd.push_back(now() - t0);
     tape_bytes = tape.bytes();
     t0 = now();
-    const LayerGradients g = layer.backward(tape, dy);
+    layer.backward(tape, dy, grads);
     bwd.push_back(now() - t0);
-    std::fprintf(stderr, "  run %d/%d: forward_train %.3f s, backward %.3f s\n", r + 1, o.repeats, fwd.back(), bwd.back());
+    std::fprintf(stderr, "  run %d/%d: forward %.3f s, forward_train %.3f s, backward %.3f s\n", r + 1, o.repeats,
+                 inf.back(), fwd.back(), bwd.back());
   }
-  const double f = median(fwd), b = median(bwd);
+  const double fi = median(inf), f = median(fwd), b = median(bwd);
   const double weight_bytes = static_cast<double>(layer.weight_bytes());
   nlohmann::json j = {{"impl", "dsv4"},
                       {"preset", o.preset},
@@ -121,6 +127,8 @@ int run_backward_bench(const Options& o) {
                       {"forward_seconds", f},
                       {"backward_seconds", b},
                       {"backward_over_forward", b / f},
+                      {"inference_forward_seconds", fi},
+                      {"backward_over_inference_forward", b / fi},
                       {"seconds", f + b},
                       {"tokens_per_s", static_cast<double>(o.seq) / (f + b)},
                       {"peak_rss_bytes", peak_rss_bytes()},
@@ -130,8 +138,9 @@ int run_backward_bench(const Options& o) {
                       {"numerics", o.numerics}};
   std::printf("dsv4 bench --backward: %s %s, S=%lld, %d threads\n", o.preset.c_str(),
               std::string(layer_type_name(type)).c_str(), static_cast<long long>(o.seq), omp_get_max_threads());
-  std::printf("  median forward_train %.4f s, backward %.4f s: backward = %.2fx forward, %.1f tokens/s (both)\n", f, b,
-              b / f, static_cast<double>(o.seq) / (f + b));
+  std::printf("  median forward_train %.4f s, backward %.4f s: backward = %.2fx forward_train, %.1f tokens/s (both)\n",
+              f, b, b / f, static_cast<double>(o.seq) / (f + b));
+  std::printf("  median forward (inference, no tape) %.4f s: backward = %.2fx it\n", fi, b / fi);
   std::printf("  peak RSS %.2f GB, weights %.2f GB, tape %.1f MB\n", peak_rss_bytes() / 1e9, weight_bytes / 1e9,
               tape_bytes / 1e6);
   if (o.json) std::printf("%s\n", j.dump().c_str());
