@@ -426,5 +426,28 @@ TEST(FastBackward, AccumulatesIntoReusedGradientsAndTapes) {
   }
 }
 
+// Weights kept as stored (FP8 + UE8M0 blocks, BF16: WeightFormat::native):
+// the gradients are those of the f32 layer on the dequantised values (the
+// backward multiplies by exactly those values; the forwards differ by at most
+// their tile boundaries, ~1e-7 relative).
+TEST(FastBackward, NativeWeightsGiveTheDequantisedLayersGradients) {
+  std::mt19937 rng(9);
+  Config c = test::small_config();
+  c.hidden_size = 160;  // > 128: several FP8 scale blocks per row
+  for (LayerType t : kTypes) {
+    SCOPED_TRACE(std::string(layer_type_name(t)));
+    LayerWeights stored = test::random_weights(c, t, rng);
+    store_as_released(stored, t);
+    LayerWeights dequantised = stored;
+    for (const auto& [name, m] : dequantised.stored) *weight_slot(dequantised, name) = m.dequantised();
+    dequantised.stored.clear();
+    const Tensor x = test::random_tensor({2, 41, c.hidden_size}, rng, 2.0f);
+    const Tensor dy = test::random_tensor(x.shape, rng, 1.0f);
+    const LayerGradients native = Layer(c, t, stored, LayerOptions{WeightFormat::native}).backward(x, dy);
+    const LayerGradients f32 = Layer(c, t, dequantised).backward(x, dy);
+    EXPECT_TRUE(gradients_close(native, f32, c, t));
+  }
+}
+
 }  // namespace
 }  // namespace dsv4
