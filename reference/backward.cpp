@@ -235,7 +235,7 @@ void add(Vec& a, const Vec& b) {
 // Attention of query t, head h, given d o (before de-rotation): adds to dq,
 // the key/value rows' gradients (dkv, dentry) and the sink's.
 void attend_back(const Dims& dm, const Fwd& f, int64_t t, int64_t h, const double* d_o, double* dq, Vec& dkv,
-                 Vec& dentry, double* dsinks) {
+                 Vec& dentry, double* dsinks, double* sink_terms) {
   const std::vector<Key>& keys = f.keys[t];
   const Vec& p = f.prob[t * dm.h + h];
   const double* qh = &f.q[(t * dm.h + h) * dm.hd];
@@ -248,6 +248,14 @@ void attend_back(const Dims& dm, const Fwd& f, int64_t t, int64_t h, const doubl
     s += p[j] * dp[j];
   }
   dsinks[h] -= f.p_sink[t * dm.h + h] * s;  // the sink's dp is 0: it has no value
+  if (sink_terms) {  // p_sink · |dO| |o| bounds this query's term and its rounding's reach
+    double n_do = 0, n_o = 0;
+    for (int64_t i = 0; i < dm.hd; ++i) {
+      n_do += d_o[i] * d_o[i];
+      n_o += f.o[(t * dm.h + h) * dm.hd + i] * f.o[(t * dm.h + h) * dm.hd + i];
+    }
+    sink_terms[h] += f.p_sink[t * dm.h + h] * std::sqrt(n_do * n_o);
+  }
   for (size_t j = 0; j < keys.size(); ++j) {
     const double* v = key_row(f, keys[j], dm.hd);
     double* dv = keys[j].entry ? &dentry[keys[j].idx * dm.hd] : &dkv[keys[j].idx * dm.hd];
@@ -283,7 +291,7 @@ Vec compress_back(const Dims& dm, const Params<const double*>& w, const Params<d
 
 // One sequence: adds the weight gradients into gw, returns dx [S, d].
 Vec backward_seq(const Dims& dm, const Params<const double*>& w, const Params<double*>& gw, const Fwd& f,
-                 const Vec& dy) {
+                 const Vec& dy, double* sink_terms) {
   const int64_t s_len = f.s, hd_all = dm.h * dm.hd;
   // 7. o_b, then the g blocks of o_a
   const Vec dgrouped = linear_back(f.grouped.data(), dy, s_len, w.o_b, dm.d, dm.g * dm.dg, gw.o_b);
@@ -304,7 +312,7 @@ Vec backward_seq(const Dims& dm, const Params<const double*>& w, const Params<do
     for (int64_t h = 0; h < dm.h; ++h) {
       double* doh = &d_o[(t * dm.h + h) * dm.hd];
       rope_back(doh, dm.hd, dm.freq, t, -1);
-      attend_back(dm, f, t, h, doh, &dq[(t * dm.h + h) * dm.hd], dkv, dentry, gw.sinks);
+      attend_back(dm, f, t, h, doh, &dq[(t * dm.h + h) * dm.hd], dkv, dentry, gw.sinks, sink_terms);
     }
   // 1. query: RoPE, per-head norm, q_b, weighted norm, q_a
   for (int64_t t = 0; t < s_len; ++t)
@@ -365,8 +373,9 @@ LayerGradients backward(const Config& c, LayerType t, const LayerWeights& w, con
 }
 
 LayerGradients backward(const Config& c, LayerType t, const LayerWeights& w, const Tensor& x, const Tensor& dy,
-                        const Selection& sel) {
+                        const Selection& sel, std::vector<double>* sink_terms) {
   if (x.shape.size() != 3 || dy.shape != x.shape) fail("reference::backward: x and dy must both be [B, S, d]");
+  if (sink_terms) sink_terms->assign(static_cast<size_t>(c.num_attention_heads), 0.0);
   const int64_t b = x.dim(0), s_len = x.dim(1), d = x.dim(2);
   const Point64 p = widen(c, t, w, x);
   const Dims dm(c, t);
@@ -380,7 +389,7 @@ LayerGradients backward(const Config& c, LayerType t, const LayerWeights& w, con
   for (int64_t i = 0; i < b; ++i) {
     const Fwd f = forward_seq(t, dm, pw, &p.x[i * s_len * d], s_len, t == LayerType::csa ? &sel[i] : nullptr);
     const Vec dyi(dy.data.begin() + i * s_len * d, dy.data.begin() + (i + 1) * s_len * d);
-    const Vec dx = backward_seq(dm, pw, gw, f, dyi);
+    const Vec dx = backward_seq(dm, pw, gw, f, dyi, sink_terms ? sink_terms->data() : nullptr);
     std::copy(dx.begin(), dx.end(), g.dx.data.begin() + i * s_len * d);  // narrows to fp32
   }
   if (t != LayerType::sliding) g.weights.compressor.emplace();

@@ -35,9 +35,11 @@ Selection select_topk(const Config& c, LayerType t, const LayerWeights& w, const
 
 // `backward` (above) with the CSA selection given instead of computed — e.g. the one
 // a fast forward made, where the indexer's scores have near-ties that fp32 and
-// double could break differently.
+// double could break differently. `sink_terms` (if given) gets per head
+// Σ_queries p_sink·|dO|·|o|: the size of the terms the sink's gradient sums,
+// which cancel to far less; an fp32 result's rounding is relative to this.
 LayerGradients backward(const Config& c, LayerType t, const LayerWeights& w, const Tensor& x, const Tensor& dy,
-                        const Selection& sel);
+                        const Selection& sel, std::vector<double>* sink_terms = nullptr);
 
 // For finite differences: a layer's input and weights widened to double, so
 // that a step of 1e-6 is not lost to fp32 rounding. `w` holds every tensor of
