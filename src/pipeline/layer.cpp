@@ -204,8 +204,8 @@ void record_tape(const PackedLayer& p, const Job& j, const float* o, const float
   std::memcpy(&t.o[j.p0 * ho], &o[j.row0 * ho], j.len * ho * sizeof(float));
   std::memcpy(&t.grouped[j.p0 * gd], &grouped[j.row0 * gd], j.len * gd * sizeof(float));
   std::memcpy(&t.kv[j.p0 * hd], &(*j.kwin)[j.n_cached * hd], j.len * hd * sizeof(float));
-  for (int64_t i = 0; i < j.len && p.type == LayerType::csa; ++i)
-    std::copy_n(j.topk->data() + i * j.width, j.width, &t.topk[(j.p0 + i) * t.width]);
+  for (int64_t i = 0; i < j.len && t.width > 0; ++i)  // CSA with entries (width = min(k, S / m))
+    std::copy_n(j.topk->data() + i * j.width, j.width, t.topk.data() + (j.p0 + i) * t.width);
 }
 
 // Sizes a job's attention map before the attention stage fills it.
