@@ -392,10 +392,9 @@ LayerGradients backward(const Config& c, LayerType t, const LayerWeights& w, con
     const Vec dx = backward_seq(dm, pw, gw, f, dyi, sink_terms ? sink_terms->data() : nullptr);
     std::copy(dx.begin(), dx.end(), g.dx.data.begin() + i * s_len * d);  // narrows to fp32
   }
-  if (t != LayerType::sliding) g.weights.compressor.emplace();
-  if (t == LayerType::csa) g.weights.indexer.emplace();
+  g.weights = zero_weights(c, t);
   for (const WeightSpec& s : expected_weights(c, t))  // the indexer's stay zero
-    *weight_slot(g.weights, s.name) = Tensor(s.shape, std::vector<float>(grads[s.name].begin(), grads[s.name].end()));
+    std::copy(grads[s.name].begin(), grads[s.name].end(), weight_slot(g.weights, s.name)->data.begin());
   return g;
 }
 

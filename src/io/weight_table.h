@@ -20,6 +20,9 @@ std::vector<WeightSpec> expected_weights(const Config& c, LayerType t);
 // w.compressor / w.indexer first for CSA/HCA layers).
 Tensor* weight_slot(LayerWeights& w, const std::string& name);
 
+// Every tensor a layer of type t has, zero-filled at its shape (gradients start here).
+LayerWeights zero_weights(const Config& c, LayerType t);
+
 // The spec name for `name`, which may be an alternative spelling: some
 // transformers versions drop "scorer." from the indexer's head weights.
 std::string canonical_name(const std::string& name);

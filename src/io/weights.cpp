@@ -72,6 +72,14 @@ const Tensor* slot(const LayerWeights& w, const std::string& n) {
 
 }  // namespace
 
+LayerWeights zero_weights(const Config& c, LayerType t) {
+  LayerWeights w;
+  if (t != LayerType::sliding) w.compressor.emplace();
+  if (t == LayerType::csa) w.indexer.emplace();
+  for (const WeightSpec& s : expected_weights(c, t)) *weight_slot(w, s.name) = Tensor(s.shape);
+  return w;
+}
+
 Tensor* weight_slot(LayerWeights& w, const std::string& n) {
   return const_cast<Tensor*>(slot(static_cast<const LayerWeights&>(w), n));
 }

@@ -42,16 +42,6 @@ struct Job {
   Scratch<float>* picked = nullptr;  // CSA short chunk: each row's selected entries, decoded once
 };
 
-void check_finite(const float* x, int64_t n, const std::string& what) {
-  int64_t bad = 0, first = -1;
-  for (int64_t i = 0; i < n; ++i)
-    if (!std::isfinite(x[i])) {
-      if (first < 0) first = i;
-      ++bad;
-    }
-  if (bad) fail(what + ": " + std::to_string(bad) + " non-finite value(s), first at flat index " + std::to_string(first));
-}
-
 // Window rows this chunk may read: the cached last min(p0, W-1) rows in position order, then the new ones.
 // In deployment numerics the cached rows are decoded and the new ones encoded
 // (into j.kcoded) and read back dequantised.
@@ -381,6 +371,16 @@ void run_split(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) 
 }
 
 }  // namespace
+
+void check_finite(const float* x, int64_t n, const std::string& what) {
+  int64_t bad = 0, first = -1;
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(x[i])) {
+      if (first < 0) first = i;
+      ++bad;
+    }
+  if (bad) fail(what + ": " + std::to_string(bad) + " non-finite value(s), first at flat index " + std::to_string(first));
+}
 
 std::string_view weight_format_name(WeightFormat f) {
   switch (f) {

@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "dsv4/config.h"
@@ -65,6 +66,9 @@ struct PackedLayer {
 // Matrices from w's fp32 tensors or, where w.stored has them, as stored;
 // `bf16` rounds the fp32 ones to bf16.
 PackedLayer pack_layer(const Config& c, LayerType t, const LayerWeights& w, bool bf16 = false);
+
+// Throws naming `what` if x holds a NaN or an infinity (how many, and the first's index).
+void check_finite(const float* x, int64_t n, const std::string& what);
 
 // Growable scratch memory: keeps its allocation between calls and is never
 // zero-filled, so a warm decode step allocates nothing and touches no new pages.

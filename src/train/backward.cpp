@@ -68,12 +68,6 @@ DenseWeights dense_weights(const PackedLayer& p) {
   return d;
 }
 
-void check_finite(const float* x, int64_t n, const char* what) {
-  for (int64_t i = 0; i < n; ++i)
-    if (!std::isfinite(x[i]))
-      fail(std::string(what) + ": non-finite value at flat index " + std::to_string(i));
-}
-
 // Rotate the trailing R channels of each of `heads` D-vectors of row `pos`.
 void rotate_heads(const PackedLayer& p, float* row, int64_t heads, int64_t pos, bool inverse) {
   const int64_t hd = p.c.head_dim, rd = p.c.qk_rope_head_dim, half = rd / 2;
@@ -248,9 +242,7 @@ class SeqBackward {
 
 LayerGradients Layer::zero_gradients() const {
   LayerGradients g;
-  if (type_ != LayerType::sliding) g.weights.compressor.emplace();
-  if (type_ == LayerType::csa) g.weights.indexer.emplace();
-  for (const WeightSpec& s : expected_weights(config_, type_)) *weight_slot(g.weights, s.name) = Tensor(s.shape);
+  g.weights = zero_weights(config_, type_);
   return g;
 }
 

@@ -15,18 +15,20 @@
 namespace dsv4 {
 namespace {
 
-// One entry's slots for one channel: where C and Z live and which bias row.
+// One slot of an entry: the token whose C and Z it reads, their first column
+// (channel ch reads column off + ch) and its position-bias row.
 struct Slot {
-  int64_t tok, col, bias_row;
+  int64_t tok, off, bias_row;
 };
 
-std::vector<Slot> slots_of(const CompressorGrad& g, int64_t w, int64_t ch) {
-  std::vector<Slot> s;
+// The entry's slots, the same for every channel; returns how many.
+int64_t slots_of(const CompressorGrad& g, int64_t w, Slot* out) {
+  int64_t n = 0;
   for (int64_t j = 0; j < g.rate; ++j) {
-    if (g.overlap && w > 0) s.push_back({(w - 1) * g.rate + j, ch, j});  // series A of window w-1
-    s.push_back({w * g.rate + j, g.overlap ? g.width + ch : ch, j});      // series B (or the only one)
+    if (g.overlap && w > 0) out[n++] = {(w - 1) * g.rate + j, 0, j};  // series A of window w-1
+    out[n++] = {w * g.rate + j, g.overlap ? g.width : 0, j};           // series B (or the only one)
   }
-  return s;
+  return n;
 }
 
 }  // namespace
@@ -39,42 +41,40 @@ void compress_backward(const PackedLayer& p, const CompressorGrad& g, int64_t s_
   std::vector<float> pooled(static_cast<size_t>(n_t * width)), dy(static_cast<size_t>(n_t * width)), inv(n_t);
 #pragma omp parallel
   {
-    std::vector<float> prob(static_cast<size_t>(2 * g.rate)), de(static_cast<size_t>(width));
+    std::vector<Slot> sl(static_cast<size_t>(2 * g.rate));
+    std::vector<float> prob(static_cast<size_t>(2 * g.rate * width)), de(static_cast<size_t>(width));
 #pragma omp for schedule(static)
     for (int64_t w = 0; w < n_t; ++w) {
+      const int64_t n = slots_of(g, w, sl.data());
       float* e = &pooled[w * width];
-      std::vector<std::vector<Slot>> slots(static_cast<size_t>(width));
-      for (int64_t ch = 0; ch < width; ++ch) {  // recompute the pooled value
-        slots[ch] = slots_of(g, w, ch);
-        e[ch] = 0;
+      for (int64_t ch = 0; ch < width; ++ch) {  // recompute the pooled value, keep the weights p
         float mx = -std::numeric_limits<float>::infinity(), den = 0;
-        for (const Slot& s : slots[ch]) mx = std::max(mx, raw[s.tok * g.ld + g.off_z + s.col] + bias[s.bias_row * in_w + s.col]);
-        for (const Slot& s : slots[ch]) {
-          const float x = std::exp(raw[s.tok * g.ld + g.off_z + s.col] + bias[s.bias_row * in_w + s.col] - mx);
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t col = sl[i].off + ch;
+          prob[i * width + ch] = raw[sl[i].tok * g.ld + g.off_z + col] + bias[sl[i].bias_row * in_w + col];
+          mx = std::max(mx, prob[i * width + ch]);
+        }
+        e[ch] = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          const float x = prob[i * width + ch] = std::exp(prob[i * width + ch] - mx);
           den += x;
-          e[ch] += x * raw[s.tok * g.ld + g.off_c + s.col];
+          e[ch] += x * raw[sl[i].tok * g.ld + g.off_c + sl[i].off + ch];
         }
         e[ch] /= den;
+        for (int64_t i = 0; i < n; ++i) prob[i * width + ch] /= den;
       }
       inv[w] = rms_inv(e, width, p.c.rms_norm_eps);
       float* d = &dy[w * width];
       std::copy_n(dent + w * width, width, d);
       rope_apply(d, width, p.inv_freq, w * g.rate, true);  // RoPE's transpose: rotate back
       rms_norm_backward(e, width, inv[w], norm, d, de.data());
-      for (int64_t ch = 0; ch < width; ++ch) {
-        const std::vector<Slot>& sl = slots[ch];
-        float mx = -std::numeric_limits<float>::infinity(), den = 0;
-        for (size_t i = 0; i < sl.size(); ++i) {
-          prob[i] = raw[sl[i].tok * g.ld + g.off_z + sl[i].col] + bias[sl[i].bias_row * in_w + sl[i].col];
-          mx = std::max(mx, prob[i]);
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t ch = 0; ch < width; ++ch) {
+          const int64_t at = sl[i].tok * g.ld + sl[i].off + ch;
+          const float pj = prob[i * width + ch];
+          draw[at + g.off_c] = pj * de[ch];
+          draw[at + g.off_z] = pj * (raw[at + g.off_c] - e[ch]) * de[ch];
         }
-        for (size_t i = 0; i < sl.size(); ++i) den += (prob[i] = std::exp(prob[i] - mx));
-        for (size_t i = 0; i < sl.size(); ++i) {
-          const float pj = prob[i] / den, c = raw[sl[i].tok * g.ld + g.off_c + sl[i].col];
-          draw[sl[i].tok * g.ld + g.off_c + sl[i].col] = pj * de[ch];
-          draw[sl[i].tok * g.ld + g.off_z + sl[i].col] = pj * (c - e[ch]) * de[ch];
-        }
-      }
     }
   }
   // dB[j, col]: the slot-j tokens' dZ, window after window (zero where no entry used them).
