@@ -15,6 +15,7 @@
 #include "dsv4/random.h"
 #include "io/dtype.h"
 #include "io/weight_table.h"
+#include "ops/blas.h"
 #include "ops/weight_rows.h"
 #include "test_util.h"
 
@@ -82,6 +83,76 @@ TEST(NativeWeights, RowsDecodeEveryCodeLikeTheScalarPath) {
     for (int l = 0; l < 8; ++l) EXPECT_EQ(lanes[l], f16_to_f32(halfs[size_t(i + l)]));
   }
 #endif
+}
+
+// The row-invariant kernel over stored rows against the same kernel over the
+// widened fp32 rows: bit for bit for every row count m (so a batch equals
+// separate calls), with power-of-two and fp32 scales, subnormal codes, ragged
+// k, a row offset inside the scale grid, and activations whose pre-scaling
+// would overflow fp32 (x·2^120·scale > 2^128 while x·w is finite: the kernel
+// must notice and widen instead).
+TEST(NativeWeights, RowKernelEqualsWidenedWeightsForAnyRowCount) {
+  std::mt19937 rng(11);
+  struct Case {
+    int64_t n, k, row_base;
+    bool pow2;
+    float x_scale;
+  };
+  const Case cases[] = {{70, 264, 0, true, 1.0f},   {131, 300, 64, true, 1.0f}, {9, 7, 0, true, 1.0f},
+                        {40, 1037, 100, false, 1.0f}, {66, 256, 0, true, 1e7f}, {33, 136, 5, true, 1e-30f}};
+  for (const Case& cs : cases) {
+    SCOPED_TRACE("n " + std::to_string(cs.n) + " k " + std::to_string(cs.k) + " base " + std::to_string(cs.row_base));
+    const int64_t kb = (cs.k + 127) / 128, rb = (cs.row_base + cs.n + 127) / 128;
+    std::vector<uint8_t> codes(size_t(cs.n * cs.k));
+    for (auto& c : codes) {
+      c = static_cast<uint8_t>(rng() & 0xFF);
+      if ((c & 0x7F) == 0x7F) c = 0;  // no NaN codes (the loader refuses them)
+    }
+    std::vector<float> factors(size_t(rb * kb));
+    for (auto& f : factors)
+      f = 256.0f * (cs.pow2 ? std::ldexp(1.0f, int(rng() % 12) - 14) : std::uniform_real_distribution<float>(1e-4f, 1e-2f)(rng));
+    WeightRows fp8;
+    fp8.dtype = DType::F8_E4M3, fp8.data = codes.data(), fp8.ld = cs.k;
+    fp8.factor = factors.data(), fp8.factor_ld = kb, fp8.row_base = cs.row_base;
+    std::vector<float> wide(size_t(cs.n * cs.k));
+    widen_rows(fp8, cs.n, cs.k, wide.data());
+    for (int64_t i = 0; i < cs.n * cs.k; ++i) {  // widen_rows gives the dequantised weights
+      const int64_t j = i / cs.k, col = i % cs.k;
+      ASSERT_EQ(wide[size_t(i)], e4m3fn_to_f32(codes[size_t(i)]) * (factors[size_t(((cs.row_base + j) / 128) * kb + col / 128)] / 256.0f));
+    }
+    std::vector<uint16_t> bf(wide.size());
+    for (size_t i = 0; i < wide.size(); ++i) bf[i] = f32_to_bf16(wide[i]);
+    std::vector<float> bf_wide(wide.size());
+    for (size_t i = 0; i < wide.size(); ++i) bf_wide[i] = bf16_to_f32(bf[i]);
+    WeightRows bf16;
+    bf16.dtype = DType::BF16, bf16.data = bf.data(), bf16.ld = cs.k;
+    for (int64_t m : {1, 2, 3, 4, 5, 9, 17}) {
+      SCOPED_TRACE("m " + std::to_string(m));
+      Tensor x = test::random_tensor({m, cs.k}, rng, cs.x_scale);
+      std::vector<float> got(size_t(m * cs.n)), want(got.size()), one(size_t(cs.n));
+      gemm_nt_rows_w(m, cs.n, cs.k, x.ptr(), cs.k, fp8, got.data(), cs.n);
+      gemm_nt_rows(m, cs.n, cs.k, x.ptr(), cs.k, wide.data(), cs.k, want.data(), cs.n);
+      ASSERT_EQ(got, want);
+      for (int64_t r = 0; r < m; ++r) {  // each row alone: the same bits
+        gemm_nt_rows(1, cs.n, cs.k, x.ptr() + r * cs.k, cs.k, wide.data(), cs.k, one.data(), cs.n);
+        ASSERT_TRUE(std::equal(one.begin(), one.end(), want.begin() + r * cs.n)) << "row " << r;
+      }
+      gemm_nt_rows_w(m, cs.n, cs.k, x.ptr(), cs.k, bf16, got.data(), cs.n);
+      gemm_nt_rows(m, cs.n, cs.k, x.ptr(), cs.k, bf_wide.data(), cs.k, want.data(), cs.n);
+      ASSERT_EQ(got, want);
+      // Against a double-precision dot product (a kernel that cannot be wrong and still agree).
+      for (int64_t r = 0; r < m; r += 2)
+        for (int64_t j = 0; j < cs.n; j += 5) {
+          double ref = 0, mag = 0;
+          for (int64_t i = 0; i < cs.k; ++i) {
+            ref += double(x.data[size_t(r * cs.k + i)]) * wide[size_t(j * cs.k + i)];
+            mag += std::fabs(double(x.data[size_t(r * cs.k + i)]) * wide[size_t(j * cs.k + i)]);
+          }
+          gemm_nt_rows_w(m, cs.n, cs.k, x.ptr(), cs.k, fp8, got.data(), cs.n);
+          ASSERT_LE(std::fabs(got[size_t(r * cs.n + j)] - ref), 1e-6 * mag + 1e-37) << "row " << r << " col " << j;
+        }
+    }
+  }
 }
 
 TEST(NativeWeights, SameNumbersAsDequantisedF32) {

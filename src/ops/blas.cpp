@@ -46,35 +46,6 @@ void tiled(bool a_transposed, bool b_transposed, int64_t m, int64_t n, int64_t k
   }
 }
 
-// One dot product per element for weight rows [j0, j1). row(j) gives weight
-// row j as a vec row (PtrRow, F16Row, Fp8Row); it is read once for every pair
-// of activation rows (dot_rows keeps each row's order, so results never
-// depend on m or on how rows are split).
-template <class RowOf>
-void rows_range(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t lda, RowOf row, float* c,
-                int64_t ldc) {
-  for (int64_t j = j0; j < j1; ++j) {
-    const auto r = row(j);
-    int64_t i = 0;
-    for (; i + 2 <= m; i += 2) {
-      const float* ap[2] = {a + i * lda, a + (i + 1) * lda};
-      float out[2];
-      vec::dot_rows<2>(ap, r, k, out);
-      c[i * ldc + j] = out[0], c[(i + 1) * ldc + j] = out[1];
-    }
-    if (i < m) c[i * ldc + j] = vec::dot_row(a + i * lda, r, k);
-  }
-}
-
-// Tiles of kRowsPerTile weight rows over the threads.
-template <class RowOf>
-void rows_kernel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, RowOf row, float* c, int64_t ldc) {
-  const int64_t tiles = (n + kRowsPerTile - 1) / kRowsPerTile;
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < tiles; ++t)
-    rows_range(m, t * kRowsPerTile, std::min(n, (t + 1) * kRowsPerTile), k, a, lda, row, c, ldc);
-}
-
 template <class Row>
 void widen_row(const Row& r, int64_t k, float* out) {
   int64_t q = 0;
@@ -110,24 +81,6 @@ void widened_tiles(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
   }
 }
 
-// Calls kernel(row_of) with the vec row type of b's dtype.
-template <class Kernel>
-void with_rows(const WeightRows& b, Kernel kernel) {
-  switch (b.dtype) {
-    case DType::BF16:
-      return kernel([&](int64_t j) { return vec::PtrRow<uint16_t>{static_cast<const uint16_t*>(b.data) + j * b.ld}; });
-    case DType::F16:
-      return kernel([&](int64_t j) { return vec::F16Row{static_cast<const uint16_t*>(b.data) + j * b.ld}; });
-    case DType::F8_E4M3:
-      return kernel([&](int64_t j) {
-        return vec::Fp8Row{static_cast<const uint8_t*>(b.data) + j * b.ld,
-                           b.factor + ((b.row_base + j) / 128) * b.factor_ld};
-      });
-    default:
-      return kernel([&](int64_t j) { return vec::PtrRow<float>{static_cast<const float*>(b.data) + j * b.ld}; });
-  }
-}
-
 }  // namespace
 
 void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
@@ -135,25 +88,10 @@ void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const
   tiled(false, true, m, n, k, a, lda, b, ldb, c, ldc, beta);
 }
 
-void gemm_nt_rows(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-                  int64_t ldc) {
-  rows_kernel(m, n, k, a, lda, [&](int64_t j) { return vec::PtrRow<float>{b + j * ldb}; }, c, ldc);
-}
-
 void gemm_nt_w(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const WeightRows& b, float* c,
                int64_t ldc) {
   if (b.dtype == DType::F32) return gemm_nt(m, n, k, a, lda, static_cast<const float*>(b.data), b.ld, c, ldc);
-  with_rows(b, [&](auto row) { widened_tiles(m, n, k, a, lda, row, c, ldc); });
-}
-
-void gemm_nt_rows_w(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const WeightRows& b, float* c,
-                    int64_t ldc) {
-  with_rows(b, [&](auto row) { rows_kernel(m, n, k, a, lda, row, c, ldc); });
-}
-
-void gemm_nt_rows_w_range(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t lda,
-                          const WeightRows& b, float* c, int64_t ldc) {
-  with_rows(b, [&](auto row) { rows_range(m, j0, j1, k, a, lda, row, c, ldc); });
+  vec::with_rows(b, [&](auto row) { widened_tiles(m, n, k, a, lda, row, c, ldc); });
 }
 
 void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
@@ -169,7 +107,7 @@ void gemm_tn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const
 }
 
 void widen_rows(const WeightRows& b, int64_t n, int64_t k, float* out) {
-  with_rows(b, [&](auto row) {
+  vec::with_rows(b, [&](auto row) {
 #pragma omp parallel for schedule(static)
     for (int64_t j = 0; j < n; ++j) widen_row(row(j), k, out + j * k);
   });

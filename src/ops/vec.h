@@ -32,7 +32,8 @@ inline __m256 load8(const uint16_t* p) {
 
 // A weight row as fp32 values: load8(i) (AVX2) gives elements i..i+7, at(i)
 // one element; both give the same values, so every element dtype shares one
-// summation order (see ops/weight_rows.h for bf16/f16/FP8 rows).
+// summation order in the row kernels (ops/rows.cpp; bf16/f16/FP8 rows in
+// ops/weight_rows.h).
 template <class B>
 struct PtrRow {
   const B* p;
@@ -41,72 +42,6 @@ struct PtrRow {
 #endif
   float at(int64_t i) const { return widen(p[i]); }
 };
-
-#ifdef DSV4_AVX2
-// Elements i..i+31 of a row: its load32 if it has one (one decode of 32
-// values), else four load8. The values are the same either way.
-template <class Row>
-inline void load32(const Row& b, int64_t i, __m256 w[4]) {
-  if constexpr (requires { b.load32(i, w); }) {
-    b.load32(i, w);
-  } else {
-    for (int q = 0; q < 4; ++q) w[q] = b.load8(i + 8 * q);
-  }
-}
-
-inline float hsum(__m256 s0, __m256 s1, __m256 s2, __m256 s3) {
-  __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-  return _mm_cvtss_f32(h);
-}
-#endif
-
-// out[r] = Σ a[r][i]·b.at(i) for R rows of activations against one weight row,
-// each in the same fixed order (4 x 8 lanes, then 8 lanes, then the tail) —
-// so a row's result never depends on R — with the weights read (and
-// decoded) once for all R rows.
-template <int R, class Row>
-inline void dot_rows(const float* const* a, const Row& b, int64_t n, float* out) {
-  int64_t i = 0;
-#ifdef DSV4_AVX2
-  __m256 s[R][4];
-  for (int r = 0; r < R; ++r)
-    for (int q = 0; q < 4; ++q) s[r][q] = _mm256_setzero_ps();
-  for (; i + 32 <= n; i += 32) {
-    __m256 w[4];
-    load32(b, i, w);
-    for (int r = 0; r < R; ++r)
-      for (int q = 0; q < 4; ++q) s[r][q] = _mm256_fmadd_ps(_mm256_loadu_ps(a[r] + i + 8 * q), w[q], s[r][q]);
-  }
-  for (; i + 8 <= n; i += 8) {
-    const __m256 w = b.load8(i);
-    for (int r = 0; r < R; ++r) s[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(a[r] + i), w, s[r][0]);
-  }
-  for (int r = 0; r < R; ++r) out[r] = hsum(s[r][0], s[r][1], s[r][2], s[r][3]);
-#else
-  for (int r = 0; r < R; ++r) out[r] = 0.0f;
-#endif
-  for (int64_t k = i; k < n; ++k) {
-    const float w = b.at(k);
-    for (int r = 0; r < R; ++r) out[r] += a[r][k] * w;
-  }
-}
-
-// Σ a[i]·b.at(i) in the order of dot_rows.
-template <class Row>
-inline float dot_row(const float* a, const Row& b, int64_t n) {
-  float out;
-  dot_rows<1>(&a, b, n, &out);
-  return out;
-}
-
-// Σ a[i]·b[i] (fp32 or bf16 b) in the order of dot_row.
-template <class B>
-inline float dot(const float* a, const B* b, int64_t n) {
-  return dot_row(a, PtrRow<B>{b}, n);
-}
 
 // y *= a
 inline void scale(float* y, float a, int64_t n) {

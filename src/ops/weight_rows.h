@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "io/dtype.h"
+#include "ops/blas.h"
 #include "ops/vec.h"
 
 namespace dsv4::vec {
@@ -32,21 +33,25 @@ struct Fp8Row {
     const __m128i sign = _mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x80)), 8);
     return _mm256_mul_ps(_mm256_cvtph_ps(_mm_or_si128(mag, sign)), _mm256_set1_ps(factor[i >> 7]));
   }
-  // 32 codes at once (i a multiple of 32, so one block): byte c in the high
-  // half of a 16-bit lane, shifted right with its sign, bit 14 cleared, is the
-  // fp16 pattern s.0eeee.mmm0000000 = value / 256.
-  void load32(int64_t i, __m256 w[4]) const {
-    const __m256 f = _mm256_set1_ps(factor[i >> 7]);
-    const __m256i keep = _mm256_set1_epi16(static_cast<short>(0xBFFF));
-    for (int half = 0; half < 2; ++half) {
-      const __m256i c = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i + 16 * half)));
-      const __m256i h = _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(c, 8), 1), keep);
-      w[2 * half] = _mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), f);
-      w[2 * half + 1] = _mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), f);
-    }
-  }
 #endif
   float at(int64_t i) const { return (e4m3fn_to_f32(p[i]) * (1.0f / 256.0f)) * factor[i >> 7]; }
 };
+
+// Calls kernel(row_of) with the row type of b's dtype (row_of(j): weight row j).
+template <class Kernel>
+void with_rows(const WeightRows& b, Kernel kernel) {
+  switch (b.dtype) {
+    case DType::BF16:
+      return kernel([&](int64_t j) { return PtrRow<uint16_t>{static_cast<const uint16_t*>(b.data) + j * b.ld}; });
+    case DType::F16:
+      return kernel([&](int64_t j) { return F16Row{static_cast<const uint16_t*>(b.data) + j * b.ld}; });
+    case DType::F8_E4M3:
+      return kernel([&](int64_t j) {
+        return Fp8Row{static_cast<const uint8_t*>(b.data) + j * b.ld, b.factor + ((b.row_base + j) / 128) * b.factor_ld};
+      });
+    default:
+      return kernel([&](int64_t j) { return PtrRow<float>{static_cast<const float*>(b.data) + j * b.ld}; });
+  }
+}
 
 }  // namespace dsv4::vec

@@ -1,0 +1,336 @@
+// The row-invariant kernels (gemm_nt_rows*): decode steps and serving batches.
+//
+// Every element C[r, j] is one dot product in one fixed order, whatever the
+// number of activation rows, their split over calls or the thread count:
+// eight lanes, lane l summing x[i]·w[i] for i ≡ l (mod 8) in ascending i (one
+// FMA each), the lanes added in a fixed tree, then the k mod 8 tail in order.
+// That is what makes a batch of sequences equal separate calls bit for bit.
+// Within the order, a micro-tile of 4 weight rows × 3 activation rows keeps 12
+// accumulators in registers so each weight is read once per 3 rows, and many
+// rows share a column chunk from L1 while the next chunk is prefetched.
+//
+// FP8 rows: with a power-of-two block scale s, x·(v·s) = (x·2^120·s)·(v·2^-120)
+// as real numbers, and v·2^-120 is three integer ops from the code (ops/quant's
+// e4m3_bits trick, subnormal codes included). So for a few activation rows the
+// kernel pre-scales the activations once per 128x128 block and decodes codes in
+// registers with no multiply; products and sums are those of the dequantised
+// fp32 weights, bit for bit. Otherwise (many rows, fp32 scales, activations
+// that would leave the fp32 range when scaled) it widens 4 rows × one column
+// chunk at a time into L1 and runs the same micro-tile.
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cmath>
+#include <vector>
+
+#include "ops/blas.h"
+#include "ops/vec.h"
+#include "ops/weight_rows.h"
+
+namespace dsv4 {
+namespace {
+
+// Micro-tiles (weight rows × activation rows): 4 × 2 when the rows decode in
+// registers for one or two activation rows; 3 × 4 (12 accumulators, 3 weight
+// vectors, 1 activation vector: the 16 registers) when many rows share them.
+constexpr int kJ = 4;             // the most weight rows of a block
+constexpr int kJMany = 3, kRMany = 4;
+constexpr int64_t kChunk = 256;   // columns per pass when many activation rows share the weights
+constexpr int64_t kDirect = 2;    // up to this many activation rows, FP8 codes decode in registers
+
+// Accumulators live in registers inside a micro-tile and as 8 floats in
+// memory between column chunks.
+inline float hsum8(const float* l) {
+  return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));  // the fixed lane tree
+}
+
+inline float madd(float a, float b, float c) {
+#ifdef DSV4_AVX2
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+// acc[r·ld + j] += the lanes of x[r]·w[j] over columns [i0, i1) (multiples of 8).
+template <int J, int R, class Row>
+void micro(const float* const* xp, const Row* wp, int64_t i0, int64_t i1, float* acc, int64_t ld) {
+  const float* x[R];  // local copies: the pointers stay in registers
+  Row w[J];
+  for (int r = 0; r < R; ++r) x[r] = xp[r];
+  for (int j = 0; j < J; ++j) w[j] = wp[j];
+#ifdef DSV4_AVX2
+  __m256 s[R][J];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) s[r][j] = _mm256_loadu_ps(acc + 8 * (r * ld + j));
+  for (int64_t i = i0; i < i1; i += 8) {
+    __m256 wv[J];
+    for (int j = 0; j < J; ++j) wv[j] = w[j].load8(i);
+    for (int r = 0; r < R; ++r) {
+      const __m256 xv = _mm256_loadu_ps(x[r] + i);
+      for (int j = 0; j < J; ++j) s[r][j] = _mm256_fmadd_ps(xv, wv[j], s[r][j]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) _mm256_storeu_ps(acc + 8 * (r * ld + j), s[r][j]);
+#else
+  for (int64_t i = i0; i < i1; i += 8)
+    for (int l = 0; l < 8; ++l)
+      for (int j = 0; j < J; ++j) {
+        const float wl = w[j].at(i + l);
+        for (int r = 0; r < R; ++r) acc[8 * (r * ld + j) + l] += x[r][i + l] * wl;
+      }
+#endif
+}
+
+// micro<nj, nr> for nj <= J, nr <= R.
+template <int J, int R, class Row>
+void micro_any(int nj, int nr, const float* const* x, const Row* w, int64_t i0, int64_t i1, float* acc, int64_t ld) {
+  if constexpr (J > 1)
+    if (nj < J) return micro_any<J - 1, R>(nj, nr, x, w, i0, i1, acc, ld);
+  if constexpr (R > 1)
+    if (nr < R) return micro_any<J, R - 1>(nj, nr, x, w, i0, i1, acc, ld);
+  micro<J, R>(x, w, i0, i1, acc, ld);
+}
+
+// C[r, j] for m activation rows x[r] and nj weight rows, J × R micro-tiles.
+// Rows::block(j, n, i0, i1) gives n weight rows usable over columns [i0, i1);
+// Rows::at(j, i) one value (the tail). `chunk` columns per pass.
+template <int J, int R, class Rows>
+void tile(int64_t m, int64_t nj, int64_t k, const float* const* x, Rows& rows, int64_t chunk, float* c,
+          int64_t ldc) {
+  thread_local std::vector<float> buf;
+  buf.assign(static_cast<size_t>(8 * m * nj), 0.0f);
+  float* acc = buf.data();
+  const int64_t k8 = k & ~int64_t{7};
+  for (int64_t jb = 0; jb < nj; jb += J) {  // each weight row streamed start to end
+    const int nb = static_cast<int>(std::min<int64_t>(J, nj - jb));
+    for (int64_t i0 = 0; i0 < k8; i0 += chunk) {
+      const int64_t i1 = std::min(k8, i0 + chunk);
+      if (i1 < k8) rows.prefetch(jb, nb, i1, std::min(k8, i1 + chunk));  // DRAM behind the compute
+      const auto w = rows.block(jb, nb, i0, i1);
+      for (int64_t r = 0; r < m; r += R)
+        micro_any<J, R>(nb, static_cast<int>(std::min<int64_t>(R, m - r)), x + r, w.data(), i0, i1,
+                        acc + 8 * (r * nj + jb), nj);
+    }
+  }
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t j = 0; j < nj; ++j) {
+      float s = hsum8(acc + 8 * (r * nj + j));
+      for (int64_t i = k8; i < k; ++i) s = madd(x[r][i], rows.at(j, i), s);
+      c[r * ldc + j] = s;
+    }
+}
+
+// Requests columns [i0, i1) of a stored row into the cache ahead of use.
+template <class Row>
+void prefetch_row(const Row& r, int64_t i0, int64_t i1) {
+#ifdef DSV4_AVX2
+  const char* p = reinterpret_cast<const char*>(r.p + i0);
+  const char* end = reinterpret_cast<const char*>(r.p + i1);
+  for (; p < end; p += 64) _mm_prefetch(p, _MM_HINT_T0);
+#else
+  (void)r, (void)i0, (void)i1;
+#endif
+}
+
+// Stored rows read in place (fp32, bf16, f16 and pre-scaled FP8 codes).
+template <class RowOf>
+struct DirectRows {
+  RowOf row;
+  int64_t j0;
+  auto block(int64_t jb, int n, int64_t, int64_t) const {
+    std::array<decltype(row(0)), kJ> w{};
+    for (int q = 0; q < n; ++q) w[size_t(q)] = row(j0 + jb + q);
+    return w;
+  }
+  void prefetch(int64_t jb, int n, int64_t i0, int64_t i1) const {
+    for (int q = 0; q < n; ++q) prefetch_row(row(j0 + jb + q), i0, i1);
+  }
+  float at(int64_t j, int64_t i) const { return row(j0 + j).at(i); }
+};
+
+// v·2^-120 from an E4M3 code: the 7 magnitude bits under the fp32 exponent
+// field, the sign on top (fp32 subnormals for subnormal codes, exact).
+struct Fp8BitsRow {
+  const uint8_t* p;
+#ifdef DSV4_AVX2
+  __m256 load8(int64_t i) const {
+    const __m256i c = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + i)));
+    return _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(c, 20), _mm256_set1_epi32(int(0x87F00000u))));
+  }
+#endif
+  float at(int64_t i) const {
+    const uint32_t c = p[i];
+    return std::bit_cast<float>(((c & 0x80u) << 24) | ((c & 0x7Fu) << 20));
+  }
+};
+
+// Columns [i0, i0 + kChunk) of a row widened into an L1 buffer (i0 a multiple of kChunk).
+struct ChunkRow {
+  const float* p;
+#ifdef DSV4_AVX2
+  __m256 load8(int64_t i) const { return _mm256_loadu_ps(p + (i & (kChunk - 1))); }
+#endif
+  float at(int64_t i) const { return p[i & (kChunk - 1)]; }
+};
+static_assert((kChunk & (kChunk - 1)) == 0);
+
+// FP8 rows widened (exactly: the dequantised weights) 4 rows × one chunk at a
+// time: v·2^-120 times 2^120·s (mult, one product) for power-of-two scales,
+// else through fp16 as Fp8Row does.
+struct WidenedRows {
+  WeightRows b;
+  int64_t j0;
+  int64_t ld;
+  float* wide;         // [kJ, ld]: the block's rows over one chunk
+  const float* mult;   // per 128 columns, or null
+  vec::Fp8Row row(int64_t j) const {
+    return {static_cast<const uint8_t*>(b.data) + j * b.ld, b.factor + ((b.row_base + j) / 128) * b.factor_ld};
+  }
+  std::array<ChunkRow, kJ> block(int64_t jb, int n, int64_t i0, int64_t i1) const {
+    std::array<ChunkRow, kJ> w{};
+    for (int q = 0; q < n; ++q) {
+      const vec::Fp8Row r = row(j0 + jb + q);
+      float* out = wide + q * ld;
+#ifdef DSV4_AVX2
+      if (mult) {
+        const Fp8BitsRow bits{r.p};
+        for (int64_t i = i0; i < i1; i += 8)
+          _mm256_storeu_ps(out + (i - i0), _mm256_mul_ps(bits.load8(i), _mm256_set1_ps(mult[i >> 7])));
+      } else {
+        for (int64_t i = i0; i < i1; i += 8) _mm256_storeu_ps(out + (i - i0), r.load8(i));
+      }
+#else
+      for (int64_t i = i0; i < i1; ++i) out[i - i0] = r.at(i);
+#endif
+      w[size_t(q)] = {out};
+    }
+    return w;
+  }
+  void prefetch(int64_t jb, int n, int64_t i0, int64_t i1) const {
+    for (int q = 0; q < n; ++q) prefetch_row(row(j0 + jb + q), i0, i1);
+  }
+  float at(int64_t j, int64_t i) const { return row(j0 + j).at(i); }
+};
+
+// mult[b] = 2^112 · factor[b] = 2^120 · scale per 128 columns; true if all are
+// powers of two well inside the fp32 range (then scaling by them is exact).
+bool pow2_multipliers(const float* factor, int64_t k, float* mult) {
+  for (int64_t b = 0; b * 128 < k; ++b) {
+    const float f = factor[b] * 0x1p112f;
+    if ((std::bit_cast<uint32_t>(f) & 0x7FFFFFu) != 0 || !(f >= 0x1p-125f && f <= 0x1p125f)) return false;
+    mult[b] = f;
+  }
+  return true;
+}
+
+// xs[r] = x[r] · mult per 128-column block, if every product is exact.
+bool prescale(int64_t m, int64_t k, const float* a, int64_t lda, const float* mult, float* xs) {
+  for (int64_t b = 0; b * 128 < k; ++b) {
+    const float f = mult[b];
+    const float inv = 1.0f / f;
+    const int64_t end = std::min(k, 128 * (b + 1));
+    bool exact = true;  // v · inv == x fails on overflow, lost subnormal bits, NaN
+    for (int64_t r = 0; r < m; ++r) {
+      const float* xr = a + r * lda;
+      float* out = xs + r * k;
+      int64_t i = 128 * b;
+#ifdef DSV4_AVX2
+      __m256 bad = _mm256_setzero_ps();
+      for (; i + 8 <= end; i += 8) {
+        const __m256 x = _mm256_loadu_ps(xr + i), v = _mm256_mul_ps(x, _mm256_set1_ps(f));
+        _mm256_storeu_ps(out + i, v);
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_mul_ps(v, _mm256_set1_ps(inv)), x, _CMP_NEQ_UQ));
+      }
+      exact &= _mm256_testz_ps(bad, bad) != 0;
+#endif
+      for (; i < end; ++i) {
+        out[i] = xr[i] * f;
+        exact &= out[i] * inv == xr[i];
+      }
+    }
+    if (!exact) return false;
+  }
+  return true;
+}
+
+// Rows of a packed copy lie (k + 16) floats apart: rows of a power-of-two
+// length would all map to the same L1 sets and evict each other.
+int64_t padded(int64_t k) { return k + 16; }
+
+// The m activation rows: in place for a few, else a packed copy.
+const float* const* activations(int64_t m, int64_t k, const float* a, int64_t lda) {
+  thread_local std::vector<const float*> x;
+  thread_local std::vector<float> packed;
+  x.resize(static_cast<size_t>(m));
+  if (m > kDirect) packed.resize(static_cast<size_t>(m * padded(k)));
+  for (int64_t r = 0; r < m; ++r) {
+    if (m <= kDirect) {
+      x[size_t(r)] = a + r * lda;
+      continue;
+    }
+    std::copy_n(a + r * lda, k, packed.data() + r * padded(k));
+    x[size_t(r)] = packed.data() + r * padded(k);
+  }
+  return x.data();
+}
+
+// Weight rows [j0, j1) of FP8 b, all in one 128-row scale block.
+void fp8_rows(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t lda, const WeightRows& b,
+              float* c, int64_t ldc) {
+  thread_local std::vector<float> mult, scaled, wide;
+  mult.resize(static_cast<size_t>((k + 127) / 128));
+  const bool pow2 = pow2_multipliers(b.factor + ((b.row_base + j0) / 128) * b.factor_ld, k, mult.data());
+  if (pow2 && m <= kDirect) {
+    scaled.resize(static_cast<size_t>(m * k));
+    if (prescale(m, k, a, lda, mult.data(), scaled.data())) {
+      const float* x[kDirect] = {scaled.data(), scaled.data() + k};
+      const uint8_t* codes = static_cast<const uint8_t*>(b.data);
+      DirectRows rows{[&](int64_t j) { return Fp8BitsRow{codes + j * b.ld}; }, j0};
+      return tile<kJ, kDirect>(m, j1 - j0, k, x, rows, k, c + j0, ldc);
+    }
+  }
+  wide.resize(static_cast<size_t>(kJ * padded(kChunk)));
+  WidenedRows rows{b, j0, padded(kChunk), wide.data(), pow2 ? mult.data() : nullptr};
+  tile<kJMany, kRMany>(m, j1 - j0, k, activations(m, k, a, lda), rows, kChunk, c + j0, ldc);
+}
+
+template <class RowOf>
+void direct_rows(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t lda, RowOf row, float* c,
+                 int64_t ldc) {
+  DirectRows<RowOf> rows{row, j0};
+  if (m <= kDirect) return tile<kJ, kDirect>(m, j1 - j0, k, activations(m, k, a, lda), rows, k, c + j0, ldc);
+  tile<kJMany, kRMany>(m, j1 - j0, k, activations(m, k, a, lda), rows, kChunk, c + j0, ldc);
+}
+
+}  // namespace
+
+void gemm_nt_rows_w_range(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t lda,
+                          const WeightRows& b, float* c, int64_t ldc) {
+  if (m <= 0 || j1 <= j0) return;
+  if (b.dtype != DType::F8_E4M3)
+    return vec::with_rows(b, [&](auto row) { direct_rows(m, j0, j1, k, a, lda, row, c, ldc); });
+  for (int64_t j = j0; j < j1;) {  // runs of rows that share a scale block
+    const int64_t end = std::min(j1, j + 128 - (b.row_base + j) % 128);
+    fp8_rows(m, j, end, k, a, lda, b, c, ldc);
+    j = end;
+  }
+}
+
+void gemm_nt_rows_w(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const WeightRows& b, float* c,
+                    int64_t ldc) {
+  const int64_t tiles = (n + kRowsPerTile - 1) / kRowsPerTile;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < tiles; ++t)
+    gemm_nt_rows_w_range(m, t * kRowsPerTile, std::min(n, (t + 1) * kRowsPerTile), k, a, lda, b, c, ldc);
+}
+
+void gemm_nt_rows(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                  int64_t ldc) {
+  WeightRows w;
+  w.data = b, w.ld = ldb;
+  gemm_nt_rows_w(m, n, k, a, lda, w, c, ldc);
+}
+
+}  // namespace dsv4
