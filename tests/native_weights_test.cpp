@@ -24,6 +24,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using ::testing::ThrowsMessage;
 
 // Dims with full and partial 128x128 scale blocks in every projection and
 // fused matrices of several segments and 512-row GEMM tiles.
@@ -176,6 +177,47 @@ TEST(NativeWeights, SameNumbersAsDequantisedF32) {
       ASSERT_EQ(a.data, b.data) << "token " << i;
     }
   }
+}
+
+// Named tensors in their stored dtypes (what a state_dict of a checkpoint holds):
+// kept with keep_stored, widened without, both as the LayerWeights they came from.
+TEST(NativeWeights, FromStoredNamedTensors) {
+  const Config c = block_config();
+  std::mt19937 rng(8);
+  const LayerWeights w = released(c, LayerType::csa, 21);
+  std::vector<std::pair<std::string, RawTensor>> given;
+  for (const auto& [name, m] : w.stored) {  // UE8M0 scales as ".scale", the block layout of V4
+    const std::string scale = name.substr(0, name.size() - 7) + ".scale";
+    for (NamedTensor& t : checkpoint_tensors(name, scale, m, DType::F8_E8M0))
+      given.emplace_back(t.name, RawTensor{t.dtype, t.shape, std::move(t.bytes)});
+  }
+  LayerWeights rest = w;  // the non-matrix tensors as F32
+  rest.stored.clear();
+  for (const char* name : {"q_a_norm.weight", "kv_norm.weight", "sinks", "compressor.position_bias",
+                                  "compressor.kv_norm.weight", "compressor.indexer.position_bias",
+                                  "compressor.indexer.kv_norm.weight"}) {
+    NamedTensor t = named(name, *weight_slot(rest, name));
+    given.emplace_back(name, RawTensor{t.dtype, t.shape, std::move(t.bytes)});
+  }
+  const Tensor x = test::random_tensor({1, 150, c.hidden_size}, rng);
+  const Layer direct(c, LayerType::csa, w, {WeightFormat::native});
+  const Layer kept(c, LayerType::csa, layer_weights_from_stored(given, c, LayerType::csa, true), {WeightFormat::native});
+  const Layer widened(c, LayerType::csa, layer_weights_from_stored(given, c, LayerType::csa, false));
+  EXPECT_EQ(kept.weight_bytes(), direct.weight_bytes());
+  EXPECT_GT(widened.weight_bytes(), 2 * kept.weight_bytes());
+  EXPECT_EQ(kept.forward(x).data, direct.forward(x).data);
+  EXPECT_EQ(widened.forward(x).data, Layer(c, LayerType::csa, w).forward(x).data);
+  // A U8 weight is E4M3 codes when it has scales; without them it is refused, naming both spellings.
+  auto codes = given;
+  for (auto& [name, r] : codes)
+    if (r.dtype == DType::F8_E4M3) r.dtype = DType::U8;
+  EXPECT_EQ(Layer(c, LayerType::csa, layer_weights_from_stored(codes, c, LayerType::csa, true), {WeightFormat::native})
+                .forward(x)
+                .data,
+            direct.forward(x).data);
+  std::erase_if(codes, [](const auto& n) { return n.first == "kv_proj.scale"; });
+  EXPECT_THAT([&] { layer_weights_from_stored(codes, c, LayerType::csa, true); },
+              ThrowsMessage<Error>(HasSubstr("'kv_proj.weight' (U8): not a weight dtype")));
 }
 
 TEST(NativeWeights, BitIdenticalForAnyThreadCount) {

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -26,6 +27,7 @@ enum class DType {
 };
 
 std::string_view dtype_name(DType t);
+std::optional<DType> parse_dtype_name(std::string_view name);  // "F32", "BF16", ...
 size_t dtype_size(DType t);
 
 struct TensorInfo {

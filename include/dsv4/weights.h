@@ -91,4 +91,21 @@ LayerWeights load_layer_weights(const SafeTensors& file, const Config& c, LayerT
 LayerWeights layer_weights_from_named(std::vector<std::pair<std::string, Tensor>> named, const Config& c,
                                       LayerType t);
 
+// A tensor as a checkpoint stores it: dtype, shape and little-endian bytes.
+struct RawTensor {
+  DType dtype = DType::F32;
+  Shape shape;
+  std::vector<std::byte> data;
+};
+// layer_weights_from_named for tensors in their stored dtypes (F32, BF16, F16,
+// F8_E4M3, or U8 holding E4M3 codes), names as there. An FP8 weight comes with
+// its block scales under its name with ".weight" replaced by ".scale" or
+// ".weight_scale_inv" (F32, BF16, F16, F8_E8M0 or U8 holding UE8M0 bytes).
+// keep_stored (WeightFormat::native): the projection matrices go to
+// LayerWeights::stored unwidened; every other tensor, and all of them
+// otherwise, is decoded to fp32 (FP8 times its scales). Errors list every
+// problem, as layer_weights_from_named's do.
+LayerWeights layer_weights_from_stored(std::vector<std::pair<std::string, RawTensor>> named, const Config& c,
+                                       LayerType t, bool keep_stored);
+
 }  // namespace dsv4

@@ -8,14 +8,15 @@ from typing import Any, Dict, NamedTuple
 import numpy as np
 
 from . import _core
-from ._arrays import as_f32, like
+from ._arrays import as_f32, as_stored, like
 from ._core import Error
 
 
-def _weight_arrays(weights):
+def _stored_arrays(weights):
+    """(name, safetensors dtype, array) per weight: the dtype as given (the core widens or keeps it)."""
     if not hasattr(weights, "items"):
         raise Error("weights: expected a mapping name -> array (e.g. a state_dict())")
-    return [(str(k), as_f32(v, f"weight '{k}'")[0]) for k, v in weights.items()]
+    return [(str(k), *as_stored(v, f"weight '{k}'")) for k, v in weights.items()]
 
 
 def _stack(dicts):
@@ -103,14 +104,17 @@ class Layer:
       weights: mapping name -> array (NumPy, or torch tensors of any float dtype) under the keys of
                the reference DeepseekV4Attention.state_dict() ("q_a_proj.weight", ...,
                "compressor.indexer.scorer.weights_proj.weight") or full checkpoint names;
-      weights_format: "f32", "bf16" (projection matrices held as bf16) or "native" (as a checkpoint
-               stores them; from arrays this is f32 — use from_model for FP8/BF16 checkpoints);
+      weights_format: "f32", "bf16" (projection matrices held as bf16) or "native" (the projection
+               matrices kept in the dtypes given: torch/ml_dtypes bfloat16, float16, float8_e4m3fn or
+               uint8 E4M3 codes, an FP8 weight with its block scales under "<name>.scale" or
+               "<name>_scale_inv" as a checkpoint stores them, or any weight as a pair
+               (safetensors dtype, array of its raw elements), e.g. ("BF16", uint16 array));
       numerics: "reference" (the fp32 math of the PyTorch reference) or "deployment" (FP8 caches,
                Hadamard + FP4 indexer, a 4x smaller decode state; docs/numerics.md).
     """
 
     def __init__(self, config, layer_type, weights, weights_format="f32", numerics="reference"):
-        self._init(_core.Layer(config, str(layer_type), _weight_arrays(weights), weights_format, numerics))
+        self._init(_core.Layer(config, str(layer_type), _stored_arrays(weights), weights_format, numerics))
 
     def _init(self, core, owner=None):
         self._core = core

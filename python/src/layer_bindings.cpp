@@ -3,6 +3,10 @@
 #include <pybind11/stl.h>
 #include <pybind11/stl/filesystem.h>
 
+#include <cstring>
+#include <optional>
+#include <tuple>
+
 #include "arrays.h"
 #include "bindings.h"
 #include "gradients.h"
@@ -49,14 +53,26 @@ py::dict map_dict(AttentionMap&& m, LayerType t) {
   return out;
 }
 
-Layer make_layer(const Config& c, const std::string& type, const std::vector<std::pair<std::string, py::array>>& named,
-                 const std::string& format, const std::string& numerics) {
+// Weights in their stored dtypes: (name, safetensors dtype name, C-contiguous
+// array of that element size); the bytes are copied.
+Layer make_layer(const Config& c, const std::string& type,
+                        const std::vector<std::tuple<std::string, std::string, py::array>>& named,
+                        const std::string& format, const std::string& numerics) {
   const LayerType t = parse_layer_type(type);
   const LayerOptions opt{parse_format(format), parse_numerics(numerics)};
-  std::vector<std::pair<std::string, Tensor>> tensors;
-  for (const auto& [name, a] : named) tensors.emplace_back(name, tensor_of(a, "weight '" + name + "'"));
+  std::vector<std::pair<std::string, RawTensor>> raw;
+  for (const auto& [name, dtype, a] : named) {
+    const std::optional<DType> dt = parse_dtype_name(dtype);
+    if (!dt) fail("weight '" + name + "': unknown dtype '" + dtype + "'");
+    if (!(a.flags() & py::array::c_style) || static_cast<size_t>(a.itemsize()) != dtype_size(*dt))
+      fail("weight '" + name + "': expected a C-contiguous array of " + std::to_string(dtype_size(*dt)) +
+           "-byte elements for " + dtype);
+    RawTensor r{*dt, Shape(a.shape(), a.shape() + a.ndim()), std::vector<std::byte>(static_cast<size_t>(a.nbytes()))};
+    std::memcpy(r.data.data(), a.data(), r.data.size());
+    raw.emplace_back(name, std::move(r));
+  }
   py::gil_scoped_release nogil;
-  return Layer(c, t, layer_weights_from_named(std::move(tensors), c, t), opt);
+  return Layer(c, t, layer_weights_from_stored(std::move(raw), c, t, opt.weights == WeightFormat::native), opt);
 }
 
 py::object forward(const Layer& l, const py::array& x, bool debug) {

@@ -84,6 +84,69 @@ def test_native_weights_from_an_fp8_folder(tmp_path, scheme):
             assert np.array_equal(native(x[0, t:t + 1], state=s1), f32(x[0, t:t + 1], state=s2))
 
 
+_RAW = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F8_E4M3": np.uint8, "F8_E8M0": np.uint8,
+        "I64": np.int64, "I8": np.int8}
+
+
+def raw_tensors(folder):
+    """name -> (safetensors dtype, array of the raw elements) over a folder's files (test-only reader)."""
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        data = f.read_bytes()
+        n = int.from_bytes(data[:8], "little")
+        for name, t in json.loads(data[8:8 + n]).items():
+            if name != "__metadata__":
+                b, e = t["data_offsets"]
+                out[name] = (t["dtype"], np.frombuffer(data[8 + n + b:8 + n + e], _RAW[t["dtype"]]).reshape(t["shape"]))
+    return out
+
+
+@pytest.mark.parametrize("scheme", ["hf", "original"])
+def test_native_weights_from_arrays(tmp_path, scheme):
+    """weights_format="native" from arrays keeps FP8 codes + scales and BF16 as given: the same layer
+    (bytes and outputs) as from_model's native one, and the f32 layer's numbers."""
+    model = synth(tmp_path, "--scheme", scheme, "--dtype", "fp8", "--sharded", "--other-modules")
+    config = dsv4.Config.from_hf(model)
+    raw = raw_tensors(model)
+    x = dsv4.load_safetensors(model / "sample_input.safetensors")["hidden_states"]
+    for i, layer_type in enumerate(config.layer_types):
+        prefix = f"model.layers.{i}.self_attn." if scheme == "hf" else f"layers.{i}.attn."
+        given = {k: v for k, v in raw.items() if k.startswith(prefix)}
+        assert any(d == "F8_E4M3" for d, _ in given.values()) and any(d == "BF16" for d, _ in given.values())
+        # FP8 codes and UE8M0 scale bytes as plain uint8 arrays; BF16 as an explicit (dtype, raw) pair.
+        weights = {k: (a if d in ("F8_E4M3", "F8_E8M0") else (d, a)) for k, (d, a) in given.items()}
+        native = dsv4.Layer(config, layer_type, weights, weights_format="native")
+        stored = dsv4.Layer.from_model(model, i, weights_format="native")
+        assert native.weight_bytes == stored.weight_bytes
+        assert np.array_equal(native(x), stored(x))
+        f32 = dsv4.Layer(config, layer_type, weights)  # the same arrays widened (FP8 times its scales)
+        assert native.weight_bytes * 2 < f32.weight_bytes
+        assert np.array_equal(f32(x), dsv4.Layer.from_model(model, i)(x))
+        assert_close(native(x), f32(x), f"layer {i} native vs f32", atol=1e-6, rtol=1e-6)
+        s1, s2 = native.new_state(), f32.new_state()
+        for t in range(x.shape[1]):  # decode: bit for bit
+            assert np.array_equal(native(x[0, t:t + 1], state=s1), f32(x[0, t:t + 1], state=s2))
+
+
+def test_native_weights_from_arrays_errors(tmp_path):
+    model = synth(tmp_path, "--scheme", "hf", "--dtype", "fp8", "--sharded")
+    config = dsv4.Config.from_hf(model)
+    given = {k: v for k, v in raw_tensors(model).items() if k.startswith("model.layers.0.")}
+    weights = {k: (d, a) for k, (d, a) in given.items()}
+    scale = "model.layers.0.self_attn.q_a_proj.weight_scale_inv"
+    no_scale = {k: v for k, v in weights.items() if k != scale}
+    with pytest.raises(dsv4.Error, match=r"q_a_proj.weight' \(F8_E4M3\): FP8 needs its block scales"):
+        dsv4.Layer(config, "swa", no_scale, weights_format="native")
+    no_weight = {k: v for k, v in weights.items() if k != "model.layers.0.self_attn.q_a_proj.weight"}
+    with pytest.raises(dsv4.Error, match="block scales of 'model.layers.0.self_attn.q_a_proj.weight', which is not given"):
+        dsv4.Layer(config, "swa", no_weight, weights_format="native")
+    bad = dict(weights, **{scale: ("F32", np.ones((2, 2), np.float32))})
+    with pytest.raises(dsv4.Error, match=r"scales of shape \[2, 2\] for weight \[32, 64\]"):
+        dsv4.Layer(config, "swa", bad, weights_format="native")
+    with pytest.raises(dsv4.Error, match="unknown dtype 'F9'"):
+        dsv4.Layer(config, "swa", dict(weights, sinks=("F9", np.ones(4, np.float32))), weights_format="native")
+
+
 def test_safetensors_round_trip(tmp_path):
     a = {"x": np.arange(6, dtype=np.float32).reshape(2, 3), "i": np.arange(4), "h": np.ones(3, np.float16)}
     dsv4.save_safetensors(tmp_path / "t.safetensors", a, {"note": "hi"})

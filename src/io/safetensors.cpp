@@ -71,6 +71,16 @@ const DTypeInfo& dtype_info(DType t) {
   fail(cat("invalid DType value ", int(t)));
 }
 
+}  // namespace
+
+std::optional<DType> parse_dtype_name(std::string_view name) {
+  for (const DTypeInfo& d : kDTypes)
+    if (d.name == name) return d.dtype;
+  return std::nullopt;
+}
+
+namespace {
+
 bool parse_dtype(const std::string& s, DType& out) {
   for (const DTypeInfo& d : kDTypes)
     if (d.name == s) return out = d.dtype, true;
