@@ -5,9 +5,10 @@
 // eight lanes, lane l summing x[i]·w[i] for i ≡ l (mod 8) in ascending i (one
 // FMA each), the lanes added in a fixed tree, then the k mod 8 tail in order.
 // That is what makes a batch of sequences equal separate calls bit for bit.
-// Within the order, a micro-tile of 4 weight rows × 3 activation rows keeps 12
-// accumulators in registers so each weight is read once per 3 rows, and many
-// rows share a column chunk from L1 while the next chunk is prefetched.
+// Within the order, micro-tiles keep one accumulator per element in registers:
+// 4 weight rows × 1–2 activation rows decoded in place (decode), or 3 weight
+// rows × 4 activation rows over a column chunk in L1 that all rows share while
+// the next chunk is prefetched (serving batches).
 //
 // FP8 rows: with a power-of-two block scale s, x·(v·s) = (x·2^120·s)·(v·2^-120)
 // as real numbers, and v·2^-120 is three integer ops from the code (ops/quant's
@@ -15,8 +16,8 @@
 // kernel pre-scales the activations once per 128x128 block and decodes codes in
 // registers with no multiply; products and sums are those of the dequantised
 // fp32 weights, bit for bit. Otherwise (many rows, fp32 scales, activations
-// that would leave the fp32 range when scaled) it widens 4 rows × one column
-// chunk at a time into L1 and runs the same micro-tile.
+// that would leave the fp32 range when scaled) it widens 3 rows × one column
+// chunk at a time into L1, exactly, and runs the same order.
 #include <algorithm>
 #include <array>
 #include <bit>
@@ -176,8 +177,8 @@ struct ChunkRow {
 };
 static_assert((kChunk & (kChunk - 1)) == 0);
 
-// FP8 rows widened (exactly: the dequantised weights) 4 rows × one chunk at a
-// time: v·2^-120 times 2^120·s (mult, one product) for power-of-two scales,
+// FP8 rows widened (exactly: the dequantised weights) a block of rows × one
+// chunk at a time: v·2^-120 times 2^120·s (mult, one product) for power-of-two scales,
 // else through fp16 as Fp8Row does.
 struct WidenedRows {
   WeightRows b;

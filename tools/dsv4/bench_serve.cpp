@@ -61,28 +61,33 @@ int run_batch(const ServeOptions& o) {
   std::printf("dsv4 bench-batch: %s %s, weights %s (%.2f GB), context %lld, %d threads, copy %.1f GB/s\n",
               o.preset.c_str(), std::string(layer_type_name(type)).c_str(), o.weights.c_str(),
               layer.weight_bytes() / 1e9, static_cast<long long>(o.context), omp_get_max_threads(), roof.copy_gb_per_s);
-  std::printf("  %6s %12s %12s %10s %14s\n", "B", "ms/step", "ms/token", "vs B=1", "bound ms/step");
+  std::printf("  %6s %12s %12s %10s %14s   %s\n", "B", "ms/step", "ms/token", "vs B=1", "bound ms/step",
+              "stages ms: project compress index topk attention output");
   double one = 0;
   for (int64_t b : o.batches) {
     std::vector<LayerState> states(static_cast<size_t>(b), base);
     std::vector<LayerState*> ptrs;
     for (LayerState& s : states) ptrs.push_back(&s);
     std::vector<double> secs;
+    std::vector<StageTimes> stages;
     for (int64_t step = 0; step < o.steps; ++step) {
       std::vector<Tensor> toks;
       for (int64_t i = 0; i < b; ++i) toks.push_back(random_uniform({1, c.hidden_size}, 1.0f, o.seed + 1000 * step + i));
       std::vector<const Tensor*> xs;
       for (const Tensor& t : toks) xs.push_back(&t);
+      stages.emplace_back();
       const double t0 = omp_get_wtime();
-      layer.forward_batch(xs, ptrs);
+      layer.forward_batch(xs, ptrs, nullptr, &stages.back());
       secs.push_back(omp_get_wtime() - t0);
     }
     const double s = median(secs);
+    const StageTimes& st = stages[size_t(std::find(secs.begin(), secs.end(), s) - secs.begin())];
     if (b == o.batches.front()) one = s;
     const double bound = (static_cast<double>(layer.weight_bytes()) + static_cast<double>(b) * base.bytes()) /
                          (roof.copy_gb_per_s * 1e9);
-    std::printf("  %6lld %12.2f %12.3f %10.2f %14.2f\n", static_cast<long long>(b), s * 1e3, s * 1e3 / b, s / one,
-                bound * 1e3);
+    std::printf("  %6lld %12.2f %12.3f %10.2f %14.2f   %.1f %.1f %.1f %.1f %.1f %.1f\n", static_cast<long long>(b),
+                s * 1e3, s * 1e3 / b, s / one, bound * 1e3, st.project * 1e3, st.compress * 1e3, st.index_scores * 1e3,
+                st.topk * 1e3, st.attention * 1e3, st.output * 1e3);
     rows.push_back({{"batch", b}, {"seconds_per_step", s}, {"vs_first", s / one}, {"bandwidth_bound_seconds", bound}});
   }
   if (o.json)
