@@ -6,18 +6,21 @@
 // FMA each), the lanes added in a fixed tree, then the k mod 8 tail in order.
 // That is what makes a batch of sequences equal separate calls bit for bit.
 // Within the order, micro-tiles keep one accumulator per element in registers:
-// 4 weight rows × 1–2 activation rows decoded in place (decode), or 3 weight
-// rows × 4 activation rows over a column chunk in L1 that all rows share while
-// the next chunk is prefetched (serving batches).
+// 4 weight rows × 2 activation rows read in place, or 3 weight rows × 4
+// activation rows for fp32/bf16/f16 rows shared by many activation rows. With
+// more than two activation rows, the columns go in chunks that stay in L1 for
+// all of them while the next chunk is prefetched (serving batches).
 //
 // FP8 rows: with a power-of-two block scale s, x·(v·s) = (x·2^120·s)·(v·2^-120)
 // as real numbers, and v·2^-120 is three integer ops from the code (ops/quant's
 // e4m3_bits trick, subnormal codes included). So for a few activation rows the
 // kernel pre-scales the activations once per 128x128 block and decodes codes in
-// registers with no multiply; products and sums are those of the dequantised
-// fp32 weights, bit for bit. Otherwise (many rows, fp32 scales, activations
-// that would leave the fp32 range when scaled) it widens 3 rows × one column
-// chunk at a time into L1, exactly, and runs the same order.
+// registers with no multiply (for serving batches too: measured faster than
+// widening, the decode is three integer ops per 8 weights per 2 rows);
+// products and sums are those of the dequantised fp32 weights, bit for bit.
+// Otherwise (fp32 scales, activations that would overflow when scaled) it
+// widens 3 rows × one column chunk at a time into L1, exactly, and runs the
+// same order.
 #include <algorithm>
 #include <array>
 #include <bit>
@@ -37,7 +40,7 @@ namespace {
 constexpr int kJ = 4;             // the most weight rows of a block
 constexpr int kJMany = 3, kRMany = 4;
 constexpr int64_t kChunk = 256;   // columns per pass when many activation rows share the weights
-constexpr int64_t kDirect = 2;    // up to this many activation rows, FP8 codes decode in registers
+constexpr int64_t kDirect = 2;    // up to this many activation rows: one pass over whole rows
 
 // Accumulators live in registers inside a micro-tile and as 8 floats in
 // memory between column chunks.
@@ -227,7 +230,7 @@ bool pow2_multipliers(const float* factor, int64_t k, float* mult) {
 }
 
 // xs[r] = x[r] · mult per 128-column block, if every product is exact.
-bool prescale(int64_t m, int64_t k, const float* a, int64_t lda, const float* mult, float* xs) {
+bool prescale(int64_t m, int64_t k, const float* a, int64_t lda, const float* mult, float* xs, int64_t ldx) {
   for (int64_t b = 0; b * 128 < k; ++b) {
     const float f = mult[b];
     const float inv = 1.0f / f;
@@ -235,7 +238,7 @@ bool prescale(int64_t m, int64_t k, const float* a, int64_t lda, const float* mu
     bool exact = true;  // v · inv == x fails on overflow, lost subnormal bits, NaN
     for (int64_t r = 0; r < m; ++r) {
       const float* xr = a + r * lda;
-      float* out = xs + r * k;
+      float* out = xs + r * ldx;
       int64_t i = 128 * b;
 #ifdef DSV4_AVX2
       __m256 bad = _mm256_setzero_ps();
@@ -277,19 +280,22 @@ const float* const* activations(int64_t m, int64_t k, const float* a, int64_t ld
   return x.data();
 }
 
-// Weight rows [j0, j1) of FP8 b, all in one 128-row scale block.
+// Weight rows [j0, j1) of FP8 b, all in one 128-row scale block: codes decoded
+// in registers against pre-scaled activations, or widened when that is not exact.
 void fp8_rows(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t lda, const WeightRows& b,
               float* c, int64_t ldc) {
   thread_local std::vector<float> mult, scaled, wide;
   mult.resize(static_cast<size_t>((k + 127) / 128));
   const bool pow2 = pow2_multipliers(b.factor + ((b.row_base + j0) / 128) * b.factor_ld, k, mult.data());
-  if (pow2 && m <= kDirect) {
-    scaled.resize(static_cast<size_t>(m * k));
-    if (prescale(m, k, a, lda, mult.data(), scaled.data())) {
-      const float* x[kDirect] = {scaled.data(), scaled.data() + k};
+  if (pow2) {
+    scaled.resize(static_cast<size_t>(m * padded(k)));
+    if (prescale(m, k, a, lda, mult.data(), scaled.data(), padded(k))) {
+      thread_local std::vector<const float*> x;
+      x.resize(size_t(m));
+      for (int64_t r = 0; r < m; ++r) x[size_t(r)] = scaled.data() + r * padded(k);
       const uint8_t* codes = static_cast<const uint8_t*>(b.data);
       DirectRows rows{[&](int64_t j) { return Fp8BitsRow{codes + j * b.ld}; }, j0};
-      return tile<kJ, kDirect>(m, j1 - j0, k, x, rows, k, c + j0, ldc);
+      return tile<kJ, kDirect>(m, j1 - j0, k, x.data(), rows, m <= kDirect ? k : kChunk, c + j0, ldc);
     }
   }
   wide.resize(static_cast<size_t>(kJ * padded(kChunk)));
