@@ -57,17 +57,24 @@ inline float madd(float a, float b, float c) {
 }
 
 // acc[r·ld + j] += the lanes of x[r]·w[j] over columns [i0, i1) (multiples of 8).
+// `next` (J rows, or null): rows requested into the cache at the pace these
+// are read, one line each per line of progress. Short rows (q_b's 1,024
+// columns) otherwise stall at every block: the hardware prefetcher learns each
+// new row's stream only after a few misses.
 template <int J, int R, class Row>
-void micro(const float* const* xp, const Row* wp, int64_t i0, int64_t i1, float* acc, int64_t ld) {
+void micro(const float* const* xp, const Row* wp, const Row* next, int64_t i0, int64_t i1, float* acc, int64_t ld) {
   const float* x[R];  // local copies: the pointers stay in registers
   Row w[J];
   for (int r = 0; r < R; ++r) x[r] = xp[r];
   for (int j = 0; j < J; ++j) w[j] = wp[j];
 #ifdef DSV4_AVX2
+  constexpr int64_t kLine = 64 / sizeof(*w[0].p);  // columns per cache line
   __m256 s[R][J];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < J; ++j) s[r][j] = _mm256_loadu_ps(acc + 8 * (r * ld + j));
   for (int64_t i = i0; i < i1; i += 8) {
+    if (next && i % kLine == 0)
+      for (int j = 0; j < J; ++j) _mm_prefetch(reinterpret_cast<const char*>(next[j].p + i), _MM_HINT_T0);
     __m256 wv[J];
     for (int j = 0; j < J; ++j) wv[j] = w[j].load8(i);
     for (int r = 0; r < R; ++r) {
@@ -78,6 +85,7 @@ void micro(const float* const* xp, const Row* wp, int64_t i0, int64_t i1, float*
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < J; ++j) _mm256_storeu_ps(acc + 8 * (r * ld + j), s[r][j]);
 #else
+  (void)next;
   for (int64_t i = i0; i < i1; i += 8)
     for (int l = 0; l < 8; ++l)
       for (int j = 0; j < J; ++j) {
@@ -89,12 +97,13 @@ void micro(const float* const* xp, const Row* wp, int64_t i0, int64_t i1, float*
 
 // micro<nj, nr> for nj <= J, nr <= R.
 template <int J, int R, class Row>
-void micro_any(int nj, int nr, const float* const* x, const Row* w, int64_t i0, int64_t i1, float* acc, int64_t ld) {
+void micro_any(int nj, int nr, const float* const* x, const Row* w, const Row* next, int64_t i0, int64_t i1,
+               float* acc, int64_t ld) {
   if constexpr (J > 1)
-    if (nj < J) return micro_any<J - 1, R>(nj, nr, x, w, i0, i1, acc, ld);
+    if (nj < J) return micro_any<J - 1, R>(nj, nr, x, w, next, i0, i1, acc, ld);
   if constexpr (R > 1)
-    if (nr < R) return micro_any<J, R - 1>(nj, nr, x, w, i0, i1, acc, ld);
-  micro<J, R>(x, w, i0, i1, acc, ld);
+    if (nr < R) return micro_any<J, R - 1>(nj, nr, x, w, next, i0, i1, acc, ld);
+  micro<J, R>(x, w, next, i0, i1, acc, ld);
 }
 
 // C[r, j] for m activation rows x[r] and nj weight rows, J × R micro-tiles.
@@ -113,8 +122,15 @@ void tile(int64_t m, int64_t nj, int64_t k, const float* const* x, Rows& rows, i
       const int64_t i1 = std::min(k8, i0 + chunk);
       if (i1 < k8) rows.prefetch(jb, nb, i1, std::min(k8, i1 + chunk));  // DRAM behind the compute
       const auto w = rows.block(jb, nb, i0, i1);
+      // One pass over whole rows of stored weights: the next block streams in behind this one.
+      auto ahead = w;  // a copy (w is const)
+      bool pace = false;
+      if constexpr (Rows::kInPlace) {
+        pace = chunk >= k8 && jb + J < nj;
+        for (int q = 0; pace && q < J; ++q) ahead[size_t(q)] = rows.row(std::min<int64_t>(jb + J + q, nj - 1));
+      }
       for (int64_t r = 0; r < m; r += R)
-        micro_any<J, R>(nb, static_cast<int>(std::min<int64_t>(R, m - r)), x + r, w.data(), i0, i1,
+        micro_any<J, R>(nb, static_cast<int>(std::min<int64_t>(R, m - r)), x + r, w.data(), pace ? ahead.data() : nullptr, i0, i1,
                         acc + 8 * (r * nj + jb), nj);
     }
   }
@@ -141,17 +157,19 @@ void prefetch_row(const Row& r, int64_t i0, int64_t i1) {
 // Stored rows read in place (fp32, bf16, f16 and pre-scaled FP8 codes).
 template <class RowOf>
 struct DirectRows {
-  RowOf row;
+  static constexpr bool kInPlace = true;  // rows are read where they are stored
+  RowOf row_of;
   int64_t j0;
+  auto row(int64_t j) const { return row_of(j0 + j); }
   auto block(int64_t jb, int n, int64_t, int64_t) const {
     std::array<decltype(row(0)), kJ> w{};
-    for (int q = 0; q < n; ++q) w[size_t(q)] = row(j0 + jb + q);
+    for (int q = 0; q < n; ++q) w[size_t(q)] = row(jb + q);
     return w;
   }
   void prefetch(int64_t jb, int n, int64_t i0, int64_t i1) const {
-    for (int q = 0; q < n; ++q) prefetch_row(row(j0 + jb + q), i0, i1);
+    for (int q = 0; q < n; ++q) prefetch_row(row(jb + q), i0, i1);
   }
-  float at(int64_t j, int64_t i) const { return row(j0 + j).at(i); }
+  float at(int64_t j, int64_t i) const { return row(j).at(i); }
 };
 
 // v·2^-120 from an E4M3 code: the 7 magnitude bits under the fp32 exponent
@@ -184,6 +202,7 @@ static_assert((kChunk & (kChunk - 1)) == 0);
 // chunk at a time: v·2^-120 times 2^120·s (mult, one product) for power-of-two scales,
 // else through fp16 as Fp8Row does.
 struct WidenedRows {
+  static constexpr bool kInPlace = false;  // rows are widened into a buffer per chunk
   WeightRows b;
   int64_t j0;
   int64_t ld;
