@@ -39,7 +39,7 @@ struct Job {
   // entries and CSA indexer keys dequantised (reference numerics: unused).
   Scratch<uint8_t>* kcoded = nullptr;
   Scratch<float>* entries = nullptr;
-  Scratch<float>* picked = nullptr;  // CSA short chunk: each row's selected entries, decoded once
+  Scratch<float>* picked = nullptr;  // CSA short chunk: each row's selected entries, gathered once
 };
 
 // Window rows this chunk may read: the cached last min(p0, W-1) rows in position order, then the new ones.
@@ -116,25 +116,36 @@ void index(const PackedLayer& p, const Projected& pr, const int64_t* pos, Job& j
 // Deployment CSA, short chunk: a row's selected entries are read by every
 // head block of the row, so decode them once per row (in index order, as
 // attend would gather them) rather than once per head block.
-bool decodes_picked(const PackedLayer& p, const Job& j) {
-  return p.deployed() && p.type == LayerType::csa && j.len <= kShortChunk;
-}
-void decode_picked(const PackedLayer& p, Job& j) {
+// CSA short chunks (decode, serving batches): each query's selected entries are
+// gathered (deployment numerics: decoded) once, in index order as attend would,
+// and shared by all of its head blocks instead of gathered by each.
+bool gathers_picked(const PackedLayer& p, const Job& j) { return p.type == LayerType::csa && j.len <= kShortChunk; }
+void gather_picked(const PackedLayer& p, const Job& j, int64_t i) {
   const int64_t hd = p.c.head_dim, r = p.c.qk_rope_head_dim;
   const CompressorState& cs = j.st->compressor();
-  float* out = j.picked->get(static_cast<size_t>(std::max<int64_t>(j.len * j.width, 1) * hd));
-  std::vector<int32_t> sel;
-  for (int64_t i = 0; i < j.len; ++i) {
-    const int32_t* row = j.topk->data() + i * j.width;
-    sel.assign(row, row + j.width);
-    sel.erase(std::remove(sel.begin(), sel.end(), -1), sel.end());
-    std::sort(sel.begin(), sel.end());
-    for (size_t k = 0; k < sel.size(); ++k)
-      quant::kv_row_decode(&cs.coded[sel[k] * cs.row_bytes], hd, r, out + (i * j.width + static_cast<int64_t>(k)) * hd);
+  float* out = j.picked->data() + i * j.width * hd;
+  thread_local std::vector<int32_t> sel;
+  const int32_t* row = j.topk->data() + i * j.width;
+  sel.assign(row, row + j.width);
+  sel.erase(std::remove(sel.begin(), sel.end(), -1), sel.end());
+  std::sort(sel.begin(), sel.end());
+  for (size_t k = 0; k < sel.size(); ++k)
+    if (cs.row_bytes)
+      quant::kv_row_decode(&cs.coded[sel[k] * cs.row_bytes], hd, r, out + static_cast<int64_t>(k) * hd);
+    else
+      std::copy_n(&cs.entries[sel[k] * hd], hd, out + static_cast<int64_t>(k) * hd);
+}
+void gather_all_picked(const PackedLayer& p, std::vector<Job>& jobs) {
+  std::vector<std::pair<const Job*, int64_t>> rows;  // (job, row of the job)
+  for (Job& j : jobs) {
+    if (!gathers_picked(p, j)) continue;
+    j.picked->get(static_cast<size_t>(std::max<int64_t>(j.len * j.width, 1) * p.c.head_dim));
+    for (int64_t i = 0; i < j.len; ++i) rows.emplace_back(&j, i);
   }
+#pragma omp parallel for schedule(dynamic)
+  for (size_t t = 0; t < rows.size(); ++t) gather_picked(p, *rows[t].first, rows[t].second);
 }
 
-// The compressed keys of one query (CSA: its selection of the entries).
 void entry_keys(const PackedLayer& p, const Job& j, int64_t r, int64_t t, KeySet& ks) {
   const CompressorState& cs = j.st->compressor();
   if (p.type == LayerType::hca) {
@@ -147,7 +158,7 @@ void entry_keys(const PackedLayer& p, const Job& j, int64_t r, int64_t t, KeySet
     ks.row_bytes = cs.row_bytes;
     ks.selected = j.topk->data() + (r - j.row0) * j.width;  // width 0: no entries yet
     ks.n_entries = j.width;
-    if (decodes_picked(p, j) && !j.map) {  // (a map needs the entries' ids: attend gathers them)
+    if (gathers_picked(p, j) && !j.map) {  // (a map needs the entries' ids: attend gathers them)
       ks.entries = j.picked->data() + (r - j.row0) * j.width * p.c.head_dim;
       ks.n_entries = std::count_if(ks.selected, ks.selected + j.width, [](int32_t e) { return e >= 0; });
       ks.selected = nullptr, ks.coded = nullptr;
@@ -291,8 +302,8 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
   if (p.w->indexer) {
     StageTimes scratch;
     for (Job& j : jobs) index(p, pr, pos, j, times ? *times : scratch);
-    for (Job& j : jobs)
-      if (decodes_picked(p, j)) decode_picked(p, j);
+    Stage s(times, &StageTimes::attention);
+    gather_all_picked(p, jobs);
   }
   if (p.deployed() && p.type == LayerType::hca)  // decoded once per chunk, read by all its queries
     for (Job& j : jobs) entries_f32(p, j.st->compressor(), j.st->compressor().emitted, false, *j.entries);
