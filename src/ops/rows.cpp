@@ -160,7 +160,7 @@ struct DirectRows {
   static constexpr bool kInPlace = true;  // rows are read where they are stored
   RowOf row_of;
   int64_t j0;
-  auto row(int64_t j) const { return row_of(j0 + j); }
+  auto row(int64_t j) const { return row_of(j0 + j); }  // row j0 + j
   auto block(int64_t jb, int n, int64_t, int64_t) const {
     std::array<decltype(row(0)), kJ> w{};
     for (int q = 0; q < n; ++q) w[size_t(q)] = row(jb + q);
@@ -208,13 +208,14 @@ struct WidenedRows {
   int64_t ld;
   float* wide;         // [kJ, ld]: the block's rows over one chunk
   const float* mult;   // per 128 columns, or null
-  vec::Fp8Row row(int64_t j) const {
+  vec::Fp8Row row(int64_t j) const {  // row j0 + j as stored
+    j += j0;
     return {static_cast<const uint8_t*>(b.data) + j * b.ld, b.factor + ((b.row_base + j) / 128) * b.factor_ld};
   }
   std::array<ChunkRow, kJ> block(int64_t jb, int n, int64_t i0, int64_t i1) const {
     std::array<ChunkRow, kJ> w{};
     for (int q = 0; q < n; ++q) {
-      const vec::Fp8Row r = row(j0 + jb + q);
+      const vec::Fp8Row r = row(jb + q);
       float* out = wide + q * ld;
 #ifdef DSV4_AVX2
       if (mult) {
@@ -232,9 +233,9 @@ struct WidenedRows {
     return w;
   }
   void prefetch(int64_t jb, int n, int64_t i0, int64_t i1) const {
-    for (int q = 0; q < n; ++q) prefetch_row(row(j0 + jb + q), i0, i1);
+    for (int q = 0; q < n; ++q) prefetch_row(row(jb + q), i0, i1);
   }
-  float at(int64_t j, int64_t i) const { return row(j0 + j).at(i); }
+  float at(int64_t j, int64_t i) const { return row(j).at(i); }
 };
 
 // mult[b] = 2^112 · factor[b] = 2^120 · scale per 128 columns; true if all are
