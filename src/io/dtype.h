@@ -2,6 +2,7 @@
 // exact (every bf16/f16/e4m3/e8m0 value is an fp32 value); encoders round to
 // nearest even.
 #pragma once
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -14,6 +15,13 @@ float bf16_to_f32(uint16_t b);
 float f16_to_f32(uint16_t h);    // IEEE half: subnormals, ±inf, NaN
 float e4m3fn_to_f32(uint8_t b);  // OCP FP8 E4M3FN: bias 7, no inf, S.1111.111 = NaN, max 448
 float e8m0_to_f32(uint8_t b);    // OCP E8M0 scale: 2^(b-127), 0xFF = NaN
+// 2^-120 times the E4M3 value of a (non-NaN) code, from its bits alone: the 7
+// magnitude bits under the fp32 exponent field give (1 + m/8)·2^(E-127), and
+// m·2^-129 (an fp32 subnormal) for E = 0; the sign goes on top. Exact; what the
+// vector kernels compute in three integer instructions.
+inline float e4m3_times_2pow_m120(uint8_t c) {
+  return std::bit_cast<float>((static_cast<uint32_t>(c & 0x80) << 24) | (static_cast<uint32_t>(c & 0x7f) << 20));
+}
 
 uint16_t f32_to_bf16(float x);   // NaN stays NaN
 uint8_t f32_to_e4m3fn(float x);  // saturates to ±448, NaN -> 0x7F|sign

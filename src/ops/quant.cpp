@@ -46,13 +46,8 @@ float scale_of(uint8_t byte) {
   return std::bit_cast<float>(byte ? static_cast<uint32_t>(byte) << 23 : 0x00400000u);
 }
 
-// E4M3 code -> fp32 without a table: the 7 magnitude bits placed at the top of
-// an fp32 mantissa/exponent give (1 + m/8)·2^(E-127) (and m·2^-129 for E = 0),
-// exactly 2^-120 times the E4M3 value. Vectorises; NaN codes are never stored.
-inline float e4m3_bits(uint8_t c) {
-  const uint32_t u = (static_cast<uint32_t>(c & 0x80) << 24) | (static_cast<uint32_t>(c & 0x7f) << 20);
-  return std::bit_cast<float>(u) * 0x1p120f;
-}
+// E4M3 code -> fp32 without a table (vectorises; NaN codes are never stored).
+inline float e4m3_bits(uint8_t c) { return e4m3_times_2pow_m120(c) * 0x1p120f; }
 
 }  // namespace
 

@@ -12,8 +12,8 @@
 // all of them while the next chunk is prefetched (serving batches).
 //
 // FP8 rows: with a power-of-two block scale s, x·(v·s) = (x·2^120·s)·(v·2^-120)
-// as real numbers, and v·2^-120 is three integer ops from the code (ops/quant's
-// e4m3_bits trick, subnormal codes included). So for a few activation rows the
+// as real numbers, and v·2^-120 is three integer ops from the code
+// (e4m3_times_2pow_m120 in io/dtype.h, subnormal codes included). So for a few activation rows the
 // kernel pre-scales the activations once per 128x128 block and decodes codes in
 // registers with no multiply (for serving batches too: measured faster than
 // widening, the decode is three integer ops per 8 weights per 2 rows);
@@ -27,6 +27,7 @@
 #include <cmath>
 #include <vector>
 
+#include "io/dtype.h"
 #include "ops/blas.h"
 #include "ops/vec.h"
 #include "ops/weight_rows.h"
@@ -182,10 +183,7 @@ struct Fp8BitsRow {
     return _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(c, 20), _mm256_set1_epi32(int(0x87F00000u))));
   }
 #endif
-  float at(int64_t i) const {
-    const uint32_t c = p[i];
-    return std::bit_cast<float>(((c & 0x80u) << 24) | ((c & 0x7Fu) << 20));
-  }
+  float at(int64_t i) const { return e4m3_times_2pow_m120(p[i]); }
 };
 
 // Columns [i0, i0 + kChunk) of a row widened into an L1 buffer (i0 a multiple of kChunk).

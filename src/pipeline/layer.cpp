@@ -113,9 +113,6 @@ void index(const PackedLayer& p, const Projected& pr, const int64_t* pos, Job& j
              &t.topk);
 }
 
-// Deployment CSA, short chunk: a row's selected entries are read by every
-// head block of the row, so decode them once per row (in index order, as
-// attend would gather them) rather than once per head block.
 // CSA short chunks (decode, serving batches): each query's selected entries are
 // gathered (deployment numerics: decoded) once, in index order as attend would,
 // and shared by all of its head blocks instead of gathered by each.
@@ -136,7 +133,9 @@ void gather_picked(const PackedLayer& p, const Job& j, int64_t i) {
       std::copy_n(&cs.entries[sel[k] * hd], hd, out + static_cast<int64_t>(k) * hd);
 }
 void gather_all_picked(const PackedLayer& p, std::vector<Job>& jobs) {
-  std::vector<std::pair<const Job*, int64_t>> rows;  // (job, row of the job)
+  thread_local std::vector<std::pair<const Job*, int64_t>> list;  // (job, row of the job)
+  auto& rows = list;  // the calling thread's, shared with the team below
+  rows.clear();
   for (Job& j : jobs) {
     if (!gathers_picked(p, j)) continue;
     j.picked->get(static_cast<size_t>(std::max<int64_t>(j.len * j.width, 1) * p.c.head_dim));
@@ -146,6 +145,7 @@ void gather_all_picked(const PackedLayer& p, std::vector<Job>& jobs) {
   for (size_t t = 0; t < rows.size(); ++t) gather_picked(p, *rows[t].first, rows[t].second);
 }
 
+// The compressed keys of one query (CSA: its selection of the entries).
 void entry_keys(const PackedLayer& p, const Job& j, int64_t r, int64_t t, KeySet& ks) {
   const CompressorState& cs = j.st->compressor();
   if (p.type == LayerType::hca) {
