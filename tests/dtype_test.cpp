@@ -1,6 +1,6 @@
 // Float dtype decoders/encoders against independent ldexp formulas, and
 // SafeTensors::f32 on every float dtype (unaligned data included).
-#include "io/dtype.h"
+#include "common/dtype.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

@@ -13,7 +13,7 @@
 #include "dsv4/layer.h"
 #include "dsv4/model.h"
 #include "dsv4/random.h"
-#include "io/dtype.h"
+#include "common/dtype.h"
 #include "io/weight_table.h"
 #include "ops/blas.h"
 #include "ops/weight_rows.h"

@@ -13,7 +13,7 @@
 #include <random>
 #include <vector>
 
-#include "io/dtype.h"
+#include "common/dtype.h"
 #include "numerics.h"
 
 namespace dsv4 {

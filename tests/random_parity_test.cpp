@@ -10,7 +10,7 @@
 
 #include "dsv4/conformance.h"
 #include "dsv4/layer.h"
-#include "io/dtype.h"
+#include "common/dtype.h"
 #include "reference.h"
 #include "test_util.h"
 

@@ -44,16 +44,6 @@ struct AttentionMap {
 
 struct PackedLayer;  // weights rearranged once for the fast path
 
-// How the projection matrices are held in memory; they are widened to fp32
-// inside the GEMMs (activations and accumulation stay fp32).
-//   f32:    fp32 (stored weights are dequantised at load)
-//   bf16:   rounded to bf16, half the memory
-//   native: as the checkpoint stores them (LayerWeights::stored: FP8 E4M3 with
-//           its block scales, BF16, F16, F32), nothing widened at load; the
-//           same numbers as f32 on the dequantised weights (docs/weights.md)
-enum class WeightFormat { f32, bf16, native };
-std::string_view weight_format_name(WeightFormat f);  // "f32", "bf16", "native"
-WeightFormat parse_weight_format(std::string_view s);  // throws naming the value
 struct LayerOptions {
   WeightFormat weights = WeightFormat::f32;
   // reference: the fp32 math (default). deployment: the served model's FP8/FP4

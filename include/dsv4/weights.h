@@ -4,6 +4,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -12,6 +13,17 @@
 #include "dsv4/tensor.h"
 
 namespace dsv4 {
+
+// How the projection matrices are held in memory; they are widened to fp32
+// inside the GEMMs (activations and accumulation stay fp32).
+//   f32:    fp32 (stored weights are dequantised at load)
+//   bf16:   rounded to bf16, half the memory
+//   native: as the checkpoint stores them (LayerWeights::stored: FP8 E4M3 with
+//           its block scales, BF16, F16, F32), nothing widened at load; the
+//           same numbers as f32 on the dequantised weights (docs/weights.md)
+enum class WeightFormat { f32, bf16, native };
+std::string_view weight_format_name(WeightFormat f);  // "f32", "bf16", "native"
+WeightFormat parse_weight_format(std::string_view s);  // throws naming the value
 
 // A projection matrix as the checkpoint stores it (LayerOptions{WeightFormat::native}):
 // F32, BF16, F16 or F8_E4M3 elements, row-major [out, in]; FP8 with one fp32

@@ -9,7 +9,7 @@
 #include <sstream>
 
 #include "dsv4/error.h"
-#include "io/dtype.h"
+#include "common/dtype.h"
 #include "io/weight_table.h"
 
 namespace dsv4 {

@@ -7,7 +7,7 @@
 
 #include "dsv4/model.h"
 #include "dsv4/weights.h"
-#include "io/dtype.h"
+#include "common/dtype.h"
 #include "io/weight_table.h"
 
 namespace dsv4 {

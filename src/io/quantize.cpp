@@ -5,7 +5,7 @@
 #include <cstring>
 
 #include "dsv4/weights.h"
-#include "io/dtype.h"
+#include "common/dtype.h"
 #include "io/weight_table.h"
 #include "ops/quant.h"
 

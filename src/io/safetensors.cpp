@@ -15,7 +15,7 @@
 #include <sstream>
 
 #include "dsv4/error.h"
-#include "io/dtype.h"
+#include "common/dtype.h"
 
 namespace dsv4 {
 namespace {
@@ -53,40 +53,6 @@ template <class... A>
   fail(cat(label, ": file is ", size, " bytes, too short for the 8-byte header length (truncated file?)"));
 }
 
-struct DTypeInfo {
-  DType dtype;
-  std::string_view name;
-  size_t size;
-};
-constexpr DTypeInfo kDTypes[] = {
-    {DType::F32, "F32", 4},   {DType::I64, "I64", 8}, {DType::BF16, "BF16", 2},      {DType::F16, "F16", 2},
-    {DType::F8_E4M3, "F8_E4M3", 1}, {DType::F8_E8M0, "F8_E8M0", 1}, {DType::F64, "F64", 8},
-    {DType::I32, "I32", 4},   {DType::I16, "I16", 2}, {DType::I8, "I8", 1},          {DType::U64, "U64", 8},
-    {DType::U32, "U32", 4},   {DType::U16, "U16", 2}, {DType::U8, "U8", 1},          {DType::BOOL, "BOOL", 1},
-    {DType::F8_E5M2, "F8_E5M2", 1}};
-
-const DTypeInfo& dtype_info(DType t) {
-  for (const DTypeInfo& d : kDTypes)
-    if (d.dtype == t) return d;
-  fail(cat("invalid DType value ", int(t)));
-}
-
-}  // namespace
-
-std::optional<DType> parse_dtype_name(std::string_view name) {
-  for (const DTypeInfo& d : kDTypes)
-    if (d.name == name) return d.dtype;
-  return std::nullopt;
-}
-
-namespace {
-
-bool parse_dtype(const std::string& s, DType& out) {
-  for (const DTypeInfo& d : kDTypes)
-    if (d.name == s) return out = d.dtype, true;
-  return false;
-}
-
 // Parses JSON, also reporting the first key repeated inside the object at
 // `depth` (1: the top-level object; 2: an object that is a top-level value,
 // optionally only under the top-level key `under`). nlohmann would silently
@@ -118,9 +84,11 @@ TensorInfo parse_entry(const std::string& label, const std::string& name, const 
   info.name = name;
   const json& dt = j["dtype"];
   if (!dt.is_string()) fail_tensor(label, name, "dtype must be a string");
-  if (!parse_dtype(dt.get<std::string>(), info.dtype))
+  const std::optional<DType> parsed_dtype = parse_dtype_name(dt.get<std::string>());
+  if (!parsed_dtype)
     fail_tensor(label, name, "unknown dtype ", quote(dt.get<std::string>()),
                 " (supported: F32, I64, BF16, F16, F8_E4M3, F8_E8M0)");
+  info.dtype = *parsed_dtype;
 
   const json& sh = j["shape"];
   if (!sh.is_array()) fail_tensor(label, name, "shape must be an array of non-negative integers");
@@ -198,9 +166,6 @@ NamedTensor named_impl(const std::string& name, DType dtype, const Shape& shape,
 }
 
 }  // namespace
-
-std::string_view dtype_name(DType t) { return dtype_info(t).name; }
-size_t dtype_size(DType t) { return dtype_info(t).size; }
 
 SafeTensors SafeTensors::open(const std::filesystem::path& path) {
   const std::string label = path.string();

@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "io/dtype.h"
+#include "common/dtype.h"
 #include "io/weight_table.h"
 
 namespace dsv4 {
@@ -118,6 +118,21 @@ std::vector<std::string> projection_names(LayerType t) {
   n.insert(n.end(), {"compressor.indexer.kv_proj.weight", "compressor.indexer.gate_proj.weight",
                      "compressor.indexer.q_b_proj.weight", "compressor.indexer.scorer.weights_proj.weight"});
   return n;
+}
+
+std::string_view weight_format_name(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::f32: return "f32";
+    case WeightFormat::bf16: return "bf16";
+    case WeightFormat::native: return "native";
+  }
+  return "?";
+}
+
+WeightFormat parse_weight_format(std::string_view s) {
+  for (WeightFormat f : {WeightFormat::f32, WeightFormat::bf16, WeightFormat::native})
+    if (s == weight_format_name(f)) return f;
+  fail("weights format: expected 'f32', 'bf16' or 'native', got '" + std::string(s) + "'");
 }
 
 Tensor StoredMatrix::dequantised() const {

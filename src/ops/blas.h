@@ -3,7 +3,7 @@
 #pragma once
 #include <cstdint>
 
-#include "dsv4/safetensors.h"  // DType
+#include "dsv4/dtype.h"
 
 namespace dsv4 {
 

@@ -9,7 +9,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "io/dtype.h"
+#include "common/dtype.h"
 
 namespace dsv4::quant {
 namespace {

@@ -13,7 +13,7 @@
 //
 // FP8 rows: with a power-of-two block scale s, x·(v·s) = (x·2^120·s)·(v·2^-120)
 // as real numbers, and v·2^-120 is three integer ops from the code
-// (e4m3_times_2pow_m120 in io/dtype.h, subnormal codes included). So for a few activation rows the
+// (e4m3_times_2pow_m120 in common/dtype.h, subnormal codes included). So for a few activation rows the
 // kernel pre-scales the activations once per 128x128 block and decodes codes in
 // registers with no multiply (for serving batches too: measured faster than
 // widening, the decode is three integer ops per 8 weights per 2 rows);
@@ -27,7 +27,7 @@
 #include <cmath>
 #include <vector>
 
-#include "io/dtype.h"
+#include "common/dtype.h"
 #include "ops/blas.h"
 #include "ops/vec.h"
 #include "ops/weight_rows.h"

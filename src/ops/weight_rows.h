@@ -5,7 +5,7 @@
 #pragma once
 #include <cstdint>
 
-#include "io/dtype.h"
+#include "common/dtype.h"
 #include "ops/blas.h"
 #include "ops/vec.h"
 

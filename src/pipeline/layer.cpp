@@ -393,21 +393,6 @@ void check_finite(const float* x, int64_t n, const std::string& what) {
   if (bad) fail(what + ": " + std::to_string(bad) + " non-finite value(s), first at flat index " + std::to_string(first));
 }
 
-std::string_view weight_format_name(WeightFormat f) {
-  switch (f) {
-    case WeightFormat::f32: return "f32";
-    case WeightFormat::bf16: return "bf16";
-    case WeightFormat::native: return "native";
-  }
-  return "?";
-}
-
-WeightFormat parse_weight_format(std::string_view s) {
-  for (WeightFormat f : {WeightFormat::f32, WeightFormat::bf16, WeightFormat::native})
-    if (s == weight_format_name(f)) return f;
-  fail("weights format: expected 'f32', 'bf16' or 'native', got '" + std::string(s) + "'");
-}
-
 Layer::Layer(Config config, LayerType type, LayerWeights weights, LayerOptions options)
     : config_(std::move(config)), type_(type), weights_(std::move(weights)) {
   config_.validate();

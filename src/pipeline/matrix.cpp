@@ -5,7 +5,7 @@
 #include <utility>
 #include <vector>
 
-#include "io/dtype.h"
+#include "common/dtype.h"
 #include "io/weight_table.h"
 #include "ops/blas.h"
 #include "pipeline/pipeline.h"

@@ -3,7 +3,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "io/dtype.h"
+#include "common/dtype.h"
 #include "ops/blas.h"
 #include "ops/norm.h"
 #include "ops/rope.h"

@@ -13,7 +13,7 @@
 
 #include "commands.h"
 #include "dsv4/model.h"
-#include "io/dtype.h"
+#include "common/dtype.h"
 #include "io/weight_table.h"
 
 namespace dsv4::cli {

@@ -1,16 +1,35 @@
-// Bit-level float conversions. The decoders build the fp32 bit pattern
+// The dtype table (names, sizes) and bit-level float conversions. The decoders build the fp32 bit pattern
 // directly (the tests check them against an ldexp formula).
-#include "io/dtype.h"
+#include "common/dtype.h"
 
 #include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <string>
 
 #include "dsv4/error.h"
 
 namespace dsv4 {
 namespace {
+
+struct DTypeInfo {
+  DType dtype;
+  std::string_view name;
+  size_t size;
+};
+constexpr DTypeInfo kDTypes[] = {
+    {DType::F32, "F32", 4},   {DType::I64, "I64", 8}, {DType::BF16, "BF16", 2},      {DType::F16, "F16", 2},
+    {DType::F8_E4M3, "F8_E4M3", 1}, {DType::F8_E8M0, "F8_E8M0", 1}, {DType::F64, "F64", 8},
+    {DType::I32, "I32", 4},   {DType::I16, "I16", 2}, {DType::I8, "I8", 1},          {DType::U64, "U64", 8},
+    {DType::U32, "U32", 4},   {DType::U16, "U16", 2}, {DType::U8, "U8", 1},          {DType::BOOL, "BOOL", 1},
+    {DType::F8_E5M2, "F8_E5M2", 1}};
+
+const DTypeInfo& dtype_info(DType t) {
+  for (const DTypeInfo& d : kDTypes)
+    if (d.dtype == t) return d;
+  fail("invalid DType value " + std::to_string(static_cast<int>(t)));
+}
 
 float from_bits(uint32_t u) { return std::bit_cast<float>(u); }
 
@@ -29,6 +48,15 @@ void decode(std::span<const std::byte> bytes, float* out, F f) {
 }
 
 }  // namespace
+
+std::string_view dtype_name(DType t) { return dtype_info(t).name; }
+size_t dtype_size(DType t) { return dtype_info(t).size; }
+
+std::optional<DType> parse_dtype_name(std::string_view name) {
+  for (const DTypeInfo& d : kDTypes)
+    if (d.name == name) return d.dtype;
+  return std::nullopt;
+}
 
 float bf16_to_f32(uint16_t b) { return from_bits(uint32_t(b) << 16); }
 

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <span>
 
-#include "dsv4/safetensors.h"
+#include "dsv4/dtype.h"
 
 namespace dsv4 {
 
