@@ -9,7 +9,6 @@
 
 #include "common.h"
 #include "dsv4/error.h"
-#include "io/weight_table.h"
 #include "reference.h"
 
 namespace dsv4::reference {
@@ -43,14 +42,15 @@ struct Params {
 template <class Map>
 auto params(Map& m) {
   using P = decltype(m.begin()->second.data());
-  const auto at = [&](const char* n) -> P {
-    const auto it = m.find(n);
+  const auto at = [&](WeightId id) -> P {
+    const auto it = m.find(std::string(weight_entry(id).name));
     return it == m.end() ? nullptr : it->second.data();
   };
-  return Params<P>{at("q_a_proj.weight"),           at("q_a_norm.weight"),           at("q_b_proj.weight"),
-                   at("kv_proj.weight"),            at("kv_norm.weight"),            at("o_a_proj.weight"),
-                   at("o_b_proj.weight"),           at("sinks"),                     at("compressor.kv_proj.weight"),
-                   at("compressor.gate_proj.weight"), at("compressor.position_bias"), at("compressor.kv_norm.weight")};
+  using W = WeightId;
+  return Params<P>{at(W::q_a_proj), at(W::q_a_norm), at(W::q_b_proj), at(W::kv_proj),
+                   at(W::kv_norm), at(W::o_a_proj), at(W::o_b_proj), at(W::sinks),
+                   at(W::compressor_kv_proj), at(W::compressor_gate_proj), at(W::compressor_position_bias),
+                   at(W::compressor_kv_norm)};
 }
 
 // A key (= value) a query sees: window row `idx` of kv, or compressed entry `idx`.
@@ -339,11 +339,10 @@ void check_selection(LayerType t, const Selection& sel, int64_t b) {
 
 Point64 widen(const Config& c, LayerType t, const LayerWeights& w, const Tensor& x) {
   Point64 p{x.shape, std::vector<double>(x.data.begin(), x.data.end()), {}};
-  for (const WeightSpec& s : expected_weights(c, t)) {
-    const Tensor* src = weight_slot(const_cast<LayerWeights&>(w), s.name);  // read only
-    if (!src || src->shape != s.shape) fail("reference: weight " + s.name + " missing or of the wrong shape");
-    p.w[s.name].assign(src->data.begin(), src->data.end());
-  }
+  for_each_weight(w, c, t, [&](const WeightSpec& s, const Tensor& src) {
+    if (src.shape != s.shape) fail("reference: weight " + s.name + " missing or of the wrong shape");
+    p.w[s.name].assign(src.data.begin(), src.data.end());
+  });
   return p;
 }
 
@@ -393,8 +392,9 @@ LayerGradients backward(const Config& c, LayerType t, const LayerWeights& w, con
     std::copy(dx.begin(), dx.end(), g.dx.data.begin() + i * s_len * d);  // narrows to fp32
   }
   g.weights = zero_weights(c, t);
-  for (const WeightSpec& s : expected_weights(c, t))  // the indexer's stay zero
-    std::copy(grads[s.name].begin(), grads[s.name].end(), weight_slot(g.weights, s.name)->data.begin());
+  for_each_weight(g.weights, c, t, [&](const WeightSpec& s, Tensor& gt) {  // the indexer's stay zero
+    std::copy(grads[s.name].begin(), grads[s.name].end(), gt.data.begin());
+  });
   return g;
 }
 

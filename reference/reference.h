@@ -43,7 +43,7 @@ LayerGradients backward(const Config& c, LayerType t, const LayerWeights& w, con
 
 // For finite differences: a layer's input and weights widened to double, so
 // that a step of 1e-6 is not lost to fp32 rounding. `w` holds every tensor of
-// the layer type under its spec name (expected_weights in io/weight_table.h,
+// the layer type under its spec name (weight_specs in dsv4/weights.h,
 // e.g. "q_a_proj.weight", "compressor.position_bias"), row-major.
 struct Point64 {
   Shape x_shape;          // [B, S, d]

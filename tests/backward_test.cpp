@@ -17,7 +17,6 @@
 
 #include "dsv4/layer.h"
 #include "dsv4/safetensors.h"
-#include "io/weight_table.h"
 #include "reference.h"
 #include "train/tape.h"
 #include "test_util.h"
@@ -51,15 +50,17 @@ bool is_indexer(const std::string& name) { return name.rfind("compressor.indexer
 // The gradient tensor of `name` ("dx" or a spec weight name).
 const Tensor& grad_of(const LayerGradients& g, const std::string& name) {
   if (name == "dx") return g.dx;
-  const Tensor* t = weight_slot(const_cast<LayerWeights&>(g.weights), name);  // read only
-  static const Tensor none;
-  return t ? *t : none;
+  return test::weight_named(g.weights, name);
 }
 
+struct GradSpec {
+  std::string name;
+  Shape shape;
+};
 // "dx", then every weight of the layer type.
-std::vector<WeightSpec> gradient_specs(const Config& c, LayerType t, const Shape& x_shape) {
-  std::vector<WeightSpec> s = {{"dx", x_shape}};
-  for (const WeightSpec& w : expected_weights(c, t)) s.push_back(w);
+std::vector<GradSpec> gradient_specs(const Config& c, LayerType t, const Shape& x_shape) {
+  std::vector<GradSpec> s = {{"dx", x_shape}};
+  for (const WeightSpec& w : weight_specs(c, t)) s.push_back({w.name, w.shape});
   return s;
 }
 
@@ -130,7 +131,7 @@ TEST(ReferenceBackward, MatchesFiniteDifferencesOnEveryElement) {
 
     const LayerGradients g = reference::backward(c, k.type, w, x, dy);
     FdResult all;
-    for (const WeightSpec& s : gradient_specs(c, k.type, x.shape)) {
+    for (const GradSpec& s : gradient_specs(c, k.type, x.shape)) {
       const Tensor& grad = grad_of(g, s.name);
       ASSERT_EQ(grad.shape, s.shape) << s.name;
       const double scale = max_abs(grad);
@@ -166,7 +167,7 @@ TEST(ReferenceBackward, NoEntriesMeansNoCompressorGradient) {
     const int64_t s = c.compress_rate(t) - 1;
     const Tensor x = test::random_tensor({2, s, c.hidden_size}, rng, 2.0f);
     const LayerGradients g = reference::backward(c, t, w, x, test::random_tensor(x.shape, rng, 1.0f));
-    for (const WeightSpec& sp : expected_weights(c, t)) {
+    for (const WeightSpec& sp : weight_specs(c, t)) {
       const double m = max_abs(grad_of(g, sp.name));
       if (sp.name.rfind("compressor.", 0) == 0) EXPECT_EQ(m, 0.0) << sp.name;
       else EXPECT_GT(m, 0.0) << sp.name;
@@ -192,7 +193,7 @@ TEST(ReferenceBackward, NoEntriesMeansNoCompressorGradient) {
 ::testing::AssertionResult gradients_close(const LayerGradients& fast, const LayerGradients& ref, const Config& c,
                                            LayerType t, double* worst = nullptr,
                                            const std::vector<double>* sink_terms = nullptr) {
-  for (const WeightSpec& s : gradient_specs(c, t, ref.dx.shape)) {
+  for (const GradSpec& s : gradient_specs(c, t, ref.dx.shape)) {
     const Tensor &r = grad_of(ref, s.name), &f = grad_of(fast, s.name);
     if (f.shape != r.shape)
       return ::testing::AssertionFailure() << s.name << " has shape " << shape_str(f.shape) << ", expected "
@@ -330,7 +331,7 @@ TEST(FastBackward, LongSequenceBitIdenticalForAnyThreadCountAndMatchesReference)
     for (int threads : {2, 3}) {
       omp_set_num_threads(threads);
       const LayerGradients g = layer.backward(x, dy);
-      for (const WeightSpec& sp : gradient_specs(c, t, x.shape))
+      for (const GradSpec& sp : gradient_specs(c, t, x.shape))
         EXPECT_TRUE(same_bits(grad_of(g, sp.name), grad_of(g1, sp.name))) << sp.name << " at " << threads << " threads";
     }
     omp_set_num_threads(saved);
@@ -422,11 +423,11 @@ TEST(FastBackward, AccumulatesIntoReusedGradientsAndTapes) {
       const LayerGradients fresh = layer.backward(x, dy);
       acc = layer.zero_gradients();
       layer.backward(tape, dy, acc);
-      for (const WeightSpec& sp : gradient_specs(c, t, x.shape))
+      for (const GradSpec& sp : gradient_specs(c, t, x.shape))
         EXPECT_TRUE(same_bits(grad_of(acc, sp.name), grad_of(fresh, sp.name))) << sp.name << " S=" << s;
       layer.backward(tape, dy, acc);
       EXPECT_TRUE(same_bits(acc.dx, fresh.dx));
-      for (const WeightSpec& sp : expected_weights(c, t)) {
+      for (const WeightSpec& sp : weight_specs(c, t)) {
         Tensor twice = grad_of(fresh, sp.name);
         double scale = 0;
         for (float& v : twice.data) scale = std::max(scale, std::fabs(double(v *= 2.0f)));
@@ -452,7 +453,7 @@ TEST(FastBackward, NativeWeightsGiveTheDequantisedLayersGradients) {
     LayerWeights stored = test::random_weights(c, t, rng);
     store_as_released(stored, t);
     LayerWeights dequantised = stored;
-    for (const auto& [name, m] : dequantised.stored) *weight_slot(dequantised, name) = m.dequantised();
+    for (const auto& [name, m] : dequantised.stored) test::weight_named(dequantised, name) = m.dequantised();
     dequantised.stored.clear();
     const Tensor x = test::random_tensor({2, 41, c.hidden_size}, rng, 2.0f);
     const Tensor dy = test::random_tensor(x.shape, rng, 1.0f);

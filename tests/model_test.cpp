@@ -19,7 +19,6 @@
 #include <random>
 
 #include "dsv4/error.h"
-#include "io/weight_table.h"
 #include "test_util.h"
 
 namespace dsv4 {
@@ -142,14 +141,14 @@ void write_folder(const fs::path& dir, const Config& c, NamingScheme s,
 }
 
 const Tensor& slot(const LayerWeights& w, const std::string& name) {
-  return *weight_slot(const_cast<LayerWeights&>(w), name);
+  return test::weight_named(w, name);
 }
 
 // A layer's tensors under scheme s, stored as F32.
 std::vector<NamedTensor> f32_tensors(const Config& c, LayerType t, const LayerWeights& w, NamingScheme s,
                                      int64_t layer) {
   std::vector<NamedTensor> out;
-  for (const WeightSpec& e : expected_weights(c, t)) out.push_back(named(full_name(s, layer, e.name), slot(w, e.name)));
+  for (const WeightSpec& e : weight_specs(c, t)) out.push_back(named(full_name(s, layer, e.name), slot(w, e.name)));
   return out;
 }
 
@@ -160,7 +159,7 @@ Config three_layers() {
 }
 
 void expect_same_weights(const LayerWeights& got, const LayerWeights& want, const Config& c, LayerType t) {
-  for (const WeightSpec& e : expected_weights(c, t)) {
+  for (const WeightSpec& e : weight_specs(c, t)) {
     EXPECT_EQ(slot(got, e.name).shape, slot(want, e.name).shape) << e.name;
     EXPECT_TRUE(slot(got, e.name).data == slot(want, e.name).data) << e.name << " differs";
   }
@@ -230,7 +229,7 @@ TEST_P(ModelLayouts, F32LoadsExactly) {
     EXPECT_TRUE(m.layer_problems(i).empty()) << m.layer_problems(i).front();
     expect_same_weights(m.load_layer(i), w[size_t(i)], c, t);
     const auto ts = m.layer_tensors(i);
-    ASSERT_EQ(ts.size(), expected_weights(c, t).size());
+    ASSERT_EQ(ts.size(), weight_specs(c, t).size());
     for (const TensorSummary& s : ts) {
       EXPECT_EQ(s.dtype, DType::F32);
       EXPECT_EQ(s.bytes, uint64_t(numel(s.shape)) * 4);
@@ -265,8 +264,8 @@ TEST(Model, Bf16AndF16LoadExactly) {
     for (int64_t i = 0; i < 3; ++i) {
       const LayerType t = c.layer_types[size_t(i)];
       LayerWeights w = test::random_weights(c, t, rng);
-      for (const WeightSpec& e : expected_weights(c, t)) {
-        Tensor& x = *weight_slot(w, e.name);
+      for (const WeightSpec& e : weight_specs(c, t)) {
+        Tensor& x = test::weight_named(w, e.name);
         const bool half = e.shape.size() == 1;  // norms, sinks: F16
         std::vector<uint16_t> bits(x.data.size());
         for (size_t k = 0; k < bits.size(); ++k) {
@@ -314,8 +313,8 @@ TEST(Model, Fp8BlockScalesWithPartialEdgeBlocks) {
     LayerWeights want = test::random_weights(c, LayerType::csa, rng);
     std::vector<NamedTensor> tensors;
     int scale_kind = 0;
-    for (const WeightSpec& e : expected_weights(c, LayerType::csa)) {
-      Tensor& x = *weight_slot(want, e.name);
+    for (const WeightSpec& e : weight_specs(c, LayerType::csa)) {
+      Tensor& x = test::weight_named(want, e.name);
       const std::string name = full_name(s, 0, e.name);
       if (e.shape.size() != 2 || e.name.starts_with("compressor.")) {
         tensors.push_back(named(name, x));
@@ -640,7 +639,7 @@ TEST(ModelErrors, MissingUnexpectedDuplicate) {
     EXPECT_THAT(problems[1], HasSubstr("tensor '" + odd + "': unexpected"));
     EXPECT_THAT(problems[1], HasSubstr((d2 / "model.safetensors").string()));
     expect_error([&] { Model::open(d2).load_layer(0); }, {odd, extra});
-    EXPECT_EQ(Model::open(d2).layer_tensors(0).size(), expected_weights(three_layers(), LayerType::sliding).size() + 2);
+    EXPECT_EQ(Model::open(d2).layer_tensors(0).size(), weight_specs(three_layers(), LayerType::sliding).size() + 2);
   }
   // The same tensor in two shards.
   const fs::path d3 = good_folder(NamingScheme::hugging_face, nullptr, true);

@@ -14,7 +14,6 @@
 #include "dsv4/model.h"
 #include "dsv4/random.h"
 #include "common/dtype.h"
-#include "io/weight_table.h"
 #include "ops/blas.h"
 #include "ops/weight_rows.h"
 #include "test_util.h"
@@ -196,7 +195,7 @@ TEST(NativeWeights, FromStoredNamedTensors) {
   for (const char* name : {"q_a_norm.weight", "kv_norm.weight", "sinks", "compressor.position_bias",
                                   "compressor.kv_norm.weight", "compressor.indexer.position_bias",
                                   "compressor.indexer.kv_norm.weight"}) {
-    NamedTensor t = named(name, *weight_slot(rest, name));
+    NamedTensor t = named(name, test::weight_named(rest, name));
     given.emplace_back(name, RawTensor{t.dtype, t.shape, std::move(t.bytes)});
   }
   const Tensor x = test::random_tensor({1, 150, c.hidden_size}, rng);
@@ -292,11 +291,11 @@ fs::path write_model(const Config& c0, LayerType t, const LayerWeights& w, Namin
                                                     std::to_string(int(s)) + std::to_string(e8m0_scales));
   fs::create_directories(dir);
   std::vector<NamedTensor> ts;
-  for (const WeightSpec& e : expected_weights(c, t)) {
+  for (const WeightSpec& e : weight_specs(c, t)) {
     const std::string name = checkpoint_name(s, 0, e.name);
     auto it = w.stored.find(e.name);
     if (it == w.stored.end()) {
-      ts.push_back(named(name, *weight_slot(const_cast<LayerWeights&>(w), e.name)));
+      ts.push_back(named(name, test::weight_named(w, e.name)));
       continue;
     }
     for (NamedTensor& t : checkpoint_tensors(name, scale_name(s, name), it->second,

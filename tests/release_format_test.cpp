@@ -12,7 +12,6 @@
 
 #include "dsv4/config.h"
 #include "dsv4/model.h"
-#include "io/weight_table.h"
 #include "test_util.h"
 
 namespace dsv4 {
@@ -110,9 +109,9 @@ TEST(ReleaseFormat, IndexerHeadWeightsWithoutScorer) {
   const std::string scorer = "compressor.indexer.scorer.weights_proj.weight";
   const std::string bare = "model.layers.0.self_attn.compressor.indexer.weights_proj.weight";
   std::vector<NamedTensor> ts;
-  for (const WeightSpec& e : expected_weights(c, LayerType::csa))
+  for (const WeightSpec& e : weight_specs(c, LayerType::csa))
     ts.push_back(named(e.name == scorer ? bare : checkpoint_name(NamingScheme::hugging_face, 0, e.name),
-                       *weight_slot(w, e.name)));
+                       test::weight_named(w, e.name)));
   // Other modules as the released shards hold them: read never, listed by dtype.
   ts.push_back(NamedTensor{"model.layers.0.mlp.experts.0.w1.weight", DType::I8, {4, 8}, std::vector<std::byte>(32)});
   ts.push_back(NamedTensor{"model.layers.0.mlp.experts.0.w1.scale", DType::F8_E8M0, {4, 1}, std::vector<std::byte>(4)});
@@ -136,8 +135,8 @@ TEST(ReleaseFormat, IndexerHeadWeightsWithoutScorer) {
 
   // The same names as a state_dict (the Python package's path).
   std::vector<std::pair<std::string, Tensor>> sd;
-  for (const WeightSpec& e : expected_weights(c, LayerType::csa))
-    sd.emplace_back(e.name == scorer ? "compressor.indexer.weights_proj.weight" : e.name, *weight_slot(w, e.name));
+  for (const WeightSpec& e : weight_specs(c, LayerType::csa))
+    sd.emplace_back(e.name == scorer ? "compressor.indexer.weights_proj.weight" : e.name, test::weight_named(w, e.name));
   EXPECT_EQ(layer_weights_from_named(sd, c, LayerType::csa).indexer->weights_proj.data, w.indexer->weights_proj.data);
 }
 

@@ -92,6 +92,18 @@ Config random_config(std::mt19937& rng) {
   return c;
 }
 
+Tensor& weight_named(LayerWeights& w, const std::string& name) {
+  const WeightEntry* e = find_weight(name);
+  if (!e) fail("no weight named '" + name + "'");
+  return weight(w, e->id);
+}
+
+const Tensor& weight_named(const LayerWeights& w, const std::string& name) {
+  const WeightEntry* e = find_weight(name);
+  if (!e) fail("no weight named '" + name + "'");
+  return weight(w, e->id);
+}
+
 Config small_config() {
   Config c;
   c.hidden_size = 64;

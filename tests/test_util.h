@@ -26,6 +26,10 @@ std::string slurp(const std::filesystem::path& p);
 LayerWeights random_weights(const Config& c, LayerType t, std::mt19937& rng);
 Tensor random_tensor(Shape shape, std::mt19937& rng, float scale = 1.0f);
 
+// w's tensor of a spec name (the weight table's weight(), by name).
+Tensor& weight_named(LayerWeights& w, const std::string& name);
+const Tensor& weight_named(const LayerWeights& w, const std::string& name);
+
 // A small config (the conformance "small" dims) to vary in tests.
 Config small_config();
 // Random small dimensions (heads, ranks, window, rates, top-k) for property tests.

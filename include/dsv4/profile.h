@@ -1,5 +1,6 @@
-// Wall-clock seconds per pipeline stage, accumulated over forward calls
-// (pass a StageTimes* to Layer::forward to collect them).
+// Profiling: wall-clock seconds per pipeline stage, accumulated over forward
+// calls (pass a StageTimes* to Layer::forward to collect them), and the
+// machine's own ceilings that benchmarks compare against.
 #pragma once
 
 namespace dsv4 {
@@ -13,5 +14,11 @@ struct StageTimes {
   double output = 0;        // de-rotation, grouped projection, o_b
   double total() const { return project + compress + index_scores + topk + attention + output; }
 };
+
+struct Roofline {
+  double sgemm_gflops = 0;   // dsv4's tiled OpenBLAS sgemm, 2048^3, all threads, best of 3
+  double copy_gb_per_s = 0;  // memcpy of 256 MiB, (read + write) bytes / s, best of 3
+};
+Roofline measure_roofline();  // takes about a second
 
 }  // namespace dsv4

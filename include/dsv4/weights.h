@@ -1,10 +1,12 @@
 // Weights of one attention layer, under the Hugging Face names of the spec
 // (relative to `...self_attn.`). Linear weights are [out, in].
 #pragma once
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -66,6 +68,128 @@ struct LayerWeights {
   std::map<std::string, StoredMatrix> stored;
 };
 
+// ---- The weight table ----------------------------------------------------
+// Every tensor an attention layer can have, once: what loading, validation,
+// packing, random weights, quantisation, byte counts, gradients and the
+// tools derive from (gemma.cpp's ForEachTensor is the model).
+
+enum class WeightId : uint8_t {
+  q_a_proj, q_a_norm, q_b_proj, kv_proj, kv_norm, o_a_proj, o_b_proj, sinks,
+  compressor_kv_proj, compressor_gate_proj, compressor_position_bias, compressor_kv_norm,
+  indexer_kv_proj, indexer_gate_proj, indexer_position_bias, indexer_kv_norm, indexer_q_b_proj,
+  indexer_weights_proj,
+};
+constexpr size_t kNumWeights = 18;
+
+// Which part of the layer holds a tensor, and so which layer types have it.
+enum class WeightPart : uint8_t {
+  attention,   // every layer type (LayerWeights' own members)
+  compressor,  // CSA and HCA (LayerWeights::compressor)
+  indexer,     // CSA (LayerWeights::indexer): its selection is discrete, so it gets no gradient
+};
+bool layer_has(LayerType t, WeightPart p);
+
+// What a tensor does.
+enum class WeightRole : uint8_t {
+  x_projection,       // a linear layer [out, d] that reads the hidden state x (packed into one fused GEMM)
+  cq_projection,      // a linear layer [out, r_q] that reads the query latent c_q (the second fused GEMM)
+  output_projection,  // o_a [g·d_g, H·D/g] (reads the attention output), o_b [d, g·d_g] (reads o_a's)
+  norm,               // an RMSNorm weight [n]
+  position_bias,      // a compressor's bias per window slot [rate, in_width]
+  sink,               // the per-head sink logits [H]
+};
+// The linear layers' matrices: what WeightFormat::native keeps as stored.
+constexpr bool is_projection(WeightRole r) {
+  return r == WeightRole::x_projection || r == WeightRole::cq_projection || r == WeightRole::output_projection;
+}
+
+struct WeightEntry {
+  WeightId id;
+  std::string_view name;      // the spec's (Hugging Face) name, relative to `self_attn.`
+  std::string_view deepseek;  // DeepSeek's original name, relative to `attn.`
+  WeightPart part;
+  WeightRole role;
+  DType released;  // as the released DeepSeek-V4 checkpoint stores it (FP8 E4M3 with 128x128 block scales)
+};
+
+// In this order everywhere (a sliding layer has the first 8, HCA the first 12, CSA all).
+inline constexpr WeightEntry kWeightTable[kNumWeights] = {
+    {WeightId::q_a_proj, "q_a_proj.weight", "wq_a.weight", WeightPart::attention, WeightRole::x_projection,
+     DType::F8_E4M3},
+    {WeightId::q_a_norm, "q_a_norm.weight", "q_norm.weight", WeightPart::attention, WeightRole::norm, DType::BF16},
+    {WeightId::q_b_proj, "q_b_proj.weight", "wq_b.weight", WeightPart::attention, WeightRole::cq_projection,
+     DType::F8_E4M3},
+    {WeightId::kv_proj, "kv_proj.weight", "wkv.weight", WeightPart::attention, WeightRole::x_projection,
+     DType::F8_E4M3},
+    {WeightId::kv_norm, "kv_norm.weight", "kv_norm.weight", WeightPart::attention, WeightRole::norm, DType::BF16},
+    {WeightId::o_a_proj, "o_a_proj.weight", "wo_a.weight", WeightPart::attention, WeightRole::output_projection,
+     DType::F8_E4M3},
+    {WeightId::o_b_proj, "o_b_proj.weight", "wo_b.weight", WeightPart::attention, WeightRole::output_projection,
+     DType::F8_E4M3},
+    {WeightId::sinks, "sinks", "attn_sink", WeightPart::attention, WeightRole::sink, DType::F32},
+    {WeightId::compressor_kv_proj, "compressor.kv_proj.weight", "compressor.wkv.weight", WeightPart::compressor,
+     WeightRole::x_projection, DType::BF16},
+    {WeightId::compressor_gate_proj, "compressor.gate_proj.weight", "compressor.wgate.weight",
+     WeightPart::compressor, WeightRole::x_projection, DType::BF16},
+    {WeightId::compressor_position_bias, "compressor.position_bias", "compressor.ape", WeightPart::compressor,
+     WeightRole::position_bias, DType::F32},
+    {WeightId::compressor_kv_norm, "compressor.kv_norm.weight", "compressor.norm.weight", WeightPart::compressor,
+     WeightRole::norm, DType::BF16},
+    {WeightId::indexer_kv_proj, "compressor.indexer.kv_proj.weight", "indexer.compressor.wkv.weight",
+     WeightPart::indexer, WeightRole::x_projection, DType::BF16},
+    {WeightId::indexer_gate_proj, "compressor.indexer.gate_proj.weight", "indexer.compressor.wgate.weight",
+     WeightPart::indexer, WeightRole::x_projection, DType::BF16},
+    {WeightId::indexer_position_bias, "compressor.indexer.position_bias", "indexer.compressor.ape",
+     WeightPart::indexer, WeightRole::position_bias, DType::F32},
+    {WeightId::indexer_kv_norm, "compressor.indexer.kv_norm.weight", "indexer.compressor.norm.weight",
+     WeightPart::indexer, WeightRole::norm, DType::BF16},
+    {WeightId::indexer_q_b_proj, "compressor.indexer.q_b_proj.weight", "indexer.wq_b.weight", WeightPart::indexer,
+     WeightRole::cq_projection, DType::F8_E4M3},
+    {WeightId::indexer_weights_proj, "compressor.indexer.scorer.weights_proj.weight", "indexer.weights_proj.weight",
+     WeightPart::indexer, WeightRole::x_projection, DType::BF16},
+};
+inline const WeightEntry& weight_entry(WeightId id) { return kWeightTable[static_cast<size_t>(id)]; }
+// The entry of a spec name, or null. Also takes "compressor.indexer.weights_proj.weight",
+// the spelling some transformers versions use (without "scorer.").
+const WeightEntry* find_weight(std::string_view spec_name);
+
+// One tensor of a layer with a given config and type.
+struct WeightSpec {
+  WeightId id;
+  std::string name;      // spec name, e.g. "compressor.kv_proj.weight"
+  std::string deepseek;  // e.g. "compressor.wkv.weight"
+  Shape shape;           // for the config and layer type
+  WeightPart part;
+  WeightRole role;
+  DType released;
+};
+Shape weight_shape(const Config& c, LayerType t, WeightId id);
+// Every tensor a layer of type t has, in table order.
+std::vector<WeightSpec> weight_specs(const Config& c, LayerType t);
+// The spec names of a layer type's projection matrices (is_projection).
+std::vector<std::string> projection_names(LayerType t);
+
+// w's tensor of id; the non-const one creates w.compressor / w.indexer if
+// needed, the const one throws naming the missing part.
+Tensor& weight(LayerWeights& w, WeightId id);
+const Tensor& weight(const LayerWeights& w, WeightId id);
+// The parts a layer of type t has (compressor, indexer), every tensor empty.
+LayerWeights empty_weights(LayerType t);
+// Every tensor a layer of type t has, zero-filled at its shape (gradients start here).
+LayerWeights zero_weights(const Config& c, LayerType t);
+
+// f(spec) for every tensor of a (c, t) layer, in table order.
+template <class F>
+void for_each_weight(const Config& c, LayerType t, F&& f) {
+  for (const WeightSpec& s : weight_specs(c, t)) f(s);
+}
+// f(spec, tensor) with w's tensor of each (Tensor& or const Tensor&, as weight()).
+template <class W, class F>
+  requires std::is_same_v<std::remove_const_t<W>, LayerWeights>
+void for_each_weight(W& w, const Config& c, LayerType t, F&& f) {
+  for (const WeightSpec& s : weight_specs(c, t)) f(s, weight(w, s.id));
+}
+
 // Quantisers for stored matrices (benchmarks, synthetic checkpoints):
 // FP8 E4M3 with one scale per 128x128 block, the block's max |w| mapped to 448
 // (ue8m0: the scale rounded up to a power of two, as V4's UE8M0 `.scale`
@@ -81,10 +205,6 @@ std::vector<NamedTensor> checkpoint_tensors(const std::string& name, const std::
 // indexer's q_b; BF16 for the compressors' and the indexer's kv/gate and weights_proj.
 // Moves every projection matrix of w into w.stored (its Tensor left empty).
 void store_as_released(LayerWeights& w, LayerType t);
-
-// The spec names of a layer type's projection matrices (the 2-D ".weight"
-// tensors: what WeightFormat::native keeps as stored).
-std::vector<std::string> projection_names(LayerType t);
 
 // Checks presence and shape of every tensor the layer type needs and that
 // all weights are finite; errors name the tensor, its shape and the expected one.

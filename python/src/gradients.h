@@ -1,6 +1,6 @@
 // LayerGradients as Python objects: dx and a dict {spec name: array} whose keys
 // are exactly those Layer(...) accepts (the reference state_dict keys), taken
-// from the weight table (expected_weights / weight_slot), never a list here.
+// from the weight table (for_each_weight, dsv4/weights.h), never a list here.
 // Shared by dsv4._core and the tests' reference module.
 #pragma once
 #include <pybind11/pybind11.h>
@@ -10,7 +10,7 @@
 #include "arrays.h"
 #include "dsv4/error.h"
 #include "dsv4/train.h"
-#include "io/weight_table.h"
+#include "dsv4/weights.h"
 
 namespace dsv4::py_bind {
 
@@ -21,13 +21,11 @@ namespace py = pybind11;
 // buffer must not reach NumPy).
 inline py::dict weight_gradients(LayerWeights&& w, const Config& c, LayerType t) {
   py::dict out;
-  for (const WeightSpec& spec : expected_weights(c, t)) {
-    Tensor* g = weight_slot(w, spec.name);
-    if (!g || g->shape != spec.shape || static_cast<int64_t>(g->data.size()) != numel(spec.shape))
-      fail("gradient of '" + spec.name + "': " + (g ? "shape " + shape_str(g->shape) : std::string("missing")) +
-           ", expected " + shape_str(spec.shape));
-    out[py::str(spec.name)] = to_numpy(std::move(*g));
-  }
+  for_each_weight(w, c, t, [&](const WeightSpec& spec, Tensor& g) {
+    if (g.shape != spec.shape || static_cast<int64_t>(g.data.size()) != numel(spec.shape))
+      fail("gradient of '" + spec.name + "': shape " + shape_str(g.shape) + ", expected " + shape_str(spec.shape));
+    out[py::str(spec.name)] = to_numpy(std::move(g));
+  });
   return out;
 }
 

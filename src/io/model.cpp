@@ -10,47 +10,22 @@
 
 #include "dsv4/error.h"
 #include "common/dtype.h"
-#include "io/weight_table.h"
+#include "io/checkpoint.h"
 
 namespace dsv4 {
 namespace {
 
 namespace fs = std::filesystem;
 
-// The one name table: spec (Hugging Face) name <-> DeepSeek original name.
-struct NamePair {
-  std::string_view hf, deepseek;
-};
-constexpr NamePair kNames[] = {
-    {"q_a_proj.weight", "wq_a.weight"},
-    {"q_a_norm.weight", "q_norm.weight"},
-    {"q_b_proj.weight", "wq_b.weight"},
-    {"kv_proj.weight", "wkv.weight"},
-    {"kv_norm.weight", "kv_norm.weight"},
-    {"o_a_proj.weight", "wo_a.weight"},
-    {"o_b_proj.weight", "wo_b.weight"},
-    {"sinks", "attn_sink"},
-    {"compressor.kv_proj.weight", "compressor.wkv.weight"},
-    {"compressor.gate_proj.weight", "compressor.wgate.weight"},
-    {"compressor.position_bias", "compressor.ape"},
-    {"compressor.kv_norm.weight", "compressor.norm.weight"},
-    {"compressor.indexer.kv_proj.weight", "indexer.compressor.wkv.weight"},
-    {"compressor.indexer.gate_proj.weight", "indexer.compressor.wgate.weight"},
-    {"compressor.indexer.position_bias", "indexer.compressor.ape"},
-    {"compressor.indexer.kv_norm.weight", "indexer.compressor.norm.weight"},
-    {"compressor.indexer.q_b_proj.weight", "indexer.wq_b.weight"},
-    {"compressor.indexer.scorer.weights_proj.weight", "indexer.weights_proj.weight"},
-};
-
-std::string_view stored(NamingScheme s, const NamePair& p) {
-  return s == NamingScheme::hugging_face ? p.hf : p.deepseek;
+std::string_view stored(NamingScheme s, const WeightEntry& e) {
+  return s == NamingScheme::hugging_face ? e.name : e.deepseek;
 }
 
-// Spec name of a stored suffix ("" if none).
-std::string_view to_hf(NamingScheme s, std::string_view suffix) {
-  for (const NamePair& p : kNames)
-    if (stored(s, p) == suffix) return p.hf;
-  return {};
+// The table entry of a stored suffix (after the layer's prefix), or null.
+const WeightEntry* entry_of(NamingScheme s, std::string_view suffix) {
+  for (const WeightEntry& e : kWeightTable)
+    if (stored(s, e) == suffix) return &e;
+  return nullptr;
 }
 
 std::string quote(const std::string& s) { return "'" + s + "'"; }
@@ -87,8 +62,8 @@ std::string_view naming_scheme_name(NamingScheme s) {
 std::string checkpoint_name(NamingScheme s, int64_t layer, std::string_view hf_name) {
   const std::string pre = s == NamingScheme::hugging_face ? "model.layers." + std::to_string(layer) + ".self_attn."
                                                           : "layers." + std::to_string(layer) + ".attn.";
-  for (const NamePair& p : kNames)
-    if (p.hf == hf_name) return pre + std::string(stored(s, p));
+  for (const WeightEntry& e : kWeightTable)
+    if (e.name == hf_name) return pre + std::string(stored(s, e));
   fail("checkpoint_name: unknown attention tensor name " + quote(std::string(hf_name)));
 }
 
@@ -100,6 +75,7 @@ std::string scale_name(NamingScheme s, const std::string& w) {
 
 // One weight of a layer as found in the checkpoint.
 struct Model::Planned {
+  WeightId id;
   std::string hf;    // spec name
   std::string name;  // checkpoint name
   int shard = -1;
@@ -190,7 +166,7 @@ std::vector<Model::Planned> Model::plan(int64_t i, std::vector<std::string>& pro
   };
 
   std::map<std::string, Shape> expected;
-  for (const WeightSpec& e : expected_weights(config_, type)) expected[e.name] = e.shape;
+  for (const WeightSpec& e : weight_specs(config_, type)) expected[e.name] = e.shape;
   std::map<std::string, Planned> found;
   std::map<std::string, std::pair<std::string, int>> scales;  // spec name -> (scale name, shard)
   for (auto it = where_.lower_bound(pre); it != where_.end() && it->first.starts_with(pre); ++it) {
@@ -202,12 +178,14 @@ std::vector<Model::Planned> Model::plan(int64_t i, std::vector<std::string>& pro
     }
     const int k = it->second.front();
     const std::string suffix = name.substr(pre.size());
-    const std::string hf(to_hf(scheme_, scheme_ == NamingScheme::hugging_face ? canonical_name(suffix) : suffix));
-    if (!hf.empty() && expected.count(hf)) {
+    const WeightEntry* e =
+        entry_of(scheme_, scheme_ == NamingScheme::hugging_face ? canonical_name(suffix) : suffix);
+    if (e && expected.count(std::string(e->name))) {
+      const std::string hf(e->name);
       if (auto f = found.find(hf); f != found.end())
         problem(k, name, "duplicates " + quote(f->second.name) + " (two spellings of " + quote(hf) + ")");
       else
-        found[hf] = {hf, name, k, "", -1};
+        found[hf] = {e->id, hf, name, k, "", -1};
       continue;
     }
     bool is_scale = false;  // the scale of a weight this layer uses?
@@ -285,12 +263,11 @@ size_t Model::layer_bytes(int64_t i, WeightFormat format) const {
   std::vector<std::string> problems;
   const std::vector<Planned> planned = plan(i, problems);
   if (!problems.empty()) fail(dir_.string() + ": layer " + std::to_string(i) + " cannot be loaded: " + problems[0]);
-  const std::vector<std::string> proj = projection_names(layer_type(i));
   size_t bytes = 0;
   for (const Planned& p : planned) {
     const TensorInfo& t = shards_[size_t(p.shard)].info(p.name);
     const size_t n = static_cast<size_t>(numel(t.shape));
-    const bool matrix = std::find(proj.begin(), proj.end(), p.hf) != proj.end();
+    const bool matrix = is_projection(weight_entry(p.id).role);
     if (!matrix || format == WeightFormat::f32) bytes += 4 * n;
     else if (format == WeightFormat::bf16) bytes += 2 * n;
     else if (t.dtype == DType::F8_E4M3) bytes += n + 4 * static_cast<size_t>(numel(scale_grid(t.shape)));
@@ -309,13 +286,10 @@ LayerWeights Model::load_layer(int64_t i, WeightFormat format) const {
     for (const std::string& p : problems) msg += "\n  " + p;
     fail(msg);
   }
-  LayerWeights w;
-  if (type != LayerType::sliding) w.compressor.emplace();
-  if (type == LayerType::csa) w.indexer.emplace();
-  const std::vector<std::string> proj = projection_names(type);
+  LayerWeights w = empty_weights(type);
   for (const Planned& p : planned) {
     const SafeTensors& file = shards_[size_t(p.shard)];
-    if (format == WeightFormat::native && std::find(proj.begin(), proj.end(), p.hf) != proj.end()) {
+    if (format == WeightFormat::native && is_projection(weight_entry(p.id).role)) {
       w.stored[p.hf] = stored_matrix(file, p.name, p.scale.empty() ? nullptr : &shards_[size_t(p.scale_shard)], p.scale);
       continue;
     }
@@ -325,7 +299,7 @@ LayerWeights Model::load_layer(int64_t i, WeightFormat format) const {
     if (bad)
       fail(file.label() + ": tensor " + quote(p.name) + ": " + std::to_string(bad) + " of " +
            std::to_string(x.numel()) + " values are not finite" + (p.scale.empty() ? "" : " after scaling"));
-    *weight_slot(w, p.hf) = std::move(x);
+    weight(w, p.id) = std::move(x);
   }
   validate_weights(w, config_, type);  // backstop: every slot filled with the right shape
   return w;

@@ -8,7 +8,7 @@
 #include "dsv4/model.h"
 #include "dsv4/weights.h"
 #include "common/dtype.h"
-#include "io/weight_table.h"
+#include "io/checkpoint.h"
 
 namespace dsv4 {
 namespace {
@@ -39,13 +39,11 @@ struct Given {
 // Places every given tensor under its spec name; `problems` may hold earlier
 // ones (all are reported together).
 LayerWeights assemble(std::vector<Given> named, const Config& c, LayerType t, std::vector<std::string> problems) {
-  const std::vector<WeightSpec> expected = expected_weights(c, t);
+  const std::vector<WeightSpec> expected = weight_specs(c, t);
   const std::string type = std::string(layer_type_name(t));
   std::map<std::string, std::string> given;  // spec name -> the key that gave it
   std::map<std::string, Shape> shapes;
-  LayerWeights w;
-  if (t != LayerType::sliding) w.compressor.emplace();
-  if (t == LayerType::csa) w.indexer.emplace();
+  LayerWeights w = empty_weights(t);
   for (Given& g : named) {
     const std::string name = spec_name(g.key, expected);
     if (name.empty()) {
@@ -60,7 +58,7 @@ LayerWeights assemble(std::vector<Given> named, const Config& c, LayerType t, st
     if (g.stored)
       w.stored[name] = std::move(*g.stored);
     else
-      *weight_slot(w, name) = std::move(g.f32);
+      weight(w, find_weight(name)->id) = std::move(g.f32);
   }
   for (const WeightSpec& e : expected) {
     if (!given.count(e.name)) {
@@ -125,8 +123,7 @@ LayerWeights layer_weights_from_stored(std::vector<std::pair<std::string, RawTen
     else if (!scales.emplace(weight, std::pair(key, decode(r))).second)
       problems.push_back("'" + key + "': a second block-scale tensor for '" + weight + "'");
   }
-  const std::vector<WeightSpec> expected = expected_weights(c, t);
-  const std::vector<std::string> proj = projection_names(t);
+  const std::vector<WeightSpec> expected = weight_specs(c, t);
   std::vector<Given> given;
   for (auto& [key, r] : named) {
     if (!scaled_weight(key).empty() || bad_bytes(key, r)) continue;
@@ -150,7 +147,7 @@ LayerWeights layer_weights_from_stored(std::vector<std::pair<std::string, RawTen
       continue;
     }
     const std::string name = spec_name(key, expected);
-    if (keep_stored && std::find(proj.begin(), proj.end(), name) != proj.end()) {
+    if (keep_stored && !name.empty() && is_projection(find_weight(name)->role)) {
       given.push_back({key, Tensor(), StoredMatrix{r.dtype, r.shape, std::move(r.data), std::move(scale)}});
       continue;
     }

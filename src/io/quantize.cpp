@@ -6,7 +6,7 @@
 
 #include "dsv4/weights.h"
 #include "common/dtype.h"
-#include "io/weight_table.h"
+#include "io/checkpoint.h"
 #include "ops/quant.h"
 
 namespace dsv4 {
@@ -55,10 +55,10 @@ std::vector<NamedTensor> checkpoint_tensors(const std::string& name, const std::
 }
 
 void store_as_released(LayerWeights& w, LayerType t) {
-  for (const std::string& name : projection_names(t)) {
-    Tensor& x = *weight_slot(w, name);
-    const bool bf16 = name.starts_with("compressor.") && name != "compressor.indexer.q_b_proj.weight";
-    w.stored[name] = bf16 ? quantize_bf16(x) : quantize_fp8_blocks(x, true);
+  for (const WeightEntry& e : kWeightTable) {
+    if (!layer_has(t, e.part) || !is_projection(e.role)) continue;
+    Tensor& x = weight(w, e.id);
+    w.stored[std::string(e.name)] = e.released == DType::BF16 ? quantize_bf16(x) : quantize_fp8_blocks(x, true);
     x = Tensor();
   }
 }

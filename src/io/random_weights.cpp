@@ -1,3 +1,4 @@
+// Seeded random layers (dsv4/random.h), every tensor from the weight table.
 #include <cmath>
 
 #include "dsv4/random.h"
@@ -12,19 +13,30 @@ uint64_t splitmix(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-Tensor linear(int64_t out, int64_t in, uint64_t seed) {
-  return random_uniform({out, in}, static_cast<float>(std::sqrt(3.0 / static_cast<double>(in))), seed);
-}
-
-Tensor around_one(int64_t n, uint64_t seed) {
-  Tensor t = random_uniform({n}, 0.1f, seed);
-  for (float& v : t.data) v += 1.0f;
-  return t;
-}
-
-CompressorWeights compressor(int64_t in_w, int64_t width, int64_t rate, int64_t d, uint64_t seed) {
-  return {linear(in_w, d, seed + 1), linear(in_w, d, seed + 2), random_uniform({rate, in_w}, 0.5f, seed + 3),
-          around_one(width, seed + 4)};
+// Each tensor's own stream of the layer seed: fixed, so a seeded layer never
+// changes when the table grows.
+uint64_t stream(WeightId id) {
+  switch (id) {
+    case WeightId::q_a_proj: return 1;
+    case WeightId::q_a_norm: return 2;
+    case WeightId::q_b_proj: return 3;
+    case WeightId::kv_proj: return 4;
+    case WeightId::kv_norm: return 5;
+    case WeightId::o_a_proj: return 6;
+    case WeightId::o_b_proj: return 7;
+    case WeightId::sinks: return 8;
+    case WeightId::compressor_kv_proj: return 17;
+    case WeightId::compressor_gate_proj: return 18;
+    case WeightId::compressor_position_bias: return 19;
+    case WeightId::compressor_kv_norm: return 20;
+    case WeightId::indexer_kv_proj: return 33;
+    case WeightId::indexer_gate_proj: return 34;
+    case WeightId::indexer_position_bias: return 35;
+    case WeightId::indexer_kv_norm: return 36;
+    case WeightId::indexer_q_b_proj: return 48;
+    case WeightId::indexer_weights_proj: return 49;
+  }
+  return 0;
 }
 
 }  // namespace
@@ -43,27 +55,19 @@ Tensor random_uniform(Shape shape, float scale, uint64_t seed) {
 }
 
 LayerWeights random_layer_weights(const Config& c, LayerType t, uint64_t seed) {
-  const int64_t d = c.hidden_size, hd = c.head_dim, h = c.num_attention_heads, g = c.o_groups;
   const uint64_t s = splitmix(seed) & ~0xFFull;
-  LayerWeights w;
-  w.q_a_proj = linear(c.q_lora_rank, d, s + 1);
-  w.q_a_norm = around_one(c.q_lora_rank, s + 2);
-  w.q_b_proj = linear(h * hd, c.q_lora_rank, s + 3);
-  w.kv_proj = linear(hd, d, s + 4);
-  w.kv_norm = around_one(hd, s + 5);
-  w.o_a_proj = linear(g * c.o_lora_rank, h * hd / g, s + 6);
-  w.o_b_proj = linear(d, g * c.o_lora_rank, s + 7);
-  w.sinks = random_uniform({h}, 0.5f, s + 8);
-  if (t == LayerType::csa) {
-    w.compressor = compressor(2 * hd, hd, c.compress_rate_csa, d, s + 16);
-    IndexerWeights ix;
-    ix.compressor = compressor(2 * c.index_head_dim, c.index_head_dim, c.compress_rate_csa, d, s + 32);
-    ix.q_b_proj = linear(c.index_n_heads * c.index_head_dim, c.q_lora_rank, s + 48);
-    ix.weights_proj = linear(c.index_n_heads, d, s + 49);
-    w.indexer = std::move(ix);
-  } else if (t == LayerType::hca) {
-    w.compressor = compressor(hd, hd, c.compress_rate_hca, d, s + 16);
-  }
+  LayerWeights w = empty_weights(t);
+  for_each_weight(w, c, t, [&](const WeightSpec& e, Tensor& x) {
+    const uint64_t ts = s + stream(e.id);
+    if (is_projection(e.role)) {
+      x = random_uniform(e.shape, static_cast<float>(std::sqrt(3.0 / static_cast<double>(e.shape[1]))), ts);
+    } else if (e.role == WeightRole::norm) {
+      x = random_uniform(e.shape, 0.1f, ts);
+      for (float& v : x.data) v += 1.0f;
+    } else {  // sinks, position biases
+      x = random_uniform(e.shape, 0.5f, ts);
+    }
+  });
   return w;
 }
 

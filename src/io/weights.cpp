@@ -6,83 +6,9 @@
 #include <cmath>
 
 #include "common/dtype.h"
-#include "io/weight_table.h"
+#include "io/checkpoint.h"
 
 namespace dsv4 {
-
-std::vector<WeightSpec> expected_weights(const Config& c, LayerType t) {
-  const int64_t d = c.hidden_size, hd = c.head_dim, h = c.num_attention_heads, g = c.o_groups;
-  std::vector<WeightSpec> e = {
-      {"q_a_proj.weight", {c.q_lora_rank, d}},     {"q_a_norm.weight", {c.q_lora_rank}},
-      {"q_b_proj.weight", {h * hd, c.q_lora_rank}}, {"kv_proj.weight", {hd, d}},
-      {"kv_norm.weight", {hd}},                     {"o_a_proj.weight", {g * c.o_lora_rank, h * hd / g}},
-      {"o_b_proj.weight", {d, g * c.o_lora_rank}},  {"sinks", {h}},
-  };
-  if (t == LayerType::sliding) return e;
-  const int64_t in_w = t == LayerType::csa ? 2 * hd : hd, rate = c.compress_rate(t);
-  e.push_back({"compressor.kv_proj.weight", {in_w, d}});
-  e.push_back({"compressor.gate_proj.weight", {in_w, d}});
-  e.push_back({"compressor.position_bias", {rate, in_w}});
-  e.push_back({"compressor.kv_norm.weight", {hd}});
-  if (t == LayerType::hca) return e;
-  const int64_t di = c.index_head_dim, hi = c.index_n_heads;
-  e.push_back({"compressor.indexer.kv_proj.weight", {2 * di, d}});
-  e.push_back({"compressor.indexer.gate_proj.weight", {2 * di, d}});
-  e.push_back({"compressor.indexer.position_bias", {rate, 2 * di}});
-  e.push_back({"compressor.indexer.kv_norm.weight", {di}});
-  e.push_back({"compressor.indexer.q_b_proj.weight", {hi * di, c.q_lora_rank}});
-  e.push_back({"compressor.indexer.scorer.weights_proj.weight", {hi, d}});
-  return e;
-}
-
-namespace {
-
-// The LayerWeights member that holds a given name (null if the layer type has none).
-const Tensor* slot(const LayerWeights& w, const std::string& n) {
-  if (n == "q_a_proj.weight") return &w.q_a_proj;
-  if (n == "q_a_norm.weight") return &w.q_a_norm;
-  if (n == "q_b_proj.weight") return &w.q_b_proj;
-  if (n == "kv_proj.weight") return &w.kv_proj;
-  if (n == "kv_norm.weight") return &w.kv_norm;
-  if (n == "o_a_proj.weight") return &w.o_a_proj;
-  if (n == "o_b_proj.weight") return &w.o_b_proj;
-  if (n == "sinks") return &w.sinks;
-  const std::string ic = "compressor.indexer.", cp = "compressor.";
-  if (n.rfind(ic, 0) == 0) {
-    if (!w.indexer) return nullptr;
-    const std::string r = n.substr(ic.size());
-    if (r == "q_b_proj.weight") return &w.indexer->q_b_proj;
-    if (r == "scorer.weights_proj.weight") return &w.indexer->weights_proj;
-    const CompressorWeights& c = w.indexer->compressor;
-    if (r == "kv_proj.weight") return &c.kv_proj;
-    if (r == "gate_proj.weight") return &c.gate_proj;
-    if (r == "position_bias") return &c.position_bias;
-    if (r == "kv_norm.weight") return &c.kv_norm;
-    return nullptr;
-  }
-  if (n.rfind(cp, 0) == 0 && w.compressor) {
-    const std::string r = n.substr(cp.size());
-    if (r == "kv_proj.weight") return &w.compressor->kv_proj;
-    if (r == "gate_proj.weight") return &w.compressor->gate_proj;
-    if (r == "position_bias") return &w.compressor->position_bias;
-    if (r == "kv_norm.weight") return &w.compressor->kv_norm;
-  }
-  return nullptr;
-}
-
-}  // namespace
-
-LayerWeights zero_weights(const Config& c, LayerType t) {
-  LayerWeights w;
-  if (t != LayerType::sliding) w.compressor.emplace();
-  if (t == LayerType::csa) w.indexer.emplace();
-  for (const WeightSpec& s : expected_weights(c, t)) *weight_slot(w, s.name) = Tensor(s.shape);
-  return w;
-}
-
-Tensor* weight_slot(LayerWeights& w, const std::string& n) {
-  return const_cast<Tensor*>(slot(static_cast<const LayerWeights&>(w), n));
-}
 
 std::string canonical_name(const std::string& name) {
   static const std::string bare = "compressor.indexer.weights_proj.weight";
@@ -107,17 +33,6 @@ void apply_block_scales(Tensor& w, const Tensor& s) {
     const float* srow = s.ptr() + (i / kScaleBlock) * grid[1];
     for (int64_t j = 0; j < cols; ++j) row[j] *= srow[j / kScaleBlock];
   }
-}
-
-std::vector<std::string> projection_names(LayerType t) {
-  std::vector<std::string> n = {"q_a_proj.weight", "q_b_proj.weight", "kv_proj.weight", "o_a_proj.weight",
-                                "o_b_proj.weight"};
-  if (t == LayerType::sliding) return n;
-  n.insert(n.end(), {"compressor.kv_proj.weight", "compressor.gate_proj.weight"});
-  if (t == LayerType::hca) return n;
-  n.insert(n.end(), {"compressor.indexer.kv_proj.weight", "compressor.indexer.gate_proj.weight",
-                     "compressor.indexer.q_b_proj.weight", "compressor.indexer.scorer.weights_proj.weight"});
-  return n;
 }
 
 std::string_view weight_format_name(WeightFormat f) {
@@ -175,45 +90,43 @@ void validate_weights(const LayerWeights& w, const Config& c, LayerType t) {
   if (t != LayerType::sliding && !w.compressor)
     fail(std::string(layer_type_name(t)) + " layer: compressor weights are missing");
   if (t == LayerType::csa && !w.indexer) fail("compressed_sparse_attention layer: indexer weights are missing");
-  const std::vector<std::string> proj = projection_names(t);
-  for (const auto& [name, m] : w.stored)
-    if (std::find(proj.begin(), proj.end(), name) == proj.end())
+  for (const auto& [name, m] : w.stored) {
+    const WeightEntry* e = find_weight(name);
+    if (!e || e->name != name || !is_projection(e->role) || !layer_has(t, e->part))
       fail("stored weight '" + name + "' is not a projection matrix of a " + std::string(layer_type_name(t)) + " layer");
-  for (const WeightSpec& e : expected_weights(c, t)) {
+  }
+  for (const WeightSpec& e : weight_specs(c, t)) {
     if (auto it = w.stored.find(e.name); it != w.stored.end()) {
       validate_stored(e.name, it->second, e.shape);
       continue;
     }
-    const Tensor* x = slot(w, e.name);
-    if (!x || x->data.empty()) {
-      if (numel(e.shape) == 0 && x) continue;
+    const Tensor& x = weight(w, e.id);
+    if (x.data.empty()) {
+      if (numel(e.shape) == 0) continue;
       fail("weight '" + e.name + "' is missing (expected shape " + shape_str(e.shape) + ")");
     }
-    if (x->shape != e.shape)
-      fail("weight '" + e.name + "' has shape " + shape_str(x->shape) + ", expected " + shape_str(e.shape));
-    if (numel(x->shape) != x->numel())
-      fail("weight '" + e.name + "' holds " + std::to_string(x->numel()) + " values for shape " + shape_str(x->shape));
+    if (x.shape != e.shape)
+      fail("weight '" + e.name + "' has shape " + shape_str(x.shape) + ", expected " + shape_str(e.shape));
+    if (numel(x.shape) != x.numel())
+      fail("weight '" + e.name + "' holds " + std::to_string(x.numel()) + " values for shape " + shape_str(x.shape));
     int64_t bad = 0;
-    for (float v : x->data) bad += !std::isfinite(v);
+    for (float v : x.data) bad += !std::isfinite(v);
     if (bad) fail("weight '" + e.name + "' has " + std::to_string(bad) + " non-finite value(s)");
   }
 }
 
 LayerWeights load_layer_weights(const SafeTensors& file, const Config& c, LayerType t, const std::string& prefix) {
-  LayerWeights w;
-  if (t != LayerType::sliding) w.compressor.emplace();
-  if (t == LayerType::csa) w.indexer.emplace();
-  for (const WeightSpec& e : expected_weights(c, t)) {
+  LayerWeights w = empty_weights(t);
+  for_each_weight(w, c, t, [&](const WeightSpec& e, Tensor& x) {
     const std::string full = prefix + e.name;
     if (!file.contains(full))
       fail(file.label() + ": tensor '" + full + "' is missing (needed by a " + std::string(layer_type_name(t)) +
            " layer)");
-    Tensor x = file.f32(full);
+    x = file.f32(full);
     if (x.shape != e.shape)
       fail(file.label() + ": tensor '" + full + "' has shape " + shape_str(x.shape) + ", expected " +
            shape_str(e.shape));
-    *weight_slot(w, e.name) = std::move(x);
-  }
+  });
   validate_weights(w, c, t);
   return w;
 }

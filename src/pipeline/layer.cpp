@@ -9,7 +9,6 @@
 
 #include <omp.h>
 
-#include "io/weight_table.h"
 #include "ops/quant.h"
 #include "pipeline/pipeline.h"
 #include "train/tape.h"
@@ -402,28 +401,23 @@ Layer::Layer(Config config, LayerType type, LayerWeights weights, LayerOptions o
     fail("deployment numerics: index_head_dim must be a power of two for the indexer's Hadamard transform (got " +
          std::to_string(di) + ")");
   if (options.weights != WeightFormat::native) {  // f32 / bf16: from the dequantised values
-    for (auto& [name, m] : weights_.stored) *weight_slot(weights_, name) = m.dequantised();
+    for (auto& [name, m] : weights_.stored) weight(weights_, find_weight(name)->id) = m.dequantised();
     weights_.stored.clear();
   }
   packed_ = std::make_unique<PackedLayer>(pack_layer(config_, type_, weights_, options.weights == WeightFormat::bf16));
   packed_->numerics = options.numerics;
   weights_.stored.clear();
   // The packed matrices are the only copy: release the originals.
-  for (Tensor* t : {&weights_.q_a_proj, &weights_.q_b_proj, &weights_.kv_proj, &weights_.o_a_proj, &weights_.o_b_proj})
-    *t = Tensor();
-  if (weights_.compressor) weights_.compressor->kv_proj = Tensor(), weights_.compressor->gate_proj = Tensor();
-  if (weights_.indexer) {
-    IndexerWeights& ix = *weights_.indexer;
-    ix.compressor.kv_proj = Tensor(), ix.compressor.gate_proj = Tensor();
-    ix.q_b_proj = Tensor(), ix.weights_proj = Tensor();
-  }
+  for_each_weight(weights_, config_, type_, [](const WeightSpec& s, Tensor& x) {
+    if (is_projection(s.role)) x = Tensor();
+  });
 }
 
 size_t Layer::weight_bytes() const {
-  size_t n = weights_.q_a_norm.data.size() + weights_.kv_norm.data.size() + weights_.sinks.data.size();
-  for (const CompressorWeights* c : {weights_.compressor ? &*weights_.compressor : nullptr,
-                                     weights_.indexer ? &weights_.indexer->compressor : nullptr})
-    if (c) n += c->position_bias.data.size() + c->kv_norm.data.size();
+  size_t n = 0;  // the small tensors; the projection matrices are counted packed
+  for_each_weight(weights_, config_, type_, [&](const WeightSpec& s, const Tensor& x) {
+    if (!is_projection(s.role)) n += x.data.size();
+  });
   return n * sizeof(float) + packed_->bytes();
 }
 

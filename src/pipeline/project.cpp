@@ -3,7 +3,6 @@
 #include <cmath>
 #include <cstring>
 
-#include "common/dtype.h"
 #include "ops/blas.h"
 #include "ops/norm.h"
 #include "ops/rope.h"
@@ -12,16 +11,19 @@
 namespace dsv4 {
 namespace {
 
-// Appends the weight `name` to m: as stored if the layer keeps it so, else its fp32 tensor.
-void add(Matrix& m, const LayerWeights& w, const char* name, const Tensor& t) {
-  if (auto it = w.stored.find(name); it != w.stored.end())
+// Appends w's tensor of spec s to m: as stored if the layer keeps it so, else its fp32 values.
+void add(Matrix& m, const LayerWeights& w, const WeightSpec& s) {
+  if (auto it = w.stored.find(s.name); it != w.stored.end())
     m.append(it->second);
   else
-    m.append(t);
+    m.append(weight(w, s.id));
 }
 
 }  // namespace
 
+// The projections in table order, each appended to the fused matrix of its
+// input: x-side rows [W_qa; W_kv; W_ckv; W_cg; W_Ikv; W_Ig; W_w], c_q-side
+// rows [W_qb; W_Iqb], then o_a and o_b alone.
 PackedLayer pack_layer(const Config& c, LayerType t, const LayerWeights& w, bool bf16) {
   PackedLayer p;
   p.c = c;
@@ -29,36 +31,24 @@ PackedLayer pack_layer(const Config& c, LayerType t, const LayerWeights& w, bool
   p.rate = c.compress_rate(t);
   p.inv_freq = layer_inv_freq(c, t);
   p.w = &w;
-  add(p.w_in, w, "q_a_proj.weight", w.q_a_proj);
-  p.off_kv = c.q_lora_rank;
-  add(p.w_in, w, "kv_proj.weight", w.kv_proj);
-  int64_t cols = p.off_kv + c.head_dim;
-  if (w.compressor) {
-    const int64_t in_w = t == LayerType::csa ? 2 * c.head_dim : c.head_dim;
-    p.off_cc = cols;
-    add(p.w_in, w, "compressor.kv_proj.weight", w.compressor->kv_proj);
-    p.off_cz = p.off_cc + in_w;
-    add(p.w_in, w, "compressor.gate_proj.weight", w.compressor->gate_proj);
-    cols = p.off_cz + in_w;
+  int64_t row0[kNumWeights] = {};  // first row of each tensor in its matrix
+  for (const WeightSpec& s : weight_specs(c, t)) {
+    Matrix* m = s.role == WeightRole::x_projection    ? &p.w_in
+                : s.role == WeightRole::cq_projection ? &p.w_up
+                : s.id == WeightId::o_a_proj          ? &p.w_oa
+                : s.id == WeightId::o_b_proj          ? &p.w_ob
+                                                      : nullptr;
+    if (!m) continue;
+    row0[size_t(s.id)] = m->rows;
+    add(*m, w, s);
   }
-  if (w.indexer) {
-    const CompressorWeights& ic = w.indexer->compressor;
-    const int64_t in_w = 2 * c.index_head_dim;
-    p.off_ic = cols;
-    add(p.w_in, w, "compressor.indexer.kv_proj.weight", ic.kv_proj);
-    p.off_iz = p.off_ic + in_w;
-    add(p.w_in, w, "compressor.indexer.gate_proj.weight", ic.gate_proj);
-    p.off_w = p.off_iz + in_w;
-    add(p.w_in, w, "compressor.indexer.scorer.weights_proj.weight", w.indexer->weights_proj);
-    cols = p.off_w + c.index_n_heads;
-  }
-  p.n_in = cols;
-  add(p.w_up, w, "q_b_proj.weight", w.q_b_proj);
-  p.off_iq = c.num_attention_heads * c.head_dim;
-  if (w.indexer) add(p.w_up, w, "compressor.indexer.q_b_proj.weight", w.indexer->q_b_proj);
-  p.n_up = p.w_up.rows;
-  add(p.w_oa, w, "o_a_proj.weight", w.o_a_proj);
-  add(p.w_ob, w, "o_b_proj.weight", w.o_b_proj);
+  const auto at = [&](WeightId id) { return row0[size_t(id)]; };
+  p.n_in = p.w_in.rows, p.n_up = p.w_up.rows;
+  p.off_kv = at(WeightId::kv_proj);
+  p.off_cc = at(WeightId::compressor_kv_proj), p.off_cz = at(WeightId::compressor_gate_proj);
+  p.off_ic = at(WeightId::indexer_kv_proj), p.off_iz = at(WeightId::indexer_gate_proj);
+  p.off_w = at(WeightId::indexer_weights_proj);
+  p.off_iq = c.num_attention_heads * c.head_dim;  // after q's rows, with or without an indexer
   if (bf16)
     for (Matrix* m : {&p.w_in, &p.w_up, &p.w_oa, &p.w_ob}) m->to_bf16();
   return p;

@@ -13,7 +13,6 @@
 
 #include "dsv4/error.h"
 #include "dsv4/layer.h"
-#include "io/weight_table.h"
 #include "ops/blas.h"
 #include "ops/norm.h"
 #include "ops/rope.h"
@@ -253,12 +252,11 @@ void Layer::backward(const Tape& tape, TensorView dy, LayerGradients& grads) con
   if (dy.shape != td->x_shape)
     fail("backward: dy has shape " + shape_str(dy.shape) + ", the forward's output " + shape_str(td->x_shape));
   check_finite(dy.data, dy.numel(), "backward: dy");
-  for (const WeightSpec& s : expected_weights(config_, type_)) {
-    const Tensor* t = weight_slot(grads.weights, s.name);
-    if (!t || t->shape != s.shape)
-      fail("backward: gradient '" + s.name + "' to accumulate into has shape " + (t ? shape_str(t->shape) : "none") +
-           ", expected " + shape_str(s.shape) + " (start from Layer::zero_gradients())");
-  }
+  for_each_weight(grads.weights, config_, type_, [](const WeightSpec& s, const Tensor& t) {
+    if (t.shape != s.shape)
+      fail("backward: gradient '" + s.name + "' to accumulate into has shape " + shape_str(t.shape) + ", expected " +
+           shape_str(s.shape) + " (start from Layer::zero_gradients())");
+  });
   const int64_t b = static_cast<int64_t>(td->seqs.size()), d = config_.hidden_size;
   const int64_t s = b ? td->seqs[0].len : 0;
   if (grads.dx.shape != td->x_shape) grads.dx = Tensor(td->x_shape);

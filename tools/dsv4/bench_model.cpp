@@ -1,13 +1,8 @@
 #include "bench_model.h"
 
-#include <omp.h>
 #include <sys/resource.h>
 
 #include <algorithm>
-#include <cstring>
-#include <vector>
-
-#include "ops/blas.h"
 
 namespace dsv4::cli {
 
@@ -44,26 +39,6 @@ int64_t peak_rss_bytes() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
   return static_cast<int64_t>(u.ru_maxrss) * 1024;
-}
-
-Roofline measure_roofline() {
-  Roofline r;
-  const int64_t n = 2048;
-  std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n);
-  for (int i = 0; i < 3; ++i) {
-    const double t0 = omp_get_wtime();
-    gemm_nt(n, n, n, a.data(), n, b.data(), n, c.data(), n);
-    r.sgemm_gflops = std::max(r.sgemm_gflops, 2.0 * n * n * n / (omp_get_wtime() - t0) * 1e-9);
-  }
-  const size_t bytes = size_t{256} << 20, chunks = 64;
-  std::vector<char> src(bytes, 1), dst(bytes, 0);
-  for (int i = 0; i < 3; ++i) {
-    const double t0 = omp_get_wtime();
-#pragma omp parallel for schedule(static)
-    for (size_t k = 0; k < chunks; ++k) std::memcpy(&dst[k * bytes / chunks], &src[k * bytes / chunks], bytes / chunks);
-    r.copy_gb_per_s = std::max(r.copy_gb_per_s, 2.0 * bytes / (omp_get_wtime() - t0) * 1e-9);
-  }
-  return r;
 }
 
 }  // namespace dsv4::cli

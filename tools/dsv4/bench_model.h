@@ -1,10 +1,11 @@
 // What `dsv4 bench` measures against: the FLOPs of the sparse algorithm and
-// the machine's own roofline (sgemm GFLOP/s, copy bandwidth).
+// the machine's own roofline (measure_roofline in dsv4/profile.h).
 #pragma once
 #include <cstdint>
 
 #include "dsv4/config.h"
 #include "dsv4/layer.h"
+#include "dsv4/profile.h"
 #include "dsv4/weights.h"
 
 namespace dsv4::cli {
@@ -16,12 +17,6 @@ namespace dsv4::cli {
 //   output       2·H·D·d_g + 2·g·d_g·d
 //   compressor   6·slots·width per emitted entry (exp, sum, weighted sum)
 double layer_flops(const Config& c, LayerType t, int64_t p0, int64_t n);
-
-struct Roofline {
-  double sgemm_gflops = 0;   // dsv4's tiled OpenBLAS sgemm, 2048^3, all threads, best of 3
-  double copy_gb_per_s = 0;  // memcpy of 256 MiB, (read + write) bytes / s, best of 3
-};
-Roofline measure_roofline();
 
 int64_t peak_rss_bytes();  // of this process so far
 

@@ -13,8 +13,6 @@
 
 #include "commands.h"
 #include "dsv4/model.h"
-#include "common/dtype.h"
-#include "io/weight_table.h"
 
 namespace dsv4::cli {
 namespace {
@@ -41,50 +39,33 @@ Config small_dims() {
 
 // Linear weights ~ U(±sqrt(3/fan_in)), norms ~ 1 ± 0.1, sinks and biases ~ U(±0.5).
 LayerWeights random_weights(const Config& c, LayerType t, std::mt19937& rng) {
-  LayerWeights w;
-  if (t != LayerType::sliding) w.compressor.emplace();
-  if (t == LayerType::csa) w.indexer.emplace();
-  for (const WeightSpec& e : expected_weights(c, t)) {
-    Tensor x(e.shape);
-    const bool norm = e.name.ends_with("norm.weight");
-    const double a = e.shape.size() == 2 && !e.name.ends_with("position_bias") ? std::sqrt(3.0 / double(e.shape[1]))
-                     : norm                                                    ? 0.1
-                                                                               : 0.5;
+  LayerWeights w = empty_weights(t);
+  for_each_weight(w, c, t, [&](const WeightSpec& e, Tensor& x) {
+    x = Tensor(e.shape);
+    const bool norm = e.role == WeightRole::norm;
+    const double a = is_projection(e.role) ? std::sqrt(3.0 / double(e.shape[1])) : norm ? 0.1 : 0.5;
     std::uniform_real_distribution<float> u(-float(a), float(a));
     for (float& v : x.data) v = u(rng) + (norm ? 1.0f : 0.0f);
-    *weight_slot(w, e.name) = std::move(x);
-  }
+  });
   return w;
 }
 
-// f32 / bf16: every tensor in that dtype. fp8: the released dtypes (FP8 E4M3 +
-// block scales for the main projections and the indexer's q_b; BF16 for the
-// compressor/indexer projections and the norms; F32 sinks and position biases).
-void encode(std::vector<NamedTensor>& out, NamingScheme scheme, int64_t layer, LayerWeights w, LayerType t,
+// f32 / bf16: every tensor in that dtype. fp8: the released dtypes of the
+// weight table (FP8 E4M3 + block scales for the main projections and the
+// indexer's q_b; BF16 for the compressor/indexer projections and the norms;
+// F32 sinks and position biases).
+void encode(std::vector<NamedTensor>& out, NamingScheme scheme, int64_t layer, const LayerWeights& w, LayerType t,
             const Config& c, const std::string& dtype, DType scale_dtype) {
-  if (dtype == "fp8") {
-    // UE8M0 scales are powers of two; F32 ones are the block max / 448.
-    for (const std::string& n : projection_names(t)) {
-      Tensor& x = *weight_slot(w, n);
-      const bool bf16 = n.starts_with("compressor.") && n != "compressor.indexer.q_b_proj.weight";
-      w.stored[n] = bf16 ? quantize_bf16(x) : quantize_fp8_blocks(x, scale_dtype == DType::F8_E8M0);
-      x = Tensor();
-    }
-  } else if (dtype == "bf16") {
-    for (const std::string& n : projection_names(t)) w.stored[n] = quantize_bf16(*weight_slot(w, n));
-  }
-  for (const WeightSpec& e : expected_weights(c, t)) {
+  for_each_weight(w, c, t, [&](const WeightSpec& e, const Tensor& x) {
     const std::string name = checkpoint_name(scheme, layer, e.name);
-    auto it = w.stored.find(e.name);
-    const bool bf16 = dtype == "bf16" || (dtype == "fp8" && e.name.ends_with("norm.weight"));  // sinks, ape: F32
-    if (it == w.stored.end() && bf16) it = w.stored.emplace(e.name, quantize_bf16(*weight_slot(w, e.name))).first;
-    if (it == w.stored.end()) {
-      out.push_back(named(name, *weight_slot(w, e.name)));
-      continue;
-    }
-    for (NamedTensor& nt : checkpoint_tensors(name, scale_name(scheme, name), it->second, scale_dtype))
+    const DType as = dtype == "fp8" ? e.released : dtype == "bf16" ? DType::BF16 : DType::F32;
+    if (as == DType::F32) return out.push_back(named(name, x));
+    // UE8M0 scales are powers of two; F32 ones are the block max / 448.
+    const StoredMatrix m =
+        as == DType::BF16 ? quantize_bf16(x) : quantize_fp8_blocks(x, scale_dtype == DType::F8_E8M0);
+    for (NamedTensor& nt : checkpoint_tensors(name, scale_name(scheme, name), m, scale_dtype))
       out.push_back(std::move(nt));
-  }
+  });
 }
 
 json config_json(const Config& c, NamingScheme scheme) {
