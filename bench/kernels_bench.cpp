@@ -90,14 +90,18 @@ void BM_SparseAttention_OneQuery(benchmark::State& st) {
   const int64_t hd = 512, h = 64, t_entries = 4096;
   const Tensor q = random_uniform({h, hd}, 1, 4), win = random_uniform({128, hd}, 1, 5),
                ent = random_uniform({t_entries, hd}, 1, 6);
-  std::vector<int32_t> sel(512);
+  RowStore store(RowStore::Format::f32, hd, 64);
+  store.resize(t_entries);
+  for (int64_t i = 0; i < t_entries; ++i) store.put(i, const_cast<float*>(ent.ptr()) + i * hd);
+  std::vector<int32_t> sel(512), ids(512);
   for (int i = 0; i < 512; ++i) sel[i] = i * 7 % t_entries;
-  std::vector<float> o(h * hd);
-  KeySet ks{win.ptr(), 128, ent.ptr(), sel.data(), 512};
+  std::vector<float> o(h * hd), rows(512 * hd);
   // The layer runs this kernel inside its per-query parallel loop: one thread per query.
   const int threads = omp_get_max_threads();
   omp_set_num_threads(1);
-  for (auto _ : st) {
+  for (auto _ : st) {  // the CSA gather, then the attention
+    const int64_t n = gather_selected(store, sel.data(), 512, ids.data(), rows.data());
+    const KeySet ks{win.ptr(), 128, rows.data(), n, ids.data()};
     attend(p, q.ptr(), ks, 0, h, o.data());
     benchmark::DoNotOptimize(o.data());
   }

@@ -21,6 +21,11 @@ bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
   return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
 
+bool same_bits(const RowStore& a, const RowStore& b) {
+  return a.rows() == b.rows() && a.row_bytes() == b.row_bytes() &&
+         (a.rows() == 0 || std::memcmp(a.data(), b.data(), a.rows() * a.row_bytes()) == 0);
+}
+
 ::testing::AssertionResult same_state(const LayerState& a, const LayerState& b) {
   if (a.position() != b.position()) return ::testing::AssertionFailure() << "positions differ";
   if (!same_bits(a.window(), b.window())) return ::testing::AssertionFailure() << "window differs";

@@ -19,6 +19,7 @@
 // which can exceed it while the entry arrays grow geometrically (at most ~2×
 // for the entries); a clone() or a load_state() holds exactly state_bytes().
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -27,6 +28,58 @@
 #include "dsv4/config.h"
 
 namespace dsv4 {
+
+// Rows of `width` values in the layer's numerics: fp32 (reference), or the
+// deployment formats of docs/numerics.md — kv rows (window rows and main
+// entries: FP8 E4M3 blocks of 64 + bf16 RoPE dims) or indexer keys
+// (Hadamard-rotated, FP4 E2M1 blocks of 32). The stages store and read rows
+// through it and never see the format; row i's bytes are at data() + i·row_bytes().
+class RowStore {
+ public:
+  enum class Format : uint8_t { f32, kv_fp8, key_fp4 };
+  RowStore() = default;
+  RowStore(Format f, int64_t width, int64_t rope_dims);  // no rows yet
+
+  Format format() const { return format_; }
+  int64_t width() const { return width_; }
+  int64_t rope_dims() const { return rope_; }
+  size_t row_bytes() const { return row_bytes_; }  // 4·width for fp32
+  int64_t rows() const { return rows_; }
+  // Holds n rows (the first min(n, rows()) kept, new ones zero), growing
+  // geometrically like std::vector; assign() zero-fills all n.
+  void resize(int64_t n);
+  void assign(int64_t n);
+  // No rows; keeps the allocation.
+  void clear() { resize(0); }
+  // The same format and width as `like`, with n rows (kept allocation reused).
+  void resize_like(const RowStore& like, int64_t n);
+
+  // Stores x as row i. An indexer key is Hadamard-rotated in place first. If
+  // `dq` is given it gets row i as read() returns it (the dequantised values).
+  void put(int64_t i, float* x, float* dq = nullptr);
+  // Rows [i, i + n) as fp32 [n, width] (decoded in parallel for many rows).
+  void read(int64_t i, int64_t n, float* out) const;
+  // Rows ids[0..n) as fp32 [n, width].
+  void gather(const int32_t* ids, int64_t n, float* out) const;
+  // Rows [0, n) as fp32: the rows themselves if the format is fp32, else decoded into buf.
+  const float* rows_f32(int64_t n, std::vector<float>& buf) const;
+  // Row j of `from` (same format and width) copied into row i, as stored.
+  void copy_row(int64_t i, const RowStore& from, int64_t j);
+
+  uint8_t* data() { return format_ == Format::f32 ? reinterpret_cast<uint8_t*>(f32_.data()) : coded_.data(); }
+  const uint8_t* data() const {
+    return format_ == Format::f32 ? reinterpret_cast<const uint8_t*>(f32_.data()) : coded_.data();
+  }
+  size_t capacity_bytes() const { return f32_.capacity() * sizeof(float) + coded_.capacity(); }
+  bool operator==(const RowStore&) const = default;
+
+ private:
+  Format format_ = Format::f32;
+  int64_t width_ = 0, rope_ = 0, rows_ = 0;
+  size_t row_bytes_ = 0;
+  std::vector<float> f32_;     // fp32 rows [rows, width]
+  std::vector<uint8_t> coded_;  // encoded rows [rows, row_bytes]
+};
 
 // One compressor (the CSA/HCA main one, or the CSA indexer's).
 struct CompressorState {
@@ -40,9 +93,7 @@ struct CompressorState {
   std::vector<float> prev_c;   // [rate, width]     its series-A C
   std::vector<float> prev_zb;  // [rate, width]     its series-A Z + B
   int64_t emitted = 0;         // entries emitted so far
-  std::vector<float> entries;  // [emitted, width]  grows amortised O(1) per entry (reference numerics)
-  size_t row_bytes = 0;        // deployment numerics: bytes of a stored entry (0: entries are fp32)
-  std::vector<uint8_t> coded;  // [emitted, row_bytes] entries in the deployment format (`entries` stays empty)
+  RowStore entries;            // [emitted rows]    grows amortised O(1) per entry
 };
 
 class LayerState {
@@ -64,15 +115,10 @@ class LayerState {
   bool fits(const Config& c, LayerType t, Numerics n = Numerics::reference) const;
 
   // Window ring: the last min(pos, W-1) kv vectors; slot of position p is p % (W-1).
-  // fp32 rows in window() (reference numerics) or kv rows of window_row_bytes()
-  // in window_coded() (deployment numerics; window() is then empty).
   int64_t window_slots() const { return window_slots_; }
   int64_t head_dim() const { return head_dim_; }
-  std::vector<float>& window() { return window_; }
-  const std::vector<float>& window() const { return window_; }
-  size_t window_row_bytes() const { return window_row_bytes_; }
-  std::vector<uint8_t>& window_coded() { return window_coded_; }
-  const std::vector<uint8_t>& window_coded() const { return window_coded_; }
+  RowStore& window() { return window_; }
+  const RowStore& window() const { return window_; }
   CompressorState& compressor() { return comp_; }
   const CompressorState& compressor() const { return comp_; }
   CompressorState& indexer() { return index_; }
@@ -87,9 +133,7 @@ class LayerState {
   int64_t pos_ = 0;
   int64_t window_slots_ = 0;
   int64_t head_dim_ = 0;
-  std::vector<float> window_;  // [W-1, D]
-  size_t window_row_bytes_ = 0;
-  std::vector<uint8_t> window_coded_;  // [W-1, window_row_bytes_]
+  RowStore window_;  // [W-1 rows of D]
   CompressorState comp_;
   CompressorState index_;
 };

@@ -2,14 +2,13 @@
 // (MQA), so for one query every head reads the same keys: the logits of a
 // block of heads are one GEMM [heads, D] x [keys, D]^T and the output one GEMM
 // [heads, keys] x [keys, D]. Window keys and HCA entries are contiguous runs
-// and are read in place; CSA's selected entries are gathered (in index order).
-// Work and memory are O(W + k) per query; nothing is masked.
+// read in place; CSA's selected entries come gathered (selected_ids, in index
+// order). Work and memory are O(W + k) per query; nothing is masked.
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "ops/blas.h"
-#include "ops/quant.h"
 #include "ops/vec.h"
 #include "pipeline/pipeline.h"
 
@@ -36,31 +35,30 @@ void record_map(const MassOut& m, const float* probs, const float* sink_p, int64
 
 }  // namespace
 
+int64_t selected_ids(const int32_t* topk_row, int64_t width, int32_t* ids) {
+  int64_t n = 0;
+  for (int64_t i = 0; i < width; ++i)
+    if (topk_row[i] >= 0) ids[n++] = topk_row[i];
+  std::sort(ids, ids + n);
+  return n;
+}
+
+int64_t gather_selected(const RowStore& entries, const int32_t* topk_row, int64_t width, int32_t* ids,
+                        float* rows) {
+  const int64_t n = selected_ids(topk_row, width, ids);
+  entries.gather(ids, n, rows);
+  return n;
+}
+
 void attend(const PackedLayer& p, const float* q, const KeySet& keys, int64_t h_begin, int64_t h_end, float* o,
             const MassOut* map) {
   const int64_t hd = p.c.head_dim, nh = h_end - h_begin;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   const float* sinks = p.w->sinks.ptr();
 
-  // The compressed run: in place (HCA) or gathered (CSA selection; -1 = empty slot).
-  thread_local std::vector<float> gathered, logits;
-  thread_local std::vector<int32_t> picked;
+  thread_local std::vector<float> logits;
   const float* entries = keys.entries;
-  int64_t n_e = keys.n_entries;
-  if (keys.selected) {
-    picked.assign(keys.selected, keys.selected + keys.n_entries);
-    picked.erase(std::remove(picked.begin(), picked.end(), -1), picked.end());
-    std::sort(picked.begin(), picked.end());  // the key set is a set; index order reads memory forward
-    n_e = static_cast<int64_t>(picked.size());
-    gathered.resize(static_cast<size_t>(n_e * hd));
-    for (int64_t j = 0; j < n_e; ++j)
-      if (keys.coded)  // deployment numerics: dequantise the selected entries only
-        quant::kv_row_decode(keys.coded + picked[j] * keys.row_bytes, hd, p.c.qk_rope_head_dim, &gathered[j * hd]);
-      else
-        std::copy_n(keys.entries + picked[j] * hd, hd, &gathered[j * hd]);
-    entries = gathered.data();
-  }
-  const int64_t nw = keys.n_window, n = nw + n_e;
+  const int64_t nw = keys.n_window, n_e = keys.n_entries, n = nw + n_e;
   logits.resize(static_cast<size_t>(nh * n));
 
   const float* qh = q + h_begin * hd;
@@ -78,7 +76,7 @@ void attend(const PackedLayer& p, const float* q, const KeySet& keys, int64_t h_
     vec::scale(l, 1.0f / den, n);
     sink_p[h] = e_sink / den;
   }
-  if (map) record_map(*map, logits.data(), sink_p.data(), h_begin, nh, nw, n_e, keys.selected ? picked.data() : nullptr);
+  if (map) record_map(*map, logits.data(), sink_p.data(), h_begin, nh, nw, n_e, keys.ids);
 
   float* oh = o + h_begin * hd;
   gemm_nn(nh, hd, nw, logits.data(), n, keys.window, hd, oh, hd);

@@ -65,17 +65,13 @@ void keep_series_a(const CompressorWeights& w, int64_t rate, int64_t width, cons
 }  // namespace
 
 int64_t compress_feed(const PackedLayer& p, const CompressorWeights& w, CompressorState& st, const float* c_rows,
-                      const float* z_rows, int64_t ld, int64_t n, bool index_keys) {
+                      const float* z_rows, int64_t ld, int64_t n) {
   const int64_t rate = w.position_bias.dim(0), width = st.width, in_w = st.in_width;
   if (rate > 1024) fail("compress rate " + std::to_string(rate) + " exceeds the supported 1024");
   // Tokens complete windows in order: first the pending ones, then whole windows of new rows.
   const int64_t total = st.pending + n, n_new = total / rate;
   const int64_t first = st.emitted;
-  const size_t rb = st.row_bytes;  // deployment numerics: entries are encoded rows
-  if (rb)
-    st.coded.resize((first + n_new) * rb);
-  else
-    st.entries.resize(static_cast<size_t>((first + n_new) * width));
+  st.entries.resize(first + n_new);
 
   auto window_rows = [&](int64_t k, Window& win) {  // k-th completed window of this call
     for (int64_t j = 0; j < rate; ++j) {
@@ -89,7 +85,7 @@ int64_t compress_feed(const PackedLayer& p, const CompressorWeights& w, Compress
   // from the rows for all but the first window of the call.
 #pragma omp parallel if (n_new > 1)  // no thread wake-up for the one window a decode step may close
   {
-    std::vector<float> mx(width), den(width), pc, pz, entry(rb ? width : 0);
+    std::vector<float> mx(width), den(width), pc, pz, entry(width);
     if (st.overlapping) pc.resize(rate * width), pz.resize(rate * width);
     Window win, prev;
 #pragma omp for schedule(static)
@@ -108,11 +104,11 @@ int64_t compress_feed(const PackedLayer& p, const CompressorWeights& w, Compress
       } else if (st.overlapping && st.has_prev) {
         prev_c = st.prev_c.data(), prev_zb = st.prev_zb.data();
       }
-      float* e = rb ? entry.data() : &st.entries[(first + k) * width];
+      float* e = entry.data();
       pool(w, rate, width, st.overlapping, win.c, win.z, prev_c, prev_zb, e, mx.data(), den.data());
       rms_norm(e, width, w.kv_norm.ptr(), p.c.rms_norm_eps);
       rope_apply(e, width, p.inv_freq, (first + k) * rate);
-      if (rb) encode_row(p, index_keys, e, &st.coded[(first + k) * rb]);
+      st.entries.put(first + k, e);  // in the state's numerics
     }
   }
   if (st.overlapping && n_new > 0) {

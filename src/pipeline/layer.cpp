@@ -9,7 +9,6 @@
 
 #include <omp.h>
 
-#include "ops/quant.h"
 #include "pipeline/pipeline.h"
 #include "train/tape.h"
 
@@ -34,49 +33,33 @@ struct Job {
   Scratch<float>* kwin = nullptr;    // [n_cached + len, D]: cached window rows, then this chunk's kv
   Scratch<int32_t>* topk = nullptr;  // CSA: [len, width]
   int64_t width = 0;
-  // Deployment numerics: this chunk's kv rows encoded [len, row bytes]; HCA
-  // entries and CSA indexer keys dequantised (reference numerics: unused).
-  Scratch<uint8_t>* kcoded = nullptr;
-  Scratch<float>* entries = nullptr;
-  Scratch<float>* picked = nullptr;  // CSA short chunk: each row's selected entries, gathered once
+  RowStore* fresh = nullptr;  // this chunk's kv rows as the window stores them [len rows]
+  std::vector<float>* decoded = nullptr;  // stored rows read as fp32 when the store does not hold fp32
+  const float* hca_entries = nullptr;     // HCA: every entry as fp32 [emitted, D]
+  // CSA short chunk: each row's selected entries, gathered once: ids [len, width], rows [len, width, D]
+  Scratch<int32_t>* picked_ids = nullptr;
+  Scratch<float>* picked = nullptr;
 };
 
-// Window rows this chunk may read: the cached last min(p0, W-1) rows in position order, then the new ones.
-// In deployment numerics the cached rows are decoded and the new ones encoded
-// (into j.kcoded) and read back dequantised.
+// Window rows this chunk may read: the cached last min(p0, W-1) rows in
+// position order, then the new ones, as the window stores them (deployment
+// numerics: the new rows are encoded into j.fresh and read back dequantised).
 void gather_window(const PackedLayer& p, Projected& pr, Job& j) {
   const int64_t hd = p.c.head_dim, slots = j.st->window_slots();
-  const size_t rb = j.st->window_row_bytes();
+  const RowStore& ring = j.st->window();
   j.n_cached = std::min(j.p0, slots);
   float* kwin = j.kwin->get(static_cast<size_t>((j.n_cached + j.len) * hd));
-  for (int64_t i = 0; i < j.n_cached; ++i) {
-    const int64_t slot = (j.p0 - j.n_cached + i) % slots;
-    if (rb)
-      decode_rows(p, false, &j.st->window_coded()[slot * rb], 1, &kwin[i * hd]);
-    else
-      std::memcpy(&kwin[i * hd], &j.st->window()[slot * hd], hd * sizeof(float));
-  }
-  uint8_t* coded = rb ? j.kcoded->get(j.len * rb) : nullptr;
-  for (int64_t i = 0; i < j.len; ++i) {
-    float* kv = &pr.in[(j.row0 + i) * p.n_in + p.off_kv];
-    if (rb)
-      encode_row(p, false, kv, coded + i * rb, &kwin[(j.n_cached + i) * hd]);
-    else
-      std::memcpy(&kwin[(j.n_cached + i) * hd], kv, hd * sizeof(float));
-  }
+  for (int64_t i = 0; i < j.n_cached; ++i) ring.read((j.p0 - j.n_cached + i) % slots, 1, &kwin[i * hd]);
+  j.fresh->resize_like(ring, j.len);
+  for (int64_t i = 0; i < j.len; ++i)
+    j.fresh->put(i, &pr.in[(j.row0 + i) * p.n_in + p.off_kv], &kwin[(j.n_cached + i) * hd]);
 }
 
 // The chunk's last min(len, W-1) rows into the ring (cached rows are already there).
-void keep_window(const PackedLayer& p, Job& j) {
-  const int64_t hd = p.c.head_dim, slots = j.st->window_slots(), end = j.p0 + j.len;
-  const size_t rb = j.st->window_row_bytes();
-  for (int64_t pos = std::max(j.p0, end - slots); pos < end; ++pos) {
-    const int64_t slot = pos % slots, i = pos - j.p0;
-    if (rb)
-      std::memcpy(&j.st->window_coded()[slot * rb], &(*j.kcoded)[i * rb], rb);
-    else
-      std::memcpy(&j.st->window()[slot * hd], &(*j.kwin)[(j.n_cached + i) * hd], hd * sizeof(float));
-  }
+void keep_window(Job& j) {
+  const int64_t slots = j.st->window_slots(), end = j.p0 + j.len;
+  for (int64_t pos = std::max(j.p0, end - slots); pos < end; ++pos)
+    j.st->window().copy_row(pos % slots, *j.fresh, pos - j.p0);
 }
 
 // Accumulates wall time into one StageTimes field (if timing is on).
@@ -97,71 +80,66 @@ void compress(const PackedLayer& p, const Projected& pr, Job& j) {
   const LayerWeights& w = *p.w;
   if (w.compressor)
     compress_feed(p, *w.compressor, j.st->compressor(), &pr.in[j.row0 * p.n_in + p.off_cc],
-                  &pr.in[j.row0 * p.n_in + p.off_cz], p.n_in, j.len, false);
+                  &pr.in[j.row0 * p.n_in + p.off_cz], p.n_in, j.len);
   if (w.indexer)
     compress_feed(p, w.indexer->compressor, j.st->indexer(), &pr.in[j.row0 * p.n_in + p.off_ic],
-                  &pr.in[j.row0 * p.n_in + p.off_iz], p.n_in, j.len, true);
+                  &pr.in[j.row0 * p.n_in + p.off_iz], p.n_in, j.len);
 }
 
 void index(const PackedLayer& p, const Projected& pr, const int64_t* pos, Job& j, StageTimes& t) {
   const CompressorState& ix = j.st->indexer();
   j.width = std::min(p.c.index_topk, ix.emitted);
   j.topk->get(static_cast<size_t>(j.len * j.width));
-  const float* keys = entries_f32(p, ix, ix.emitted, true, *j.entries);
+  const float* keys = ix.entries.rows_f32(ix.emitted, *j.decoded);
   index_topk(p, pr, j.row0, j.len, pos + j.row0, keys, ix.emitted, j.width, j.topk->data(), &t.index_scores,
              &t.topk);
 }
 
 // CSA short chunks (decode, serving batches): each query's selected entries are
-// gathered (deployment numerics: decoded) once, in index order as attend would,
-// and shared by all of its head blocks instead of gathered by each.
+// gathered (deployment numerics: decoded) once and shared by all of its head
+// blocks instead of gathered by each.
 bool gathers_picked(const PackedLayer& p, const Job& j) { return p.type == LayerType::csa && j.len <= kShortChunk; }
-void gather_picked(const PackedLayer& p, const Job& j, int64_t i) {
-  const int64_t hd = p.c.head_dim, r = p.c.qk_rope_head_dim;
-  const CompressorState& cs = j.st->compressor();
-  float* out = j.picked->data() + i * j.width * hd;
-  thread_local std::vector<int32_t> sel;
-  const int32_t* row = j.topk->data() + i * j.width;
-  sel.assign(row, row + j.width);
-  sel.erase(std::remove(sel.begin(), sel.end(), -1), sel.end());
-  std::sort(sel.begin(), sel.end());
-  for (size_t k = 0; k < sel.size(); ++k)
-    if (cs.row_bytes)
-      quant::kv_row_decode(&cs.coded[sel[k] * cs.row_bytes], hd, r, out + static_cast<int64_t>(k) * hd);
-    else
-      std::copy_n(&cs.entries[sel[k] * hd], hd, out + static_cast<int64_t>(k) * hd);
-}
 void gather_all_picked(const PackedLayer& p, std::vector<Job>& jobs) {
   thread_local std::vector<std::pair<const Job*, int64_t>> list;  // (job, row of the job)
   auto& rows = list;  // the calling thread's, shared with the team below
   rows.clear();
   for (Job& j : jobs) {
     if (!gathers_picked(p, j)) continue;
+    j.picked_ids->get(static_cast<size_t>(std::max<int64_t>(j.len * j.width, 1)));
     j.picked->get(static_cast<size_t>(std::max<int64_t>(j.len * j.width, 1) * p.c.head_dim));
     for (int64_t i = 0; i < j.len; ++i) rows.emplace_back(&j, i);
   }
 #pragma omp parallel for schedule(dynamic)
-  for (size_t t = 0; t < rows.size(); ++t) gather_picked(p, *rows[t].first, rows[t].second);
+  for (size_t t = 0; t < rows.size(); ++t) {
+    const Job& j = *rows[t].first;
+    const int64_t i = rows[t].second, w = j.width;
+    gather_selected(j.st->compressor().entries, j.topk->data() + i * w, w, j.picked_ids->data() + i * w,
+                    j.picked->data() + i * w * p.c.head_dim);
+  }
 }
 
-// The compressed keys of one query (CSA: its selection of the entries).
+// The compressed keys of one query (CSA: its selection of the entries, gathered
+// here for a long chunk: one unit per query, so nothing is shared).
 void entry_keys(const PackedLayer& p, const Job& j, int64_t r, int64_t t, KeySet& ks) {
   const CompressorState& cs = j.st->compressor();
   if (p.type == LayerType::hca) {
-    ks.entries = cs.row_bytes ? j.entries->data() : cs.entries.data();
+    ks.entries = j.hca_entries;
     ks.n_entries = std::min(cs.emitted, (t + 1) / p.rate);
   }
   if (p.type == LayerType::csa) {
-    ks.entries = cs.entries.data();
-    ks.coded = cs.row_bytes ? cs.coded.data() : nullptr;
-    ks.row_bytes = cs.row_bytes;
-    ks.selected = j.topk->data() + (r - j.row0) * j.width;  // width 0: no entries yet
-    ks.n_entries = j.width;
-    if (gathers_picked(p, j) && !j.map) {  // (a map needs the entries' ids: attend gathers them)
-      ks.entries = j.picked->data() + (r - j.row0) * j.width * p.c.head_dim;
-      ks.n_entries = std::count_if(ks.selected, ks.selected + j.width, [](int32_t e) { return e >= 0; });
-      ks.selected = nullptr, ks.coded = nullptr;
+    const int64_t i = r - j.row0, w = j.width;  // width 0: no entries yet
+    if (gathers_picked(p, j)) {
+      ks.ids = j.picked_ids->data() + i * w;
+      ks.entries = j.picked->data() + i * w * p.c.head_dim;
+      ks.n_entries = std::count_if(j.topk->data() + i * w, j.topk->data() + (i + 1) * w, [](int32_t e) { return e >= 0; });
+      return;
     }
+    thread_local std::vector<int32_t> ids;
+    thread_local std::vector<float> rows;
+    ids.resize(static_cast<size_t>(w));
+    rows.resize(static_cast<size_t>(w * p.c.head_dim));
+    ks.n_entries = gather_selected(cs.entries, j.topk->data() + i * w, w, ids.data(), rows.data());
+    ks.ids = ids.data(), ks.entries = rows.data();
   }
 }
 
@@ -177,9 +155,9 @@ void fill_debug(const PackedLayer& p, const Projected& pr, const Job& j) {
     std::memcpy(&d.kv.data[t * hd], &(*j.kwin)[(j.n_cached + t) * hd], hd * sizeof(float));
   }
   if (p.type == LayerType::sliding) return;
-  Scratch<float> buf;
+  std::vector<float> buf;
   const CompressorState& cs = j.st->compressor();
-  const float* e = entries_f32(p, cs, cs.emitted, false, buf);
+  const float* e = cs.entries.rows_f32(cs.emitted, buf);
   d.compressed_kv = Tensor({cs.emitted, cs.width}, std::vector<float>(e, e + cs.emitted * cs.width));
   if (!p.w->indexer) return;
   const CompressorState& ix = j.st->indexer();
@@ -187,7 +165,7 @@ void fill_debug(const PackedLayer& p, const Projected& pr, const Job& j) {
   d.indexer_q = Tensor({s, hi, di});
   for (int64_t t = 0; t < s; ++t)
     std::memcpy(&d.indexer_q.data[t * hi * di], &pr.up[(j.row0 + t) * p.n_up + p.off_iq], hi * di * sizeof(float));
-  const float* keys = entries_f32(p, ix, n_t, true, buf);
+  const float* keys = ix.entries.rows_f32(n_t, buf);
   d.indexer_kv = Tensor({n_t, di}, std::vector<float>(keys, keys + n_t * di));
   d.index_scores = Tensor({s, n_t});
   index_scores_dense(p, pr, j.row0, s, d.indexer_kv.ptr(), n_t, d.index_scores.ptr());
@@ -239,9 +217,10 @@ struct Workspace {
   Scratch<int32_t> job_of;
   Scratch<int64_t> unit_row, unit_h0, unit_h1;  // attention work items
   Projected pr;
-  std::vector<Scratch<float>> kwin, entries, picked;  // per job
-  std::vector<Scratch<int32_t>> topk;
-  std::vector<Scratch<uint8_t>> kcoded;
+  std::vector<Scratch<float>> kwin, picked;  // per job
+  std::vector<Scratch<int32_t>> topk, picked_ids;
+  std::vector<RowStore> fresh;
+  std::vector<std::vector<float>> decoded;
 };
 
 void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
@@ -254,15 +233,17 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
   std::vector<RowGroup> groups;
   if (ws.kwin.size() < jobs.size()) {
     ws.kwin.resize(jobs.size()), ws.topk.resize(jobs.size());
-    ws.entries.resize(jobs.size()), ws.kcoded.resize(jobs.size()), ws.picked.resize(jobs.size());
+    ws.fresh.resize(jobs.size()), ws.decoded.resize(jobs.size());
+    ws.picked.resize(jobs.size()), ws.picked_ids.resize(jobs.size());
   }
   for (size_t k = 0; k < jobs.size(); ++k) {
     Job& j = jobs[k];
     j.kwin = &ws.kwin[k];
     j.topk = &ws.topk[k];
-    j.entries = &ws.entries[k];
-    j.kcoded = &ws.kcoded[k];
+    j.fresh = &ws.fresh[k];
+    j.decoded = &ws.decoded[k];
     j.picked = &ws.picked[k];
+    j.picked_ids = &ws.picked_ids[k];
     j.row0 = rows;
     j.p0 = j.st->position();
     if (j.len > kShortChunk)
@@ -304,8 +285,8 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
     Stage s(times, &StageTimes::attention);
     gather_all_picked(p, jobs);
   }
-  if (p.deployed() && p.type == LayerType::hca)  // decoded once per chunk, read by all its queries
-    for (Job& j : jobs) entries_f32(p, j.st->compressor(), j.st->compressor().emitted, false, *j.entries);
+  if (p.type == LayerType::hca)  // read in place, or decoded once per chunk for all its queries
+    for (Job& j : jobs) j.hca_entries = j.st->compressor().entries.rows_f32(j.st->compressor().emitted, *j.decoded);
 
   // Attention per (query, head block). All heads of a query share its keys, so
   // a block is two GEMMs. Short chunks (decode) split the heads so every thread
@@ -350,7 +331,7 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
     std::memcpy(j.out, &out[j.row0 * d], j.len * d * sizeof(float));
     if (j.dbg) fill_debug(p, pr, j);
     if (j.tape) record_tape(p, j, o, ws.grouped.data());
-    keep_window(p, j);
+    keep_window(j);
     j.st->advance(j.len);
   }
 }
@@ -487,7 +468,7 @@ Tensor Layer::forward_train(TensorView x, Tape& tape) const {
   if (s > 0) run_split(*packed_, jobs, nullptr);
   for (int64_t i = 0; i < b && packed_->rate; ++i) {
     const CompressorState& cs = states[i].compressor();
-    data->seqs[i].entries.assign(cs.entries.begin(), cs.entries.begin() + cs.emitted * cs.width);
+    data->seqs[i].entries = cs.entries;
   }
   tape.d_ = std::move(data);
   return out;

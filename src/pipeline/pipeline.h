@@ -111,23 +111,15 @@ struct Projected {
 void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* pos, const std::vector<RowGroup>& groups,
              Projected& out);
 
-// Feed n tokens' C/Z rows (row stride ld) into a compressor; emits the entries
-// of windows that complete (stored in the state's format; `index_keys`: the
-// CSA indexer's compressor). Returns how many were emitted.
-int64_t compress_feed(const PackedLayer& p, const CompressorWeights& w, CompressorState& st, const float* c_rows,
-                      const float* z_rows, int64_t ld, int64_t n, bool index_keys = false);
-
-// Stored rows in deployment numerics (rows.cpp): main rows (window kv rows,
-// compressed entries: FP8 + bf16 RoPE dims) and indexer keys (Hadamard, FP4).
-// Encodes x (an index key is rotated in place first); `dq` gets the dequantised row.
-void encode_row(const PackedLayer& p, bool index_key, float* x, uint8_t* row, float* dq = nullptr);
-void decode_rows(const PackedLayer& p, bool index_key, const uint8_t* rows, int64_t n, float* out);
-// Entries [0, n) of a compressor as fp32: the state's own array (reference
-// numerics) or decoded into buf.
-const float* entries_f32(const PackedLayer& p, const CompressorState& st, int64_t n, bool index_keys,
-                         Scratch<float>& buf);
-// Indexer queries of `rows` tokens in pr.up: Hadamard, then FP4, per head.
+// Deployment numerics: the indexer queries of `rows` tokens in pr.up get the
+// keys' rounding (Hadamard, then FP4, per head).
 void round_index_queries(const PackedLayer& p, Projected& pr, int64_t rows);
+
+// Feed n tokens' C/Z rows (row stride ld) into a compressor; emits the entries
+// of windows that complete into its store (in the state's numerics). Returns
+// how many were emitted.
+int64_t compress_feed(const PackedLayer& p, const CompressorWeights& w, CompressorState& st, const float* c_rows,
+                      const float* z_rows, int64_t ld, int64_t n);
 
 // CSA indexer for `rows` queries: top-k eligible entries, best first, -1-padded to `width`.
 // Adds the wall time split between scoring and selection to *score_s / *select_s.
@@ -137,15 +129,20 @@ void index_topk(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t
 void index_scores_dense(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t rows, const float* keys,
                         int64_t n_keys, float* scores);
 
-// Keys one query attends to: a run of window rows and a list of compressed entries.
+// The CSA gather: the entries a query attends are the valid ids of its top-k
+// row (-1 = empty slot) in ascending order (the key set is a set; index order
+// reads memory forward). selected_ids writes them to ids [width] and returns
+// how many; gather_selected also writes their rows as fp32 to rows [width, D].
+int64_t selected_ids(const int32_t* topk_row, int64_t width, int32_t* ids);
+int64_t gather_selected(const RowStore& entries, const int32_t* topk_row, int64_t width, int32_t* ids, float* rows);
+
+// Keys one query attends to: a run of window rows and a run of compressed entries.
 struct KeySet {
   const float* window = nullptr;  // first visible window row
   int64_t n_window = 0;
-  const float* entries = nullptr;  // compressed entries [T, D]
-  const int32_t* selected = nullptr;  // CSA: indices into entries (-1 = empty); null: the first n_entries
+  const float* entries = nullptr;  // compressed entries [n_entries, D] (CSA: the gathered selection)
   int64_t n_entries = 0;
-  const uint8_t* coded = nullptr;  // CSA in deployment numerics: entries stored as rows of row_bytes
-  size_t row_bytes = 0;
+  const int32_t* ids = nullptr;  // CSA: the entries' ids (for the attention map); null: 0 .. n_entries-1
 };
 // Where one query's softmax mass goes (Layer::attention_map); head h writes
 // mass[h·mass_stride + 0..2] = window, entries, sink and, if dense is set,

@@ -5,6 +5,7 @@
 
 #include "ops/blas.h"
 #include "ops/norm.h"
+#include "ops/quant.h"
 #include "ops/rope.h"
 #include "pipeline/pipeline.h"
 
@@ -92,6 +93,17 @@ void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* 
     if (w.indexer)
       for (int64_t h = 0; h < hi; ++h) rope_rotate(row + p.off_iq + h * di + di - rd, rd, cs.data(), sn.data());
   }
+}
+
+void round_index_queries(const PackedLayer& p, Projected& pr, int64_t rows) {
+  const int64_t hi = p.c.index_n_heads, di = p.c.index_head_dim;
+#pragma omp parallel for schedule(static) if (rows > 1)
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t h = 0; h < hi; ++h) {
+      float* q = &pr.up[r * p.n_up + p.off_iq + h * di];
+      quant::hadamard(q, di);
+      quant::fp4_qdq(q, di);
+    }
 }
 
 }  // namespace dsv4

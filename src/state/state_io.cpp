@@ -83,10 +83,8 @@ std::vector<const CompressorState*> compressors(const LayerState& s, LayerType t
 
 // Byte counts of the variable payload parts.
 int64_t window_rows(const LayerState& s) { return std::min(s.position(), s.window_slots()); }
-int64_t window_row_size(const LayerState& s) {
-  return s.window_row_bytes() ? static_cast<int64_t>(s.window_row_bytes()) : s.head_dim() * 4;
-}
-int64_t entry_size(const CompressorState& s) { return s.row_bytes ? static_cast<int64_t>(s.row_bytes) : s.width * 4; }
+int64_t window_row_size(const LayerState& s) { return static_cast<int64_t>(s.window().row_bytes()); }
+int64_t entry_size(const CompressorState& s) { return static_cast<int64_t>(s.entries.row_bytes()); }
 int64_t compressor_bytes(const CompressorState& s, int64_t rate) {
   return 4 * (2 * s.pending * s.in_width + (s.has_prev ? 2 * rate * s.width : 0)) + s.emitted * entry_size(s);
 }
@@ -113,6 +111,7 @@ class Writer {
   void items(const std::vector<T>& v, int64_t n) {
     put(v.data(), static_cast<size_t>(n) * sizeof(T));
   }
+  void rows(const RowStore& s, int64_t n) { put(s.data(), static_cast<size_t>(n) * s.row_bytes()); }
   void finish() {
     raw(&hash_.h, sizeof hash_.h);
     const bool ok = std::fflush(f_) == 0 && !std::ferror(f_);
@@ -158,6 +157,12 @@ class Reader {
     v.assign(std::max(size, n), T{});
     get(v.data(), n * sizeof(T));
   }
+  // n stored rows into s, zero-padded to `size` rows; checked like items().
+  void rows(RowStore& s, int64_t n, int64_t size) {
+    if (n < 0 || (s.row_bytes() > 0 && static_cast<uint64_t>(n) > left_ / s.row_bytes())) short_payload();
+    s.assign(std::max(size, n));
+    get(s.data(), static_cast<size_t>(n) * s.row_bytes());
+  }
   uint64_t left() const { return left_; }
 
  private:
@@ -189,10 +194,7 @@ void read_compressor(Reader& r, const std::filesystem::path& p, const char* name
     r.items(s.prev_c, rate, s.width, prev);
     r.items(s.prev_zb, rate, s.width, prev);
   }
-  if (s.row_bytes)
-    r.items(s.coded, s.emitted, static_cast<int64_t>(s.row_bytes), 0);
-  else
-    r.items(s.entries, s.emitted, s.width, 0);
+  r.rows(s.entries, s.emitted, 0);
 }
 
 uint32_t numerics_code(Numerics n) { return n == Numerics::deployment ? 1 : 0; }
@@ -235,10 +237,7 @@ void save_state(const LayerState& state, const Config& c, const std::filesystem:
     w.put(h.dims, sizeof h.dims);
     w.put(h.payload);
     w.put(state.pos_);
-    if (state.window_row_bytes_)
-      w.items(state.window_coded_, window_rows(state) * static_cast<int64_t>(state.window_row_bytes_));
-    else
-      w.items(state.window_, window_rows(state) * state.head_dim_);
+    w.rows(state.window_, window_rows(state));
     for (const CompressorState* s : comps) {
       w.put(s->pending);
       w.put(s->emitted);
@@ -249,10 +248,7 @@ void save_state(const LayerState& state, const Config& c, const std::filesystem:
         w.items(s->prev_c, rate * s->width);
         w.items(s->prev_zb, rate * s->width);
       }
-      if (s->row_bytes)
-        w.items(s->coded, s->emitted * static_cast<int64_t>(s->row_bytes));
-      else
-        w.items(s->entries, s->emitted * s->width);
+      w.rows(s->entries, s->emitted);
     }
     w.finish();
     std::error_code ec;
@@ -343,11 +339,7 @@ LayerState load_state(const Config& c, LayerType t, const std::filesystem::path&
   Reader r(path, in, h.payload);
   s.pos_ = r.i64();
   if (s.pos_ < 0) bad_file(path, cat("inconsistent state: position ", s.pos_));
-  if (s.window_row_bytes_)
-    r.items(s.window_coded_, std::min(s.pos_, s.window_slots_), static_cast<int64_t>(s.window_row_bytes_),
-            s.window_coded_.size());
-  else
-    r.items(s.window_, std::min(s.pos_, s.window_slots_), s.head_dim_, s.window_.size());
+  r.rows(s.window_, std::min(s.pos_, s.window_slots_), s.window_slots_);
   if (t != LayerType::sliding) read_compressor(r, path, "compressor", s.comp_, rate, s.pos_);
   if (t == LayerType::csa) read_compressor(r, path, "indexer", s.index_, rate, s.pos_);
   if (r.left() != 0) bad_file(path, cat("inconsistent state: ", r.left(), " unread payload bytes"));

@@ -28,14 +28,11 @@ QueryKeys keys_of(const PackedLayer& p, const SeqTape& tape, int64_t t) {
   k.lo = std::max<int64_t>(0, t - p.c.sliding_window + 1);
   k.n_window = t - k.lo + 1;
   if (p.type == LayerType::hca) {
-    const int64_t n_t = static_cast<int64_t>(tape.entries.size()) / p.c.head_dim;
-    k.ids.resize(static_cast<size_t>(std::min(n_t, (t + 1) / p.rate)));
+    k.ids.resize(static_cast<size_t>(std::min(tape.entries.rows(), (t + 1) / p.rate)));
     for (size_t i = 0; i < k.ids.size(); ++i) k.ids[i] = static_cast<int32_t>(i);
   } else if (p.type == LayerType::csa) {
-    const int32_t* row = tape.topk.data() + t * tape.width;
-    for (int64_t i = 0; i < tape.width; ++i)
-      if (row[i] >= 0) k.ids.push_back(row[i]);
-    std::sort(k.ids.begin(), k.ids.end());  // the forward's gather order
+    k.ids.resize(static_cast<size_t>(tape.width));  // the forward's gather, in its order
+    k.ids.resize(static_cast<size_t>(selected_ids(tape.topk.data() + t * tape.width, tape.width, k.ids.data())));
   }
   return k;
 }
@@ -50,7 +47,7 @@ void query_backward(const PackedLayer& p, const SeqTape& tape, const QueryKeys& 
   // ds_p = [dS; P] and q_do = [q; dO] ([2H, n], [2H, D]): dK is then one GEMM over 2H.
   thread_local std::vector<float> ent, ds_p, q_do;
   ent.resize(static_cast<size_t>(n_e * hd));
-  for (int64_t j = 0; j < n_e; ++j) std::copy_n(tape.entries.data() + k.ids[j] * hd, hd, &ent[j * hd]);
+  tape.entries.gather(k.ids.data(), n_e, ent.data());
   ds_p.resize(static_cast<size_t>(2 * h_n * n));
   q_do.resize(static_cast<size_t>(2 * h_n * hd));
   std::copy_n(q_t, h_n * hd, q_do.data());
@@ -116,7 +113,7 @@ void attend_backward(const PackedLayer& p, const SeqTape& tape, int64_t t0, int6
                      const float* d_o, const float* delta, float* dq, float* dsink, float* dkv, float* dent) {
   const int64_t hd = p.c.head_dim, h_n = p.c.num_attention_heads, ho = h_n * hd;
   const int64_t max_e = p.type == LayerType::csa   ? tape.width
-                        : p.type == LayerType::hca ? static_cast<int64_t>(tape.entries.size()) / hd
+                        : p.type == LayerType::hca ? tape.entries.rows()
                                                    : 0;
   const int64_t g_stride = (p.c.sliding_window + max_e) * hd;
   // The calling thread's buffer, kept between calls (no new pages when warm);

@@ -23,7 +23,7 @@ namespace dsv4 {
 size_t TapeData::bytes() const {
   size_t n = x.size() * sizeof(float);
   for (const SeqTape& s : seqs)
-    n += (s.kv.size() + s.entries.size() + s.o.size() + s.grouped.size()) * sizeof(float) +
+    n += (s.kv.size() + s.o.size() + s.grouped.size()) * sizeof(float) + s.entries.rows() * s.entries.row_bytes() +
          s.topk.size() * sizeof(int32_t);
   return n;
 }
@@ -121,7 +121,7 @@ class SeqBackward {
     draw_.assign(static_cast<size_t>(s_ * n), 0.0f);
     dcq_.assign(static_cast<size_t>(s_ * rq), 0.0f);
     dkv_.assign(t_.kv.size(), 0.0f);
-    dent_.assign(t_.entries.size(), 0.0f);
+    dent_.assign(static_cast<size_t>(t_.entries.rows() * c_.head_dim), 0.0f);
     dsink_.assign(static_cast<size_t>(s_ * c_.num_attention_heads), 0.0f);
   }
 

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "dsv4/state.h"
 #include "dsv4/tensor.h"
 #include "dsv4/train.h"
 
@@ -15,7 +16,7 @@ struct PackedLayer;
 struct SeqTape {
   int64_t len = 0;
   std::vector<float> kv;       // [S, D]      key = value rows after norm and RoPE
-  std::vector<float> entries;  // [T, D]      compressed entries (CSA / HCA)
+  RowStore entries;            // [T, D]      compressed entries (CSA / HCA), fp32
   std::vector<int32_t> topk;   // [S, width]  CSA selection, -1 = empty slot
   int64_t width = 0;
   std::vector<float> o;        // [S, H·D]    attention output after de-rotation (o_a's input)
