@@ -18,7 +18,7 @@
 #include "dsv4/layer.h"
 #include "dsv4/safetensors.h"
 #include "reference.h"
-#include "train/tape.h"
+#include "pipeline/tape.h"
 #include "test_util.h"
 
 namespace dsv4 {

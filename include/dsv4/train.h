@@ -25,7 +25,7 @@ struct LayerGradients {
   LayerWeights weights;
 };
 
-struct TapeData;  // the forward's saved activations (src/train/tape.h)
+struct TapeData;  // the forward's saved activations (src/pipeline/tape.h)
 
 // What Layer::forward_train keeps for Layer::backward: the input, the CSA
 // selection, the attention output and what cannot be recomputed cheaply

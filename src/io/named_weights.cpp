@@ -5,10 +5,10 @@
 #include <optional>
 #include <regex>
 
-#include "dsv4/model.h"
+#include "dsv4/checkpoint.h"
 #include "dsv4/weights.h"
 #include "common/dtype.h"
-#include "io/checkpoint.h"
+#include "io/stored_weights.h"
 
 namespace dsv4 {
 namespace {

@@ -6,7 +6,7 @@
 
 #include "dsv4/weights.h"
 #include "common/dtype.h"
-#include "io/checkpoint.h"
+#include "io/stored_weights.h"
 #include "ops/quant.h"
 
 namespace dsv4 {

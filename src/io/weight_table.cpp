@@ -3,7 +3,7 @@
 #include <string>
 
 #include "dsv4/weights.h"
-#include "io/checkpoint.h"
+#include "io/stored_weights.h"
 
 namespace dsv4 {
 

@@ -6,7 +6,7 @@
 #include <cmath>
 
 #include "common/dtype.h"
-#include "io/checkpoint.h"
+#include "io/stored_weights.h"
 
 namespace dsv4 {
 

@@ -35,21 +35,6 @@ void record_map(const MassOut& m, const float* probs, const float* sink_p, int64
 
 }  // namespace
 
-int64_t selected_ids(const int32_t* topk_row, int64_t width, int32_t* ids) {
-  int64_t n = 0;
-  for (int64_t i = 0; i < width; ++i)
-    if (topk_row[i] >= 0) ids[n++] = topk_row[i];
-  std::sort(ids, ids + n);
-  return n;
-}
-
-int64_t gather_selected(const RowStore& entries, const int32_t* topk_row, int64_t width, int32_t* ids,
-                        float* rows) {
-  const int64_t n = selected_ids(topk_row, width, ids);
-  entries.gather(ids, n, rows);
-  return n;
-}
-
 void attend(const PackedLayer& p, const float* q, const KeySet& keys, int64_t h_begin, int64_t h_end, float* o,
             const MassOut* map) {
   const int64_t hd = p.c.head_dim, nh = h_end - h_begin;

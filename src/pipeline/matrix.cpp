@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "common/dtype.h"
-#include "io/checkpoint.h"
+#include "io/stored_weights.h"
 #include "ops/blas.h"
 #include "pipeline/pipeline.h"
 

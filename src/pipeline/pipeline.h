@@ -67,9 +67,6 @@ struct PackedLayer {
 // `bf16` rounds the fp32 ones to bf16.
 PackedLayer pack_layer(const Config& c, LayerType t, const LayerWeights& w, bool bf16 = false);
 
-// Throws naming `what` if x holds a NaN or an infinity (how many, and the first's index).
-void check_finite(const float* x, int64_t n, const std::string& what);
-
 // Growable scratch memory: keeps its allocation between calls and is never
 // zero-filled, so a warm decode step allocates nothing and touches no new pages.
 template <class T>
@@ -129,10 +126,11 @@ void index_topk(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t
 void index_scores_dense(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t rows, const float* keys,
                         int64_t n_keys, float* scores);
 
-// The CSA gather: the entries a query attends are the valid ids of its top-k
-// row (-1 = empty slot) in ascending order (the key set is a set; index order
-// reads memory forward). selected_ids writes them to ids [width] and returns
-// how many; gather_selected also writes their rows as fp32 to rows [width, D].
+// The CSA gather (gather.cpp): the entries a query attends are the valid ids
+// of its top-k row (-1 = empty slot) in ascending order (the key set is a set;
+// index order reads memory forward). selected_ids writes them to ids [width]
+// and returns how many; gather_selected also writes their rows as fp32 to
+// rows [width, D].
 int64_t selected_ids(const int32_t* topk_row, int64_t width, int32_t* ids);
 int64_t gather_selected(const RowStore& entries, const int32_t* topk_row, int64_t width, int32_t* ids, float* rows);
 

@@ -1,7 +1,7 @@
 // Layer::backward: the chain rule through one layer, stage by stage in
 // reverse pipeline order, one sequence at a time and queries in chunks.
 //
-// Saved by forward_train (train/tape.h): x, the window rows, the entries, the
+// Saved by forward_train (pipeline/tape.h): x, the window rows, the entries, the
 // CSA selection, o and the grouped projection. Recomputed here from x: the raw
 // projections (c_q, kv, the compressors' C and Z: one GEMM), q per chunk, the
 // attention probabilities per query and the pooled entries. Memory is the tape
@@ -12,39 +12,13 @@
 #include <string>
 
 #include "dsv4/error.h"
-#include "dsv4/layer.h"
+#include "train/backward.h"
 #include "ops/blas.h"
 #include "ops/norm.h"
 #include "ops/rope.h"
 #include "train/grad.h"
 
 namespace dsv4 {
-
-size_t TapeData::bytes() const {
-  size_t n = x.size() * sizeof(float);
-  for (const SeqTape& s : seqs)
-    n += (s.kv.size() + s.o.size() + s.grouped.size()) * sizeof(float) + s.entries.rows() * s.entries.row_bytes() +
-         s.topk.size() * sizeof(int32_t);
-  return n;
-}
-
-void size_seq_tape(const PackedLayer& p, int64_t len, SeqTape& t) {
-  const Config& c = p.c;
-  t.len = len;
-  t.kv.resize(static_cast<size_t>(len * c.head_dim));
-  t.o.resize(static_cast<size_t>(len * c.num_attention_heads * c.head_dim));
-  t.grouped.resize(static_cast<size_t>(len * c.o_groups * c.o_lora_rank));
-  t.width = p.type == LayerType::csa ? std::min(c.index_topk, len / p.rate) : 0;
-  t.topk.assign(static_cast<size_t>(len * t.width), -1);
-  t.entries.clear();
-}
-
-Tape::Tape() = default;
-Tape::~Tape() = default;
-Tape::Tape(Tape&&) noexcept = default;
-Tape& Tape::operator=(Tape&&) noexcept = default;
-bool Tape::empty() const { return !d_; }
-size_t Tape::bytes() const { return d_ ? d_->bytes() : 0; }
 
 namespace {
 
@@ -239,45 +213,15 @@ class SeqBackward {
 
 }  // namespace
 
-LayerGradients Layer::zero_gradients() const {
-  LayerGradients g;
-  g.weights = zero_weights(config_, type_);
-  return g;
-}
-
-void Layer::backward(const Tape& tape, TensorView dy, LayerGradients& grads) const {
-  const TapeData* td = tape.data();
-  if (!td) fail("backward: the tape is empty (fill it with forward_train first)");
-  if (td->layer != packed_.get()) fail("backward: the tape was recorded by another layer");
-  if (dy.shape != td->x_shape)
-    fail("backward: dy has shape " + shape_str(dy.shape) + ", the forward's output " + shape_str(td->x_shape));
-  check_finite(dy.data, dy.numel(), "backward: dy");
-  for_each_weight(grads.weights, config_, type_, [](const WeightSpec& s, const Tensor& t) {
-    if (t.shape != s.shape)
-      fail("backward: gradient '" + s.name + "' to accumulate into has shape " + shape_str(t.shape) + ", expected " +
-           shape_str(s.shape) + " (start from Layer::zero_gradients())");
-  });
-  const int64_t b = static_cast<int64_t>(td->seqs.size()), d = config_.hidden_size;
-  const int64_t s = b ? td->seqs[0].len : 0;
-  if (grads.dx.shape != td->x_shape) grads.dx = Tensor(td->x_shape);
+void backward_sequences(const PackedLayer& p, const TapeData& tape, const float* dy, LayerGradients& grads) {
+  const int64_t b = static_cast<int64_t>(tape.seqs.size()), d = p.c.hidden_size;
+  const int64_t s = b ? tape.seqs[0].len : 0;
   if (s == 0) return;
   thread_local Buffers buf;
-  const DenseWeights w = dense_weights(*packed_);
+  const DenseWeights w = dense_weights(p);
   for (int64_t i = 0; i < b; ++i)
-    SeqBackward(*packed_, w, td->seqs[i], td->x.data() + i * s * d, dy.data + i * s * d, grads, buf)
+    SeqBackward(p, w, tape.seqs[i], tape.x.data() + i * s * d, dy + i * s * d, grads, buf)
         .run(grads.dx.ptr() + i * s * d);
-}
-
-LayerGradients Layer::backward(const Tape& tape, TensorView dy) const {
-  LayerGradients g = zero_gradients();
-  backward(tape, dy, g);
-  return g;
-}
-
-LayerGradients Layer::backward(TensorView x, TensorView dy) const {
-  Tape tape;
-  forward_train(x, tape);
-  return backward(tape, dy);
 }
 
 }  // namespace dsv4

@@ -12,7 +12,7 @@
 #include <cstdint>
 
 #include "pipeline/pipeline.h"
-#include "train/tape.h"
+#include "pipeline/tape.h"
 
 namespace dsv4 {
 

@@ -1,6 +1,6 @@
 // Checkpoint folders: index + shards, the two naming schemes, per-layer
 // tensor checks and loading (with FP8 block scales).
-#include "dsv4/model.h"
+#include "dsv4/checkpoint.h"
 
 #include <algorithm>
 #include <cmath>
@@ -10,7 +10,7 @@
 
 #include "dsv4/error.h"
 #include "common/dtype.h"
-#include "io/checkpoint.h"
+#include "io/stored_weights.h"
 
 namespace dsv4 {
 namespace {
@@ -74,7 +74,7 @@ std::string scale_name(NamingScheme s, const std::string& w) {
 }
 
 // One weight of a layer as found in the checkpoint.
-struct Model::Planned {
+struct Checkpoint::Planned {
   WeightId id;
   std::string hf;    // spec name
   std::string name;  // checkpoint name
@@ -83,8 +83,8 @@ struct Model::Planned {
   int scale_shard = -1;
 };
 
-Model Model::open(const fs::path& dir) {
-  Model m;
+Checkpoint Checkpoint::open(const fs::path& dir) {
+  Checkpoint m;
   m.dir_ = dir;
   const std::string where = dir.string();
   if (!fs::is_directory(dir)) fail(where + ": not a directory");
@@ -121,19 +121,19 @@ Model Model::open(const fs::path& dir) {
   return m;
 }
 
-LayerType Model::layer_type(int64_t i) const {
+LayerType Checkpoint::layer_type(int64_t i) const {
   if (i < 0 || i >= num_layers())
     fail(dir_.string() + ": layer " + std::to_string(i) + " out of range (the model has " +
          std::to_string(num_layers()) + " layers)");
   return config_.layer_types[size_t(i)];
 }
 
-std::string Model::prefix(int64_t i) const {
+std::string Checkpoint::prefix(int64_t i) const {
   return scheme_ == NamingScheme::hugging_face ? "model.layers." + std::to_string(i) + ".self_attn."
                                                : "layers." + std::to_string(i) + ".attn.";
 }
 
-std::map<std::string, int64_t> Model::other_tensors() const {
+std::map<std::string, int64_t> Checkpoint::other_tensors() const {
   std::map<std::string, int64_t> by_dtype;
   for (const auto& [name, shards] : where_) {
     bool attention = false;
@@ -143,7 +143,7 @@ std::map<std::string, int64_t> Model::other_tensors() const {
   return by_dtype;
 }
 
-std::vector<TensorSummary> Model::layer_tensors(int64_t i) const {
+std::vector<TensorSummary> Checkpoint::layer_tensors(int64_t i) const {
   layer_type(i);  // range check
   const std::string pre = prefix(i);
   std::vector<TensorSummary> out;
@@ -157,7 +157,7 @@ std::vector<TensorSummary> Model::layer_tensors(int64_t i) const {
 
 // Maps layer i's stored tensors to spec names; every inconsistency becomes a
 // line in `problems`.
-std::vector<Model::Planned> Model::plan(int64_t i, std::vector<std::string>& problems) const {
+std::vector<Checkpoint::Planned> Checkpoint::plan(int64_t i, std::vector<std::string>& problems) const {
   const LayerType type = layer_type(i);
   const std::string pre = prefix(i), type_name(layer_type_name(type));
   const auto file_of = [&](int k) { return (dir_ / shard_names_[size_t(k)]).string(); };
@@ -239,7 +239,7 @@ std::vector<Model::Planned> Model::plan(int64_t i, std::vector<std::string>& pro
   return out;
 }
 
-std::vector<std::string> Model::layer_problems(int64_t i) const {
+std::vector<std::string> Checkpoint::layer_problems(int64_t i) const {
   std::vector<std::string> problems;
   plan(i, problems);
   return problems;
@@ -259,7 +259,7 @@ StoredMatrix stored_matrix(const SafeTensors& file, const std::string& name, con
 
 }  // namespace
 
-size_t Model::layer_bytes(int64_t i, WeightFormat format) const {
+size_t Checkpoint::layer_bytes(int64_t i, WeightFormat format) const {
   std::vector<std::string> problems;
   const std::vector<Planned> planned = plan(i, problems);
   if (!problems.empty()) fail(dir_.string() + ": layer " + std::to_string(i) + " cannot be loaded: " + problems[0]);
@@ -276,7 +276,7 @@ size_t Model::layer_bytes(int64_t i, WeightFormat format) const {
   return bytes;
 }
 
-LayerWeights Model::load_layer(int64_t i, WeightFormat format) const {
+LayerWeights Checkpoint::load_layer(int64_t i, WeightFormat format) const {
   const LayerType type = layer_type(i);
   std::vector<std::string> problems;
   const std::vector<Planned> planned = plan(i, problems);
@@ -303,25 +303,6 @@ LayerWeights Model::load_layer(int64_t i, WeightFormat format) const {
   }
   validate_weights(w, config_, type);  // backstop: every slot filled with the right shape
   return w;
-}
-
-Tensor run_layer(const Layer& layer, const Tensor& x, int64_t chunk) {
-  const int64_t d = layer.config().hidden_size;
-  if (x.shape.size() != 3 || x.dim(2) != d)
-    fail("run_layer: input must be [B, S, " + std::to_string(d) + "], got " + shape_str(x.shape));
-  if (chunk <= 0) return layer.forward(x);
-  const int64_t batch = x.dim(0), seq = x.dim(1);
-  Tensor out(x.shape);
-  for (int64_t b = 0; b < batch; ++b) {
-    LayerState state = layer.new_state();
-    for (int64_t s0 = 0; s0 < seq; s0 += chunk) {
-      const int64_t n = std::min(chunk, seq - s0);
-      const auto first = x.data.begin() + (b * seq + s0) * d;
-      const Tensor y = layer.forward(Tensor({n, d}, std::vector<float>(first, first + n * d)), state);
-      std::copy(y.data.begin(), y.data.end(), out.data.begin() + (b * seq + s0) * d);
-    }
-  }
-  return out;
 }
 
 }  // namespace dsv4

@@ -1,11 +1,11 @@
-// What a training forward saves for the backward (Layer::forward_train).
+// What a training forward records for the backward (Layer::forward_train):
+// the scheduler fills it (record.cpp), train/ reads it.
 #pragma once
 #include <cstdint>
 #include <vector>
 
 #include "dsv4/state.h"
 #include "dsv4/tensor.h"
-#include "dsv4/train.h"
 
 namespace dsv4 {
 

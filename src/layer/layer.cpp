@@ -1,0 +1,215 @@
+// Layer: its weights packed once; every method hands chunks of sequences to
+// the scheduler (pipeline/job.h) or a tape to the backward (train/backward.h).
+#include "dsv4/layer.h"
+
+#include <bit>
+
+#include "common/finite.h"
+#include "pipeline/job.h"
+#include "train/backward.h"
+
+namespace dsv4 {
+
+static_assert(Layer::kPrefillChunk == kPrefillChunk);
+
+Layer::Layer(Config config, LayerType type, LayerWeights weights, LayerOptions options)
+    : config_(std::move(config)), type_(type), weights_(std::move(weights)) {
+  config_.validate();
+  validate_weights(weights_, config_, type_);
+  const int64_t di = config_.index_head_dim;
+  if (options.numerics == Numerics::deployment && type_ == LayerType::csa && !std::has_single_bit(static_cast<uint64_t>(di)))
+    fail("deployment numerics: index_head_dim must be a power of two for the indexer's Hadamard transform (got " +
+         std::to_string(di) + ")");
+  if (options.weights != WeightFormat::native) {  // f32 / bf16: from the dequantised values
+    for (auto& [name, m] : weights_.stored) weight(weights_, find_weight(name)->id) = m.dequantised();
+    weights_.stored.clear();
+  }
+  packed_ = std::make_unique<PackedLayer>(pack_layer(config_, type_, weights_, options.weights == WeightFormat::bf16));
+  packed_->numerics = options.numerics;
+  weights_.stored.clear();
+  // The packed matrices are the only copy: release the originals.
+  for_each_weight(weights_, config_, type_, [](const WeightSpec& s, Tensor& x) {
+    if (is_projection(s.role)) x = Tensor();
+  });
+}
+
+size_t Layer::weight_bytes() const {
+  size_t n = 0;  // the small tensors; the projection matrices are counted packed
+  for_each_weight(weights_, config_, type_, [&](const WeightSpec& s, const Tensor& x) {
+    if (!is_projection(s.role)) n += x.data.size();
+  });
+  return n * sizeof(float) + packed_->bytes();
+}
+
+Layer::~Layer() = default;
+Layer::Layer(Layer&& o) noexcept
+    : config_(std::move(o.config_)), type_(o.type_), weights_(std::move(o.weights_)), packed_(std::move(o.packed_)) {
+  if (packed_) packed_->w = &weights_;
+}
+Layer& Layer::operator=(Layer&& o) noexcept {
+  config_ = std::move(o.config_);
+  type_ = o.type_;
+  weights_ = std::move(o.weights_);
+  packed_ = std::move(o.packed_);
+  if (packed_) packed_->w = &weights_;
+  return *this;
+}
+
+LayerState Layer::new_state() const { return LayerState(config_, type_, packed_->numerics); }
+Numerics Layer::numerics() const { return packed_->numerics; }
+
+namespace {
+
+// One-shot input: [B, S, d], or [S, d] for one sequence. Returns it as [B, S, d].
+Shape batch_shape(const TensorView& x, int64_t d) {
+  const size_t n = x.shape.size();
+  if ((n != 2 && n != 3) || x.shape.back() != d)
+    fail("input hidden_states: expected shape [B, S, " + std::to_string(d) + "] or [S, " + std::to_string(d) +
+         "], got " + shape_str(x.shape));
+  return n == 3 ? x.shape : Shape{1, x.dim(0), d};
+}
+
+}  // namespace
+
+Tensor Layer::forward(TensorView x, std::vector<Intermediates>* debug, StageTimes* times) const {
+  const Shape shape = batch_shape(x, config_.hidden_size);
+  const int64_t b = shape[0], s = shape[1], d = shape[2];
+  std::vector<LayerState> states(static_cast<size_t>(b), new_state());
+  Tensor out(x.shape);
+  if (debug) debug->assign(static_cast<size_t>(b), {});
+  std::vector<Job> jobs(static_cast<size_t>(b));
+  for (int64_t i = 0; i < b; ++i)
+    jobs[i] = Job(x.data + i * s * d, s, &states[i], out.ptr() + i * s * d, debug ? &(*debug)[i] : nullptr);
+  if (s > 0) run_jobs(*packed_, jobs, times);
+  return out;
+}
+
+Tensor Layer::forward_train(TensorView x, Tape& tape) const {
+  if (numerics() == Numerics::deployment)
+    fail("forward_train: deployment numerics round to FP8/FP4, which has no gradient; build the layer with "
+         "reference numerics for training");
+  const Shape shape = batch_shape(x, config_.hidden_size);
+  const int64_t b = shape[0], s = shape[1], d = shape[2];
+  std::unique_ptr<TapeData> data = std::move(tape.d_);  // an earlier tape's memory is reused
+  if (!data) data = std::make_unique<TapeData>();
+  data->layer = packed_.get();
+  data->x_shape = x.shape;
+  data->x.assign(x.data, x.data + b * s * d);
+  std::vector<LayerState> states(static_cast<size_t>(b), new_state());
+  Tensor out(x.shape);
+  std::vector<Job> jobs(static_cast<size_t>(b));
+  data->seqs.resize(static_cast<size_t>(b));
+  for (int64_t i = 0; i < b; ++i) {
+    size_seq_tape(*packed_, s, data->seqs[i]);
+    jobs[i] = Job(x.data + i * s * d, s, &states[i], out.ptr() + i * s * d, nullptr);
+    jobs[i].tape = &data->seqs[i];
+  }
+  if (s > 0) run_jobs(*packed_, jobs, nullptr);
+  for (int64_t i = 0; i < b && packed_->rate; ++i) {
+    const CompressorState& cs = states[i].compressor();
+    data->seqs[i].entries = cs.entries;
+  }
+  tape.d_ = std::move(data);
+  return out;
+}
+
+std::vector<AttentionMap> Layer::attention_map(TensorView x, bool dense) const {
+  const Shape shape = batch_shape(x, config_.hidden_size);
+  const int64_t b = shape[0], s = shape[1], d = shape[2];
+  std::vector<LayerState> states(static_cast<size_t>(b), new_state());
+  std::vector<AttentionMap> maps(static_cast<size_t>(b));
+  Tensor out({s, d});  // per sequence, overwritten: only the maps are kept
+  std::vector<Job> jobs(1);
+  for (int64_t i = 0; i < b && s > 0; ++i) {
+    jobs[0] = Job(x.data + i * s * d, s, &states[i], out.ptr(), nullptr);
+    jobs[0].map = &maps[i], jobs[0].dense_map = dense;
+    run_jobs(*packed_, jobs, nullptr);
+  }
+  return maps;
+}
+
+Tensor Layer::forward(TensorView x, LayerState& state, Intermediates* debug, StageTimes* times) const {
+  const TensorView xs[] = {x};
+  LayerState* sts[] = {&state};
+  std::vector<Intermediates> dbg;
+  std::vector<Tensor> out = forward_batch(xs, sts, debug ? &dbg : nullptr, times);
+  if (debug) *debug = std::move(dbg[0]);
+  return std::move(out[0]);
+}
+
+std::vector<Tensor> Layer::forward_batch(std::span<const Tensor* const> xs, std::span<LayerState* const> states,
+                                         std::vector<Intermediates>* debug, StageTimes* times) const {
+  std::vector<TensorView> views;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    if (!xs[i]) fail("forward_batch: input " + std::to_string(i) + " is null");
+    views.emplace_back(*xs[i]);
+  }
+  return forward_batch(std::span<const TensorView>(views), states, debug, times);
+}
+
+std::vector<Tensor> Layer::forward_batch(std::span<const TensorView> xs, std::span<LayerState* const> states,
+                                         std::vector<Intermediates>* debug, StageTimes* times) const {
+  if (xs.size() != states.size())
+    fail("forward_batch: " + std::to_string(xs.size()) + " inputs but " + std::to_string(states.size()) + " states");
+  const int64_t d = config_.hidden_size;
+  std::vector<Tensor> outs(xs.size());
+  std::vector<Job> jobs;
+  if (debug) debug->assign(xs.size(), {});
+  for (size_t i = 0; i < xs.size(); ++i) {
+    if (!states[i]) fail("forward_batch: state " + std::to_string(i) + " is null");
+    const TensorView& x = xs[i];
+    const bool ok = (x.shape.size() == 2 && x.dim(1) == d) || (x.shape.size() == 3 && x.dim(0) == 1 && x.dim(2) == d);
+    if (!ok)
+      fail("chunk " + std::to_string(i) + ": expected shape [S, " + std::to_string(d) + "] or [1, S, " +
+           std::to_string(d) + "], got " + shape_str(x.shape));
+    if (states[i]->numerics() != numerics())
+      fail("chunk " + std::to_string(i) + ": state has " + std::string(numerics_name(states[i]->numerics())) +
+           " numerics, the layer " + std::string(numerics_name(numerics())));
+    if (!states[i]->fits(config_, type_, numerics()))
+      fail("chunk " + std::to_string(i) + ": state was made for another layer (type " +
+           std::string(layer_type_name(states[i]->type())) + " or other dimensions)");
+    for (size_t k = 0; k < i; ++k)
+      if (states[k] == states[i]) fail("forward_batch: the same state is given twice");
+    const int64_t s = x.numel() / d;
+    outs[i] = Tensor({s, d});
+    if (s > 0) jobs.emplace_back(x.data, s, states[i], outs[i].ptr(), debug ? &(*debug)[i] : nullptr);
+  }
+  if (!jobs.empty()) run_jobs(*packed_, jobs, times);
+  return outs;
+}
+
+LayerGradients Layer::zero_gradients() const {
+  LayerGradients g;
+  g.weights = zero_weights(config_, type_);
+  return g;
+}
+
+void Layer::backward(const Tape& tape, TensorView dy, LayerGradients& grads) const {
+  const TapeData* td = tape.data();
+  if (!td) fail("backward: the tape is empty (fill it with forward_train first)");
+  if (td->layer != packed_.get()) fail("backward: the tape was recorded by another layer");
+  if (dy.shape != td->x_shape)
+    fail("backward: dy has shape " + shape_str(dy.shape) + ", the forward's output " + shape_str(td->x_shape));
+  check_finite(dy.data, dy.numel(), "backward: dy");
+  for_each_weight(grads.weights, config_, type_, [](const WeightSpec& s, const Tensor& t) {
+    if (t.shape != s.shape)
+      fail("backward: gradient '" + s.name + "' to accumulate into has shape " + shape_str(t.shape) + ", expected " +
+           shape_str(s.shape) + " (start from Layer::zero_gradients())");
+  });
+  if (grads.dx.shape != td->x_shape) grads.dx = Tensor(td->x_shape);
+  backward_sequences(*packed_, *td, dy.data, grads);
+}
+
+LayerGradients Layer::backward(const Tape& tape, TensorView dy) const {
+  LayerGradients g = zero_gradients();
+  backward(tape, dy, g);
+  return g;
+}
+
+LayerGradients Layer::backward(TensorView x, TensorView dy) const {
+  Tape tape;
+  forward_train(x, tape);
+  return backward(tape, dy);
+}
+
+}  // namespace dsv4

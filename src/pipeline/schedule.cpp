@@ -1,0 +1,226 @@
+// The scheduler: the chunks of one call (one or many sequences, each through
+// its own state) laid out as rows of one activation matrix, then the stages
+// in pipeline order:
+//
+//   project -> window + compress -> index (CSA) -> attend -> output -> record, keep window
+//
+// Each stage sees every row of the call; a chunk's results never depend on the
+// other chunks (short chunks share the row-invariant GEMMs, long ones have
+// their own), so a batched call equals separate calls bit for bit.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/finite.h"
+#include "pipeline/job.h"
+
+namespace dsv4 {
+namespace {
+
+constexpr int64_t kDecodeHeadSplit = 8;  // head blocks per query of a short chunk
+
+// Accumulates wall time into one StageTimes field (if timing is on).
+class Stage {
+ public:
+  Stage(StageTimes* t, double StageTimes::*field) : t_(t), field_(field), start_(omp_get_wtime()) {}
+  ~Stage() {
+    if (t_) t_->*field_ += omp_get_wtime() - start_;
+  }
+
+ private:
+  StageTimes* t_;
+  double StageTimes::*field_;
+  double start_;
+};
+
+// Per calling thread, reused across calls (see Scratch).
+struct Workspace {
+  Scratch<float> x, o, grouped, out;
+  Scratch<int64_t> pos;
+  Scratch<int32_t> job_of;
+  Scratch<int64_t> unit_row, unit_h0, unit_h1;  // attention work items
+  Projected pr;
+  std::vector<Scratch<float>> kwin, picked;  // per job
+  std::vector<Scratch<int32_t>> topk, picked_ids;
+  std::vector<RowStore> fresh;
+  std::vector<std::vector<float>> decoded;
+};
+
+// The call's rows: every job's chunk, short chunks first (their rows form the
+// one row-invariant GEMM group), then each long chunk as its own group.
+struct Rows {
+  int64_t n = 0;
+  std::vector<RowGroup> groups;
+  float* x = nullptr;         // [n, d] the inputs
+  int64_t* pos = nullptr;     // [n] each row's position in its sequence
+  int32_t* job_of = nullptr;  // [n] each row's job
+};
+
+Rows lay_out(const PackedLayer& p, std::vector<Job>& jobs, Workspace& ws) {
+  const int64_t d = p.c.hidden_size;
+  std::stable_partition(jobs.begin(), jobs.end(), [](const Job& j) { return j.len <= kShortChunk; });
+  if (ws.kwin.size() < jobs.size()) {
+    ws.kwin.resize(jobs.size()), ws.topk.resize(jobs.size());
+    ws.fresh.resize(jobs.size()), ws.decoded.resize(jobs.size());
+    ws.picked.resize(jobs.size()), ws.picked_ids.resize(jobs.size());
+  }
+  Rows r;
+  for (size_t k = 0; k < jobs.size(); ++k) {
+    Job& j = jobs[k];
+    j.kwin = &ws.kwin[k], j.topk = &ws.topk[k], j.fresh = &ws.fresh[k], j.decoded = &ws.decoded[k];
+    j.picked = &ws.picked[k], j.picked_ids = &ws.picked_ids[k];
+    j.row0 = r.n;
+    j.p0 = j.st->position();
+    if (j.len > kShortChunk)
+      r.groups.push_back({r.n, j.len, false});
+    else if (r.groups.empty())
+      r.groups.push_back({0, j.len, true});
+    else
+      r.groups.back().rows += j.len;
+    r.n += j.len;
+  }
+  r.x = ws.x.get(static_cast<size_t>(r.n * d));
+  r.pos = ws.pos.get(static_cast<size_t>(r.n));
+  r.job_of = ws.job_of.get(static_cast<size_t>(r.n));
+  for (size_t k = 0; k < jobs.size(); ++k) {
+    const Job& j = jobs[k];
+    std::memcpy(&r.x[j.row0 * d], j.x, j.len * d * sizeof(float));
+    for (int64_t i = 0; i < j.len; ++i) {
+      r.pos[j.row0 + i] = j.p0 + i;
+      r.job_of[j.row0 + i] = static_cast<int32_t>(k);
+    }
+  }
+  return r;
+}
+
+// The compressors of one job (main, and the CSA indexer's) take its C/Z rows.
+void compress(const PackedLayer& p, const Projected& pr, Job& j) {
+  const LayerWeights& w = *p.w;
+  if (w.compressor)
+    compress_feed(p, *w.compressor, j.st->compressor(), &pr.in[j.row0 * p.n_in + p.off_cc],
+                  &pr.in[j.row0 * p.n_in + p.off_cz], p.n_in, j.len);
+  if (w.indexer)
+    compress_feed(p, w.indexer->compressor, j.st->indexer(), &pr.in[j.row0 * p.n_in + p.off_ic],
+                  &pr.in[j.row0 * p.n_in + p.off_iz], p.n_in, j.len);
+}
+
+// The CSA selection of one job's queries over its indexer keys.
+void index(const PackedLayer& p, const Projected& pr, const int64_t* pos, Job& j, StageTimes& t) {
+  const CompressorState& ix = j.st->indexer();
+  j.width = std::min(p.c.index_topk, ix.emitted);
+  j.topk->get(static_cast<size_t>(j.len * j.width));
+  const float* keys = ix.entries.rows_f32(ix.emitted, *j.decoded);
+  index_topk(p, pr, j.row0, j.len, pos + j.row0, keys, ix.emitted, j.width, j.topk->data(), &t.index_scores,
+             &t.topk);
+}
+
+// Attention per (query, head block). All heads of a query share its keys, so
+// a block is two GEMMs. Short chunks (decode) split the heads so every thread
+// works; the split depends on the chunk alone, never on the thread count or
+// the other chunks of the call.
+void attend_rows(const PackedLayer& p, const std::vector<Job>& jobs, const Rows& rows, const Projected& pr,
+                 Workspace& ws, float* o) {
+  const int64_t hd = p.c.head_dim, h_n = p.c.num_attention_heads;
+  const int64_t short_block = (h_n + kDecodeHeadSplit - 1) / kDecodeHeadSplit;
+  int64_t* unit_row = ws.unit_row.get(static_cast<size_t>(rows.n * kDecodeHeadSplit));
+  int64_t* unit_h0 = ws.unit_h0.get(static_cast<size_t>(rows.n * kDecodeHeadSplit));
+  int64_t* unit_h1 = ws.unit_h1.get(static_cast<size_t>(rows.n * kDecodeHeadSplit));
+  int64_t n_units = 0;
+  for (int64_t r = 0; r < rows.n; ++r) {
+    const int64_t block = jobs[rows.job_of[r]].len <= kShortChunk ? short_block : h_n;
+    for (int64_t h = 0; h < h_n; h += block, ++n_units)
+      unit_row[n_units] = r, unit_h0[n_units] = h, unit_h1[n_units] = std::min(h_n, h + block);
+  }
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t u = 0; u < n_units; ++u) {
+    const int64_t r = unit_row[u];
+    const Job& j = jobs[rows.job_of[r]];
+    const int64_t t = rows.pos[r], at = j.n_cached + (r - j.row0);  // row of t in kwin
+    const int64_t lo = std::max<int64_t>(0, at - p.c.sliding_window + 1);
+    KeySet ks;
+    ks.window = &(*j.kwin)[lo * hd];
+    ks.n_window = at - lo + 1;
+    entry_keys(p, j, r, t, ks);
+    const MassOut mo = j.map ? map_out(j, r, t, ks.n_window) : MassOut{};
+    attend(p, &pr.up[r * p.n_up], ks, unit_h0[u], unit_h1[u], &o[r * h_n * hd], j.map ? &mo : nullptr);
+  }
+}
+
+// One call: every job's chunk through the stages, in pipeline order.
+void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
+  thread_local Workspace ws;
+  const Config& c = p.c;
+  const int64_t d = c.hidden_size;
+  const Rows rows = lay_out(p, jobs, ws);
+  Projected& pr = ws.pr;
+  {
+    Stage s(times, &StageTimes::project);
+    project(p, rows.x, rows.n, rows.pos, rows.groups, pr);
+    if (p.deployed() && p.w->indexer) round_index_queries(p, pr, rows.n);
+  }
+  {
+    Stage s(times, &StageTimes::compress);
+    for (Job& j : jobs) {
+      gather_window(p, pr, j);
+      compress(p, pr, j);
+    }
+  }
+  if (p.w->indexer) {
+    StageTimes scratch;
+    for (Job& j : jobs) index(p, pr, rows.pos, j, times ? *times : scratch);
+    Stage s(times, &StageTimes::attention);
+    gather_short_chunks(p, jobs);
+  }
+  if (p.type == LayerType::hca)  // read in place, or decoded once per chunk for all its queries
+    for (Job& j : jobs) j.hca_entries = j.st->compressor().entries.rows_f32(j.st->compressor().emitted, *j.decoded);
+  float* o = ws.o.get(static_cast<size_t>(rows.n * c.num_attention_heads * c.head_dim));
+  for (const Job& j : jobs)
+    if (j.map) start_map(p, j);
+  {
+    Stage s(times, &StageTimes::attention);
+    attend_rows(p, jobs, rows, pr, ws, o);
+  }
+  float* out = ws.out.get(static_cast<size_t>(rows.n * d));
+  float* grouped = ws.grouped.get(static_cast<size_t>(rows.n * c.o_groups * c.o_lora_rank));
+  {
+    Stage s(times, &StageTimes::output);
+    output_project(p, o, rows.n, rows.pos, rows.groups, grouped, out);
+  }
+  for (Job& j : jobs) {
+    std::memcpy(j.out, &out[j.row0 * d], j.len * d * sizeof(float));
+    if (j.dbg) fill_debug(p, pr, j);
+    if (j.tape) record_tape(p, j, o, grouped);
+    keep_window(j);
+    j.st->advance(j.len);
+  }
+}
+
+}  // namespace
+
+// Long chunks run in pieces of at most kPrefillChunk tokens per sequence: each
+// piece continues the state, so the result is the same (to rounding) and the
+// activations stay bounded. Debug output and maps need the whole chunk in one piece.
+void run_jobs(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
+  const int64_t d = p.c.hidden_size, chunk = kPrefillChunk;
+  // Before any state moves: a rejected call leaves every state as it was.
+  for (size_t k = 0; k < jobs.size(); ++k)
+    check_finite(jobs[k].x, jobs[k].len * d, "input hidden_states of sequence " + std::to_string(k));
+  const bool split = std::all_of(jobs.begin(), jobs.end(), [](const Job& j) { return !j.dbg && !j.map; }) &&
+                     std::any_of(jobs.begin(), jobs.end(), [&](const Job& j) { return j.len > chunk; });
+  if (!split) return run(p, jobs, times);
+  std::vector<int64_t> done(jobs.size(), 0);
+  for (;;) {
+    std::vector<Job> piece;
+    for (size_t k = 0; k < jobs.size(); ++k) {
+      const int64_t n = std::min(chunk, jobs[k].len - done[k]);
+      if (n > 0) piece.emplace_back(jobs[k].x + done[k] * d, n, jobs[k].st, jobs[k].out + done[k] * d);
+      if (n > 0) piece.back().tape = jobs[k].tape;
+      done[k] += n;
+    }
+    if (piece.empty()) return;
+    run(p, piece, times);
+  }
+}
+
+}  // namespace dsv4
