@@ -68,18 +68,24 @@ void rope_rotate(float* x, int64_t rope_dim, const float* cos, const float* sin,
   }
 }
 
-void rope_apply(float* x, int64_t width, const std::vector<float>& inv_freq, int64_t pos, bool inverse) {
-  const int64_t r = static_cast<int64_t>(inv_freq.size()) * 2;
-  float cs[512], sn[512];  // R/2 <= 512 is enforced by Config::validate (R <= D)
-  std::vector<float> big_c, big_s;
-  float* c = cs;
-  float* s = sn;
-  if (r / 2 > 512) {
-    big_c.resize(r / 2), big_s.resize(r / 2);
-    c = big_c.data(), s = big_s.data();
+RopeAngles::RopeAngles(const std::vector<float>& inv_freq, int64_t pos) : r_(static_cast<int64_t>(inv_freq.size()) * 2) {
+  float* c = cos_;
+  float* s = sin_;
+  if (r_ / 2 > 512) {
+    big_cos_.resize(r_ / 2), big_sin_.resize(r_ / 2);
+    c = big_cos_.data(), s = big_sin_.data();
   }
   rope_cos_sin(inv_freq, pos, c, s);
-  rope_rotate(x + width - r, r, c, s, inverse);
+}
+
+void RopeAngles::rotate(float* x, int64_t n, int64_t width, bool inverse) const {
+  const float* c = big_cos_.empty() ? cos_ : big_cos_.data();
+  const float* s = big_sin_.empty() ? sin_ : big_sin_.data();
+  for (int64_t k = 0; k < n; ++k) rope_rotate(x + k * width + width - r_, r_, c, s, inverse);
+}
+
+void rope_apply(float* x, int64_t width, const std::vector<float>& inv_freq, int64_t pos, bool inverse) {
+  RopeAngles(inv_freq, pos).rotate(x, 1, width, inverse);
 }
 
 }  // namespace dsv4

@@ -24,4 +24,19 @@ void rope_rotate(float* x, int64_t rope_dim, const float* cos, const float* sin,
 // Convenience: rotate the trailing R channels of a `width`-vector at position pos.
 void rope_apply(float* x, int64_t width, const std::vector<float>& inv_freq, int64_t pos, bool inverse = false);
 
+// The cos/sin of one position, to rotate many vectors at it (the heads of a
+// token): rotate() turns the trailing R channels of each of n `width`-vectors
+// at x (stride width); `inverse` by the negative angle, which is also the
+// rotation's transpose (the backward's).
+class RopeAngles {
+ public:
+  RopeAngles(const std::vector<float>& inv_freq, int64_t pos);
+  void rotate(float* x, int64_t n, int64_t width, bool inverse = false) const;
+
+ private:
+  int64_t r_;
+  float cos_[512], sin_[512];  // R/2 <= 512 here (V4: 32), longer in the vectors below
+  std::vector<float> big_cos_, big_sin_;
+};
+
 }  // namespace dsv4

@@ -17,6 +17,7 @@
 #include "dsv4/state.h"
 #include "dsv4/tensor.h"
 #include "dsv4/weights.h"
+#include "ops/rope.h"
 
 namespace dsv4 {
 
@@ -58,6 +59,7 @@ struct PackedLayer {
   Matrix w_up;
   int64_t n_up = 0, off_iq = 0;
   Matrix w_oa, w_ob;                // output projections
+  int64_t row_of[kNumWeights] = {};  // each projection's first row in its matrix (by WeightId)
   const LayerWeights* w = nullptr;  // norms, biases, sinks (the matrices above are released from it)
   size_t bytes() const { return w_in.bytes() + w_up.bytes() + w_oa.bytes() + w_ob.bytes(); }
   bool deployed() const { return numerics == Numerics::deployment; }
@@ -107,6 +109,12 @@ struct Projected {
 };
 void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* pos, const std::vector<RowGroup>& groups,
              Projected& out);
+// Its per-token steps that the backward recomputes (train/): c_q =
+// RMSNorm_{q_a_norm}(raw) and q's heads, each RMSNorm'd (no weight) then
+// rotated at the token's position. In place if raw == out; each returns or
+// writes (inv, [H]) the 1/rms it normed by.
+float norm_cq(const PackedLayer& p, const float* raw, float* cq);
+void norm_rope_q(const PackedLayer& p, const float* raw, float* q, const RopeAngles& rope, float* inv = nullptr);
 
 // Deployment numerics: the indexer queries of `rows` tokens in pr.up get the
 // keys' rounding (Hadamard, then FP4, per head).

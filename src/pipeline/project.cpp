@@ -32,7 +32,6 @@ PackedLayer pack_layer(const Config& c, LayerType t, const LayerWeights& w, bool
   p.rate = c.compress_rate(t);
   p.inv_freq = layer_inv_freq(c, t);
   p.w = &w;
-  int64_t row0[kNumWeights] = {};  // first row of each tensor in its matrix
   for (const WeightSpec& s : weight_specs(c, t)) {
     Matrix* m = s.role == WeightRole::x_projection    ? &p.w_in
                 : s.role == WeightRole::cq_projection ? &p.w_up
@@ -40,10 +39,10 @@ PackedLayer pack_layer(const Config& c, LayerType t, const LayerWeights& w, bool
                 : s.id == WeightId::o_b_proj          ? &p.w_ob
                                                       : nullptr;
     if (!m) continue;
-    row0[size_t(s.id)] = m->rows;
+    p.row_of[size_t(s.id)] = m->rows;
     add(*m, w, s);
   }
-  const auto at = [&](WeightId id) { return row0[size_t(id)]; };
+  const auto at = [&](WeightId id) { return p.row_of[size_t(id)]; };
   p.n_in = p.w_in.rows, p.n_up = p.w_up.rows;
   p.off_kv = at(WeightId::kv_proj);
   p.off_cc = at(WeightId::compressor_kv_proj), p.off_cz = at(WeightId::compressor_gate_proj);
@@ -70,9 +69,9 @@ void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* 
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     float* row = &out.in[r * p.n_in];
-    rms_norm(row, c.q_lora_rank, w.q_a_norm.ptr(), c.rms_norm_eps);
+    norm_cq(p, row, row);
     rms_norm(row + p.off_kv, hd, w.kv_norm.ptr(), c.rms_norm_eps);
-    rope_apply(row + p.off_kv, hd, p.inv_freq, pos[r]);
+    RopeAngles(p.inv_freq, pos[r]).rotate(row + p.off_kv, 1, hd);
     if (w.indexer)
       for (int64_t h = 0; h < hi; ++h) row[p.off_w + h] *= head_weight_scale;
   }
@@ -82,17 +81,30 @@ void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* 
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     float* row = &out.up[r * p.n_up];
-    std::vector<float> cs(p.inv_freq.size()), sn(p.inv_freq.size());
-    rope_cos_sin(p.inv_freq, pos[r], cs.data(), sn.data());
-    const int64_t rd = c.qk_rope_head_dim;
-    for (int64_t h = 0; h < c.num_attention_heads; ++h) {
-      float* qh = row + h * hd;
-      rms_norm(qh, hd, nullptr, c.rms_norm_eps);
-      rope_rotate(qh + hd - rd, rd, cs.data(), sn.data());
-    }
-    if (w.indexer)
-      for (int64_t h = 0; h < hi; ++h) rope_rotate(row + p.off_iq + h * di + di - rd, rd, cs.data(), sn.data());
+    const RopeAngles rope(p.inv_freq, pos[r]);
+    norm_rope_q(p, row, row, rope);
+    if (w.indexer) rope.rotate(row + p.off_iq, hi, di);
   }
+}
+
+float norm_cq(const PackedLayer& p, const float* raw, float* cq) {
+  const int64_t rq = p.c.q_lora_rank;
+  const float* w = p.w->q_a_norm.ptr();
+  const float inv = rms_inv(raw, rq, p.c.rms_norm_eps);
+  for (int64_t i = 0; i < rq; ++i) cq[i] = w[i] * (raw[i] * inv);
+  return inv;
+}
+
+void norm_rope_q(const PackedLayer& p, const float* raw, float* q, const RopeAngles& rope, float* inv) {
+  const int64_t hd = p.c.head_dim, h_n = p.c.num_attention_heads;
+  for (int64_t h = 0; h < h_n; ++h) {
+    const float* x = raw + h * hd;
+    float* y = q + h * hd;
+    const float s = rms_inv(x, hd, p.c.rms_norm_eps);
+    for (int64_t i = 0; i < hd; ++i) y[i] = x[i] * s;
+    if (inv) inv[h] = s;
+  }
+  rope.rotate(q, h_n, hd);
 }
 
 void round_index_queries(const PackedLayer& p, Projected& pr, int64_t rows) {

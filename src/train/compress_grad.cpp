@@ -92,6 +92,15 @@ void compress_backward(const PackedLayer& p, const CompressorGrad& g, int64_t s_
   norm_weight_grad(n_t, width, dy.data(), width, pooled.data(), width, inv.data(), dnorm);
 }
 
+void compressor_backward(const PackedLayer& p, int64_t n_raw, SeqGrads& s, LayerWeights& g) {
+  CompressorGrad cg;
+  cg.w = &*p.w->compressor;
+  cg.rate = p.rate, cg.width = p.c.head_dim, cg.overlap = p.type == LayerType::csa;
+  cg.ld = n_raw, cg.off_c = p.off_cc, cg.off_z = p.off_cz;
+  CompressorWeights& gc = *g.compressor;
+  compress_backward(p, cg, s.len, s.raw.data(), s.dent.data(), s.draw.data(), gc.position_bias.ptr(), gc.kv_norm.ptr());
+}
+
 void norm_weight_grad(int64_t rows, int64_t n, const float* dy, int64_t ldy, const float* x, int64_t ldx,
                       const float* inv, float* dw) {
   constexpr int64_t kBlock = 64;  // channels per work item: rows are read in order, a block at a time

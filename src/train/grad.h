@@ -1,36 +1,92 @@
-// The backward's stages (internal), in reverse pipeline order:
+// The backward's stages (internal), each the mirror of a forward stage,
+// called by backward.cpp per sequence in reverse pipeline order:
 //
-//   output   : o_b, grouped o_a, de-rotation      (backward.cpp, BLAS)
-//   attend   : sparse attention with the sink     (attend_grad.cpp)
-//   compress : entries' RoPE, norm and pooling    (compress_grad.cpp)
-//   project  : q / kv norms, RoPE, projections    (backward.cpp, BLAS)
+//   output   : o_b, grouped o_a, de-rotation              (output_grad.cpp)
+//   attend   : sparse attention with the sink             (attend_grad.cpp)
+//   index    : none: the CSA top-k selection is discrete, so no gradient
+//              flows through the lightning indexer (its weights get zero)
+//   compress : entries' RoPE, norm and pooling            (compress_grad.cpp)
+//   project  : q, kv and c_q norms and RoPE, projections  (project_grad.cpp)
 //
+// What the forward did not save is recomputed with the forward's own helpers
+// (pipeline/pipeline.h: norm_cq, norm_rope_q; ops: RopeAngles, rms_inv).
 // Every gradient that sums over tokens or queries does so in a fixed order
 // (token order, or BLAS within one fixed tile), so results never depend on
 // the thread count.
 #pragma once
 #include <cstdint>
+#include <vector>
 
+#include "dsv4/train.h"
 #include "pipeline/pipeline.h"
 #include "pipeline/tape.h"
 
 namespace dsv4 {
 
-// Backward of the attention of queries [t0, t1) of one sequence. q and d_o
-// ([t1-t0, H·D]) are the roped queries and the gradient of the attention
-// output before de-rotation; delta [t1-t0, H] = Σ_j P_j dP_j per head, which
-// is dO · o (computed from the saved o, as FlashAttention-2 does: no
-// cancellation-prone sum over the keys). Writes dq (w.r.t. the roped q) and dsink
-// ([t1-t0, H], each query's share of the sinks' gradient); adds the keys'
-// gradients (key and value: K = V) into dkv [S, D] and dent [T, D], in query order.
+// The projection matrices as fp32 (views of f32 layers, dequantised copies otherwise).
+struct DenseWeights {
+  std::vector<float> buf[4];
+  const float *raw = nullptr, *qb = nullptr, *oa = nullptr, *ob = nullptr;
+  int64_t n_raw = 0;  // rows of [W_qa; W_kv; W_ckv; W_cg] (w_in without the indexer)
+};
+DenseWeights dense_weights(const PackedLayer& p);
+
+// One sequence: its input, dy, what is recomputed from x and the gradients
+// passed between the stages (buffers kept per calling thread between calls).
+struct SeqGrads {
+  int64_t len = 0;
+  const float* x = nullptr;      // [S, d]
+  const float* dy = nullptr;     // [S, d]
+  const SeqTape* tape = nullptr;
+  std::vector<float> raw;        // [S, n_raw]  x-side projections before the norms: c_q | kv | C | Z
+  std::vector<float> cq;         // [S, r_q]    c_q after its norm
+  std::vector<float> inv_cq, inv_kv;  // [S]    the norms' 1/rms
+  std::vector<float> draw;       // [S, n_raw]  gradients of raw
+  std::vector<float> dcq;        // [S, r_q]    of c_q (normed)
+  std::vector<float> dkv;        // [S, D]      of the window rows (kv after norm and RoPE)
+  std::vector<float> dent;       // [T, D]      of the compressed entries
+  std::vector<float> dsink;      // [S, H]      each query's share of the sinks' gradient
+};
+
+// One chunk of queries [t0, t1) (n = t1 - t0 rows).
+struct QueryGrads {
+  std::vector<float> dgrouped;  // [n, g·d_g]  of o_b's input
+  std::vector<float> d_o;       // [n, H·D]    of the attention output before de-rotation
+  std::vector<float> delta;     // [n, H]      Δ = dO · o per head (FlashAttention-2's)
+  std::vector<float> qraw, q;   // [n, H·D]    q before and after its norm and RoPE (recomputed)
+  std::vector<float> inv_q;     // [n, H]      its norms' 1/rms
+  std::vector<float> dq;        // [n, H·D]    of q (roped)
+};
+
+// Stage 1 recomputed: the x-side projections of every token, c_q, the norms'
+// 1/rms; the gradient buffers zeroed.
+void project_recompute(const PackedLayer& p, int64_t n_raw, SeqGrads& s);
+// ... and q of queries [t0, t1) from c_q (up-projection, per-head norm, RoPE).
+void project_q(const PackedLayer& p, const SeqGrads& s, int64_t t0, int64_t t1, QueryGrads& q);
+
+// Stage 5 for queries [t0, t1): dgrouped = dy W_ob; per group d_o = dgrouped
+// W_oa (dW_oa += dgroupedᵀ o); Δ = d_o · o; then d_o rotated by +t, the
+// transpose of the de-rotation.
+void output_backward(const PackedLayer& p, const DenseWeights& w, const SeqGrads& s, int64_t t0, int64_t t1,
+                     QueryGrads& q, LayerWeights& g);
+// o_b's gradient, dW_ob += dyᵀ grouped: one GEMM over all the sequence's tokens.
+void output_weight_backward(const PackedLayer& p, const SeqGrads& s, LayerWeights& g);
+
+// Stage 4 for queries [t0, t1). q and d_o ([t1-t0, H·D]) are the roped
+// queries and the gradient of the attention output before de-rotation; delta
+// [t1-t0, H] = Σ_j P_j dP_j per head, which is dO · o (computed from the saved
+// o, as FlashAttention-2 does: no cancellation-prone sum over the keys).
+// Writes dq (w.r.t. the roped q) and dsink ([t1-t0, H], each query's share of
+// the sinks' gradient); adds the keys' gradients (key and value: K = V) into
+// dkv [S, D] and dent [T, D], in query order.
 void attend_backward(const PackedLayer& p, const SeqTape& tape, int64_t t0, int64_t t1, const float* q,
                      const float* d_o, const float* delta, float* dq, float* dsink, float* dkv, float* dent);
 
-// Backward of a compressor's T = S / rate entries. dent [T, width]: gradient of
-// the entries (after norm and RoPE). raw holds every token's C and Z rows
-// (columns off_c, off_z, row stride ld); draw gets their gradients at the same
-// places (tokens in no complete window: untouched). Adds the position bias's
-// and the norm weight's gradients to dbias [rate, in_width] and dnorm [width].
+// Stage 2: backward of a compressor's T = S / rate entries. dent [T, width]:
+// gradient of the entries (after norm and RoPE). raw holds every token's C and
+// Z rows (columns off_c, off_z, row stride ld); draw gets their gradients at
+// the same places (tokens in no complete window: untouched). Adds the position
+// bias's and the norm weight's gradients to dbias [rate, in_width] and dnorm [width].
 struct CompressorGrad {
   const CompressorWeights* w = nullptr;
   int64_t rate = 0, width = 0;
@@ -39,6 +95,16 @@ struct CompressorGrad {
 };
 void compress_backward(const PackedLayer& p, const CompressorGrad& g, int64_t s_len, const float* raw,
                        const float* dent, float* draw, float* dbias, float* dnorm);
+// The layer's main compressor: its C/Z columns of s.raw, gradients into s.draw and g.
+void compressor_backward(const PackedLayer& p, int64_t n_raw, SeqGrads& s, LayerWeights& g);
+
+// Stage 1 backward, c_q side, queries [t0, t1): q's RoPE and per-head norm
+// back, then dc_q = dq W_qb and dW_qb += dqᵀ c_q.
+void project_q_backward(const PackedLayer& p, const DenseWeights& w, int64_t t0, int64_t t1, QueryGrads& q,
+                        SeqGrads& s, LayerWeights& g);
+// Stage 1 backward, x side: kv's RoPE and norm and c_q's norm back (with their
+// weights' gradients), then dx = d(raw) · W_raw and each x-side weight's gradient.
+void project_backward(const PackedLayer& p, const DenseWeights& w, SeqGrads& s, float* dx, LayerWeights& g);
 
 // dw[i] += Σ_r dy[r, i] · x[r, i] · inv[r] over rows in order (an RMSNorm weight's gradient).
 void norm_weight_grad(int64_t rows, int64_t n, const float* dy, int64_t ldy, const float* x, int64_t ldx,
