@@ -15,7 +15,7 @@
 #include "dsv4/random.h"
 #include "common/dtype.h"
 #include "ops/blas.h"
-#include "ops/weight_rows.h"
+#include "ops/weight_decode.h"
 #include "test_util.h"
 
 namespace dsv4 {
@@ -61,8 +61,8 @@ double rel_diff(const Tensor& a, const Tensor& b) {
 TEST(NativeWeights, RowsDecodeEveryCodeLikeTheScalarPath) {
   std::vector<uint8_t> codes(256);
   for (int i = 0; i < 256; ++i) codes[size_t(i)] = static_cast<uint8_t>(i == 0x7F || i == 0xFF ? 0 : i);  // no NaN
-  const float factors[2] = {256.0f * 0.0078125f, 256.0f * 3.0e-3f};  // a UE8M0 scale and an fp32 one
-  const vec::Fp8Row row{codes.data(), factors};
+  const float scales[2] = {0.0078125f, 3.0e-3f};  // a UE8M0 scale and an fp32 one
+  const vec::Fp8Row row{codes.data(), scales};
   for (int i = 0; i < 256; ++i) {
     const float want = e4m3fn_to_f32(codes[size_t(i)]) * (i < 128 ? 0.0078125f : 3.0e-3f);
     EXPECT_EQ(row.at(i), want) << "code " << i;  // exactly the dequantised weight
@@ -108,17 +108,17 @@ TEST(NativeWeights, RowKernelEqualsWidenedWeightsForAnyRowCount) {
       c = static_cast<uint8_t>(rng() & 0xFF);
       if ((c & 0x7F) == 0x7F) c = 0;  // no NaN codes (the loader refuses them)
     }
-    std::vector<float> factors(size_t(rb * kb));
-    for (auto& f : factors)
-      f = 256.0f * (cs.pow2 ? std::ldexp(1.0f, int(rng() % 12) - 14) : std::uniform_real_distribution<float>(1e-4f, 1e-2f)(rng));
+    std::vector<float> scales(size_t(rb * kb));
+    for (auto& f : scales)
+      f = cs.pow2 ? std::ldexp(1.0f, int(rng() % 12) - 14) : std::uniform_real_distribution<float>(1e-4f, 1e-2f)(rng);
     WeightRows fp8;
     fp8.dtype = DType::F8_E4M3, fp8.data = codes.data(), fp8.ld = cs.k;
-    fp8.factor = factors.data(), fp8.factor_ld = kb, fp8.row_base = cs.row_base;
+    fp8.scale = scales.data(), fp8.scale_ld = kb, fp8.row_base = cs.row_base;
     std::vector<float> wide(size_t(cs.n * cs.k));
     widen_rows(fp8, cs.n, cs.k, wide.data());
     for (int64_t i = 0; i < cs.n * cs.k; ++i) {  // widen_rows gives the dequantised weights
       const int64_t j = i / cs.k, col = i % cs.k;
-      ASSERT_EQ(wide[size_t(i)], e4m3fn_to_f32(codes[size_t(i)]) * (factors[size_t(((cs.row_base + j) / 128) * kb + col / 128)] / 256.0f));
+      ASSERT_EQ(wide[size_t(i)], e4m3fn_to_f32(codes[size_t(i)]) * scales[size_t(((cs.row_base + j) / 128) * kb + col / 128)]);
     }
     std::vector<uint16_t> bf(wide.size());
     for (size_t i = 0; i < wide.size(); ++i) bf[i] = f32_to_bf16(wide[i]);

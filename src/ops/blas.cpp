@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "ops/vec.h"
-#include "ops/weight_rows.h"
+#include "ops/weight_decode.h"
 
 namespace dsv4 {
 namespace {

@@ -16,14 +16,14 @@ void gemm_nt_rows(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, 
                   int64_t ldc);
 
 // Rows of a weight matrix in their stored dtype (F32, BF16, F16 or F8_E4M3).
-// FP8 rows carry a factor per 128x128 block: 256 × its scale (ops/weight_rows.h);
-// row r's factors start at factor + ((row_base + r) / 128) · factor_ld.
+// FP8 rows carry the checkpoint's scale per 128x128 block (weight = code's
+// value × scale); row r's scales start at scale + ((row_base + r) / 128) · scale_ld.
 struct WeightRows {
   DType dtype = DType::F32;
   const void* data = nullptr;  // row 0
   int64_t ld = 0;              // elements per row
-  const float* factor = nullptr;
-  int64_t factor_ld = 0, row_base = 0;
+  const float* scale = nullptr;
+  int64_t scale_ld = 0, row_base = 0;
 };
 // The same two kernels over stored weights: the row-invariant one converts in
 // registers; the BLAS one widens one [512, K] tile of B at a time into

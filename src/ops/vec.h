@@ -32,8 +32,8 @@ inline __m256 load8(const uint16_t* p) {
 
 // A weight row as fp32 values: load8(i) (AVX2) gives elements i..i+7, at(i)
 // one element; both give the same values, so every element dtype shares one
-// summation order in the row kernels (ops/rows.cpp; bf16/f16/FP8 rows in
-// ops/weight_rows.h).
+// summation order in the row kernels (ops/row_invariant.cpp; bf16/f16/FP8 rows in
+// ops/weight_decode.h).
 template <class B>
 struct PtrRow {
   const B* p;

@@ -27,9 +27,9 @@ void score_tile(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(di)));
   tile.resize(static_cast<size_t>(nb * hi * kKeyTile));
   for (int64_t i = 0; i < nb; ++i)
-    gemm_nt(hi, nw, di, &pr.up[(row0 + i) * p.n_up + p.off_iq], di, keys + w0 * di, di, &tile[i * hi * nw], nw);
+    gemm_nt(hi, nw, di, &pr.up[(row0 + i) * p.n_up + p.off_index_q], di, keys + w0 * di, di, &tile[i * hi * nw], nw);
   for (int64_t i = 0; i < nb; ++i) {
-    const float* a = &pr.in[(row0 + i) * p.n_in + p.off_w];
+    const float* a = &pr.in[(row0 + i) * p.n_in + p.off_index_w];
     float* s = scores + i * ld + w0;
     std::fill_n(s, nw, 0.0f);
     for (int64_t h = 0; h < hi; ++h) {

@@ -13,7 +13,7 @@
 namespace dsv4 {
 
 size_t Matrix::Segment::bytes() const {
-  return f32.size() * sizeof(float) + half.size() * sizeof(uint16_t) + fp8.size() + factor.size() * sizeof(float);
+  return f32.size() * sizeof(float) + half.size() * sizeof(uint16_t) + fp8.size() + scale.size() * sizeof(float);
 }
 
 size_t Matrix::bytes() const {
@@ -25,7 +25,7 @@ size_t Matrix::bytes() const {
 namespace {
 
 // The segment new rows of `dtype` go to: the last one if it has that dtype
-// (FP8 only at a 128-row block boundary, so its factor grid stays one grid).
+// (FP8 only at a 128-row block boundary, so its scale grid stays one grid).
 Matrix::Segment& tail_for(Matrix& m, DType dtype, int64_t cols) {
   if (m.rows > 0 && cols != m.cols)
     fail("packing weights: " + std::to_string(cols) + " columns after " + std::to_string(m.cols));
@@ -58,10 +58,9 @@ void Matrix::append(const StoredMatrix& w) {
   if (w.dtype == DType::F8_E4M3) {
     s.fp8.resize(s.fp8.size() + w.data.size());
     std::memcpy(s.fp8.data() + s.fp8.size() - w.data.size(), w.data.data(), w.data.size());
-    for (float f : w.scale.data) {
-      const float factor = f * 256.0f;
-      if (!std::isfinite(factor)) fail("packing weights: FP8 block scale " + std::to_string(f) + " is out of range");
-      s.factor.push_back(factor);
+    for (float f : w.scale.data) {  // the kernels multiply by 256·scale (ops/weight_decode.h)
+      if (!std::isfinite(f * 256.0f)) fail("packing weights: FP8 block scale " + std::to_string(f) + " is out of range");
+      s.scale.push_back(f);
     }
   } else {  // BF16, F16
     s.half.resize(s.half.size() + w.data.size() / 2);
@@ -90,7 +89,7 @@ WeightRows rows_of(const Matrix::Segment& s, int64_t local, int64_t k) {
     case DType::F32: b.data = s.f32.data() + local * k; break;
     case DType::F8_E4M3:
       b.data = s.fp8.data() + local * k;
-      b.factor = s.factor.data(), b.factor_ld = (k + kScaleBlock - 1) / kScaleBlock, b.row_base = local;
+      b.scale = s.scale.data(), b.scale_ld = (k + kScaleBlock - 1) / kScaleBlock, b.row_base = local;
       break;
     default: b.data = s.half.data() + local * k; break;
   }

@@ -23,7 +23,7 @@ namespace dsv4 {
 
 // A packed weight matrix [rows, cols]: consecutive row blocks (segments),
 // each in one dtype — fp32, bf16 (LayerOptions bf16), or what the checkpoint
-// stored (native: FP8 E4M3 + block factors, BF16, F16, F32). The kernels widen
+// stored (native: FP8 E4M3 + block scales, BF16, F16, F32). The kernels widen
 // to fp32 in registers or per tile, so only the weights are rounded.
 struct Matrix {
   struct Segment {
@@ -32,7 +32,7 @@ struct Matrix {
     std::vector<float> f32;
     std::vector<uint16_t> half;  // BF16 or F16 bits
     std::vector<uint8_t> fp8;    // F8_E4M3 codes
-    std::vector<float> factor;   // FP8: 256 × scale per 128x128 block, [ceil(rows/128), ceil(cols/128)]
+    std::vector<float> scale;    // FP8: the checkpoint's scale per 128x128 block, [ceil(rows/128), ceil(cols/128)]
     size_t bytes() const;
   };
   int64_t rows = 0, cols = 0;
@@ -52,15 +52,19 @@ struct PackedLayer {
   Numerics numerics = Numerics::reference;
   int64_t rate = 0;  // compress rate (0: sliding)
   std::vector<float> inv_freq;
-  // x-side fused weight rows [W_qa; W_kv; W_ckv; W_cg; W_Ikv; W_Ig; W_w]: [n_in, d]
+  // x-side fused weight rows [W_qa; W_kv; W_ckv; W_cg; W_Ikv; W_Ig; W_w]: [n_in, d].
+  // Columns of a projected row (Projected::in) from off_*: c_q at 0, kv, the
+  // compressor's C (x W_ckvᵀ) and Z (x W_cgᵀ), the indexer compressor's C and
+  // Z, the indexer's per-head weights (x W_wᵀ); 0 where the layer has none.
   Matrix w_in;
-  int64_t n_in = 0, off_kv = 0, off_cc = 0, off_cz = 0, off_ic = 0, off_iz = 0, off_w = 0;
-  // c_q-side fused weight rows [W_qb; W_Iqb]: [n_up, r_q]
+  int64_t n_in = 0, off_kv = 0, off_comp_c = 0, off_comp_z = 0, off_index_c = 0, off_index_z = 0, off_index_w = 0;
+  // c_q-side fused weight rows [W_qb; W_Iqb]: [n_up, r_q]; the indexer's
+  // queries (Projected::up) start at off_index_q = H·D.
   Matrix w_up;
-  int64_t n_up = 0, off_iq = 0;
-  Matrix w_oa, w_ob;                // output projections
+  int64_t n_up = 0, off_index_q = 0;
+  Matrix w_oa, w_ob;                 // output projections
   int64_t row_of[kNumWeights] = {};  // each projection's first row in its matrix (by WeightId)
-  const LayerWeights* w = nullptr;  // norms, biases, sinks (the matrices above are released from it)
+  const LayerWeights* w = nullptr;   // norms, biases, sinks (the matrices above are released from it)
   size_t bytes() const { return w_in.bytes() + w_up.bytes() + w_oa.bytes() + w_ob.bytes(); }
   bool deployed() const { return numerics == Numerics::deployment; }
 };

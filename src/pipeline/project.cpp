@@ -45,10 +45,10 @@ PackedLayer pack_layer(const Config& c, LayerType t, const LayerWeights& w, bool
   const auto at = [&](WeightId id) { return p.row_of[size_t(id)]; };
   p.n_in = p.w_in.rows, p.n_up = p.w_up.rows;
   p.off_kv = at(WeightId::kv_proj);
-  p.off_cc = at(WeightId::compressor_kv_proj), p.off_cz = at(WeightId::compressor_gate_proj);
-  p.off_ic = at(WeightId::indexer_kv_proj), p.off_iz = at(WeightId::indexer_gate_proj);
-  p.off_w = at(WeightId::indexer_weights_proj);
-  p.off_iq = c.num_attention_heads * c.head_dim;  // after q's rows, with or without an indexer
+  p.off_comp_c = at(WeightId::compressor_kv_proj), p.off_comp_z = at(WeightId::compressor_gate_proj);
+  p.off_index_c = at(WeightId::indexer_kv_proj), p.off_index_z = at(WeightId::indexer_gate_proj);
+  p.off_index_w = at(WeightId::indexer_weights_proj);
+  p.off_index_q = c.num_attention_heads * c.head_dim;  // after q's rows, with or without an indexer
   if (bf16)
     for (Matrix* m : {&p.w_in, &p.w_up, &p.w_oa, &p.w_ob}) m->to_bf16();
   return p;
@@ -73,7 +73,7 @@ void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* 
     rms_norm(row + p.off_kv, hd, w.kv_norm.ptr(), c.rms_norm_eps);
     RopeAngles(p.inv_freq, pos[r]).rotate(row + p.off_kv, 1, hd);
     if (w.indexer)
-      for (int64_t h = 0; h < hi; ++h) row[p.off_w + h] *= head_weight_scale;
+      for (int64_t h = 0; h < hi; ++h) row[p.off_index_w + h] *= head_weight_scale;
   }
 
   for (const RowGroup& g : groups)
@@ -83,7 +83,7 @@ void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* 
     float* row = &out.up[r * p.n_up];
     const RopeAngles rope(p.inv_freq, pos[r]);
     norm_rope_q(p, row, row, rope);
-    if (w.indexer) rope.rotate(row + p.off_iq, hi, di);
+    if (w.indexer) rope.rotate(row + p.off_index_q, hi, di);
   }
 }
 
@@ -112,7 +112,7 @@ void round_index_queries(const PackedLayer& p, Projected& pr, int64_t rows) {
 #pragma omp parallel for schedule(static) if (rows > 1)
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t h = 0; h < hi; ++h) {
-      float* q = &pr.up[r * p.n_up + p.off_iq + h * di];
+      float* q = &pr.up[r * p.n_up + p.off_index_q + h * di];
       quant::hadamard(q, di);
       quant::fp4_qdq(q, di);
     }

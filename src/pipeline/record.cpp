@@ -28,7 +28,7 @@ void fill_debug(const PackedLayer& p, const Projected& pr, const Job& j) {
   const int64_t hi = c.index_n_heads, di = c.index_head_dim, n_t = ix.emitted;
   d.indexer_q = Tensor({s, hi, di});
   for (int64_t t = 0; t < s; ++t)
-    std::memcpy(&d.indexer_q.data[t * hi * di], &pr.up[(j.row0 + t) * p.n_up + p.off_iq], hi * di * sizeof(float));
+    std::memcpy(&d.indexer_q.data[t * hi * di], &pr.up[(j.row0 + t) * p.n_up + p.off_index_q], hi * di * sizeof(float));
   const float* keys = ix.entries.rows_f32(n_t, buf);
   d.indexer_kv = Tensor({n_t, di}, std::vector<float>(keys, keys + n_t * di));
   d.index_scores = Tensor({s, n_t});

@@ -98,11 +98,11 @@ Rows lay_out(const PackedLayer& p, std::vector<Job>& jobs, Workspace& ws) {
 void compress(const PackedLayer& p, const Projected& pr, Job& j) {
   const LayerWeights& w = *p.w;
   if (w.compressor)
-    compress_feed(p, *w.compressor, j.st->compressor(), &pr.in[j.row0 * p.n_in + p.off_cc],
-                  &pr.in[j.row0 * p.n_in + p.off_cz], p.n_in, j.len);
+    compress_feed(p, *w.compressor, j.st->compressor(), &pr.in[j.row0 * p.n_in + p.off_comp_c],
+                  &pr.in[j.row0 * p.n_in + p.off_comp_z], p.n_in, j.len);
   if (w.indexer)
-    compress_feed(p, w.indexer->compressor, j.st->indexer(), &pr.in[j.row0 * p.n_in + p.off_ic],
-                  &pr.in[j.row0 * p.n_in + p.off_iz], p.n_in, j.len);
+    compress_feed(p, w.indexer->compressor, j.st->indexer(), &pr.in[j.row0 * p.n_in + p.off_index_c],
+                  &pr.in[j.row0 * p.n_in + p.off_index_z], p.n_in, j.len);
 }
 
 // The CSA selection of one job's queries over its indexer keys.

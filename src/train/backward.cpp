@@ -33,7 +33,6 @@ void backward_sequence(const PackedLayer& p, const DenseWeights& w, SeqGrads& s,
     const int64_t t1 = std::min(s.len, t0 + kQueryChunk);
     output_backward(p, w, s, t0, t1, q, g);  // 5: output
     project_q(p, s, t0, t1, q);               //    (q recomputed for the attention)
-    q.dq.resize(q.q.size());
     attend_backward(p, *s.tape, t0, t1, q.q.data(), q.d_o.data(), q.delta.data(), q.dq.data(),  // 4: attend
                     &s.dsink[t0 * h_n], s.dkv.data(), s.dent.data());
     project_q_backward(p, w, t0, t1, q, s, g);  // 1: project, c_q side

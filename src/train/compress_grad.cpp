@@ -96,7 +96,7 @@ void compressor_backward(const PackedLayer& p, int64_t n_raw, SeqGrads& s, Layer
   CompressorGrad cg;
   cg.w = &*p.w->compressor;
   cg.rate = p.rate, cg.width = p.c.head_dim, cg.overlap = p.type == LayerType::csa;
-  cg.ld = n_raw, cg.off_c = p.off_cc, cg.off_z = p.off_cz;
+  cg.ld = n_raw, cg.off_c = p.off_comp_c, cg.off_z = p.off_comp_z;
   CompressorWeights& gc = *g.compressor;
   compress_backward(p, cg, s.len, s.raw.data(), s.dent.data(), s.draw.data(), gc.position_bias.ptr(), gc.kv_norm.ptr());
 }

@@ -61,7 +61,7 @@ struct QueryGrads {
 // Stage 1 recomputed: the x-side projections of every token, c_q, the norms'
 // 1/rms; the gradient buffers zeroed.
 void project_recompute(const PackedLayer& p, int64_t n_raw, SeqGrads& s);
-// ... and q of queries [t0, t1) from c_q (up-projection, per-head norm, RoPE).
+// ... and q of queries [t0, t1) from c_q (up-projection, per-head norm, RoPE); sizes q.dq.
 void project_q(const PackedLayer& p, const SeqGrads& s, int64_t t0, int64_t t1, QueryGrads& q);
 
 // Stage 5 for queries [t0, t1): dgrouped = dy W_ob; per group d_o = dgrouped

@@ -10,9 +10,9 @@ namespace dsv4 {
 
 DenseWeights dense_weights(const PackedLayer& p) {
   DenseWeights d;
-  d.n_raw = p.w->indexer ? p.off_ic : p.n_in;
+  d.n_raw = p.w->indexer ? p.off_index_c : p.n_in;
   d.raw = p.w_in.dense(0, d.n_raw, d.buf[0]);
-  d.qb = p.w_up.dense(0, p.off_iq, d.buf[1]);
+  d.qb = p.w_up.dense(0, p.off_index_q, d.buf[1]);
   d.oa = p.w_oa.dense(0, p.w_oa.rows, d.buf[2]);
   d.ob = p.w_ob.dense(0, p.w_ob.rows, d.buf[3]);
   return d;
@@ -44,6 +44,7 @@ void project_q(const PackedLayer& p, const SeqGrads& s, int64_t t0, int64_t t1, 
   q.qraw.resize(static_cast<size_t>(n * ho));
   q.q.resize(static_cast<size_t>(n * ho));
   q.inv_q.resize(static_cast<size_t>(n * h_n));
+  q.dq.resize(static_cast<size_t>(n * ho));
   linear(RowGroup{0, n, false}, ho, &s.cq[t0 * rq], rq, p.w_up, 0, q.qraw.data(), ho);
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < n; ++r)

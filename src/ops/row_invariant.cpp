@@ -30,7 +30,7 @@
 #include "common/dtype.h"
 #include "ops/blas.h"
 #include "ops/vec.h"
-#include "ops/weight_rows.h"
+#include "ops/weight_decode.h"
 
 namespace dsv4 {
 namespace {
@@ -208,7 +208,7 @@ struct WidenedRows {
   const float* mult;   // per 128 columns, or null
   vec::Fp8Row row(int64_t j) const {  // row j0 + j as stored
     j += j0;
-    return {static_cast<const uint8_t*>(b.data) + j * b.ld, b.factor + ((b.row_base + j) / 128) * b.factor_ld};
+    return {static_cast<const uint8_t*>(b.data) + j * b.ld, b.scale + ((b.row_base + j) / 128) * b.scale_ld};
   }
   std::array<ChunkRow, kJ> block(int64_t jb, int n, int64_t i0, int64_t i1) const {
     std::array<ChunkRow, kJ> w{};
@@ -236,11 +236,11 @@ struct WidenedRows {
   float at(int64_t j, int64_t i) const { return row(j).at(i); }
 };
 
-// mult[b] = 2^112 · factor[b] = 2^120 · scale per 128 columns; true if all are
-// powers of two well inside the fp32 range (then scaling by them is exact).
-bool pow2_multipliers(const float* factor, int64_t k, float* mult) {
+// mult[b] = 2^120 · scale per 128 columns; true if all are powers of two
+// well inside the fp32 range (then scaling by them is exact).
+bool pow2_multipliers(const float* scale, int64_t k, float* mult) {
   for (int64_t b = 0; b * 128 < k; ++b) {
-    const float f = factor[b] * 0x1p112f;
+    const float f = scale[b] * 0x1p120f;
     if ((std::bit_cast<uint32_t>(f) & 0x7FFFFFu) != 0 || !(f >= 0x1p-125f && f <= 0x1p125f)) return false;
     mult[b] = f;
   }
@@ -304,7 +304,7 @@ void fp8_rows(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int6
               float* c, int64_t ldc) {
   thread_local std::vector<float> mult, scaled, wide;
   mult.resize(static_cast<size_t>((k + 127) / 128));
-  const bool pow2 = pow2_multipliers(b.factor + ((b.row_base + j0) / 128) * b.factor_ld, k, mult.data());
+  const bool pow2 = pow2_multipliers(b.scale + ((b.row_base + j0) / 128) * b.scale_ld, k, mult.data());
   if (pow2) {
     scaled.resize(static_cast<size_t>(m * padded(k)));
     if (prescale(m, k, a, lda, mult.data(), scaled.data(), padded(k))) {
