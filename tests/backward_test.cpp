@@ -28,21 +28,8 @@ const LayerType kTypes[] = {LayerType::sliding, LayerType::csa, LayerType::hca};
 
 // Hidden 16, 2 heads of 8 (4 with RoPE), window 3, CSA rate 2 with top-2, HCA rate 3.
 Config tiny_config() {
-  Config c = test::small_config();
-  c.hidden_size = 16;
-  c.num_attention_heads = 2;
-  c.head_dim = 8;
-  c.qk_rope_head_dim = 4;
-  c.q_lora_rank = 8;
-  c.o_groups = 2;
-  c.o_lora_rank = 4;
-  c.sliding_window = 3;
-  c.compress_rate_csa = 2;
-  c.compress_rate_hca = 3;
-  c.index_n_heads = 2;
-  c.index_head_dim = 4;
-  c.index_topk = 2;
-  return c;
+  return test::small_config({.hidden_size = 16, .heads = 2, .head_dim = 8, .rope_dims = 4, .q_rank = 8, .o_rank = 4,
+                             .window = 3, .rate_csa = 2, .rate_hca = 3, .index_heads = 2, .index_dim = 4, .topk = 2});
 }
 
 bool is_indexer(const std::string& name) { return name.rfind("compressor.indexer.", 0) == 0; }
@@ -446,8 +433,7 @@ TEST(FastBackward, AccumulatesIntoReusedGradientsAndTapes) {
 // their tile boundaries, ~1e-7 relative).
 TEST(FastBackward, NativeWeightsGiveTheDequantisedLayersGradients) {
   std::mt19937 rng(9);
-  Config c = test::small_config();
-  c.hidden_size = 160;  // > 128: several FP8 scale blocks per row
+  const Config c = test::small_config({.hidden_size = 160});  // > 128: several FP8 scale blocks per row
   for (LayerType t : kTypes) {
     SCOPED_TRACE(std::string(layer_type_name(t)));
     LayerWeights stored = test::random_weights(c, t, rng);

@@ -58,13 +58,9 @@ void at_each_thread_count(const std::string& what, F f) {
 // prefill of 1024 + 100 tokens has more than 256 rows per piece.
 TEST(BitIdentity, LongPrefillWideProjections) {
   std::mt19937 rng(31);
-  Config c = test::small_config();
-  c.hidden_size = 520;   // o_b: 2 column tiles
-  c.q_lora_rank = 400;   // x-side: q_lora + D (+ compressors) > 512
-  c.num_attention_heads = 4;
-  c.head_dim = 136;      // c_q-side: H·D = 544
-  c.o_groups = 2;
-  c.o_lora_rank = 264;   // o_a: g·d_g = 528
+  // o_b: 2 column tiles; x-side: q_lora + D (+ compressors) > 512; c_q-side:
+  // H·D = 544; o_a: g·d_g = 528.
+  const Config c = test::small_config({.hidden_size = 520, .head_dim = 136, .q_rank = 400, .o_rank = 264});
   const Tensor x = test::random_tensor({1, Layer::kPrefillChunk + 100, c.hidden_size}, rng, 2.0f);
   for (LayerType t : kTypes) {
     const Layer layer(c, t, test::random_weights(c, t, rng));
@@ -79,14 +75,8 @@ TEST(BitIdentity, LongPrefillWideProjections) {
 // separate calls and neither depends on the thread count.
 TEST(BitIdentity, DecodeOverManyEntriesAndRaggedBatch) {
   std::mt19937 rng(32);
-  Config c = test::small_config();
-  c.hidden_size = 32;
-  c.num_attention_heads = 2;
-  c.o_groups = 1;
-  c.sliding_window = 520;
-  c.compress_rate_csa = 1;
-  c.compress_rate_hca = 2;
-  c.index_topk = 520;
+  const Config c = test::small_config(
+      {.hidden_size = 32, .heads = 2, .o_groups = 1, .window = 520, .rate_csa = 1, .rate_hca = 2, .topk = 520});
   for (LayerType t : kTypes) {
     const std::string name(layer_type_name(t));
     const Layer layer(c, t, test::random_weights(c, t, rng));

@@ -128,11 +128,7 @@ TEST(Deployment, FastEqualsReferenceOnManyShapes) {
 // rounding near-tie; the random shapes above compare short ones with it.
 TEST(Deployment, LongSequencesEqualOneUnsplitForward) {
   std::mt19937 rng(12);
-  Config c = test::small_config();
-  c.compress_rate_csa = 2;
-  c.compress_rate_hca = 2;
-  c.index_topk = 6;
-  c.sliding_window = 4;
+  const Config c = test::small_config({.window = 4, .rate_csa = 2, .rate_hca = 2, .topk = 6});
   const int64_t s = Layer::kPrefillChunk + 41, decoded = 4, d = c.hidden_size;
   for (LayerType t : {LayerType::sliding, LayerType::csa, LayerType::hca}) {
     const Layer layer(c, t, test::random_weights(c, t, rng), LayerOptions{WeightFormat::f32, kDeploy});
@@ -159,8 +155,7 @@ TEST(Deployment, LongSequencesEqualOneUnsplitForward) {
 // state shrinks; the reference numerics are the default.
 TEST(Deployment, ChangesOutputsAndShrinksTheState) {
   std::mt19937 rng(13);
-  Config c = test::small_config();
-  c.head_dim = 136;  // 128 FP8 dims: 2 blocks
+  Config c = test::small_config({.head_dim = 136});  // 128 FP8 dims: 2 blocks
   for (LayerType t : {LayerType::sliding, LayerType::csa, LayerType::hca}) {
     const LayerWeights w = test::random_weights(c, t, rng);
     const Layer ref(c, t, w), dep(c, t, w, LayerOptions{WeightFormat::f32, kDeploy});
@@ -182,8 +177,7 @@ TEST(Deployment, ChangesOutputsAndShrinksTheState) {
 
 TEST(Deployment, InputErrors) {
   std::mt19937 rng(14);
-  Config c = test::small_config();
-  c.index_head_dim = 24;  // not a power of two
+  Config c = test::small_config({.index_dim = 24});  // not a power of two
   try {
     const Layer layer(c, LayerType::csa, test::random_weights(c, LayerType::csa, rng), LayerOptions{WeightFormat::f32, kDeploy});
     ADD_FAILURE() << "no error";

@@ -28,18 +28,9 @@ using ::testing::ThrowsMessage;
 // Dims with full and partial 128x128 scale blocks in every projection and
 // fused matrices of several segments and 512-row GEMM tiles.
 Config block_config() {
-  Config c = test::small_config();
-  c.hidden_size = 272;
-  c.q_lora_rank = 160;
-  c.num_attention_heads = 6;
-  c.head_dim = 96;
-  c.qk_rope_head_dim = 16;
-  c.o_groups = 2;
-  c.o_lora_rank = 80;
-  c.index_n_heads = 4;
-  c.index_head_dim = 32;
-  c.index_topk = 5;
-  return c;
+  return test::small_config(
+      {.hidden_size = 272, .heads = 6, .head_dim = 96, .rope_dims = 16, .q_rank = 160, .o_rank = 80, .index_dim = 32,
+       .topk = 5});
 }
 
 LayerWeights released(const Config& c, LayerType t, uint64_t seed) {

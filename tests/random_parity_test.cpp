@@ -107,11 +107,8 @@ namespace {
 // tiles over the threads: both must still match the reference.
 TEST(RandomParity, LongSequencesAndManyEntries) {
   std::mt19937 rng(11);
-  Config c = test::small_config();
-  c.compress_rate_csa = 1;  // one entry per token: T > 512 quickly
-  c.compress_rate_hca = 2;
-  c.index_topk = 6;
-  c.sliding_window = 4;
+  // One entry per token (CSA rate 1): T > 512 quickly.
+  const Config c = test::small_config({.window = 4, .rate_csa = 1, .rate_hca = 2, .topk = 6});
   const int64_t s = Layer::kPrefillChunk + 77, decoded = 5;
   for (LayerType t : {LayerType::sliding, LayerType::csa, LayerType::hca}) {
     LayerWeights w;

@@ -104,21 +104,21 @@ const Tensor& weight_named(const LayerWeights& w, const std::string& name) {
   return weight(w, e->id);
 }
 
-Config small_config() {
+Config small_config(const Dims& d) {
   Config c;
-  c.hidden_size = 64;
-  c.num_attention_heads = 4;
-  c.head_dim = 32;
-  c.qk_rope_head_dim = 8;
-  c.q_lora_rank = 32;
-  c.o_groups = 2;
-  c.o_lora_rank = 16;
-  c.sliding_window = 8;
-  c.compress_rate_csa = 4;
-  c.compress_rate_hca = 8;
-  c.index_n_heads = 4;
-  c.index_head_dim = 16;
-  c.index_topk = 3;
+  c.hidden_size = d.hidden_size;
+  c.num_attention_heads = d.heads;
+  c.head_dim = d.head_dim;
+  c.qk_rope_head_dim = d.rope_dims;
+  c.q_lora_rank = d.q_rank;
+  c.o_groups = d.o_groups;
+  c.o_lora_rank = d.o_rank;
+  c.sliding_window = d.window;
+  c.compress_rate_csa = d.rate_csa;
+  c.compress_rate_hca = d.rate_hca;
+  c.index_n_heads = d.index_heads;
+  c.index_head_dim = d.index_dim;
+  c.index_topk = d.topk;
   c.rope_scaling.factor = 16;
   c.rope_scaling.original_max_position_embeddings = 64;
   return c;
