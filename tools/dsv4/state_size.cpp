@@ -18,32 +18,12 @@ Tensor filled(Shape shape, float v) {
   return Tensor(std::move(shape), std::vector<float>(static_cast<size_t>(n), v));
 }
 
-CompressorWeights compressor_weights(int64_t in_w, int64_t width, int64_t rate, int64_t d) {
-  return {filled({in_w, d}, 0.01f), filled({in_w, d}, 0.01f), filled({rate, in_w}, 0.0f), filled({width}, 1.0f)};
-}
-
 // Every tensor at its spec shape, filled with small constants (fast to build).
 LayerWeights constant_weights(const Config& c, LayerType t) {
-  const int64_t d = c.hidden_size, hd = c.head_dim, h = c.num_attention_heads, g = c.o_groups;
-  LayerWeights w;
-  w.q_a_proj = filled({c.q_lora_rank, d}, 0.01f);
-  w.q_a_norm = filled({c.q_lora_rank}, 1.0f);
-  w.q_b_proj = filled({h * hd, c.q_lora_rank}, 0.01f);
-  w.kv_proj = filled({hd, d}, 0.01f);
-  w.kv_norm = filled({hd}, 1.0f);
-  w.o_a_proj = filled({g * c.o_lora_rank, h * hd / g}, 0.01f);
-  w.o_b_proj = filled({d, g * c.o_lora_rank}, 0.01f);
-  w.sinks = filled({h}, 0.0f);
-  if (t == LayerType::csa) {
-    w.compressor = compressor_weights(2 * hd, hd, c.compress_rate_csa, d);
-    IndexerWeights ix;
-    ix.compressor = compressor_weights(2 * c.index_head_dim, c.index_head_dim, c.compress_rate_csa, d);
-    ix.q_b_proj = filled({c.index_n_heads * c.index_head_dim, c.q_lora_rank}, 0.01f);
-    ix.weights_proj = filled({c.index_n_heads, d}, 0.01f);
-    w.indexer = std::move(ix);
-  } else if (t == LayerType::hca) {
-    w.compressor = compressor_weights(hd, hd, c.compress_rate_hca, d);
-  }
+  LayerWeights w = empty_weights(t);
+  for_each_weight(w, c, t, [](const WeightSpec& s, Tensor& x) {
+    x = filled(s.shape, is_projection(s.role) ? 0.01f : s.role == WeightRole::norm ? 1.0f : 0.0f);
+  });
   return w;
 }
 
