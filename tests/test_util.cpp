@@ -92,17 +92,18 @@ Config random_config(std::mt19937& rng) {
   return c;
 }
 
-Tensor& weight_named(LayerWeights& w, const std::string& name) {
+namespace {
+
+WeightId id_of(const std::string& name) {
   const WeightEntry* e = find_weight(name);
   if (!e) fail("no weight named '" + name + "'");
-  return weight(w, e->id);
+  return e->id;
 }
 
-const Tensor& weight_named(const LayerWeights& w, const std::string& name) {
-  const WeightEntry* e = find_weight(name);
-  if (!e) fail("no weight named '" + name + "'");
-  return weight(w, e->id);
-}
+}  // namespace
+
+Tensor& weight_named(LayerWeights& w, const std::string& name) { return weight(w, id_of(name)); }
+const Tensor& weight_named(const LayerWeights& w, const std::string& name) { return weight(w, id_of(name)); }
 
 Config small_config(const Dims& d) {
   Config c;
