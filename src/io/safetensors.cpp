@@ -232,8 +232,9 @@ SafeTensors SafeTensors::parse(std::span<const std::byte> bytes, std::string lab
   if (bytes.size() < 8) fail_too_short(label, bytes.size());
   uint64_t n = 0;
   std::memcpy(&n, bytes.data(), 8);  // little-endian host assumed
-  if (n > bytes.size() - 8)
-    fail(cat(label, ": header length ", n, " runs past the end of the file (", bytes.size(), " bytes)"));
+  if (n > bytes.size() - 8)  // what any other file's first 8 bytes give, e.g. text: a huge length
+    fail(cat(label, " is not a safetensors file: its header length (the first 8 bytes, ", n,
+             ") runs past the end of the file (", bytes.size(), " bytes)"));
 
   const char* hdr = reinterpret_cast<const char*>(bytes.data() + 8);
   json j;

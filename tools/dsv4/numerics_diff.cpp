@@ -109,7 +109,7 @@ void add_numerics_diff(CLI::App& app, int& rc) {
   cmd->add_option("--decode", o->decode, "tokens decoded after each context (their top-k are compared)")
       ->check(CLI::Range(int64_t{1}, int64_t{1024}))
       ->capture_default_str();
-  cmd->add_option("--threads", o->threads, "OpenMP threads (default: all)");
+  cmd->add_option("-t,--threads", o->threads, "OpenMP threads (default: all)");
   cmd->add_option("--seed", o->seed, "weights and input seed")->capture_default_str();
   cmd->callback([&rc, o] {
     run(*o);
