@@ -2,7 +2,12 @@
 // dsv4.build_info() report.
 #include "dsv4/version.h"
 
-#include <cblas.h>
+// OpenBLAS's own queries, declared weak: a build linked with another CBLAS (the
+// reference netlib one, e.g. for ThreadSanitizer) has neither, and still links.
+extern "C" {
+char* openblas_get_config(void) __attribute__((weak));
+int openblas_get_parallel(void) __attribute__((weak));
+}
 
 namespace dsv4 {
 
@@ -17,6 +22,7 @@ std::string build_isa() {
 }
 
 std::string blas_info() {
+  if (!openblas_get_config || !openblas_get_parallel) return "a CBLAS other than OpenBLAS";
   static const char* const kThreading[] = {"sequential", "pthreads", "OpenMP"};
   const int p = openblas_get_parallel();
   std::string s = openblas_get_config();  // "OpenBLAS 0.3.21 NO_AFFINITY USE_OPENMP Haswell MAX_THREADS=64"
