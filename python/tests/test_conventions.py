@@ -161,3 +161,16 @@ def test_plot_summary_is_the_map_binned(path):
     assert len(rows) == 6 and rows[-1] == s and cols[-1] == image.shape[1]
     want = np.add.reduceat(np.add.reduceat(image, rows[:-1], axis=0), cols[:-1], axis=1) / np.diff(rows)[:, None]
     assert_close(b.image, want, "binned image", atol=1e-6, rtol=1e-6)
+
+
+def test_plot_errors_are_one_line(tmp_path):
+    model = synth(tmp_path)
+    base = [sys.executable, "-m", "dsv4.plot", "--model", str(model), "--input",
+            str(model / "sample_input.safetensors"), "--out", str(tmp_path / "x.png")]
+    for args, says in ((["--layer", "7"], "layer 7 out of range (the model has 3 layers)"),
+                       (["--layer", "-1"], "--layer -1: layers are numbered from 0"),
+                       (["--layer", "0", "--input-name", "nope"], "no tensor 'nope' (has: hidden_states)")):
+        r = subprocess.run(base + args, env=PYENV, capture_output=True, text=True)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("python3 -m dsv4.plot: error: ") and says in r.stderr
+    assert not (tmp_path / "x.png").exists()
