@@ -27,6 +27,7 @@ from ._layer import Layer, _stored_arrays
 
 # Parameter dtypes the module keeps (dsv4 widens them exactly to float32 and computes in float32).
 _PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_WIDE = _PARAM_DTYPES + (torch.float64,)  # taken as values; FP8 codes and others go through the core
 
 
 class _Train(torch.autograd.Function):
@@ -170,7 +171,7 @@ def _module_weights(config, layer_type, state_dict):
     if not hasattr(state_dict, "items"):
         raise Error("state_dict: expected a mapping name -> tensor (e.g. a state_dict())")
     items = [(str(k), torch.as_tensor(v) if not isinstance(v, tuple) else None) for k, v in state_dict.items()]
-    if all(t is not None and t.is_floating_point() and not k.startswith(("model.", "layers.")) for k, t in items):
+    if all(t is not None and t.dtype in _WIDE and not k.startswith(("model.", "layers.")) for k, t in items):
         return {k: t.detach().to(torch.float32).clone() for k, t in items}
     weights = _core.module_weights(config, str(layer_type), _stored_arrays(state_dict))
     return {k: torch.from_numpy(v) for k, v in weights.items()}
