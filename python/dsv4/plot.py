@@ -9,12 +9,13 @@ softmax mass split by query position (window / compressed / sink, mean over
 heads), and the sink's share per head. Needs matplotlib (python3-matplotlib).
 """
 import argparse
+import io
 import os
 import sys
 
 import numpy as np
 
-from . import Layer, load_safetensors
+from . import Layer, _core, load_safetensors
 
 _COLORS = {"window": "#4c72b0", "compressed": "#dd8452", "sink": "#8c8c8c"}
 
@@ -79,7 +80,9 @@ def main(argv=None):
     x = tensors[a.input_name]
     x = x[0] if x.ndim == 3 else x
     fig = attention_figure(layer, x, title=f"{os.path.basename(os.path.normpath(a.model))} layer {a.layer}: {layer.layer_type}, {x.shape[0]} tokens")
-    fig.savefig(a.out, dpi=110)
+    buf = io.BytesIO()  # then written as every dsv4 file is: never a torn file (dsv4/atomic_file.h)
+    fig.savefig(buf, format=os.path.splitext(a.out)[1][1:].lower() or "png", dpi=110)
+    _core.write_file_atomic(a.out, buf.getvalue())
     print(f"wrote {a.out}")
     return 0
 

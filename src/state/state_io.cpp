@@ -13,11 +13,8 @@
 //
 // Loading checks sizes against the file length and the checksum before it
 // parses anything, and every count against the config before allocating.
-#include <unistd.h>
-
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <bit>
 #include <cerrno>
 #include <cstdio>
@@ -26,6 +23,7 @@
 #include <memory>
 #include <sstream>
 
+#include "dsv4/atomic_file.h"
 #include "dsv4/state.h"
 
 namespace dsv4 {
@@ -95,15 +93,10 @@ int64_t compressor_bytes(const CompressorState& s, int64_t rate) {
 
 class Writer {
  public:
-  explicit Writer(const std::filesystem::path& p) : path_(p), f_(std::fopen(p.c_str(), "wb")) {
-    if (!f_) fail(cat("save_state: cannot create '", p.string(), "': ", std::strerror(errno)));
-  }
-  ~Writer() {
-    if (f_) std::fclose(f_);
-  }
+  explicit Writer(const std::filesystem::path& p) : f_(p, "save_state") {}
   void put(const void* data, size_t n) {
     hash_.add(data, n);
-    raw(data, n);
+    f_.write(data, n);
   }
   template <class T>
   void put(const T& v) {
@@ -114,21 +107,12 @@ class Writer {
     put(v.data(), static_cast<size_t>(n) * sizeof(T));
   }
   void finish() {
-    raw(&hash_.h, sizeof hash_.h);
-    const bool ok = std::fflush(f_) == 0 && !std::ferror(f_);
-    const int err = errno;
-    const bool closed = std::fclose(f_) == 0;
-    f_ = nullptr;
-    if (!ok || !closed) fail(cat("save_state: writing '", path_.string(), "' failed: ", std::strerror(err)));
+    f_.write(&hash_.h, sizeof hash_.h);
+    f_.commit();
   }
 
  private:
-  void raw(const void* data, size_t n) {
-    if (n && std::fwrite(data, 1, n, f_) != n)
-      fail(cat("save_state: writing '", path_.string(), "' failed: ", std::strerror(errno)));
-  }
-  std::filesystem::path path_;
-  std::FILE* f_;
+  AtomicFile f_;  // beside the target, then renamed: a reader never sees a half-written file
   Fnv1a hash_;
 };
 
@@ -221,12 +205,8 @@ void save_state(const LayerState& state, const Config& c, const std::filesystem:
   std::copy(dims.begin(), dims.end(), h.dims);
   h.payload = static_cast<uint64_t>(payload);
 
-  // Write beside the target, then rename: a reader never sees a half-written file.
-  static std::atomic<unsigned> counter{0};
-  std::filesystem::path tmp = path;
-  tmp += cat(".tmp.", ::getpid(), ".", counter++);
-  try {
-    Writer w(tmp);
+  {  // AtomicFile: written beside the target, synced, then renamed over it
+    Writer w(path);
     w.put(h.magic, sizeof h.magic);
     w.put(h.version);
     w.put(h.type);
@@ -255,13 +235,6 @@ void save_state(const LayerState& state, const Config& c, const std::filesystem:
         w.items(s->entries, s->emitted * s->width);
     }
     w.finish();
-    std::error_code ec;
-    std::filesystem::rename(tmp, path, ec);
-    if (ec) fail(cat("save_state: cannot rename '", tmp.string(), "' to '", path.string(), "': ", ec.message()));
-  } catch (...) {
-    std::error_code ec;
-    std::filesystem::remove(tmp, ec);
-    throw;
   }
 }
 
