@@ -1,8 +1,6 @@
-// Saved decode states (format: docs/decode.md). Little-endian binary:
+// Saved decode states (format: docs/decode.md; header layout: state_format.h).
 //
-//   header   "DSV4STAT" | u32 version (2) | u32 layer type | u32 numerics (0 reference, 1 deployment) |
-//            char[16] config fingerprint | i64 D, W, m, m', D_I (for readable mismatch messages) |
-//            u64 payload bytes
+//   header   (state_format.h, 84 bytes)
 //   payload  i64 position | window ring slots 0..min(pos, W-1)-1 (the valid ones) |
 //            per compressor (HCA: main; CSA: main, indexer):
 //              i64 pending, emitted, has_prev | pending C, Z rows | series-A C, Z+B if has_prev |
@@ -25,17 +23,15 @@
 
 #include "dsv4/atomic_file.h"
 #include "dsv4/state.h"
+#include "state/state_format.h"
 
 namespace dsv4 {
 namespace {
 
 static_assert(std::endian::native == std::endian::little, "state files are little-endian; add byte swaps");
 
-constexpr char kMagic[8] = {'D', 'S', 'V', '4', 'S', 'T', 'A', 'T'};
-constexpr uint32_t kVersion = 2;  // 1: before deployment numerics (no numerics field)
-constexpr size_t kFingerprintLen = 16;
-constexpr size_t kDims = 5;
-constexpr size_t kHeaderBytes = sizeof kMagic + 4 + 4 + 4 + kFingerprintLen + 8 * kDims + 8;
+using namespace state_format;
+
 constexpr const char* kDimNames[kDims] = {"head_dim", "sliding_window", "compress_rate_csa", "compress_rate_hca",
                                           "index_head_dim"};
 
@@ -50,16 +46,6 @@ std::string cat(const A&... a) {
 [[noreturn]] void bad_file(const std::filesystem::path& p, const std::string& what) {
   fail(cat("state file '", p.string(), "': ", what));
 }
-
-uint32_t type_code(LayerType t) { return t == LayerType::sliding ? 0 : t == LayerType::csa ? 1 : 2; }
-
-struct Fnv1a {
-  uint64_t h = 14695981039346656037ull;
-  void add(const void* data, size_t n) {
-    const auto* b = static_cast<const unsigned char*>(data);
-    for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
-  }
-};
 
 struct Header {
   char magic[8];
@@ -179,8 +165,6 @@ void read_compressor(Reader& r, const std::filesystem::path& p, const char* name
     r.items(s.entries, s.emitted, s.width, 0);
 }
 
-uint32_t numerics_code(Numerics n) { return n == Numerics::deployment ? 1 : 0; }
-
 }  // namespace
 
 void save_state(const LayerState& state, const Config& c, const std::filesystem::path& path) {
@@ -254,14 +238,13 @@ LayerState load_state(const Config& c, LayerType t, const std::filesystem::path&
     bad_file(path, "bad magic (not a dsv4 state file)");
   if (size < kHeaderBytes) bad_file(path, cat("truncated: ", size, " bytes, the header alone is ", kHeaderBytes));
   Header h;
-  const char* q = raw + sizeof kMagic;
   std::memcpy(h.magic, raw, sizeof kMagic);
-  std::memcpy(&h.version, q, 4), q += 4;
-  std::memcpy(&h.type, q, 4), q += 4;
-  std::memcpy(&h.numerics, q, 4), q += 4;
-  std::memcpy(h.fingerprint, q, kFingerprintLen), q += kFingerprintLen;
-  std::memcpy(h.dims, q, sizeof h.dims), q += sizeof h.dims;
-  std::memcpy(&h.payload, q, 8);
+  std::memcpy(&h.version, raw + kVersionAt, 4);
+  std::memcpy(&h.type, raw + kTypeAt, 4);
+  std::memcpy(&h.numerics, raw + kNumericsAt, 4);
+  std::memcpy(h.fingerprint, raw + kFingerprintAt, kFingerprintLen);
+  std::memcpy(h.dims, raw + kDimsAt, sizeof h.dims);
+  std::memcpy(&h.payload, raw + kPayloadAt, 8);
   if (h.version != kVersion)
     bad_file(path, cat("unsupported format version ", h.version, " (this build reads version ", kVersion, ")"));
   const uint64_t body = size - kHeaderBytes;  // payload + checksum
