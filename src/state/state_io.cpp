@@ -23,6 +23,7 @@
 
 #include "dsv4/atomic_file.h"
 #include "dsv4/state.h"
+#include "state/state_check.h"
 #include "state/state_format.h"
 
 namespace dsv4 {
@@ -307,6 +308,7 @@ LayerState load_state(const Config& c, LayerType t, const std::filesystem::path&
   if (t != LayerType::sliding) read_compressor(r, path, "compressor", s.comp_, rate, s.pos_);
   if (t == LayerType::csa) read_compressor(r, path, "indexer", s.index_, rate, s.pos_);
   if (r.left() != 0) bad_file(path, cat("inconsistent state: ", r.left(), " unread payload bytes"));
+  check_state_finite(s, c, path);
   return s;
 }
 
