@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "bench_model.h"
 #include "commands.h"
 #include "dsv4/atomic_file.h"
 #include "dsv4/model.h"
@@ -27,17 +28,6 @@ struct SynthArgs {
   bool sharded = false, other_modules = false;
   uint64_t seed = 0;
 };
-
-Config small_dims() {
-  Config c;
-  c.hidden_size = 64, c.num_attention_heads = 4, c.head_dim = 32, c.qk_rope_head_dim = 8;
-  c.q_lora_rank = 32, c.o_groups = 2, c.o_lora_rank = 16, c.sliding_window = 8;
-  c.compress_rate_csa = 4, c.compress_rate_hca = 8;
-  c.index_n_heads = 4, c.index_head_dim = 16, c.index_topk = 3;
-  c.rope_scaling.factor = 16, c.rope_scaling.original_max_position_embeddings = 64;
-  c.layer_types = {LayerType::sliding, LayerType::csa, LayerType::hca};
-  return c;
-}
 
 // Linear weights ~ U(±sqrt(3/fan_in)), norms ~ 1 ± 0.1, sinks and biases ~ U(±0.5).
 LayerWeights random_weights(const Config& c, LayerType t, std::mt19937& rng) {
