@@ -7,8 +7,8 @@
 # dsv4_state_seeds (fuzz/state_seeds.cpp; built here if missing).
 #
 # FUZZ_COVERAGE=1: only load_state, built with clang's source-based coverage
-# in build-fuzzcov/, then the branch coverage of state_io.cpp's functions
-# (llvm-profdata, llvm-cov) that FUZZ_SECONDS of fuzzing reached.
+# in build-fuzzcov/, then the branch coverage of load_state and the functions it
+# runs (llvm-profdata, llvm-cov, scripts/fuzz_coverage.py) that FUZZ_SECONDS of fuzzing reached.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${FUZZ_SECONDS:-60}
@@ -57,7 +57,7 @@ if [ "$cov" = 1 ]; then
   LLVM_PROFILE_FILE=$B/state.profraw $B/fuzz/fuzz_state -max_total_time="$secs" -print_final_stats=1 \
     $B/corpus/state "$state_seeds"
   llvm-profdata merge -o $B/state.profdata $B/state.profraw
-  llvm-cov report $B/fuzz/fuzz_state -instr-profile=$B/state.profdata -show-functions src/state/state_io.cpp
+  llvm-cov export $B/fuzz/fuzz_state -instr-profile=$B/state.profdata | python3 scripts/fuzz_coverage.py
   exit 0
 fi
 
