@@ -30,18 +30,19 @@ std::string run_soak(const std::string& args, int& status) {
 TEST(Soak, ShortSoakOfEveryLayerTypeAndNumerics) {
   for (const char* numerics : {"reference", "deployment"}) {
     int status = 0;
-    const std::string out =
-        run_soak(std::string("--tokens 10000 --checkpoint 2500 --sample 250 --threads 1 --numerics ") + numerics, status);
+    const std::string out = run_soak(
+        std::string("--tokens 10000 --checkpoint 2500 --sample 250 --threads 1 --numerics ") + numerics, status);
     EXPECT_EQ(status, 0) << out;
     const std::regex line(R"(soak (\w+): 10000 tokens .*state ([\d.]+) -> ([\d.]+) MB \(tight ([\d.]+) MB\).*)"
-                          R"(\(growth (-?[\d.]+) MB\); (\d+) checkpoints continued bit for bit; ok)");
+                          R"(RSS (-?[\d.]+) MB, heap (-?[\d.]+) MB; (\d+) of 3 checkpoints continued bit for bit; ok)");
     int types = 0;
     for (std::sregex_iterator it(out.begin(), out.end(), line), end; it != end; ++it, ++types) {
       const std::smatch& m = *it;
       SCOPED_TRACE(std::string(numerics) + " " + m[1].str());
       EXPECT_LE(std::stod(m[3]), 2 * std::stod(m[4]) + 0.01);  // bytes() within 2x of the tight size
-      EXPECT_LE(std::stod(m[5]), 4.0);                          // RSS follows the state
-      EXPECT_EQ(m[6].str(), "3");                               // at 2500, 5000, 7500
+      EXPECT_LE(std::stod(m[5]), 4.0);                         // RSS follows the state
+      EXPECT_LE(std::stod(m[6]), 1.0);                         // so do the heap's bytes in use
+      EXPECT_EQ(m[7].str(), "3");                              // at 2500, 5000, 7500
     }
     EXPECT_EQ(types, 3) << out;
   }
@@ -49,8 +50,10 @@ TEST(Soak, ShortSoakOfEveryLayerTypeAndNumerics) {
 
 TEST(Soak, FailsWhenMemoryGrowsPastTheSlack) {
   int status = 0;
-  const std::string out = run_soak("--tokens 400 --checkpoint 100 --sample 10 --threads 1 --layer-type hca --slack-mb -1", status);
+  const std::string out =
+      run_soak("--tokens 400 --checkpoint 100 --sample 10 --threads 1 --layer-type hca --slack-mb -1", status);
   EXPECT_NE(status, 0);
+  EXPECT_THAT(out, ::testing::HasSubstr("RSS grew"));
   EXPECT_THAT(out, ::testing::HasSubstr("MB more than the state (slack -1"));
   EXPECT_THAT(out, ::testing::HasSubstr("FAILED"));
 }

@@ -1,14 +1,17 @@
 // dsv4 soak: decode many tokens one at a time through each layer type at the
 // conformance "small" dims, checking what a long-running server relies on:
 //   - every output finite;
-//   - memory follows the state: RSS minus LayerState::bytes() sampled every
-//     --sample tokens does not grow (after the first checkpoint, by at most
-//     --slack-mb), and bytes() stays within 2x of state_bytes()'s tight size;
+//   - memory follows the state: RSS (after malloc_trim, which returns the
+//     blocks a growing vector left behind) and heap bytes in use, minus
+//     LayerState::bytes(), sampled every --sample tokens, do not grow after the
+//     first checkpoint by more than --slack-mb; bytes() stays within 2x of
+//     state_bytes()'s tight size;
 //   - every --checkpoint tokens the state is saved and loaded; the loaded one
 //     saves to the same bytes and continues bit for bit (the next --verify
 //     tokens through both), then replaces the original.
 // One summary line per layer type ("soak TYPE: ... ok" or "... FAILED"), exit
 // status 1 on any failure. tests/soak_test.cpp runs a short one.
+#include <malloc.h>
 #include <omp.h>
 #include <unistd.h>
 
@@ -47,16 +50,41 @@ bool finite(const Tensor& y) {
   return std::all_of(y.data.begin(), y.data.end(), [](float v) { return std::isfinite(v); });
 }
 
+// Resident bytes once the allocator has returned its free pages (glibc keeps the
+// blocks a growing vector leaves behind; they are not a leak), and heap bytes in use.
+struct Memory {
+  double rss = 0, heap = 0;
+};
+Memory memory() {
+#ifdef __GLIBC__
+  malloc_trim(0);
+  const struct mallinfo2 m = mallinfo2();
+  return {static_cast<double>(current_rss_bytes()), static_cast<double>(m.uordblks + m.hblkhd)};
+#else
+  return {static_cast<double>(current_rss_bytes()), 0};
+#endif
+}
+
 bool same_bits(const Tensor& a, const Tensor& b) {
   return a.shape == b.shape && std::memcmp(a.ptr(), b.ptr(), a.data.size() * sizeof(float)) == 0;
 }
 
+// A memory figure minus the state's bytes, from the first checkpoint on.
+struct Drift {
+  double base = 0, max = 0, last = 0;
+  void add(double v, bool first) {
+    if (first) base = max = v;
+    max = std::max(max, v), last = v;
+  }
+  double growth() const { return max - base; }
+};
+
 struct Result {
   std::vector<std::string> failures;
-  int checkpoints = 0;
+  int checkpoints = 0, continued = 0;  // save/loads, and those that continued bit for bit
   double seconds = 0, state0 = 0, state1 = 0, tight1 = 0, rss0 = 0, rss1 = 0;
-  bool warm = false;  // past the first checkpoint: RSS - state bytes is tracked from there
-  double excess_base = 0, excess_max = 0, excess_last = 0;
+  bool warm = false;  // past the first checkpoint
+  Drift rss, heap;
 };
 
 // Saves `s`, loads it, checks the bytes round trip, and that both continue alike
@@ -68,18 +96,19 @@ void checkpoint(const Layer& layer, LayerState& s, const Tensor& pool, int64_t a
   LayerState loaded = load_state(c, layer.type(), file, layer.numerics());
   const std::vector<char> first = bytes_of(file);
   save_state(loaded, c, file);
-  if (bytes_of(file) != first) r.failures.push_back("position " + std::to_string(at) + ": the loaded state saves other bytes");
+  if (bytes_of(file) != first)
+    r.failures.push_back("position " + std::to_string(at) + ": the loaded state saves other bytes");
   const int64_t d = c.hidden_size, rows = pool.dim(0);
-  for (int64_t i = 0; i < next; ++i) {
+  bool same = true;
+  for (int64_t i = 0; i < next && same; ++i) {
     const TensorView x(pool.ptr() + ((at + i) % rows) * d, {1, d});
     const Tensor y = layer.forward(x, s);
-    if (!finite(y) || !same_bits(y, layer.forward(x, loaded))) {
-      r.failures.push_back("position " + std::to_string(at + i) + ": the loaded state continues differently");
-      break;
-    }
+    same = finite(y) && same_bits(y, layer.forward(x, loaded));
+    if (!same) r.failures.push_back("position " + std::to_string(at + i) + ": the loaded state continues differently");
   }
   s = std::move(loaded);
   ++r.checkpoints;
+  r.continued += same;
 }
 
 Result soak(const SoakArgs& a, LayerType t, const std::filesystem::path& file) {
@@ -89,7 +118,7 @@ Result soak(const SoakArgs& a, LayerType t, const std::filesystem::path& file) {
   const Tensor pool = random_uniform({4093, c.hidden_size}, 1.0f, 9);  // inputs, cycled (a prime count of rows)
   LayerState s = layer.new_state();
   Result r;
-  r.state0 = static_cast<double>(s.bytes()), r.rss0 = static_cast<double>(current_rss_bytes());
+  r.state0 = static_cast<double>(s.bytes()), r.rss0 = memory().rss;
   const double t0 = omp_get_wtime();
   for (int64_t p = 0; p < a.tokens;) {
     if (p > 0 && p % a.checkpoint == 0) {
@@ -98,23 +127,27 @@ Result soak(const SoakArgs& a, LayerType t, const std::filesystem::path& file) {
       p += next;
     } else {
       const Tensor y = layer.forward(TensorView(pool.ptr() + (p % pool.dim(0)) * c.hidden_size, {1, c.hidden_size}), s);
-      if (!finite(y) && r.failures.size() < 10) r.failures.push_back("position " + std::to_string(p) + ": non-finite output");
+      if (!finite(y) && r.failures.size() < 10)
+        r.failures.push_back("position " + std::to_string(p) + ": non-finite output");
       ++p;
     }
     if (p % a.sample == 0 || p == a.tokens) {
-      const double excess = static_cast<double>(current_rss_bytes()) - static_cast<double>(s.bytes());
-      if (!r.warm && r.checkpoints > 0) r.warm = true, r.excess_base = r.excess_max = excess;
-      if (r.warm) r.excess_max = std::max(r.excess_max, excess), r.excess_last = excess;
+      const Memory m = memory();
+      const double state = static_cast<double>(s.bytes());
+      const bool first = !r.warm && r.checkpoints > 0;
+      r.warm = r.warm || first;
+      if (r.warm) r.rss.add(m.rss - state, first), r.heap.add(m.heap - state, first);
     }
   }
   r.seconds = omp_get_wtime() - t0;
-  r.state1 = static_cast<double>(s.bytes()), r.rss1 = static_cast<double>(current_rss_bytes());
+  r.state1 = static_cast<double>(s.bytes()), r.rss1 = memory().rss;
   r.tight1 = static_cast<double>(state_bytes(c, t, s.position(), n));
   if (s.position() != a.tokens) r.failures.push_back("ended at position " + std::to_string(s.position()));
   if (r.state1 > 2 * r.tight1) r.failures.push_back("the state holds more than twice its tight size");
-  if (r.warm && r.excess_max - r.excess_base > a.slack_mb * kMB)
-    r.failures.push_back("RSS grew " + std::to_string((r.excess_max - r.excess_base) / kMB) +
-                         " MB more than the state (slack " + std::to_string(a.slack_mb) + " MB)");
+  for (const auto& [what, d] : {std::pair{"RSS", &r.rss}, std::pair{"heap in use", &r.heap}})
+    if (r.warm && d->growth() > a.slack_mb * kMB)
+      r.failures.push_back(std::string(what) + " grew " + std::to_string(d->growth() / kMB) +
+                           " MB more than the state (slack " + std::to_string(a.slack_mb) + " MB)");
   return r;
 }
 
@@ -124,20 +157,21 @@ int run(const SoakArgs& a) {
   const std::filesystem::path file =
       std::filesystem::temp_directory_path() / ("dsv4_soak_" + std::to_string(::getpid()) + ".state");
   int failed = 0;
-  std::printf("dsv4 soak: %lld tokens one at a time per layer type, small dims, %s numerics, %d threads; "
-              "save/load every %lld\n",
-              static_cast<long long>(a.tokens), a.numerics.c_str(), omp_get_max_threads(),
-              static_cast<long long>(a.checkpoint));
+  std::printf(
+      "dsv4 soak: %lld tokens one at a time per layer type, small dims, %s numerics, %d threads; "
+      "save/load every %lld\n",
+      static_cast<long long>(a.tokens), a.numerics.c_str(), omp_get_max_threads(),
+      static_cast<long long>(a.checkpoint));
   for (const std::string& name : a.types) {
     const LayerType t = parse_layer_type(name);
     const Result r = soak(a, t, file);
-    std::printf("soak %s: %lld tokens in %.1f s (%.0f us/token); state %.2f -> %.2f MB (tight %.2f MB); "
-                "RSS %.1f -> %.1f MB; RSS - state after the first checkpoint: %.2f, max %.2f, last %.2f MB "
-                "(growth %.2f MB); %d checkpoints continued bit for bit; %s\n",
-                name.c_str(), static_cast<long long>(a.tokens), r.seconds, 1e6 * r.seconds / double(a.tokens),
-                r.state0 / kMB, r.state1 / kMB, r.tight1 / kMB, r.rss0 / kMB, r.rss1 / kMB, r.excess_base / kMB,
-                r.excess_max / kMB, r.excess_last / kMB, (r.excess_max - r.excess_base) / kMB,
-                r.checkpoints - (r.failures.empty() ? 0 : 1), r.failures.empty() ? "ok" : "FAILED");
+    std::printf(
+        "soak %s: %lld tokens in %.1f s (%.0f us/token); state %.2f -> %.2f MB (tight %.2f MB); "
+        "RSS %.1f -> %.1f MB; growth beyond the state after the first checkpoint: RSS %.2f MB, heap %.2f MB; "
+        "%d of %d checkpoints continued bit for bit; %s\n",
+        name.c_str(), static_cast<long long>(a.tokens), r.seconds, 1e6 * r.seconds / double(a.tokens), r.state0 / kMB,
+        r.state1 / kMB, r.tight1 / kMB, r.rss0 / kMB, r.rss1 / kMB, r.rss.growth() / kMB, r.heap.growth() / kMB,
+        r.continued, r.checkpoints, r.failures.empty() ? "ok" : "FAILED");
     for (const std::string& f : r.failures) std::printf("  %s\n", f.c_str());
     std::fflush(stdout);
     failed += !r.failures.empty();
