@@ -59,7 +59,8 @@ inline StateInput state_fuzz_input(const uint8_t* data, size_t size, const Confi
   std::vector<char>& f = in.file;
   if (f.size() < sf::kHeaderBytes + sf::kChecksumBytes) return in;
   const uint64_t payload = f.size() - sf::kHeaderBytes - sf::kChecksumBytes;
-  if (mode & 1) std::memcpy(f.data(), sf::kMagic, sizeof sf::kMagic), std::memcpy(f.data() + sf::kVersionAt, &sf::kVersion, 4);
+  if (mode & 1)
+    std::memcpy(f.data(), sf::kMagic, sizeof sf::kMagic), std::memcpy(f.data() + sf::kVersionAt, &sf::kVersion, 4);
   if (mode & 2) std::memcpy(f.data() + sf::kTypeAt, &type, 4), std::memcpy(f.data() + sf::kNumericsAt, &numerics, 4);
   if (mode & 4) std::memcpy(f.data() + sf::kFingerprintAt, c.fingerprint().data(), sf::kFingerprintLen);
   if (mode & 8) std::memcpy(f.data() + sf::kPayloadAt, &payload, 8);

@@ -26,8 +26,8 @@ std::vector<StateSeed> state_seeds(const std::filesystem::path& scratch) {
           layer.forward(TensorView{x.ptr() + p * c.hidden_size, {len, c.hidden_size}}, s);
           p += len;
         }
-        const std::string name = std::string(layer_type_name(t)) + "_" + std::string(numerics_name(n)) + "_pos" +
-                                 std::to_string(pos);
+        const std::string name =
+            std::string(layer_type_name(t)) + "_" + std::string(numerics_name(n)) + "_pos" + std::to_string(pos);
         const std::filesystem::path file = scratch / (name + ".state");
         save_state(s, c, file);
         std::ifstream in(file, std::ios::binary);

@@ -119,7 +119,11 @@ TEST_F(AtomicWrite, KilledSaveStateLeavesOldOrNewFile) {
   const fs::path file = dir_ / "s.state";
   int mid_write = 0;
   for (int i = 0; i < 20; ++i) {
-    const bool killed = kill_mid_write([&] { for (int k = 0;; ++k) save_state(k % 2 ? b : a, c, file); }, ".tmp.", 3000, rng);
+    const bool killed = kill_mid_write(
+        [&] {
+          for (int k = 0;; ++k) save_state(k % 2 ? b : a, c, file);
+        },
+        ".tmp.", 3000, rng);
     ASSERT_TRUE(killed);
     mid_write += !temp_files().empty();
     remove_temp_files();
@@ -136,7 +140,11 @@ TEST_F(AtomicWrite, KilledSafetensorsWriterLeavesOldOrNewFile) {
   const fs::path file = dir_ / "t.safetensors";
   int mid_write = 0;
   for (int i = 0; i < 20; ++i) {
-    ASSERT_TRUE(kill_mid_write([&] { for (;;) write_safetensors(file, {named("t", big)}); }, ".tmp.", 5000, rng));
+    ASSERT_TRUE(kill_mid_write(
+        [&] {
+          for (;;) write_safetensors(file, {named("t", big)});
+        },
+        ".tmp.", 5000, rng));
     mid_write += !temp_files().empty();
     remove_temp_files();
     expect_whole_safetensors(file, "t", big.numel());
@@ -198,7 +206,10 @@ TEST_F(AtomicWrite, FailuresLeaveNoTemporaryFile) {
   }
   EXPECT_THROW(write_safetensors(dir_ / "taken.safetensors", {named("a", Tensor({4}))}), Error);
   EXPECT_THROW(write_file_atomic(dir_ / "taken.state", "x"), Error);
-  { AtomicFile dropped(dir_ / "dropped.bin"); dropped.write("partial"); }
+  {
+    AtomicFile dropped(dir_ / "dropped.bin");
+    dropped.write("partial");
+  }
   EXPECT_TRUE(temp_files().empty());
   EXPECT_FALSE(fs::exists(dir_ / "dropped.bin"));
 

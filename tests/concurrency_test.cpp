@@ -8,7 +8,6 @@
 #include <omp.h>
 #include <unistd.h>
 
-#include <cstring>
 #include <thread>
 
 #include "dsv4/layer.h"
@@ -20,15 +19,8 @@ namespace {
 
 constexpr int kThreads = 4;
 
-bool same_bits(const Tensor& a, const Tensor& b) {
-  return a.shape == b.shape && (a.empty() || std::memcmp(a.ptr(), b.ptr(), a.data.size() * sizeof(float)) == 0);
-}
-
-// Rows [from, from + n) of x [S, d].
-Tensor rows(const Tensor& x, int64_t from, int64_t n) {
-  const int64_t d = x.dim(1);
-  return Tensor({n, d}, std::vector<float>(x.data.begin() + from * d, x.data.begin() + (from + n) * d));
-}
+using test::rows;
+using test::same_bits;
 
 // Everything one caller computes with the layer, in a fixed order.
 std::vector<Tensor> work(const Layer& layer, const Tensor& x) {
@@ -132,7 +124,8 @@ TEST(ConcurrencyStates, StatesHandedBetweenThreads) {
       threads.emplace_back([&, i, p] { moved[i].push_back(layer.forward(rows(xs[i], p, 1), states[i])); });
     for (std::thread& t : threads) t.join();
   }
-  const std::filesystem::path dir = std::filesystem::temp_directory_path() / ("dsv4_conc_" + std::to_string(::getpid()));
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("dsv4_conc_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   std::vector<LayerState> loaded(kSeqs);
   std::vector<std::thread> threads;

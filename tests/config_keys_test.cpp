@@ -72,8 +72,9 @@ TEST(ConfigKeys, LayerConfigRefusesEveryUnknownKey) {
   json j = small_json();
   j["rms_:orm_eps"] = j["rms_norm_eps"];
   j.erase("rms_norm_eps");
-  EXPECT_EQ(spec_error(j), "case.safetensors metadata 'config': unknown key 'rms_:orm_eps': did you mean "
-                           "'rms_norm_eps'? (a misspelled key would silently fall back to its default)");
+  EXPECT_EQ(spec_error(j),
+            "case.safetensors metadata 'config': unknown key 'rms_:orm_eps': did you mean "
+            "'rms_norm_eps'? (a misspelled key would silently fall back to its default)");
   j = small_json();
   j["comment"] = "made by hand";
   EXPECT_THAT(spec_error(j), HasSubstr("unknown key 'comment' (this config takes: compress_rate_csa, "));
@@ -95,14 +96,13 @@ TEST(ConfigKeys, ModelConfigAcceptsTheFullModelsKeys) {
 }
 
 TEST(ConfigKeys, ModelConfigRefusesLikelyTypos) {
-  const std::pair<const char*, const char*> typos[] = {
-      {"rms_norm_epsilon", ""},  // distance 4: not a typo, accepted
-      {"rms_norm_epss", "rms_norm_eps"},
-      {"compress_rope_thetta", "compress_rope_theta"},
-      {"rope_thet", "rope_theta"},
-      {"max_position_embedding", "max_position_embeddings"},
-      {"compress_rate_hac", "compress_rate_hca"},
-      {"index_top_k", "index_topk"}};
+  const std::pair<const char*, const char*> typos[] = {{"rms_norm_epsilon", ""},  // distance 4: not a typo, accepted
+                                                       {"rms_norm_epss", "rms_norm_eps"},
+                                                       {"compress_rope_thetta", "compress_rope_theta"},
+                                                       {"rope_thet", "rope_theta"},
+                                                       {"max_position_embedding", "max_position_embeddings"},
+                                                       {"compress_rate_hac", "compress_rate_hca"},
+                                                       {"index_top_k", "index_topk"}};
   for (const auto& [typo, meant] : typos) {
     json j = model_json();
     j[typo] = 1;

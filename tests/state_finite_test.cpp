@@ -117,7 +117,8 @@ TEST_F(StateFinite, ReferenceRowsOfEveryKind) {
   EXPECT_THAT(load_with(l.window + 2 * l.window_row + 4 * 5, kNaN),
               HasSubstr("non-finite value in window row of position 16 (ring slot 2): channel 5 is nan"));
   EXPECT_THAT(load_with(l.window, -kInf), HasSubstr("window row of position 14 (ring slot 0): channel 0 is -inf"));
-  EXPECT_THAT(load_with(l.comp[0].pend_c + 4 * 3, kInf), HasSubstr("compressor pending C row of position 20: channel 3 is inf"));
+  EXPECT_THAT(load_with(l.comp[0].pend_c + 4 * 3, kInf),
+              HasSubstr("compressor pending C row of position 20: channel 3 is inf"));
   EXPECT_THAT(load_with(l.comp[0].pend_z, kNaN), HasSubstr("compressor pending Z row of position 20: channel 0"));
   EXPECT_THAT(load_with(l.comp[0].prev_c + l.comp[0].prev_row, kNaN),
               HasSubstr("compressor series-A C row of position 17"));
@@ -155,7 +156,7 @@ TEST_F(StateFinite, DeploymentRowsAsCodedAndDecoded) {
   const size_t entry = l.comp[0].entries + 2 * l.comp[0].entry_row;
   std::fill_n(bytes_.begin() + static_cast<std::ptrdiff_t>(entry), nope, char{0});
   bytes_[entry + scale] = static_cast<char>(0xfe);  // 2^127
-  EXPECT_THAT(load_with(entry + 4, uint8_t{0x7e}),   // 448
+  EXPECT_THAT(load_with(entry + 4, uint8_t{0x7e}),  // 448
               HasSubstr("compressor entry 2 (tokens 8..11): channel 4 decodes to inf"));
   bytes_ = clean;
   const size_t key = l.comp[1].entries + l.comp[1].entry_row, key_scale = static_cast<size_t>(c_.index_head_dim / 2);

@@ -17,7 +17,8 @@ namespace dsv4 {
 namespace {
 
 TEST(StateFuzzSeeds, EverySeedLoads) {
-  const std::filesystem::path dir = std::filesystem::temp_directory_path() / ("dsv4_seeds_" + std::to_string(::getpid()));
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("dsv4_seeds_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   const Config c = fuzz::state_fuzz_config();
   const auto seeds = fuzz::state_seeds(dir);

@@ -19,18 +19,20 @@ using json = nlohmann::json;
 using Keys = std::span<const std::string_view>;
 
 // What config_json.cpp reads, per object.
-constexpr std::string_view kTopLevel[] = {"hidden_size", "num_attention_heads", "head_dim", "qk_rope_head_dim", "q_lora_rank",
-                            "o_groups", "o_lora_rank", "sliding_window", "index_n_heads", "index_head_dim",
-                            "index_topk", "rope_theta", "compress_rope_theta", "rms_norm_eps", "rope_scaling",
-                            "rope_parameters", "max_position_embeddings", "compress_rates", "compress_rate_csa",
-                            "compress_rate_hca", "num_hidden_layers", "layer_types", "compress_ratios"};
+constexpr std::string_view kTopLevel[] = {
+    "hidden_size",       "num_attention_heads", "head_dim",        "qk_rope_head_dim",        "q_lora_rank",
+    "o_groups",          "o_lora_rank",         "sliding_window",  "index_n_heads",           "index_head_dim",
+    "index_topk",        "rope_theta",          "compress_rope_theta", "rms_norm_eps",        "rope_scaling",
+    "rope_parameters",   "max_position_embeddings", "compress_rates", "compress_rate_csa",    "compress_rate_hca",
+    "num_hidden_layers", "layer_types",         "compress_ratios"};
 constexpr std::string_view kLayerSpec[] = {"layer_type"};  // layer_spec_from_json_text
-constexpr std::string_view kRopeScaling[] = {"type", "rope_type", "factor", "original_max_position_embeddings", "beta_fast",
-                               "beta_slow"};
+constexpr std::string_view kRopeScaling[] = {"type",      "rope_type", "factor", "original_max_position_embeddings",
+                                             "beta_fast", "beta_slow"};
 constexpr std::string_view kRopeParameters[] = {"main", "compress"};
 constexpr std::string_view kRopeMain[] = {"type", "rope_type", "rope_theta", "partial_rotary_factor"};
-constexpr std::string_view kRopeCompress[] = {"type", "rope_type", "rope_theta", "partial_rotary_factor", "factor",
-                                "original_max_position_embeddings", "beta_fast", "beta_slow"};
+constexpr std::string_view kRopeCompress[] = {
+    "type",      "rope_type", "rope_theta", "partial_rotary_factor", "factor", "original_max_position_embeddings",
+    "beta_fast", "beta_slow"};
 constexpr std::string_view kCompressRates[] = {"compressed_sparse_attention", "heavily_compressed_attention"};
 
 // Keys of the full model's config.json (Hugging Face's and DeepSeek's
@@ -94,8 +96,7 @@ void check_object(const json& obj, KeyCheck mode, const std::string& prefix, std
     if (!near.empty())
       fail("unknown key '" + prefix + key + "': did you mean '" + prefix + std::string(near) + "'? (a misspelled key " +
            "would silently fall back to its default)");
-    if (mode == KeyCheck::strict)
-      fail("unknown key '" + prefix + key + "' (this config takes: " + list(known) + ")");
+    if (mode == KeyCheck::strict) fail("unknown key '" + prefix + key + "' (this config takes: " + list(known) + ")");
   }
 }
 
@@ -115,7 +116,8 @@ size_t edit_distance(std::string_view a, std::string_view b) {
   for (size_t i = 1; i <= n; ++i)
     for (size_t j = 1; j <= m; ++j) {
       d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1])});
-      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])  // two neighbours swapped
+        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
     }
   return d[n][m];
 }
@@ -126,7 +128,8 @@ void check_config_keys(const json& j, KeyCheck mode) {
   else
     check_object(j, mode, "", {kTopLevel}, kModelOther);
   if (const json* rs = member(j, "rope_scaling")) check_object(*rs, mode, "rope_scaling.", {kRopeScaling}, kRopeOther);
-  if (const json* cr = member(j, "compress_rates")) check_object(*cr, mode, "compress_rates.", {kCompressRates}, kRatesOther);
+  if (const json* cr = member(j, "compress_rates"))
+    check_object(*cr, mode, "compress_rates.", {kCompressRates}, kRatesOther);
   if (const json* rp = member(j, "rope_parameters")) {
     check_object(*rp, mode, "rope_parameters.", {kRopeParameters}, {});
     if (const json* m = member(*rp, "main")) check_object(*m, mode, "rope_parameters.main.", {kRopeMain}, kRopeOther);

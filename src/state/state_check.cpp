@@ -65,11 +65,12 @@ void check_index_row(const std::filesystem::path& p, const uint8_t* row, int64_t
 }
 
 // The main compressor (entries are kv rows) or the CSA indexer's (keys are index rows).
-void check_compressor(const std::filesystem::path& p, const CompressorState& s, bool indexer, int64_t rate,
-                      int64_t pos, int64_t rope_dim) {
+void check_compressor(const std::filesystem::path& p, const CompressorState& s, bool indexer, int64_t rate, int64_t pos,
+                      int64_t rope_dim) {
   const std::string name = indexer ? "indexer" : "compressor";
   auto row_of = [&](const std::string& part, int64_t first) {
-    return [&name, part, first](int64_t r) { return name + " " + part + " row of position " + std::to_string(first + r); };
+    return
+        [&name, part, first](int64_t r) { return name + " " + part + " row of position " + std::to_string(first + r); };
   };
   check_rows(p, s.pend_c, s.pending, s.in_width, row_of("pending C", pos - s.pending));
   check_rows(p, s.pend_z, s.pending, s.in_width, row_of("pending Z", pos - s.pending));
