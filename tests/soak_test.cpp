@@ -15,6 +15,18 @@ namespace {
 
 namespace fs = std::filesystem;
 
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kAsan = true;  // soak.cpp: no memory figure means anything under ASan
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kAsan = true;
+#else
+constexpr bool kAsan = false;
+#endif
+#else
+constexpr bool kAsan = false;
+#endif
+
 std::string run_soak(const std::string& args, int& status) {
   const fs::path log = fs::temp_directory_path() / ("dsv4_soak_test_" + std::to_string(::getpid()) + ".log");
   std::string cmd = "'";  // built with += : chains of + trip GCC 12's false -Wrestrict
@@ -34,21 +46,25 @@ TEST(Soak, ShortSoakOfEveryLayerTypeAndNumerics) {
         std::string("--tokens 10000 --checkpoint 2500 --sample 250 --threads 1 --numerics ") + numerics, status);
     EXPECT_EQ(status, 0) << out;
     const std::regex line(R"(soak (\w+): 10000 tokens .*state ([\d.]+) -> ([\d.]+) MB \(tight ([\d.]+) MB\).*)"
-                          R"(RSS (-?[\d.]+) MB, heap (-?[\d.]+) MB; (\d+) of 3 checkpoints continued bit for bit; ok)");
+                          R"(first checkpoint: (RSS (-?[\d.]+) MB, heap (-?[\d.]+) MB|not measured.*); )"
+                          R"((\d+) of 3 checkpoints continued bit for bit; ok)");
     int types = 0;
     for (std::sregex_iterator it(out.begin(), out.end(), line), end; it != end; ++it, ++types) {
       const std::smatch& m = *it;
       SCOPED_TRACE(std::string(numerics) + " " + m[1].str());
-      EXPECT_LE(std::stod(m[3]), 2 * std::stod(m[4]) + 0.01);  // bytes() within 2x of the tight size
-      EXPECT_LE(std::stod(m[5]), 4.0);                         // RSS follows the state
-      EXPECT_LE(std::stod(m[6]), 1.0);                         // so do the heap's bytes in use
-      EXPECT_EQ(m[7].str(), "3");                              // at 2500, 5000, 7500
+      EXPECT_LE(std::stod(m[3]), 2 * std::stod(m[4]) + 0.001);  // bytes() within 2x of the tight size
+      EXPECT_EQ(m[8].str(), "3");                                // at 2500, 5000, 7500
+      if (kAsan) continue;
+      EXPECT_LE(std::stod(m[6]), 4.0);  // RSS follows the state
+      EXPECT_LE(std::stod(m[7]), 1.0);  // so do the heap's bytes in use
     }
     EXPECT_EQ(types, 3) << out;
   }
+  if (kAsan) GTEST_SKIP() << "memory checked only outside AddressSanitizer (its quarantine holds freed blocks)";
 }
 
 TEST(Soak, FailsWhenMemoryGrowsPastTheSlack) {
+  if (kAsan) GTEST_SKIP() << "memory is not measured under AddressSanitizer";
   int status = 0;
   const std::string out =
       run_soak("--tokens 400 --checkpoint 100 --sample 10 --threads 1 --layer-type hca --slack-mb -1", status);

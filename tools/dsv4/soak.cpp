@@ -41,6 +41,20 @@ struct SoakArgs {
 
 constexpr double kMB = 1e6;
 
+// AddressSanitizer's allocator keeps freed blocks in quarantine (RSS grows by
+// hundreds of MB) and has no mallinfo: no memory figure means anything there.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kMemoryMeasured = false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kMemoryMeasured = false;
+#else
+constexpr bool kMemoryMeasured = true;
+#endif
+#else
+constexpr bool kMemoryMeasured = true;
+#endif
+
 std::vector<char> bytes_of(const std::filesystem::path& p) {
   std::ifstream in(p, std::ios::binary);
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
@@ -134,7 +148,7 @@ Result soak(const SoakArgs& a, LayerType t, const std::filesystem::path& file) {
     if (p % a.sample == 0 || p == a.tokens) {
       const Memory m = memory();
       const double state = static_cast<double>(s.bytes());
-      const bool first = !r.warm && r.checkpoints > 0;
+      const bool first = kMemoryMeasured && !r.warm && r.checkpoints > 0;
       r.warm = r.warm || first;
       if (r.warm) r.rss.add(m.rss - state, first), r.heap.add(m.heap - state, first);
     }
@@ -165,13 +179,16 @@ int run(const SoakArgs& a) {
   for (const std::string& name : a.types) {
     const LayerType t = parse_layer_type(name);
     const Result r = soak(a, t, file);
+    char growth[160] = "not measured (AddressSanitizer build)";
+    if (kMemoryMeasured)
+      std::snprintf(growth, sizeof growth, "RSS %.2f MB, heap %.2f MB", r.rss.growth() / kMB, r.heap.growth() / kMB);
     std::printf(
-        "soak %s: %lld tokens in %.1f s (%.0f us/token); state %.2f -> %.2f MB (tight %.2f MB); "
-        "RSS %.1f -> %.1f MB; growth beyond the state after the first checkpoint: RSS %.2f MB, heap %.2f MB; "
+        "soak %s: %lld tokens in %.1f s (%.0f us/token); state %.3f -> %.3f MB (tight %.3f MB); "
+        "RSS %.1f -> %.1f MB; growth beyond the state after the first checkpoint: %s; "
         "%d of %d checkpoints continued bit for bit; %s\n",
         name.c_str(), static_cast<long long>(a.tokens), r.seconds, 1e6 * r.seconds / double(a.tokens), r.state0 / kMB,
-        r.state1 / kMB, r.tight1 / kMB, r.rss0 / kMB, r.rss1 / kMB, r.rss.growth() / kMB, r.heap.growth() / kMB,
-        r.continued, r.checkpoints, r.failures.empty() ? "ok" : "FAILED");
+        r.state1 / kMB, r.tight1 / kMB, r.rss0 / kMB, r.rss1 / kMB, growth, r.continued, r.checkpoints,
+        r.failures.empty() ? "ok" : "FAILED");
     for (const std::string& f : r.failures) std::printf("  %s\n", f.c_str());
     std::fflush(stdout);
     failed += !r.failures.empty();
