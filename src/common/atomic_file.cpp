@@ -31,9 +31,14 @@ void sync_folder(const std::filesystem::path& target) {
 }  // namespace
 
 AtomicFile::AtomicFile(std::filesystem::path target, std::string what)
-    : target_(std::move(target)), temp_(temp_beside(target_)), what_(std::move(what)) {
-  f_ = std::fopen(temp_.c_str(), "wbx");  // x: never reuse a file that is there
-  if (!f_) fail_io("cannot open for writing", errno);
+    : target_(std::move(target)), what_(std::move(what)) {
+  // x: never write into a file that is there (a killed writer's leftover with a recycled pid: next name)
+  for (int tries = 0; !f_ && tries < 100; ++tries) {
+    temp_ = temp_beside(target_);
+    f_ = std::fopen(temp_.c_str(), "wbx");
+    if (!f_ && errno != EEXIST) break;
+  }
+  if (!f_) fail(what_ + ": '" + target_.string() + "': cannot open for writing: " + std::strerror(errno));
 }
 
 AtomicFile::~AtomicFile() {
