@@ -11,12 +11,13 @@ queries through a decode state and binned to at most `bins` pixels per axis, so
 memory does not grow with S^2. Needs matplotlib (python3-matplotlib, dsv4[plot]).
 """
 import argparse
+import io
 import os
 import sys
 
 import numpy as np
 
-from . import Error, Layer, load_safetensors
+from . import Error, Layer, _core, load_safetensors
 
 _COLORS = {"window": "#4c72b0", "compressed": "#dd8452", "sink": "#8c8c8c"}
 _PARTS = ("window", "compressed", "sink")
@@ -164,7 +165,10 @@ def main(argv=None):
         x = x[0] if x.ndim == 3 else x
         title = a.title or (f"{os.path.basename(os.path.normpath(a.model))} layer {a.layer}: {layer.layer_type}, "
                             f"{x.shape[0]} tokens")
-        attention_figure(layer, x, title=title, bins=a.bins).savefig(a.out, dpi=110)
+        fig = attention_figure(layer, x, title=title, bins=a.bins)
+        buf = io.BytesIO()  # then written as every dsv4 file is: never a torn file (dsv4/atomic_file.h)
+        fig.savefig(buf, format=os.path.splitext(a.out)[1][1:].lower() or "png", dpi=110)
+        _core.write_file_atomic(a.out, buf.getvalue())
     except (Error, OSError) as e:  # one line, no traceback
         print(f"python3 -m dsv4.plot: error: {e}", file=sys.stderr)
         return 1

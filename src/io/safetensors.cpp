@@ -8,12 +8,12 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
+#include "dsv4/atomic_file.h"
 #include "dsv4/error.h"
 #include "io/dtype.h"
 
@@ -374,15 +374,12 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Name
   }
   text.append((8 - text.size() % 8) % 8, ' ');  // keeps the data area 8-byte aligned
 
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) fail(cat(label, ": cannot open for writing: ", std::strerror(errno)));
+  AtomicFile out(path, "write_safetensors");  // beside the target, synced, renamed: never a torn file
   const uint64_t n = text.size();
-  out.write(reinterpret_cast<const char*>(&n), 8);
-  out.write(text.data(), std::streamsize(text.size()));
-  for (const NamedTensor& t : tensors)
-    out.write(reinterpret_cast<const char*>(t.bytes.data()), std::streamsize(t.bytes.size()));
-  out.close();
-  if (!out) fail(cat(label, ": write failed"));
+  out.write(&n, 8);
+  out.write(text);
+  for (const NamedTensor& t : tensors) out.write(t.bytes.data(), t.bytes.size());
+  out.commit();
 }
 
 }  // namespace dsv4

@@ -27,5 +27,6 @@ void add_bench_serve(CLI::App& app, int& rc);  // bench_serve.cpp: bench-batch, 
 void add_state_size(CLI::App& app, int& rc);  // state_size.cpp
 void add_synth_model(CLI::App& app, int& rc);  // synth_model.cpp
 void add_numerics_diff(CLI::App& app, int& rc);  // numerics_diff.cpp
+void add_soak(CLI::App& app, int& rc);        // soak.cpp
 
 }  // namespace dsv4::cli

@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   dsv4::cli::add_state_size(app, rc);
   dsv4::cli::add_synth_model(app, rc);
   dsv4::cli::add_numerics_diff(app, rc);
+  dsv4::cli::add_soak(app, rc);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
