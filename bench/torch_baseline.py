@@ -6,7 +6,7 @@ the public reference (Hugging Face transformers, models/deepseek_v4/
 modeling_deepseek_v4.py) computes the layer: nn.Linear projections, dense
 [S, S+T] additive masks, eager softmax with a sink column. It does not try to
 be fast; it tries to be the obvious PyTorch program. The maths is
-shared/spec/attention.md; `--check` pins it to the conformance files.
+docs/attention.md; `--check` pins it to the conformance files.
 
 Two modes:
 

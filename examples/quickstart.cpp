@@ -7,7 +7,7 @@
 
 using namespace dsv4;
 
-int main() {
+int main() try {
   SafeTensors file = SafeTensors::open("tests/data/conformance/small_csa_stateless_s37.safetensors");
   LayerSpec spec = layer_spec_from_json_text(file.meta("config"), "config");   // or Config::preset("v4-flash")
   Layer layer(spec.config, spec.type, load_layer_weights(file, spec.config, spec.type));
@@ -23,4 +23,7 @@ int main() {
   Tensor next = layer.forward(tok, state);               // ... then one token at a time
   std::printf("one-shot %s, decode step %s at position %lld\n", shape_str(y.shape).c_str(),
               shape_str(next.shape).c_str(), static_cast<long long>(state.position()));
+} catch (const dsv4::Error& e) {  // bad files, shapes, configs: the message names the file, tensor or key
+  std::fprintf(stderr, "error: %s\n", e.what());
+  return 1;
 }

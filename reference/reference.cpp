@@ -83,6 +83,7 @@ Indexed run_indexer(const Config& c, const LayerWeights& w, const float* x, cons
     }
     std::vector<int64_t> eligible((t + 1) / m);  // entries whose window is complete
     std::iota(eligible.begin(), eligible.end(), 0);
+    // Stable: equal scores keep the lower entry index first, the fast path's rule (docs/numerics.md, "Top-k ties").
     std::stable_sort(eligible.begin(), eligible.end(), [&](int64_t p, int64_t q) {
       return ix.scores[t * n_t + p] > ix.scores[t * n_t + q];
     });

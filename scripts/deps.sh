@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages dsv4 builds, tests and benchmarks with (torch: the
-# Python tests compare with the project's PyTorch layer; dsv4 imports without it).
+# Python tests compare with the project's PyTorch layer; dsv4 imports without it;
+# venv, setuptools, wheel, build: the pip and wheel installs scripts/check_packaging.sh tries;
+# clang, libomp, netlib BLAS: the fuzz and ThreadSanitizer builds; llvm: fuzz coverage).
 set -euo pipefail
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -9,6 +11,7 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
   cmake make g++ pkg-config \
   libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev \
-  clang libclang-rt-14-dev \
+  clang libclang-rt-14-dev libomp-dev libblas3 llvm \
   python3 python3-dev pybind11-dev python3-pybind11 python3-numpy python3-pytest python3-matplotlib \
-  python3-torch libopenblas0
+  python3-torch libopenblas0 \
+  python3-venv python3-setuptools python3-wheel python3-build

@@ -180,13 +180,15 @@ TEST(SafeTensors, HeaderLengthPastEnd) {
   auto b = image("{}");
   const uint64_t n = 1000;
   std::memcpy(b.data(), &n, 8);
-  expect_parse_error(b, "header length 1000 runs past the end of the file");
+  expect_parse_error(b, "is not a safetensors file: its header length (the first 8 bytes, 1000) runs past the end");
   const uint64_t huge = ~uint64_t(0);  // 8 + N must not wrap around
   std::memcpy(b.data(), &huge, 8);
   expect_parse_error(b, "runs past the end of the file");
   const std::string path = tmp_path("hdrlen.safetensors");
   write_bytes(path, b);
   expect_error([&] { SafeTensors::open(path); }, path, "runs past the end of the file");
+  write_bytes(path, std::vector<std::byte>(64, std::byte{'#'}));  // a text file
+  expect_error([&] { SafeTensors::open(path); }, path, path + " is not a safetensors file");
 }
 
 TEST(SafeTensors, BadJson) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <functional>
@@ -24,6 +25,15 @@ int sh(const std::string& cmd, const std::filesystem::path& log) {
 std::string slurp(const std::filesystem::path& p) {
   std::ifstream in(p);
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.shape == b.shape && (a.empty() || std::memcmp(a.ptr(), b.ptr(), a.data.size() * sizeof(float)) == 0);
+}
+
+Tensor rows(const Tensor& x, int64_t from, int64_t n) {
+  const int64_t d = x.dim(1);
+  return Tensor({n, d}, std::vector<float>(x.data.begin() + from * d, x.data.begin() + (from + n) * d));
 }
 
 Tensor random_tensor(Shape shape, std::mt19937& rng, float scale) {

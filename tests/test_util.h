@@ -47,6 +47,11 @@ Config random_config(std::mt19937& rng);
 bool ambiguous_topk(const Config& c, LayerType t, const Intermediates& d, int64_t p0 = 0);
 bool ambiguous_topk(const Config& c, LayerType t, const std::vector<Intermediates>& batch);
 
+// Same shape and the same bits in every element.
+bool same_bits(const Tensor& a, const Tensor& b);
+// Rows [from, from + n) of x [S, d], as [n, d].
+Tensor rows(const Tensor& x, int64_t from, int64_t n);
+
 // ok iff |a - b| <= atol + rtol·|b| for all elements; message names the worst element.
 ::testing::AssertionResult all_close(const Tensor& ours, const Tensor& ref, double atol, double rtol);
 ::testing::AssertionResult all_close(const float* ours, const Tensor& ref, double atol, double rtol);

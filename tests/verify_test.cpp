@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <map>
 
 #include "dsv4/conformance.h"
 #include "dsv4/safetensors.h"
@@ -22,8 +23,11 @@ namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 using Tensors = std::vector<NamedTensor>;
 
-// Copy of a shipped conformance file with `edit` applied to its tensors.
-fs::path tampered(const std::string& file, const std::string& tag, const std::function<void(Tensors&)>& edit) {
+using Metadata = std::map<std::string, std::string>;
+
+// Copy of a shipped conformance file with `edit` applied to its tensors (and `meta` to its metadata).
+fs::path tampered(const std::string& file, const std::string& tag, const std::function<void(Tensors&)>& edit,
+                  const std::function<void(Metadata&)>& meta = nullptr) {
   const SafeTensors f = SafeTensors::open(test::data_path("conformance/" + file));
   Tensors ts;
   for (const std::string& n : f.names()) {
@@ -31,9 +35,11 @@ fs::path tampered(const std::string& file, const std::string& tag, const std::fu
     ts.push_back({n, f.info(n).dtype, f.info(n).shape, {b.begin(), b.end()}});
   }
   edit(ts);
+  Metadata md = f.metadata();
+  if (meta) meta(md);
   const fs::path out = fs::path(::testing::TempDir()) / ("dsv4_verify_" + tag + "_" + std::to_string(::getpid()) +
                                                          ".safetensors");
-  write_safetensors(out, ts, f.metadata());
+  write_safetensors(out, ts, md);
   return out;
 }
 
@@ -127,6 +133,63 @@ TEST(Verify, MissingChunkFails) {
   r = verify_case(tampered(file, "middle_input", drop("chunk7.hidden_states")));
   EXPECT_FALSE(r.passed);
   EXPECT_THAT(failures(r), HasSubstr("'chunk7.hidden_states'"));
+}
+
+// A misspelled key in the `config` metadata would run with that key's default
+// (here rms_norm_eps 1e-6, the value the file was made with): refused, naming it.
+TEST(Verify, MisspelledConfigKeyFails) {
+  auto respell = [](const std::string& from, const std::string& to) {
+    return [=](Metadata& md) {
+      std::string& c = md.at("config");
+      const size_t at = c.find("\"" + from + "\"");
+      ASSERT_NE(at, std::string::npos) << from;
+      c.replace(at + 1, from.size(), to);
+    };
+  };
+  const auto none = [](Tensors&) {};
+  CaseReport r = verify_case(tampered(kCsa, "typo", none, respell("rms_norm_eps", "rms_:orm_eps")));
+  EXPECT_FALSE(r.passed);
+  EXPECT_THAT(failures(r), HasSubstr("unknown key 'rms_:orm_eps': did you mean 'rms_norm_eps'?"));
+  r = verify_case(tampered(kCsa, "nested_typo", none, respell("beta_slow", "beta_slwo")));
+  EXPECT_THAT(failures(r), HasSubstr("unknown key 'rope_scaling.beta_slwo': did you mean 'rope_scaling.beta_slow'?"));
+  r = verify_case(tampered(kCsa, "unknown", none, respell("rms_norm_eps", "norm_epsilon")));
+  EXPECT_THAT(failures(r), HasSubstr("unknown key 'norm_epsilon' (this config takes: compress_rate_csa, "));
+}
+
+// window_key_positions: one position changed, or the chunk's window one key short.
+TEST(Verify, WindowKeyPositionsAreChecked) {
+  const std::string file = "small_swa_cached_decode40.safetensors";  // W = 8: chunk 20 attends positions 13..20
+  auto edit = [](bool shorten) {
+    return [=](Tensors& ts) {
+      NamedTensor& t = find(ts, "chunk20.window_key_positions");
+      if (shorten) {
+        t.bytes.erase(t.bytes.begin(), t.bytes.begin() + 8), t.shape[0] -= 1;
+      } else {
+        reinterpret_cast<int64_t*>(t.bytes.data())[2] += 1;
+      }
+    };
+  };
+  CaseReport r = verify_case(tampered(file, "window_pos", edit(false)));
+  EXPECT_FALSE(r.passed);
+  EXPECT_THAT(failures(r), HasSubstr("chunk20.window_key_positions: reference has [8] from 13 to 20, ours positions "
+                                     "13 to 20 (8 keys)"));
+  r = verify_case(tampered(file, "window_short", edit(true)));
+  EXPECT_THAT(failures(r), HasSubstr("chunk20.window_key_positions: reference has [7] from 14 to 20"));
+  r = verify_case(tampered(file, "window_missing", [](Tensors& ts) {
+    std::erase_if(ts, [](auto& x) { return x.name == "chunk3.window_key_positions"; });
+  }));
+  EXPECT_THAT(failures(r), HasSubstr("'chunk3.window_key_positions'"));
+}
+
+TEST(Verify, StoredRopeFrequenciesAreChecked) {
+  for (const char* name : {"rope.main_inv_freq", "rope.compress_inv_freq"}) {
+    const CaseReport r = verify_case(tampered(kCsa, "rope", [&](Tensors& ts) {
+      float* f = reinterpret_cast<float*>(find(ts, name).bytes.data());
+      f[1] *= 1.00001f;  // 1e-5 relative: far above fp32 rounding, far below the outputs' tolerance
+    }));
+    EXPECT_FALSE(r.passed) << name;
+    EXPECT_THAT(failures(r), HasSubstr(std::string(name) + ": 1 of ")) << name;
+  }
 }
 
 TEST(Verify, CliExitsNonZeroOnATamperedFile) {

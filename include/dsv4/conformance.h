@@ -1,4 +1,4 @@
-// Runs a conformance file (../shared/conformance format) through the fast
+// Runs a conformance file (format: tests/data/conformance/README.md) through the fast
 // path and compares every output with |ours - ref| <= atol + rtol·|ref| and
 // the CSA top-k as sets. Used by `dsv4 verify` and by the tests.
 #pragma once

@@ -56,6 +56,11 @@ class Layer {
   // (one map per sequence). Costs O(H·(W + k)) per query on top of the forward;
   // the [H, S, S + T] dense map is built only when `dense` is true.
   std::vector<AttentionMap> attention_map(TensorView x, bool dense = false) const;
+  // The same for one chunk x [S, d] of a sequence through its decode state (the
+  // state advances as forward(x, state) would): maps of a long sequence block by
+  // block of queries in bounded memory. Dense columns: positions 0..P-1, P =
+  // state.position() after the chunk, then the T entries emitted so far.
+  AttentionMap attention_map(TensorView x, LayerState& state, bool dense = false) const;
 
   // A new empty decode state for one sequence (in the layer's numerics).
   LayerState new_state() const;

@@ -13,12 +13,20 @@ torch tensors in, the same kind out, the GIL released while computing.
 Every failure is a dsv4.Error (a ValueError) naming the tensor, key, shape or file.
 See docs/python.md.
 """
-from ._core import Config, Error, RopeScaling, get_num_threads, safetensors_metadata, set_num_threads
+from ._core import (Config, Error, RopeScaling, __version__, build_info, get_num_threads, safetensors_metadata,
+                    set_num_threads)
 from ._layer import Gradients, Layer, State, Tape
 from ._arrays import load_safetensors, save_safetensors
 
 LAYER_TYPES = ("sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention")
 
-__all__ = ["Config", "Error", "Gradients", "Layer", "RopeScaling", "State", "Tape", "LAYER_TYPES", "get_num_threads",
-           "load_safetensors", "safetensors_metadata", "save_safetensors", "set_num_threads"]
-__version__ = "0.1.0"
+__all__ = ["Config", "Error", "Gradients", "Layer", "RopeScaling", "State", "Tape", "LAYER_TYPES", "build_info",
+           "get_num_threads", "load_safetensors", "safetensors_metadata", "save_safetensors", "set_num_threads"]
+
+
+def __getattr__(name):
+    """dsv4.torch is imported on first use (it imports torch; the rest of dsv4 does not)."""
+    if name == "torch":
+        import importlib
+        return importlib.import_module(".torch", __name__)
+    raise AttributeError(f"module 'dsv4' has no attribute '{name}'")

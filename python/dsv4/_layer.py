@@ -3,12 +3,13 @@
 Shapes and array kinds are handled here; every number is computed by the core.
 """
 import os
+import warnings
 from typing import Any, Dict, NamedTuple
 
 import numpy as np
 
 from . import _core
-from ._arrays import as_f32, as_stored, like
+from ._arrays import _is_torch, as_f32, as_stored, like
 from ._core import Error
 
 
@@ -17,6 +18,22 @@ def _stored_arrays(weights):
     if not hasattr(weights, "items"):
         raise Error("weights: expected a mapping name -> array (e.g. a state_dict())")
     return [(str(k), *as_stored(v, f"weight '{k}'")) for k, v in weights.items()]
+
+
+_warned_no_graph = False
+
+
+def _warn_if_grad(x):
+    """Once per process: a torch input that requires grad gets an output without a graph."""
+    global _warned_no_graph
+    if _warned_no_graph or not getattr(x, "requires_grad", False) or not _is_torch(x):
+        return
+    import torch
+    if torch.is_grad_enabled():
+        _warned_no_graph = True
+        warnings.warn("dsv4.Layer: the input requires grad, but the output has no autograd graph (dsv4.Layer runs "
+                      "outside torch's autograd); for gradients use dsv4.torch.Attention, an nn.Module with a "
+                      "backward pass", stacklevel=3)
 
 
 def _stack(dicts):
@@ -159,7 +176,9 @@ class Layer:
     def __call__(self, x, state=None, return_intermediates=False):
         """y = layer(x): x [B, S, d] or [S, d] (one-shot, positions 0..S-1), or a chunk [S, d] of one
         sequence through `state` (positions continue from state.position). y has x's kind and shape,
-        dtype float32. With return_intermediates=True: (y, dict of NumPy arrays)."""
+        dtype float32 (no autograd graph: dsv4.torch.Attention has one). With return_intermediates=True:
+        (y, dict of NumPy arrays)."""
+        _warn_if_grad(x)
         a, torch_in = as_f32(x, "input hidden_states")
         if state is not None:
             r = self._core.forward_state(a, self._state(state), return_intermediates)
@@ -175,6 +194,8 @@ class Layer:
         """A serving step: chunk xs[i] [S_i, d] of sequence i through states[i], all in one call
         (bit-identical to separate calls). Returns the list of outputs (and of intermediates)."""
         xs, states = list(xs), list(states)
+        for x in xs:
+            _warn_if_grad(x)
         conv = [as_f32(x, f"chunk {i}") for i, x in enumerate(xs)]
         cores = [self._state(s, i) for i, s in enumerate(states)]
         r = self._core.forward_batch([a for a, _ in conv], cores, return_intermediates)
@@ -211,7 +232,7 @@ class Layer:
         """A state saved by State.save for a layer of this type and config."""
         return State(self._core.load_state(os.fspath(path)), self._owner)
 
-    def attention_map(self, x, dense=False):
+    def attention_map(self, x, dense=False, state=None):
         """Where each query's softmax mass goes, one-shot over x [B, S, d] or [S, d].
 
         Returns a dict of NumPy arrays ([B, ...] for a 3-D x):
@@ -220,11 +241,18 @@ class Layer:
           selected                  [S, k] CSA: the entries attended (-1 = empty slot);
           dense (dense=True only)   [H, S, S + T]  probability of each key position, then entry.
         Costs O(H (W + k)) per query beyond the forward; the dense map is O(H S (S + T)).
+        With state=: the maps of one chunk x [S, d] through a decode state (which advances as
+        layer(x, state=state) would), so a long sequence can be mapped block by block of queries;
+        dense then has columns 0..P-1 (P = state.position afterwards), then the entries so far.
         """
         a, _ = as_f32(x, "input hidden_states")
+        if state is not None:
+            raw = [self._core.attention_map_state(a, self._state(state), bool(dense))]
+        else:
+            raw = self._core.attention_map(a, bool(dense))
         maps = []
-        for m in self._core.attention_map(a, bool(dense)):
+        for m in raw:
             mass = m.pop("mass")
             m.update(window=mass[..., 0], compressed=mass[..., 1], sink=mass[..., 2])
             maps.append(m)
-        return maps[0] if a.ndim == 2 else _stack(maps)
+        return maps[0] if a.ndim == 2 or state is not None else _stack(maps)

@@ -8,14 +8,26 @@ C++ backward (Layer.forward_train / Layer.backward); the CSA indexer's
 parameters (compressor.indexer.*) get zero gradients, since the top-k selection
 is discrete. Calls through a decode state, and deployment numerics, have no
 backward: asking for one raises dsv4.Error. Requires torch (Debian's
-python3-torch); the rest of dsv4 imports without it.
+python3-torch, or `pip install dsv4[torch]`); the rest of dsv4 imports without
+it, and `dsv4.torch` is imported on first use.
 """
-import torch
+import os
+
+try:
+    import torch
+except ImportError as e:
+    raise ImportError("dsv4.torch needs PyTorch (Debian: python3-torch; pip: dsv4[torch]); "
+                      "the rest of dsv4 works without it") from e
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from . import _core
 from ._core import Error
-from ._layer import Layer
+from ._layer import Layer, _stored_arrays
+
+# Parameter dtypes the module keeps (dsv4 widens them exactly to float32 and computes in float32).
+_PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_WIDE = _PARAM_DTYPES + (torch.float64,)  # taken as values; FP8 codes and others go through the core
 
 
 class _Train(torch.autograd.Function):
@@ -59,29 +71,49 @@ _DEPLOYMENT = ("dsv4.torch.Attention: numerics='deployment' has no backward pass
 class Attention(nn.Module):
     """Attention(config, layer_type, state_dict, weights_format="f32", numerics="reference").
 
+    state_dict: the reference DeepseekV4Attention.state_dict() keys ("q_a_proj.weight", ...) or
+    full checkpoint names of either scheme ("model.layers.3.self_attn.q_a_proj.weight",
+    "layers.3.attn.wq_a.weight"; FP8 weights with their scales), as dsv4.Layer takes them; the
+    parameters are float32 nn.Parameters under the reference keys. Attention.from_model(dir, i)
+    reads layer i of a checkpoint folder.
+
     forward(hidden_states, state=None): hidden_states [B, S, d] or [S, d] (one-shot), or a chunk
-    [S, d] of one sequence through a decode state from new_state(). Any float dtype in, float32 out.
-    One-shot calls are differentiable (x and every parameter; the indexer's get zeros); calls
-    with a state are not. The dsv4 layer is rebuilt when a parameter changes (load_state_dict,
-    optimizer steps, in-place updates); decode states made before keep what they cached with
-    the old weights.
+    [S, d] of one sequence through a decode state from new_state(). Any float dtype in; the output
+    has the input's dtype (dsv4 computes in float32). One-shot calls are differentiable (x and
+    every parameter; the indexer's get zeros); calls with a state are not. The dsv4 layer is rebuilt
+    when a parameter changes (load_state_dict, optimizer steps, in-place updates); decode states
+    made before keep what they cached with the old weights. .to(dtype) / .bfloat16() / .half()
+    keep the parameters in that dtype (widened exactly for the computation); float64 and other
+    devices than the CPU are refused with a dsv4.Error.
     """
 
     def __init__(self, config, layer_type, state_dict, weights_format="f32", numerics="reference"):
         super().__init__()
         self.config, self.layer_type, self.weights_format = config, layer_type, weights_format
         self.numerics = numerics
-        for key, value in state_dict.items():
-            if key.startswith(("model.", "layers.")):
-                raise Error(f"state_dict key '{key}': dsv4.torch.Attention takes the module's own keys "
-                            "('q_a_proj.weight', ...); use dsv4.Layer for full checkpoint names")
+        for key, value in _module_weights(config, layer_type, state_dict).items():
             owner, name = self._owner_module(key)
-            t = torch.as_tensor(value).detach()
-            if not t.is_floating_point():
-                raise Error(f"weight '{key}': dtype {t.dtype} is not a floating-point dtype")
-            owner.register_parameter(name, nn.Parameter(t.to(torch.float32).clone()))
+            owner.register_parameter(name, nn.Parameter(value))
         self._layer, self._key = None, None
         self._sync()  # checks every name and shape now
+
+    @classmethod
+    def from_model(cls, path, layer_index, weights_format="f32", numerics="reference"):
+        """Layer `layer_index` of a checkpoint folder (config.json + safetensors shards, FP8 included)
+        as a module: float32 parameters under the reference keys (FP8 weights times their scales)."""
+        config, layer_type, weights = _core.model_weights(os.fspath(path), int(layer_index))
+        return cls(config, layer_type, {k: torch.from_numpy(v) for k, v in weights.items()}, weights_format, numerics)
+
+    def _apply(self, fn, *args, **kwargs):
+        """.to() / .double() / .cuda() ...: float32, bfloat16 and float16 CPU parameters only."""
+        probe = fn(torch.zeros((), dtype=torch.float32))
+        if probe.device.type != "cpu":
+            raise Error(f"dsv4.torch.Attention: cannot move to {probe.device}; dsv4 computes on the CPU")
+        if probe.dtype not in _PARAM_DTYPES:
+            raise Error(f"dsv4.torch.Attention: parameters in {probe.dtype} are not supported: dsv4 computes in "
+                        "float32 (parameters may be float32, bfloat16 or float16; inputs of any float dtype "
+                        "work and the output has the input's dtype)")
+        return super()._apply(fn, *args, **kwargs)
 
     def _owner_module(self, key):
         *path, name = key.split(".")
@@ -118,12 +150,28 @@ class Attention(nn.Module):
         layer = self._sync()
         names, params = zip(*self.named_parameters())
         if not (torch.is_grad_enabled() and (hidden_states.requires_grad or any(p.requires_grad for p in params))):
-            return layer(hidden_states, state=state)
-        if state is not None:
-            return _NoBackward.apply(hidden_states, state, layer, _DECODE, *params)
-        if layer.numerics != "reference":
-            return _NoBackward.apply(hidden_states, None, layer, _DEPLOYMENT, *params)
-        return _Train.apply(hidden_states, layer, names, *params)
+            y = layer(hidden_states, state=state)
+        elif state is not None:
+            y = _NoBackward.apply(hidden_states, state, layer, _DECODE, *params)
+        elif layer.numerics != "reference":
+            y = _NoBackward.apply(hidden_states, None, layer, _DEPLOYMENT, *params)
+        else:
+            y = _Train.apply(hidden_states, layer, names, *params)
+        dtype = getattr(hidden_states, "dtype", None)  # NumPy input: float32 NumPy output, as dsv4.Layer
+        return y.to(dtype) if isinstance(dtype, torch.dtype) and dtype != y.dtype else y
 
     def extra_repr(self):
         return f"{self._layer.layer_type}, hidden_size={self.config.hidden_size}"
+
+
+def _module_weights(config, layer_type, state_dict):
+    """{reference key: tensor} for the parameters: float tensors under the reference keys are taken as
+    float32 copies (in their order); anything else (full checkpoint names, FP8 codes and scales)
+    goes through the core, which names every missing, unexpected or mis-shaped tensor."""
+    if not hasattr(state_dict, "items"):
+        raise Error("state_dict: expected a mapping name -> tensor (e.g. a state_dict())")
+    items = [(str(k), torch.as_tensor(v) if not isinstance(v, tuple) else None) for k, v in state_dict.items()]
+    if all(t is not None and t.dtype in _WIDE and not k.startswith(("model.", "layers.")) for k, t in items):
+        return {k: t.detach().to(torch.float32).clone() for k, t in items}
+    weights = _core.module_weights(config, str(layer_type), _stored_arrays(state_dict))
+    return {k: torch.from_numpy(v) for k, v in weights.items()}

@@ -4,6 +4,7 @@
 
 #include "arrays.h"
 #include "bindings.h"
+#include "dsv4/atomic_file.h"
 #include "dsv4/safetensors.h"
 
 namespace dsv4::py_bind {
@@ -46,6 +47,10 @@ void bind_io(py::module_& m) {
   m.def("save_safetensors", &save, py::arg("path"), py::arg("tensors"),
         py::arg("metadata") = std::map<std::string, std::string>{},
         "Writes float32 (other float dtypes: convert first) and int64 arrays.");
+  m.def(
+      "write_file_atomic",
+      [](const std::filesystem::path& p, const py::bytes& b) { write_file_atomic(p, std::string(b)); },
+      py::arg("path"), py::arg("data"), "Writes bytes beside the path, syncs, renames over it (never a torn file).");
 }
 
 }  // namespace dsv4::py_bind

@@ -53,13 +53,11 @@ py::dict map_dict(AttentionMap&& m, LayerType t) {
   return out;
 }
 
+using NamedArrays = std::vector<std::tuple<std::string, std::string, py::array>>;
+
 // Weights in their stored dtypes: (name, safetensors dtype name, C-contiguous
 // array of that element size); the bytes are copied.
-Layer make_layer(const Config& c, const std::string& type,
-                        const std::vector<std::tuple<std::string, std::string, py::array>>& named,
-                        const std::string& format, const std::string& numerics) {
-  const LayerType t = parse_layer_type(type);
-  const LayerOptions opt{parse_format(format), parse_numerics(numerics)};
+std::vector<std::pair<std::string, RawTensor>> raw_tensors(const NamedArrays& named) {
   std::vector<std::pair<std::string, RawTensor>> raw;
   for (const auto& [name, dtype, a] : named) {
     const std::optional<DType> dt = parse_dtype_name(dtype);
@@ -71,8 +69,42 @@ Layer make_layer(const Config& c, const std::string& type,
     std::memcpy(r.data.data(), a.data(), r.data.size());
     raw.emplace_back(name, std::move(r));
   }
+  return raw;
+}
+
+Layer make_layer(const Config& c, const std::string& type, const NamedArrays& named, const std::string& format,
+                 const std::string& numerics) {
+  const LayerType t = parse_layer_type(type);
+  const LayerOptions opt{parse_format(format), parse_numerics(numerics)};
+  auto raw = raw_tensors(named);
   py::gil_scoped_release nogil;
   return Layer(c, t, layer_weights_from_stored(std::move(raw), c, t, opt.weights == WeightFormat::native), opt);
+}
+
+// dsv4.torch.Attention's parameters: {reference state_dict key: float32 array} from
+// module-relative or full checkpoint names of either scheme (FP8 times its scales).
+py::dict module_weights(const Config& c, const std::string& type, const NamedArrays& named) {
+  const LayerType t = parse_layer_type(type);
+  auto raw = raw_tensors(named);
+  LayerWeights w;
+  {
+    py::gil_scoped_release nogil;
+    w = layer_weights_from_stored(std::move(raw), c, t, false);
+  }
+  return weight_gradients(std::move(w), c, t);  // the weight table's names and shapes
+}
+
+// (config, layer type, module_weights) of layer i of a checkpoint folder.
+py::tuple model_weights(const std::filesystem::path& dir, int64_t i) {
+  std::optional<Model> m;
+  LayerWeights w;
+  {
+    py::gil_scoped_release nogil;
+    m.emplace(Model::open(dir));
+    w = m->load_layer(i, WeightFormat::f32);
+  }
+  const LayerType t = m->layer_type(i);
+  return py::make_tuple(m->config(), std::string(layer_type_name(t)), weight_gradients(std::move(w), m->config(), t));
 }
 
 py::object forward(const Layer& l, const py::array& x, bool debug) {
@@ -118,6 +150,17 @@ py::list attention_map(const Layer& l, const py::array& x, bool dense) {
   py::list out;
   for (AttentionMap& m : maps) out.append(map_dict(std::move(m), l.type()));
   return out;
+}
+
+py::dict attention_map_state(const Layer& l, const py::array& x, State& s, bool dense) {
+  const TensorView v = view_of(x, "input hidden_states");
+  AttentionMap m;
+  {
+    py::gil_scoped_release nogil;
+    use_configured_threads();
+    m = l.attention_map(v, s.state, dense);
+  }
+  return map_dict(std::move(m), l.type());
 }
 
 // A Tape with the Python object of the layer that made it: the tape points into
@@ -168,6 +211,8 @@ py::tuple backward_input(const Layer& l, const py::array& x, const py::array& dy
 }  // namespace
 
 void bind_layer(py::module_& m) {
+  m.def("module_weights", &module_weights, py::arg("config"), py::arg("layer_type"), py::arg("weights"));
+  m.def("model_weights", &model_weights, py::arg("path"), py::arg("layer_index"));
   py::class_<State>(m, "State")
       .def_property_readonly("position", [](const State& s) { return s.state.position(); })
       .def_property_readonly("nbytes", [](const State& s) { return s.state.bytes(); })
@@ -207,6 +252,7 @@ void bind_layer(py::module_& m) {
           py::arg("x"), py::arg("state"), py::arg("debug") = false)
       .def("forward_batch", &forward_batch, py::arg("xs"), py::arg("states"), py::arg("debug") = false)
       .def("attention_map", &attention_map, py::arg("x"), py::arg("dense") = false)
+      .def("attention_map_state", &attention_map_state, py::arg("x"), py::arg("state"), py::arg("dense") = false)
       .def("forward_train", &forward_train, py::arg("x"))
       .def("backward", &backward_tape, py::arg("tape"), py::arg("dy"))
       .def("backward_input", &backward_input, py::arg("x"), py::arg("dy"))

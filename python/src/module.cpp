@@ -6,6 +6,7 @@
 
 #include "bindings.h"
 #include "dsv4/error.h"
+#include "dsv4/version.h"
 
 namespace dsv4::py_bind {
 namespace {
@@ -25,6 +26,14 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "DeepSeek-V4 attention layers (sliding, CSA, HCA) on CPU: the C++ core of the dsv4 package";
   // A dsv4::Error is a ValueError whose message names the file, tensor, key or shape.
   py::register_exception<dsv4::Error>(m, "Error", PyExc_ValueError);
+  m.attr("__version__") = dsv4::version();
+  m.def(
+      "build_info",
+      [] {
+        return py::dict(py::arg("version") = dsv4::version(), py::arg("isa") = dsv4::build_isa(),
+                        py::arg("blas") = dsv4::blas_info());
+      },
+      "How the core was built: version, instruction set of the kernels, BLAS.");
   m.def(
       "set_num_threads",
       [](int n) {

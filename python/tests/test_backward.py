@@ -335,10 +335,10 @@ def test_attention_autograd_kinds_and_partial_requests():
     for p in attn.parameters():
         p.requires_grad_(False)
     xb = x.bfloat16().requires_grad_()
-    y = attn(xb)
+    y = attn(xb)  # bf16 out: the gradient reaching the layer is dy rounded to bf16
     (y * dy).sum().backward(retain_graph=True)
-    assert xb.grad.dtype == torch.bfloat16 and xb.grad.shape == xb.shape
-    assert torch.equal(xb.grad, attn.layer.backward(xb, dy).dx.bfloat16())
+    assert xb.grad.dtype == torch.bfloat16 and xb.grad.shape == xb.shape and y.dtype == torch.bfloat16
+    assert torch.equal(xb.grad, attn.layer.backward(xb, dy.bfloat16()).dx.bfloat16())
     assert all(p.grad is None for p in attn.parameters())
     first = xb.grad.clone()
     (y * dy).sum().backward()  # the tape serves a second backward of a retained graph

@@ -119,3 +119,7 @@ def test_config_errors(tmp_path):
         dsv4.Layer.from_model(tmp_path, 0)
     with pytest.raises(dsv4.Error, match="set_num_threads"):
         dsv4.set_num_threads(0)
+    d = dsv4.Config.preset("v4-flash").to_dict()  # a likely typo: refused, naming the key it resembles
+    d["rms_norm_epss"] = d.pop("rms_norm_eps")
+    with pytest.raises(dsv4.Error, match="unknown key 'rms_norm_epss': did you mean 'rms_norm_eps'"):
+        dsv4.Config.from_hf(d)

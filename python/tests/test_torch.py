@@ -33,7 +33,7 @@ def test_forward_matches_reference_one_shot_and_chunked(pair):
         parts = [mod(x[1, a:b], state=state) for a, b in [(0, 20), (20, 21), (21, 45)]]
     assert_close(torch.cat(parts).numpy(), want[1].numpy(), "chunked")
     y = mod(x.bfloat16())  # grad mode: goes through the autograd Function
-    assert y.dtype == torch.float32 and y.shape == x.shape
+    assert y.dtype == torch.bfloat16 and y.shape == x.shape
 
 
 def test_parameter_updates_rebuild_the_layer(pair):
@@ -53,8 +53,9 @@ def test_parameter_updates_rebuild_the_layer(pair):
 def test_module_errors(pair):
     ref, _, cfg = pair
     sd = ref.state_dict()
-    with pytest.raises(dsv4.Error, match="module's own keys"):
-        dsv4.torch.Attention(cfg, "swa", {"model.layers.0.self_attn." + k: v for k, v in sd.items()})
+    full = {"model.layers.3.self_attn." + k: v for k, v in sd.items() if k != "sinks"}
+    with pytest.raises(dsv4.Error, match="sinks"):  # full checkpoint names are checked as the module's are
+        dsv4.torch.Attention(cfg, ref.layer_type, full)
     other = "csa" if "compressor.kv_proj.weight" not in sd else "swa"
     with pytest.raises(dsv4.Error, match="missing" if other == "csa" else "unexpected"):
         dsv4.torch.Attention(cfg, other, sd)

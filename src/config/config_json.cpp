@@ -6,7 +6,8 @@
 // compress_rate_csa/hca (or `compress_rates`) 4 / 128, rope_scaling (absent or
 // null: no scaling, i.e. type "" = plain RoPE with compress_rope_theta on
 // CSA/HCA layers; `rope_type` is an alias of `type`, and "default"/"none" also
-// mean no scaling). Unknown keys are ignored; a null value counts as absent.
+// mean no scaling). A null value counts as absent. Unknown keys: config_keys.h
+// (a layer's config refuses them; a model's config.json refuses only likely typos).
 #include <cmath>
 #include <fstream>
 #include <limits>
@@ -14,6 +15,7 @@
 #include <optional>
 #include <sstream>
 
+#include "config/config_keys.h"
 #include "dsv4/config.h"
 
 namespace dsv4 {
@@ -208,8 +210,9 @@ void parse_rope_parameters(const json& rp, int64_t max_pos, Config& c) {
   c.qk_rope_head_dim = static_cast<int64_t>(r);
 }
 
-Config config_from_json(const json& j) {
+Config config_from_json(const json& j, KeyCheck keys) {
   if (!j.is_object()) fail("config JSON must be an object");
+  check_config_keys(j, keys);
   Config c;
   c.hidden_size = req_int(j, "hidden_size");
   c.num_attention_heads = req_int(j, "num_attention_heads");
@@ -264,13 +267,13 @@ auto with_where(const std::string& where, F f) {
 }  // namespace
 
 Config config_from_json_text(std::string_view text, const std::string& where) {
-  return with_where(where, [&] { return config_from_json(parse(text)); });
+  return with_where(where, [&] { return config_from_json(parse(text), KeyCheck::lenient); });
 }
 
 LayerSpec layer_spec_from_json_text(std::string_view text, const std::string& where) {
   return with_where(where, [&] {
     const json j = parse(text);
-    LayerSpec s{config_from_json(j)};
+    LayerSpec s{config_from_json(j, KeyCheck::strict)};
     const json* t = find(j, "layer_type");
     if (!t) fail("missing required key 'layer_type'");
     const std::string name = as_string(*t, "layer_type");

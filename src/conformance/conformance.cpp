@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "dsv4/layer.h"
 #include "dsv4/safetensors.h"
+#include "ops/rope.h"
 
 namespace dsv4 {
 namespace {
@@ -69,6 +71,32 @@ void compare_topk(CaseReport& rep, const std::string& what, const TensorI64& ref
   }
 }
 
+// The sliding-window key axis a chunk of s tokens attends over from state st:
+// the cached positions (the last min(pos, W-1)), then the chunk's own.
+void compare_window_positions(CaseReport& rep, const std::string& what, const TensorI64& ref, const LayerState& st,
+                              int64_t s) {
+  const int64_t p0 = st.position(), first = p0 - std::min(p0, st.window_slots());
+  std::vector<int64_t> ours(static_cast<size_t>(p0 + s - first));
+  std::iota(ours.begin(), ours.end(), first);
+  if (ref.shape == Shape{static_cast<int64_t>(ours.size())} && ref.data == ours) return;
+  std::ostringstream m;
+  m << what << ": reference has " << shape_str(ref.shape);
+  if (!ref.data.empty()) m << " from " << ref.data.front() << " to " << ref.data.back();
+  m << ", ours positions " << first << " to " << p0 + s - 1 << " (" << ours.size() << " keys)";
+  rep.failures.push_back(m.str());
+}
+
+// The RoPE frequencies a file stores (debug tensors; checked when present), to fp32 rounding.
+void compare_rope(const SafeTensors& f, CaseReport& rep, const Config& c) {
+  const std::pair<const char*, LayerType> kinds[] = {{"rope.main_inv_freq", LayerType::sliding},
+                                                     {"rope.compress_inv_freq", LayerType::csa}};
+  for (const auto& [name, t] : kinds) {
+    if (!f.contains(name)) continue;
+    const std::vector<float> ours = layer_inv_freq(c, t);
+    compare(rep, name, f.f32(name), ours.data(), static_cast<int64_t>(ours.size()), Tolerance{0, 1e-6});
+  }
+}
+
 // The chunk lengths from metadata 'chunks'. Every tensor named chunkN.* must
 // belong to one of them, so a file that lost a chunk's tensors fails.
 std::vector<int64_t> chunk_lengths(const SafeTensors& f) {
@@ -101,6 +129,7 @@ void run_case(const SafeTensors& f, CaseReport& rep, Tolerance tol) {
   if (x0.shape.size() != 3) fail(f.label() + ": 'chunk0.hidden_states' must be [B, S, d], got " + shape_str(x0.shape));
   const int64_t batch = x0.dim(0), d = spec.config.hidden_size;
   std::vector<LayerState> states(static_cast<size_t>(batch), layer.new_state());
+  compare_rope(f, rep, spec.config);
 
   for (int64_t c = 0; c < n_chunks; ++c) {
     const std::string k = "chunk" + std::to_string(c) + ".";
@@ -116,6 +145,7 @@ void run_case(const SafeTensors& f, CaseReport& rep, Tolerance tol) {
       for (int64_t i = 0; i < s; ++i)
         if (pos.data.at(b * s + i) != states[b].position() + i)
           fail(f.label() + ": '" + k + "position_ids' do not continue the sequence at row " + std::to_string(b));
+    compare_window_positions(rep, k + "window_key_positions", f.i64(k + "window_key_positions"), states[0], s);
     const Tensor out_ref = f.f32(k + "output");
     for (int64_t b = 0; b < batch; ++b) {
       Tensor xb({s, d}, std::vector<float>(x.data.begin() + b * s * d, x.data.begin() + (b + 1) * s * d));

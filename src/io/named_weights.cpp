@@ -155,9 +155,11 @@ LayerWeights layer_weights_from_stored(std::vector<std::pair<std::string, RawTen
     if (fp8) apply_block_scales(x, scale);
     given.push_back({key, std::move(x), std::nullopt});
   }
-  for (const auto& [weight, s] : scales)
-    if (std::none_of(named.begin(), named.end(), [&](const auto& n) { return n.first == weight; }))
+  for (const auto& [weight, s] : scales) {
+    const std::string& w = weight;  // clang 14 (the TSan build) cannot capture a structured binding
+    if (std::none_of(named.begin(), named.end(), [&](const auto& n) { return n.first == w; }))
       problems.push_back("'" + s.first + "': block scales of '" + weight + "', which is not given");
+  }
   return assemble(std::move(given), c, t, std::move(problems));
 }
 

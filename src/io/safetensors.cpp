@@ -8,12 +8,12 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
+#include "dsv4/atomic_file.h"
 #include "dsv4/error.h"
 #include "common/dtype.h"
 
@@ -197,8 +197,9 @@ SafeTensors SafeTensors::parse(std::span<const std::byte> bytes, std::string lab
   if (bytes.size() < 8) fail_too_short(label, bytes.size());
   uint64_t n = 0;
   std::memcpy(&n, bytes.data(), 8);  // little-endian host assumed
-  if (n > bytes.size() - 8)
-    fail(cat(label, ": header length ", n, " runs past the end of the file (", bytes.size(), " bytes)"));
+  if (n > bytes.size() - 8)  // what any other file's first 8 bytes give, e.g. text: a huge length
+    fail(cat(label, " is not a safetensors file: its header length (the first 8 bytes, ", n,
+             ") runs past the end of the file (", bytes.size(), " bytes)"));
 
   const char* hdr = reinterpret_cast<const char*>(bytes.data() + 8);
   json j;
@@ -338,15 +339,12 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Name
   }
   text.append((8 - text.size() % 8) % 8, ' ');  // keeps the data area 8-byte aligned
 
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) fail(cat(label, ": cannot open for writing: ", std::strerror(errno)));
+  AtomicFile out(path, "write_safetensors");  // beside the target, synced, renamed: never a torn file
   const uint64_t n = text.size();
-  out.write(reinterpret_cast<const char*>(&n), 8);
-  out.write(text.data(), std::streamsize(text.size()));
-  for (const NamedTensor& t : tensors)
-    out.write(reinterpret_cast<const char*>(t.bytes.data()), std::streamsize(t.bytes.size()));
-  out.close();
-  if (!out) fail(cat(label, ": write failed"));
+  out.write(&n, 8);
+  out.write(text);
+  for (const NamedTensor& t : tensors) out.write(t.bytes.data(), t.bytes.size());
+  out.commit();
 }
 
 }  // namespace dsv4

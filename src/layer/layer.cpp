@@ -128,6 +128,21 @@ std::vector<AttentionMap> Layer::attention_map(TensorView x, bool dense) const {
   return maps;
 }
 
+AttentionMap Layer::attention_map(TensorView x, LayerState& state, bool dense) const {
+  const int64_t d = config_.hidden_size;
+  if (!((x.shape.size() == 2 && x.dim(1) == d) || (x.shape.size() == 3 && x.dim(0) == 1 && x.dim(2) == d)))
+    fail("attention_map: expected a chunk [S, " + std::to_string(d) + "] or [1, S, " + std::to_string(d) + "], got " +
+         shape_str(x.shape));
+  if (!state.fits(config_, type_, numerics()))
+    fail("attention_map: the state was made for another layer (type, dimensions or numerics)");
+  AttentionMap map;
+  Tensor out({x.numel() / d, d});  // only the map is kept
+  std::vector<Job> jobs{Job(x.data, x.numel() / d, &state, out.ptr(), nullptr)};
+  jobs[0].map = &map, jobs[0].dense_map = dense;
+  if (jobs[0].len > 0) run_jobs(*packed_, jobs, nullptr);
+  return map;
+}
+
 Tensor Layer::forward(TensorView x, LayerState& state, Intermediates* debug, StageTimes* times) const {
   const TensorView xs[] = {x};
   LayerState* sts[] = {&state};

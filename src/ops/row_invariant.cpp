@@ -172,6 +172,8 @@ struct DirectRows {
   }
   float at(int64_t j, int64_t i) const { return row(j).at(i); }
 };
+template <class RowOf>
+DirectRows(RowOf, int64_t) -> DirectRows<RowOf>;  // clang 14 (the TSan build) has no aggregate CTAD
 
 // v·2^-120 from an E4M3 code: the 7 magnitude bits under the fp32 exponent
 // field, the sign on top (fp32 subnormals for subnormal codes, exact).

@@ -46,7 +46,8 @@ void score_block(const PackedLayer& p, const Projected& pr, int64_t row0, int64_
     score_tile(p, pr, row0, nb, keys, w0, std::min(kKeyTile, n_cols - w0), n_cols, scores, tile);
 }
 
-// Best `width` of scores[0, n) (ties: lower index first), best first; -1-padded to `out_width`.
+// Best `width` of scores[0, n), best first; -1-padded to `out_width`. Ties: the lower
+// entry index first, as the reference's stable sort (docs/numerics.md, "Top-k ties").
 void select_topk(const float* scores, int64_t n, int64_t width, int64_t out_width, int32_t* out,
                  std::vector<int32_t>& idx) {
   idx.resize(static_cast<size_t>(n));

@@ -1,8 +1,6 @@
-// Saved decode states (format: docs/decode.md). Little-endian binary:
+// Saved decode states (format: docs/decode.md; header layout: state_format.h).
 //
-//   header   "DSV4STAT" | u32 version (2) | u32 layer type | u32 numerics (0 reference, 1 deployment) |
-//            char[16] config fingerprint | i64 D, W, m, m', D_I (for readable mismatch messages) |
-//            u64 payload bytes
+//   header   (state_format.h, 84 bytes)
 //   payload  i64 position | window ring slots 0..min(pos, W-1)-1 (the valid ones) |
 //            per compressor (HCA: main; CSA: main, indexer):
 //              i64 pending, emitted, has_prev | pending C, Z rows | series-A C, Z+B if has_prev |
@@ -13,11 +11,8 @@
 //
 // Loading checks sizes against the file length and the checksum before it
 // parses anything, and every count against the config before allocating.
-#include <unistd.h>
-
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <bit>
 #include <cerrno>
 #include <cstdio>
@@ -26,18 +21,18 @@
 #include <memory>
 #include <sstream>
 
+#include "dsv4/atomic_file.h"
 #include "dsv4/state.h"
+#include "state/state_check.h"
+#include "state/state_format.h"
 
 namespace dsv4 {
 namespace {
 
 static_assert(std::endian::native == std::endian::little, "state files are little-endian; add byte swaps");
 
-constexpr char kMagic[8] = {'D', 'S', 'V', '4', 'S', 'T', 'A', 'T'};
-constexpr uint32_t kVersion = 2;  // 1: before deployment numerics (no numerics field)
-constexpr size_t kFingerprintLen = 16;
-constexpr size_t kDims = 5;
-constexpr size_t kHeaderBytes = sizeof kMagic + 4 + 4 + 4 + kFingerprintLen + 8 * kDims + 8;
+using namespace state_format;
+
 constexpr const char* kDimNames[kDims] = {"head_dim", "sliding_window", "compress_rate_csa", "compress_rate_hca",
                                           "index_head_dim"};
 
@@ -52,16 +47,6 @@ std::string cat(const A&... a) {
 [[noreturn]] void bad_file(const std::filesystem::path& p, const std::string& what) {
   fail(cat("state file '", p.string(), "': ", what));
 }
-
-uint32_t type_code(LayerType t) { return t == LayerType::sliding ? 0 : t == LayerType::csa ? 1 : 2; }
-
-struct Fnv1a {
-  uint64_t h = 14695981039346656037ull;
-  void add(const void* data, size_t n) {
-    const auto* b = static_cast<const unsigned char*>(data);
-    for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
-  }
-};
 
 struct Header {
   char magic[8];
@@ -93,15 +78,10 @@ int64_t compressor_bytes(const CompressorState& s, int64_t rate) {
 
 class Writer {
  public:
-  explicit Writer(const std::filesystem::path& p) : path_(p), f_(std::fopen(p.c_str(), "wb")) {
-    if (!f_) fail(cat("save_state: cannot create '", p.string(), "': ", std::strerror(errno)));
-  }
-  ~Writer() {
-    if (f_) std::fclose(f_);
-  }
+  explicit Writer(const std::filesystem::path& p) : f_(p, "save_state") {}
   void put(const void* data, size_t n) {
     hash_.add(data, n);
-    raw(data, n);
+    f_.write(data, n);
   }
   template <class T>
   void put(const T& v) {
@@ -113,21 +93,12 @@ class Writer {
   }
   void rows(const RowStore& s, int64_t n) { put(s.data(), static_cast<size_t>(n) * s.row_bytes()); }
   void finish() {
-    raw(&hash_.h, sizeof hash_.h);
-    const bool ok = std::fflush(f_) == 0 && !std::ferror(f_);
-    const int err = errno;
-    const bool closed = std::fclose(f_) == 0;
-    f_ = nullptr;
-    if (!ok || !closed) fail(cat("save_state: writing '", path_.string(), "' failed: ", std::strerror(err)));
+    f_.write(&hash_.h, sizeof hash_.h);
+    f_.commit();
   }
 
  private:
-  void raw(const void* data, size_t n) {
-    if (n && std::fwrite(data, 1, n, f_) != n)
-      fail(cat("save_state: writing '", path_.string(), "' failed: ", std::strerror(errno)));
-  }
-  std::filesystem::path path_;
-  std::FILE* f_;
+  AtomicFile f_;  // beside the target, then renamed: a reader never sees a half-written file
   Fnv1a hash_;
 };
 
@@ -197,8 +168,6 @@ void read_compressor(Reader& r, const std::filesystem::path& p, const char* name
   r.rows(s.entries, s.emitted, 0);
 }
 
-uint32_t numerics_code(Numerics n) { return n == Numerics::deployment ? 1 : 0; }
-
 }  // namespace
 
 void save_state(const LayerState& state, const Config& c, const std::filesystem::path& path) {
@@ -223,12 +192,8 @@ void save_state(const LayerState& state, const Config& c, const std::filesystem:
   std::copy(dims.begin(), dims.end(), h.dims);
   h.payload = static_cast<uint64_t>(payload);
 
-  // Write beside the target, then rename: a reader never sees a half-written file.
-  static std::atomic<unsigned> counter{0};
-  std::filesystem::path tmp = path;
-  tmp += cat(".tmp.", ::getpid(), ".", counter++);
-  try {
-    Writer w(tmp);
+  {  // AtomicFile: written beside the target, synced, then renamed over it
+    Writer w(path);
     w.put(h.magic, sizeof h.magic);
     w.put(h.version);
     w.put(h.type);
@@ -251,13 +216,6 @@ void save_state(const LayerState& state, const Config& c, const std::filesystem:
       w.rows(s->entries, s->emitted);
     }
     w.finish();
-    std::error_code ec;
-    std::filesystem::rename(tmp, path, ec);
-    if (ec) fail(cat("save_state: cannot rename '", tmp.string(), "' to '", path.string(), "': ", ec.message()));
-  } catch (...) {
-    std::error_code ec;
-    std::filesystem::remove(tmp, ec);
-    throw;
   }
 }
 
@@ -277,14 +235,13 @@ LayerState load_state(const Config& c, LayerType t, const std::filesystem::path&
     bad_file(path, "bad magic (not a dsv4 state file)");
   if (size < kHeaderBytes) bad_file(path, cat("truncated: ", size, " bytes, the header alone is ", kHeaderBytes));
   Header h;
-  const char* q = raw + sizeof kMagic;
   std::memcpy(h.magic, raw, sizeof kMagic);
-  std::memcpy(&h.version, q, 4), q += 4;
-  std::memcpy(&h.type, q, 4), q += 4;
-  std::memcpy(&h.numerics, q, 4), q += 4;
-  std::memcpy(h.fingerprint, q, kFingerprintLen), q += kFingerprintLen;
-  std::memcpy(h.dims, q, sizeof h.dims), q += sizeof h.dims;
-  std::memcpy(&h.payload, q, 8);
+  std::memcpy(&h.version, raw + kVersionAt, 4);
+  std::memcpy(&h.type, raw + kTypeAt, 4);
+  std::memcpy(&h.numerics, raw + kNumericsAt, 4);
+  std::memcpy(h.fingerprint, raw + kFingerprintAt, kFingerprintLen);
+  std::memcpy(h.dims, raw + kDimsAt, sizeof h.dims);
+  std::memcpy(&h.payload, raw + kPayloadAt, 8);
   if (h.version != kVersion)
     bad_file(path, cat("unsupported format version ", h.version, " (this build reads version ", kVersion, ")"));
   const uint64_t body = size - kHeaderBytes;  // payload + checksum
@@ -343,6 +300,7 @@ LayerState load_state(const Config& c, LayerType t, const std::filesystem::path&
   if (t != LayerType::sliding) read_compressor(r, path, "compressor", s.comp_, rate, s.pos_);
   if (t == LayerType::csa) read_compressor(r, path, "indexer", s.index_, rate, s.pos_);
   if (r.left() != 0) bad_file(path, cat("inconsistent state: ", r.left(), " unread payload bytes"));
+  check_state_finite(s, c, path);
   return s;
 }
 

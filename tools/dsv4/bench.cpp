@@ -15,6 +15,7 @@
 
 #include "bench_model.h"
 #include "commands.h"
+#include "progress.h"
 #include "dsv4/layer.h"
 #include "dsv4/random.h"
 
@@ -30,31 +31,6 @@ struct Options {
 };
 
 double now() { return omp_get_wtime(); }
-
-// Progress on stderr once a run has taken more than two seconds.
-class Progress {
- public:
-  Progress(std::string what, int64_t total) : what_(std::move(what)), total_(total), start_(now()) {}
-  void update(int64_t done) {
-    const double el = now() - start_;
-    if (el < 2.0) return;
-    const int width = 30, filled = static_cast<int>(width * done / std::max<int64_t>(total_, 1));
-    std::fprintf(stderr, "\r[%s%s] %3d%% %s %lld/%lld  %.1f s", std::string(filled, '#').c_str(),
-                 std::string(width - filled, '.').c_str(), static_cast<int>(100 * done / std::max<int64_t>(total_, 1)),
-                 what_.c_str(), static_cast<long long>(done), static_cast<long long>(total_), el);
-    if (done >= total_) std::fprintf(stderr, "\n");
-    shown_ = true;
-  }
-  ~Progress() {
-    if (shown_) std::fflush(stderr);
-  }
-
- private:
-  std::string what_;
-  int64_t total_;
-  double start_;
-  bool shown_ = false;
-};
 
 // Feeds n tokens of x (from row `from`) through the state in kPrefillChunk pieces.
 void prefill(const Layer& layer, const Tensor& x, int64_t from, int64_t n, LayerState& st, StageTimes* times,
@@ -84,6 +60,7 @@ nlohmann::json stages_json(const StageTimes& t) {
 // each timed; the medians, the backward's ratio to both forwards, the tape's
 // bytes and the peak RSS (weights, tape and gradients included).
 int run_backward_bench(const Options& o) {
+  std::FILE* out = report_stream(o.json);
   if (o.decode > 0 || o.context > 0) fail("bench --backward: one-shot only (give --seq S, not --context/--decode)");
   if (o.seq <= 0) fail("bench --backward: --seq must be > 0");
   if (parse_numerics(o.numerics) != Numerics::reference)
@@ -136,12 +113,12 @@ int run_backward_bench(const Options& o) {
                       {"weight_bytes", weight_bytes},
                       {"weights", o.weights},
                       {"numerics", o.numerics}};
-  std::printf("dsv4 bench --backward: %s %s, S=%lld, %d threads\n", o.preset.c_str(),
+  std::fprintf(out, "dsv4 bench --backward: %s %s, S=%lld, %d threads\n", o.preset.c_str(),
               std::string(layer_type_name(type)).c_str(), static_cast<long long>(o.seq), omp_get_max_threads());
-  std::printf("  median forward_train %.4f s, backward %.4f s: backward = %.2fx forward_train, %.1f tokens/s (both)\n",
+  std::fprintf(out, "  median forward_train %.4f s, backward %.4f s: backward = %.2fx forward_train, %.1f tokens/s (both)\n",
               f, b, b / f, static_cast<double>(o.seq) / (f + b));
-  std::printf("  median forward (inference, no tape) %.4f s: backward = %.2fx it\n", fi, b / fi);
-  std::printf("  peak RSS %.2f GB, weights %.2f GB, tape %.1f MB\n", peak_rss_bytes() / 1e9, weight_bytes / 1e9,
+  std::fprintf(out, "  median forward (inference, no tape) %.4f s: backward = %.2fx it\n", fi, b / fi);
+  std::fprintf(out, "  peak RSS %.2f GB, weights %.2f GB, tape %.1f MB\n", peak_rss_bytes() / 1e9, weight_bytes / 1e9,
               tape_bytes / 1e6);
   if (o.json) std::printf("%s\n", j.dump().c_str());
   return 0;
@@ -150,6 +127,7 @@ int run_backward_bench(const Options& o) {
 int run_bench(const Options& o) {
   if (o.threads > 0) omp_set_num_threads(o.threads);
   if (o.backward) return run_backward_bench(o);
+  std::FILE* out = report_stream(o.json);
   const Config c = Config::preset(o.preset);
   const LayerType type = parse_layer_type(o.layer_type);
   const bool decode = o.decode > 0;
@@ -215,9 +193,6 @@ int run_bench(const Options& o) {
                       {"preset", o.preset},
                       {"layer_type", o.layer_type},
                       {"mode", decode ? "decode" : "prefill"},
-                      {"seq", o.seq},
-                      {"context", o.context},
-                      {"decode", o.decode},
                       {"threads", omp_get_max_threads()},
                       {"repeats", o.repeats},
                       {"seconds", seconds},
@@ -234,27 +209,32 @@ int run_bench(const Options& o) {
                       {"numerics", o.numerics},
                       {"state_bytes", state_bytes}};
   if (decode) {
+    j["context"] = o.context, j["decode"] = o.decode;
+  } else {
+    j["seq"] = o.seq;
+  }
+  if (decode) {
     const double bound = (weight_bytes + static_cast<double>(state_bytes)) / (roof.copy_gb_per_s * 1e9);
     j["bandwidth_bound_seconds"] = bound;
     j["seconds_vs_bandwidth_bound"] = seconds / bound;
     j["context_prefill_seconds"] = context_seconds;
   }
-  std::printf("dsv4 bench: %s %s, %s, %d threads, %s numerics\n", o.preset.c_str(),
+  std::fprintf(out, "dsv4 bench: %s %s, %s, %d threads, %s numerics\n", o.preset.c_str(),
               std::string(layer_type_name(type)).c_str(),
               decode ? ("decode after " + std::to_string(o.context) + " tokens").c_str()
                      : ("prefill S=" + std::to_string(o.seq)).c_str(),
               omp_get_max_threads(), o.numerics.c_str());
-  std::printf("  median %.4f s  (%s)  %.1f tokens/s  %.1f GFLOP/s = %.0f%% of sgemm %.1f GFLOP/s\n", seconds,
+  std::fprintf(out, "  median %.4f s  (%s)  %.1f tokens/s  %.1f GFLOP/s = %.0f%% of sgemm %.1f GFLOP/s\n", seconds,
               decode ? "per token" : "whole prefill", tokens / seconds, flops / seconds * 1e-9,
               100 * flops / seconds * 1e-9 / roof.sgemm_gflops, roof.sgemm_gflops);
-  std::printf("  peak RSS %.2f GB, weights %.2f GB, state %.1f MB, copy bandwidth %.1f GB/s\n", peak_rss_bytes() / 1e9,
+  std::fprintf(out, "  peak RSS %.2f GB, weights %.2f GB, state %.1f MB, copy bandwidth %.1f GB/s\n", peak_rss_bytes() / 1e9,
               weight_bytes / 1e9, state_bytes / 1e6, roof.copy_gb_per_s);
-  if (decode) std::printf("  context prefill of %lld tokens took %.1f s\n", static_cast<long long>(o.context), context_seconds);
+  if (decode) std::fprintf(out, "  context prefill of %lld tokens took %.1f s\n", static_cast<long long>(o.context), context_seconds);
   if (decode)
-    std::printf("  bandwidth bound %.4f s/token: measured = %.2fx of it\n", j["bandwidth_bound_seconds"].get<double>(),
+    std::fprintf(out, "  bandwidth bound %.4f s/token: measured = %.2fx of it\n", j["bandwidth_bound_seconds"].get<double>(),
                 j["seconds_vs_bandwidth_bound"].get<double>());
   const StageTimes& st = stage_runs[mid];
-  std::printf("  stages: project %.3f  compress %.3f  index_scores %.3f  topk %.3f  attention %.3f  output %.3f s\n",
+  std::fprintf(out, "  stages: project %.3f  compress %.3f  index_scores %.3f  topk %.3f  attention %.3f  output %.3f s\n",
               st.project, st.compress, st.index_scores, st.topk, st.attention, st.output);
   if (o.json) std::printf("%s\n", j.dump().c_str());
   return 0;
@@ -270,7 +250,7 @@ void add_bench(CLI::App& app, int& rc) {
   cmd->add_option("--seq", o->seq, "prefill: tokens S")->capture_default_str();
   cmd->add_option("--context", o->context, "decode: tokens prefilled first (C)");
   cmd->add_option("--decode", o->decode, "decode: tokens decoded one at a time after the context (N)");
-  cmd->add_option("--threads", o->threads, "OpenMP threads (default: OMP_NUM_THREADS or all cores)");
+  cmd->add_option("-t,--threads", o->threads, "OpenMP threads (default: OMP_NUM_THREADS or all cores)");
   cmd->add_option("--repeats", o->repeats, "measured runs; the median is reported")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--seed", o->seed, "weights and input seed")->capture_default_str();
   cmd->add_option("--weights", o->weights,
@@ -283,7 +263,7 @@ void add_bench(CLI::App& app, int& rc) {
   cmd->add_flag("--backward", o->backward,
                 "training: time forward_train and backward of --seq tokens (loss = sum(y * dy)); reports both, "
                 "backward/forward, the tape's bytes and peak RSS (reference numerics, one-shot only)");
-  cmd->add_flag("--json", o->json, "print one JSON object as the last line of stdout");
+  cmd->add_flag("--json", o->json, "stdout: one JSON object (the report goes to stderr)");
   cmd->callback([&rc, o] { rc = run_bench(*o); });
 }
 

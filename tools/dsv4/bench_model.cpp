@@ -1,8 +1,10 @@
 #include "bench_model.h"
 
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 
 namespace dsv4::cli {
 
@@ -39,6 +41,26 @@ int64_t peak_rss_bytes() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
   return static_cast<int64_t>(u.ru_maxrss) * 1024;
+}
+
+int64_t current_rss_bytes() {
+  long pages = 0, resident = 0;
+  if (std::FILE* f = std::fopen("/proc/self/statm", "r")) {
+    if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+    std::fclose(f);
+  }
+  return static_cast<int64_t>(resident) * ::sysconf(_SC_PAGESIZE);
+}
+
+Config small_dims() {
+  Config c;
+  c.hidden_size = 64, c.num_attention_heads = 4, c.head_dim = 32, c.qk_rope_head_dim = 8;
+  c.q_lora_rank = 32, c.o_groups = 2, c.o_lora_rank = 16, c.sliding_window = 8;
+  c.compress_rate_csa = 4, c.compress_rate_hca = 8;
+  c.index_n_heads = 4, c.index_head_dim = 16, c.index_topk = 3;
+  c.rope_scaling.factor = 16, c.rope_scaling.original_max_position_embeddings = 64;
+  c.layer_types = {LayerType::sliding, LayerType::csa, LayerType::hca};
+  return c;
 }
 
 }  // namespace dsv4::cli

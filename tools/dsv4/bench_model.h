@@ -18,6 +18,11 @@ namespace dsv4::cli {
 //   compressor   6·slots·width per emitted entry (exp, sum, weighted sum)
 double layer_flops(const Config& c, LayerType t, int64_t p0, int64_t n);
 
-int64_t peak_rss_bytes();  // of this process so far
+int64_t peak_rss_bytes();     // of this process so far
+int64_t current_rss_bytes();  // resident now (/proc/self/statm)
+
+// The conformance "small" dims (d 64, H 4, D 32, W 8, m 4, m' 8, ...), layer
+// types sliding, CSA, HCA: synth-model's folders and the soak.
+Config small_dims();
 
 }  // namespace dsv4::cli

@@ -50,6 +50,7 @@ double median(std::vector<double> v) {
 }
 
 int run_batch(const ServeOptions& o) {
+  std::FILE* out = report_stream(o.json);
   if (o.threads > 0) omp_set_num_threads(o.threads);
   const Config c = Config::preset(o.preset);
   const LayerType type = parse_layer_type(o.layer_type);
@@ -58,10 +59,10 @@ int run_batch(const ServeOptions& o) {
   std::fprintf(stderr, "prefilling %lld tokens ...\n", static_cast<long long>(o.context));
   const LayerState base = prefilled(layer, o.context, o.seed + 7);
   nlohmann::json rows = nlohmann::json::array();
-  std::printf("dsv4 bench-batch: %s %s, weights %s (%.2f GB), context %lld, %d threads, copy %.1f GB/s\n",
+  std::fprintf(out, "dsv4 bench-batch: %s %s, weights %s (%.2f GB), context %lld, %d threads, copy %.1f GB/s\n",
               o.preset.c_str(), std::string(layer_type_name(type)).c_str(), o.weights.c_str(),
               layer.weight_bytes() / 1e9, static_cast<long long>(o.context), omp_get_max_threads(), roof.copy_gb_per_s);
-  std::printf("  %6s %12s %12s %10s %14s   %s\n", "B", "ms/step", "ms/token", "vs B=1", "bound ms/step",
+  std::fprintf(out, "  %6s %12s %12s %10s %14s   %s\n", "B", "ms/step", "ms/token", "vs B=1", "bound ms/step",
               "stages ms: project compress index topk attention output");
   double one = 0;
   for (int64_t b : o.batches) {
@@ -85,7 +86,7 @@ int run_batch(const ServeOptions& o) {
     if (b == o.batches.front()) one = s;
     const double bound = (static_cast<double>(layer.weight_bytes()) + static_cast<double>(b) * base.bytes()) /
                          (roof.copy_gb_per_s * 1e9);
-    std::printf("  %6lld %12.2f %12.3f %10.2f %14.2f   %.1f %.1f %.1f %.1f %.1f %.1f\n", static_cast<long long>(b),
+    std::fprintf(out, "  %6lld %12.2f %12.3f %10.2f %14.2f   %.1f %.1f %.1f %.1f %.1f %.1f\n", static_cast<long long>(b),
                 s * 1e3, s * 1e3 / b, s / one, bound * 1e3, st.project * 1e3, st.compress * 1e3, st.index_scores * 1e3,
                 st.topk * 1e3, st.attention * 1e3, st.output * 1e3);
     rows.push_back({{"batch", b}, {"seconds_per_step", s}, {"vs_first", s / one}, {"bandwidth_bound_seconds", bound}});
@@ -101,6 +102,7 @@ int run_batch(const ServeOptions& o) {
 }
 
 int run_stack(const ServeOptions& o) {
+  std::FILE* out = report_stream(o.json);
   if (o.threads > 0) omp_set_num_threads(o.threads);
   const Config c = Config::preset(o.preset);
   const int64_t n = o.layers > 0 ? std::min<int64_t>(o.layers, int64_t(c.layer_types.size()))
@@ -141,15 +143,15 @@ int run_stack(const ServeOptions& o) {
     state_64k += dsv4::state_bytes(c, c.layer_types[size_t(i)], 65536);
   }
   const double s = median(secs), bound = double(weight_bytes + state_bytes) / (roof.copy_gb_per_s * 1e9);
-  std::printf("dsv4 bench-stack: %s, %lld of %zu attention layers, weights %s, context %lld, %d threads\n",
+  std::fprintf(out, "dsv4 bench-stack: %s, %lld of %zu attention layers, weights %s, context %lld, %d threads\n",
               o.preset.c_str(), static_cast<long long>(n), c.layer_types.size(), o.weights.c_str(),
               static_cast<long long>(o.context), omp_get_max_threads());
-  std::printf("  weights %.2f GB, states %.3f GB (at 65,536 tokens: %.3f GB), peak RSS %.2f GB\n", weight_bytes / 1e9,
+  std::fprintf(out, "  weights %.2f GB, states %.3f GB (at 65,536 tokens: %.3f GB), peak RSS %.2f GB\n", weight_bytes / 1e9,
               state_bytes / 1e9, state_64k / 1e9, peak_rss_bytes() / 1e9);
-  std::printf("  decode %.1f ms/token through the stack (median of %lld); bandwidth bound %.1f ms at %.1f GB/s: %.2fx\n",
+  std::fprintf(out, "  decode %.1f ms/token through the stack (median of %lld); bandwidth bound %.1f ms at %.1f GB/s: %.2fx\n",
               s * 1e3, static_cast<long long>(o.steps), bound * 1e3, roof.copy_gb_per_s, s / bound);
   if (n < int64_t(c.layer_types.size()))
-    std::printf("  all %zu layers, scaled by layer count: weights %.2f GB, %.0f ms/token\n", c.layer_types.size(),
+    std::fprintf(out, "  all %zu layers, scaled by layer count: weights %.2f GB, %.0f ms/token\n", c.layer_types.size(),
                 weight_bytes / 1e9 * double(c.layer_types.size()) / double(n), s * 1e3 * double(c.layer_types.size()) / double(n));
   if (o.json)
     std::printf("%s\n", nlohmann::json{{"preset", o.preset}, {"layers", n}, {"weights", o.weights},
@@ -168,9 +170,9 @@ void common(CLI::App* cmd, ServeOptions* o) {
   cmd->add_option("--context", o->context, "tokens in each sequence's state before the measured steps")->capture_default_str();
   cmd->add_option("--steps", o->steps, "measured decode steps (median reported)")->capture_default_str();
   cmd->add_option("--weights", o->weights, "f32, bf16 or native (the released FP8/BF16 dtypes)")->capture_default_str();
-  cmd->add_option("--threads", o->threads, "OpenMP threads (default: OMP_NUM_THREADS or all cores)");
+  cmd->add_option("-t,--threads", o->threads, "OpenMP threads (default: OMP_NUM_THREADS or all cores)");
   cmd->add_option("--seed", o->seed, "weights and input seed")->capture_default_str();
-  cmd->add_flag("--json", o->json, "print one JSON object as the last line of stdout");
+  cmd->add_flag("--json", o->json, "stdout: one JSON object (the report goes to stderr)");
 }
 
 }  // namespace

@@ -2,8 +2,22 @@
 // options on the app; the callback stores the process exit code in `rc`.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <cstdio>
+#include <string>
 
 namespace dsv4::cli {
+
+// --layer: a negative index named plainly (CLI11's NonNegativeNumber prints its 1.8e308 bound).
+inline CLI::Validator layer_index() {
+  return CLI::Validator(
+      [](std::string& s) -> std::string {
+        return !s.empty() && s[0] == '-' ? s + " is negative; layers are numbered from 0" : "";
+      },
+      "INDEX");
+}
+
+// --json: stdout holds one JSON object; the human-readable report goes to stderr.
+inline std::FILE* report_stream(bool json) { return json ? stderr : stdout; }
 
 void add_verify(CLI::App& app, int& rc);      // verify.cpp
 void add_info(CLI::App& app, int& rc);        // info.cpp
@@ -13,5 +27,6 @@ void add_bench_serve(CLI::App& app, int& rc);  // bench_serve.cpp: bench-batch, 
 void add_state_size(CLI::App& app, int& rc);  // state_size.cpp
 void add_synth_model(CLI::App& app, int& rc);  // synth_model.cpp
 void add_numerics_diff(CLI::App& app, int& rc);  // numerics_diff.cpp
+void add_soak(CLI::App& app, int& rc);        // soak.cpp
 
 }  // namespace dsv4::cli

@@ -4,9 +4,15 @@
 
 #include "commands.h"
 #include "dsv4/error.h"
+#include "dsv4/version.h"
+#include "dsv4_git_hash.h"  // generated at every build (cmake/git_hash.cmake)
 
 int main(int argc, char** argv) {
   CLI::App app{"dsv4: DeepSeek-V4 attention layers (sliding window, CSA, HCA) on CPU"};
+  app.set_version_flag("--version", [] {
+    return "dsv4 " + dsv4::version() + " (git " DSV4_GIT_HASH ")\nisa:  " + dsv4::build_isa() +
+           "\nblas: " + dsv4::blas_info();
+  });
   app.require_subcommand(1);
   int rc = 0;
   dsv4::cli::add_verify(app, rc);
@@ -17,6 +23,7 @@ int main(int argc, char** argv) {
   dsv4::cli::add_state_size(app, rc);
   dsv4::cli::add_synth_model(app, rc);
   dsv4::cli::add_numerics_diff(app, rc);
+  dsv4::cli::add_soak(app, rc);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

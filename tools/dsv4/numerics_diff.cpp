@@ -12,6 +12,7 @@
 #include <set>
 
 #include "commands.h"
+#include "dsv4/conformance.h"
 #include "dsv4/layer.h"
 #include "dsv4/random.h"
 
@@ -37,13 +38,6 @@ struct Diff {  // running output statistics
   }
 };
 
-std::set<int64_t> topk_row(const Intermediates& d, int64_t t) {
-  const int64_t w = d.topk.shape.at(1);
-  std::set<int64_t> s(d.topk.data.begin() + t * w, d.topk.data.begin() + (t + 1) * w);
-  s.erase(-1);
-  return s;
-}
-
 void compare(const Options& o, const Layer& ref, const Layer& dep, int64_t context) {
   const int64_t d = ref.config().hidden_size;
   const Tensor x = random_uniform({context + o.decode, d}, 1.0f, o.seed + 99);
@@ -63,7 +57,7 @@ void compare(const Options& o, const Layer& ref, const Layer& dep, int64_t conte
     const Tensor tok = rows(context + i, 1);
     decode.add(ref.forward(tok, sr, &a), dep.forward(tok, sd, &b));
     if (ref.type() != LayerType::csa) continue;
-    const std::set<int64_t> ka = topk_row(a, 0), kb = topk_row(b, 0);
+    const std::set<int64_t> ka = topk_set(a.topk, 0), kb = topk_set(b.topk, 0);
     picked += static_cast<int64_t>(ka.size());
     for (int64_t e : ka) differ += kb.count(e) == 0;
   }
@@ -109,7 +103,7 @@ void add_numerics_diff(CLI::App& app, int& rc) {
   cmd->add_option("--decode", o->decode, "tokens decoded after each context (their top-k are compared)")
       ->check(CLI::Range(int64_t{1}, int64_t{1024}))
       ->capture_default_str();
-  cmd->add_option("--threads", o->threads, "OpenMP threads (default: all)");
+  cmd->add_option("-t,--threads", o->threads, "OpenMP threads (default: all)");
   cmd->add_option("--seed", o->seed, "weights and input seed")->capture_default_str();
   cmd->callback([&rc, o] {
     run(*o);

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <nlohmann/json.hpp>
 
 #include "bench_model.h"
 #include "commands.h"
@@ -20,7 +21,7 @@ struct RunArgs {
   int64_t layer = 0, chunk = 0;
   int threads = 0;
   std::string weights = "f32", numerics = "reference";
-  bool compare_f32 = false;
+  bool compare_f32 = false, json = false;
 };
 
 void run(const RunArgs& a) {
@@ -42,7 +43,12 @@ void run(const RunArgs& a) {
                      {"layer_type", std::string(layer_type_name(layer.type()))},
                      {"chunk", std::to_string(a.chunk)},
                      {"numerics", a.numerics}});
-  std::printf("layer %lld (%s): %s -> %s  (%.3f s%s)\n", static_cast<long long>(a.layer),
+  std::FILE* out = report_stream(a.json);
+  nlohmann::json j = {{"model", a.model},          {"layer", a.layer},       {"layer_type", std::string(layer_type_name(layer.type()))},
+                      {"input", a.input},          {"input_shape", x.shape}, {"output", a.output},
+                      {"chunk", a.chunk},          {"weights", a.weights},   {"numerics", a.numerics},
+                      {"weight_bytes", layer.weight_bytes()}, {"seconds", secs}};
+  std::fprintf(out, "layer %lld (%s): %s -> %s  (%.3f s%s)\n", static_cast<long long>(a.layer),
               std::string(layer_type_name(layer.type())).c_str(), shape_str(x.shape).c_str(), a.output.c_str(), secs,
               a.chunk > 0 ? (", chunks of " + std::to_string(a.chunk)).c_str() : "");
   if (a.compare_f32) {  // what bf16/native weights cost in accuracy and save in memory
@@ -53,12 +59,14 @@ void run(const RunArgs& a) {
       max_abs = std::max(max_abs, std::fabs(static_cast<double>(y.data[i]) - y32.data[i]));
       max_ref = std::max(max_ref, std::fabs(static_cast<double>(y32.data[i])));
     }
-    std::printf("weights %s: %.2f MB in memory vs %.2f MB as f32 (%.0f%% saved); output vs f32 weights: max abs %.3e "
+    j["compare_f32"] = {{"f32_weight_bytes", ref.weight_bytes()}, {"max_abs", max_abs}, {"max_abs_output", max_ref}};
+    std::fprintf(out, "weights %s: %.2f MB in memory vs %.2f MB as f32 (%.0f%% saved); output vs f32 weights: max abs %.3e "
                 "(max |output| %.3e)\n",
                 a.weights.c_str(), layer.weight_bytes() / 1e6, ref.weight_bytes() / 1e6,
                 100.0 * (1.0 - static_cast<double>(layer.weight_bytes()) / static_cast<double>(ref.weight_bytes())),
                 max_abs, max_ref);
   }
+  if (a.json) std::printf("%s\n", j.dump().c_str());
 }
 
 }  // namespace
@@ -66,10 +74,10 @@ void run(const RunArgs& a) {
 void add_run(CLI::App& app, int& rc) {
   auto* cmd = app.add_subcommand("run", "Run one attention layer of a model folder over an input file");
   auto a = std::make_shared<RunArgs>();
-  cmd->add_option("--model", a->model, "model folder (config.json + safetensors)")
+  cmd->add_option("-m,--model", a->model, "model folder (config.json + safetensors)")
       ->required()
       ->check(CLI::ExistingDirectory);
-  cmd->add_option("--layer", a->layer, "layer index")->required()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--layer", a->layer, "layer index")->required()->check(layer_index());
   cmd->add_option("--input", a->input, "safetensors file with 'hidden_states' [B, S, d] (F32 or BF16)")
       ->required()
       ->check(CLI::ExistingFile);
@@ -77,7 +85,7 @@ void add_run(CLI::App& app, int& rc) {
   cmd->add_option("--output", a->output, "safetensors file to write 'output' [B, S, d] F32 to")->required();
   cmd->add_option("--chunk", a->chunk, "feed each batch row through a decode state in chunks of N tokens")
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--threads", a->threads, "OpenMP threads (default: all)")->check(CLI::PositiveNumber);
+  cmd->add_option("-t,--threads", a->threads, "OpenMP threads (default: all)")->check(CLI::PositiveNumber);
   cmd->add_option("--weights", a->weights, "projection matrices in memory: f32, bf16, or native (as the checkpoint stores them: FP8 + scales, BF16, ...); "
                   "all widened inside the GEMMs")
       ->capture_default_str();
@@ -86,6 +94,7 @@ void add_run(CLI::App& app, int& rc) {
       ->check(CLI::IsMember({"reference", "deployment"}))
       ->capture_default_str();
   cmd->add_flag("--compare-f32", a->compare_f32, "also run with f32 weights; report the memory saved and the error");
+  cmd->add_flag("--json", a->json, "stdout: one JSON object (the report goes to stderr)");
   cmd->callback([&rc, a] {
     run(*a);
     rc = 0;

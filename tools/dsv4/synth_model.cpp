@@ -7,11 +7,12 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "bench_model.h"
 #include "commands.h"
+#include "dsv4/atomic_file.h"
 #include "dsv4/model.h"
 
 namespace dsv4::cli {
@@ -25,17 +26,6 @@ struct SynthArgs {
   bool sharded = false, other_modules = false;
   uint64_t seed = 0;
 };
-
-Config small_dims() {
-  Config c;
-  c.hidden_size = 64, c.num_attention_heads = 4, c.head_dim = 32, c.qk_rope_head_dim = 8;
-  c.q_lora_rank = 32, c.o_groups = 2, c.o_lora_rank = 16, c.sliding_window = 8;
-  c.compress_rate_csa = 4, c.compress_rate_hca = 8;
-  c.index_n_heads = 4, c.index_head_dim = 16, c.index_topk = 3;
-  c.rope_scaling.factor = 16, c.rope_scaling.original_max_position_embeddings = 64;
-  c.layer_types = {LayerType::sliding, LayerType::csa, LayerType::hca};
-  return c;
-}
 
 // Linear weights ~ U(±sqrt(3/fan_in)), norms ~ 1 ± 0.1, sinks and biases ~ U(±0.5).
 LayerWeights random_weights(const Config& c, LayerType t, std::mt19937& rng) {
@@ -107,13 +97,6 @@ json config_json(const Config& c, NamingScheme scheme) {
   return j;
 }
 
-void write_text(const fs::path& p, const std::string& text) {
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out << text;
-  out.close();
-  if (!out) fail(p.string() + ": write failed");
-}
-
 void synth(const SynthArgs& a) {
   const NamingScheme scheme = a.scheme == "hf" ? NamingScheme::hugging_face : NamingScheme::deepseek;
   // The released V4 files (original names) carry UE8M0 scales; HF-converted and older ones fp32.
@@ -141,7 +124,6 @@ void synth(const SynthArgs& a) {
   const fs::path dir(a.dir);
   // Model::open prefers an index: drop the other layout's leftovers.
   fs::remove(dir / (a.sharded ? "model.safetensors" : "model.safetensors.index.json"));
-  write_text(dir / "config.json", config_json(c, scheme).dump(2) + "\n");
   const size_t n = layers.size();
   json weight_map = json::object();
   uint64_t total = 0;
@@ -176,11 +158,14 @@ void synth(const SynthArgs& a) {
   }
   if (a.sharded) {
     json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-    write_text(dir / "model.safetensors.index.json", index.dump(2) + "\n");
+    write_file_atomic(dir / "model.safetensors.index.json", index.dump(2) + "\n", "synth-model");
   } else {
     write_safetensors(dir / "model.safetensors", all, {{"format", "pt"}});
   }
   write_safetensors(dir / "sample_input.safetensors", {named("hidden_states", sample)});
+  // Last: every file is written atomically, so a folder a killed synth-model
+  // leaves holds whole files only, and no config.json unless it had one before.
+  write_file_atomic(dir / "config.json", config_json(c, scheme).dump(2) + "\n", "synth-model");
   std::printf("wrote %s: %zu layer(s), %s names, %s weights, %s\n", a.dir.c_str(), n,
               std::string(naming_scheme_name(scheme)).c_str(), a.dtype.c_str(),
               a.sharded ? "one shard per layer + index" : "one model.safetensors");

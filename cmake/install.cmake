@@ -1,0 +1,31 @@
+# `cmake --install build [--prefix P]`: the library, its public headers, the dsv4
+# tool, the CMake package (find_package(dsv4) -> dsv4::dsv4) and dsv4.pc for
+# pkg-config, all relocatable. The Python package is the separate, opt-in
+# component `python` (python/CMakeLists.txt) or `pip install .` (setup.py).
+include(CMakePackageConfigHelpers)
+set(DSV4_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/dsv4)
+
+install(TARGETS dsv4 EXPORT dsv4Targets)
+install(DIRECTORY include/dsv4 ${PROJECT_BINARY_DIR}/include/dsv4 DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+if(DSV4_BUILD_TOOLS)
+  install(TARGETS dsv4_cli)
+endif()
+install(FILES LICENSE DESTINATION ${CMAKE_INSTALL_DOCDIR})
+
+install(EXPORT dsv4Targets NAMESPACE dsv4:: DESTINATION ${DSV4_CMAKE_DIR})
+configure_package_config_file(cmake/dsv4Config.cmake.in ${PROJECT_BINARY_DIR}/dsv4Config.cmake
+                              INSTALL_DESTINATION ${DSV4_CMAKE_DIR})
+# 0.x: a new minor version may change the API.
+write_basic_package_version_file(${PROJECT_BINARY_DIR}/dsv4ConfigVersion.cmake COMPATIBILITY SameMinorVersion)
+install(FILES ${PROJECT_BINARY_DIR}/dsv4Config.cmake ${PROJECT_BINARY_DIR}/dsv4ConfigVersion.cmake
+              cmake/FindOpenBLAS.cmake DESTINATION ${DSV4_CMAKE_DIR})
+
+# pkg-config: the static library's dependencies go in Libs; the run path keeps
+# the OpenMP build of OpenBLAS even where another one is the system default.
+get_filename_component(_dsv4_blas_dir "${OpenBLAS_LIBRARY}" DIRECTORY)
+set(DSV4_PC_BLAS "-L${_dsv4_blas_dir} -Wl,-rpath,${_dsv4_blas_dir} -lopenblas")
+string(REPLACE ";" " " DSV4_PC_OPENMP "${OpenMP_CXX_FLAGS}")
+file(RELATIVE_PATH DSV4_PC_UP /${CMAKE_INSTALL_LIBDIR}/pkgconfig /)
+string(REGEX REPLACE "/$" "" DSV4_PC_UP "${DSV4_PC_UP}")
+configure_file(cmake/dsv4.pc.in ${PROJECT_BINARY_DIR}/dsv4.pc @ONLY)
+install(FILES ${PROJECT_BINARY_DIR}/dsv4.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
