@@ -47,11 +47,13 @@ struct Hash {  // FNV-1a over bytes
   }
 };
 
-void print(const std::string& name, const Hash& h) { std::printf("%016llx %s\n", (unsigned long long)h.h, name.c_str()); }
+void print(const std::string& name, const Hash& h) {
+  std::printf("%016llx %s\n", (unsigned long long)h.h, name.c_str());
+}
 
 void add_weights(Hash& h, const LayerWeights& w) {
-  for (const Tensor* t : {&w.q_a_proj, &w.q_a_norm, &w.q_b_proj, &w.kv_proj, &w.kv_norm, &w.o_a_proj, &w.o_b_proj,
-                          &w.sinks})
+  for (const Tensor* t :
+       {&w.q_a_proj, &w.q_a_norm, &w.q_b_proj, &w.kv_proj, &w.kv_norm, &w.o_a_proj, &w.o_b_proj, &w.sinks})
     h.add(*t);
   const CompressorWeights* cs[] = {w.compressor ? &*w.compressor : nullptr,
                                    w.indexer ? &w.indexer->compressor : nullptr};
@@ -143,8 +145,7 @@ void run_all(const std::string& name, const Config& c, LayerType t, const LayerW
       LayerWeights lw = w;
       if (f == WeightFormat::native) store_as_released(lw, t);
       Layer layer(c, t, std::move(lw), LayerOptions{f, n});
-      const std::string tag =
-          name + " " + std::string(numerics_name(n)) + " " + std::string(weight_format_name(f));
+      const std::string tag = name + " " + std::string(numerics_name(n)) + " " + std::string(weight_format_name(f));
       run_layer(tag, layer, x, n == Numerics::reference, chunk);
     }
   }
@@ -185,8 +186,8 @@ int main(int argc, char** argv) {
             LayerWeights lw = random_layer_weights(c, t, 3);
             if (f == WeightFormat::native) store_as_released(lw, t);
             Layer layer(c, t, std::move(lw), LayerOptions{f, n});
-            run_layer(name + " " + std::string(numerics_name(n)) + " " + std::string(weight_format_name(f)), layer,
-                      x, false, 500);
+            run_layer(name + " " + std::string(numerics_name(n)) + " " + std::string(weight_format_name(f)), layer, x,
+                      false, 500);
           }
         Layer layer(c, t, random_layer_weights(c, t, 3));
         Hash h;

@@ -128,7 +128,8 @@ void BM_IndexerTopk(benchmark::State& st) {
     index_topk(p, pr, 0, rows, pos.data(), keys.ptr(), n_t, 512, topk.data(), &score_s, &select_s);
     benchmark::DoNotOptimize(topk.data());
   }
-  st.counters["FLOP/s"] = benchmark::Counter(2.0 * 64 * 128 * n_t * rows * st.iterations(), benchmark::Counter::kIsRate);
+  st.counters["FLOP/s"] =
+      benchmark::Counter(2.0 * 64 * 128 * n_t * rows * st.iterations(), benchmark::Counter::kIsRate);
   st.counters["select_share"] = select_s / (score_s + select_s);
 }
 

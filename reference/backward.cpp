@@ -26,10 +26,9 @@ struct Dims {
   double eps;
   std::vector<float> freq;
   Dims(const Config& c, LayerType t)
-      : d(c.hidden_size), h(c.num_attention_heads), hd(c.head_dim), rq(c.q_lora_rank), g(c.o_groups),
-        dg(c.o_lora_rank), gw(h * hd / g), win(c.sliding_window), rate(c.compress_rate(t)),
-        in_w(t == LayerType::csa ? 2 * hd : hd), overlap(t == LayerType::csa), eps(c.rms_norm_eps),
-        freq(rope_inv_freq(c, t)) {}
+      : d(c.hidden_size), h(c.num_attention_heads), hd(c.head_dim), rq(c.q_lora_rank), g(c.o_groups), dg(c.o_lora_rank),
+        gw(h * hd / g), win(c.sliding_window), rate(c.compress_rate(t)), in_w(t == LayerType::csa ? 2 * hd : hd),
+        overlap(t == LayerType::csa), eps(c.rms_norm_eps), freq(rope_inv_freq(c, t)) {}
 };
 
 // The tensors the backward reads (or writes, P = double*) by role; null where
@@ -47,9 +46,17 @@ auto params(Map& m) {
     return it == m.end() ? nullptr : it->second.data();
   };
   using W = WeightId;
-  return Params<P>{at(W::q_a_proj), at(W::q_a_norm), at(W::q_b_proj), at(W::kv_proj),
-                   at(W::kv_norm), at(W::o_a_proj), at(W::o_b_proj), at(W::sinks),
-                   at(W::compressor_kv_proj), at(W::compressor_gate_proj), at(W::compressor_position_bias),
+  return Params<P>{at(W::q_a_proj),
+                   at(W::q_a_norm),
+                   at(W::q_b_proj),
+                   at(W::kv_proj),
+                   at(W::kv_norm),
+                   at(W::o_a_proj),
+                   at(W::o_b_proj),
+                   at(W::sinks),
+                   at(W::compressor_kv_proj),
+                   at(W::compressor_gate_proj),
+                   at(W::compressor_position_bias),
                    at(W::compressor_kv_norm)};
 }
 
@@ -62,18 +69,18 @@ struct Key {
 // One sequence's forward, every intermediate in double.
 struct Fwd {
   int64_t s = 0, n_t = 0;
-  const double* x = nullptr;      // [S, d]
-  Vec cq_raw, cq;                 // [S, r_q]     X W_qa^T, then RMSNorm_{w_qa}
-  Vec q_raw, q;                   // [S, H, D]    c_q W_qb^T, then per-head RMSNorm + RoPE
-  Vec kv_raw, kv;                 // [S, D]       X W_kv^T, then RMSNorm_{w_kv} + RoPE
-  Vec cc, cz;                     // [S, in_w]    compressor C and Z
-  Vec pooled, entry;              // [T, D]       softmax-pooled, then RMSNorm + RoPE at w·r
+  const double* x = nullptr;           // [S, d]
+  Vec cq_raw, cq;                      // [S, r_q]     X W_qa^T, then RMSNorm_{w_qa}
+  Vec q_raw, q;                        // [S, H, D]    c_q W_qb^T, then per-head RMSNorm + RoPE
+  Vec kv_raw, kv;                      // [S, D]       X W_kv^T, then RMSNorm_{w_kv} + RoPE
+  Vec cc, cz;                          // [S, in_w]    compressor C and Z
+  Vec pooled, entry;                   // [T, D]       softmax-pooled, then RMSNorm + RoPE at w·r
   std::vector<std::vector<Key>> keys;  // per query: window, then compressed
-  std::vector<Vec> prob;          // [S·H][keys]  attention probabilities
-  Vec p_sink;                     // [S, H]       the sink's probability
-  Vec o;                          // [S, H·D]     attention output after de-rotation
-  Vec grouped;                    // [S, g·d_g]   o_a's output
-  Vec y;                          // [S, d]
+  std::vector<Vec> prob;               // [S·H][keys]  attention probabilities
+  Vec p_sink;                          // [S, H]       the sink's probability
+  Vec o;                               // [S, H·D]     attention output after de-rotation
+  Vec grouped;                         // [S, g·d_g]   o_a's output
+  Vec y;                               // [S, d]
 };
 
 const double* key_row(const Fwd& f, const Key& k, int64_t hd) {
@@ -82,7 +89,7 @@ const double* key_row(const Fwd& f, const Key& k, int64_t hd) {
 
 // Softmax over the pooling slots of entry w, channel ch: (slot, probability).
 std::vector<std::pair<detail::Slot, double>> pool_probs(const Dims& dm, const Fwd& f, const double* bias, int64_t w,
-                                                         int64_t ch) {
+                                                        int64_t ch) {
   std::vector<std::pair<detail::Slot, double>> sp;
   double mx = -INFINITY, den = 0;
   for (const detail::Slot& sl : detail::pool_slots(w, ch, dm.rate, dm.hd, dm.overlap)) {
@@ -100,7 +107,8 @@ void compress_forward(const Dims& dm, const Params<const double*>& w, Fwd& f) {
   f.pooled.assign(static_cast<size_t>(f.n_t * dm.hd), 0.0);
   for (int64_t e = 0; e < f.n_t; ++e)
     for (int64_t ch = 0; ch < dm.hd; ++ch)
-      for (const auto& [sl, p] : pool_probs(dm, f, w.c_bias, e, ch)) f.pooled[e * dm.hd + ch] += p * f.cc[sl.tok * dm.in_w + sl.col];
+      for (const auto& [sl, p] : pool_probs(dm, f, w.c_bias, e, ch))
+        f.pooled[e * dm.hd + ch] += p * f.cc[sl.tok * dm.in_w + sl.col];
   f.entry = f.pooled;
   for (int64_t e = 0; e < f.n_t; ++e) {
     detail::rms_norm(&f.entry[e * dm.hd], dm.hd, w.c_norm, dm.eps);
@@ -133,8 +141,8 @@ void attend(const Dims& dm, const Params<const double*>& w, Fwd& f, int64_t t, i
   }
 }
 
-Fwd forward_seq(LayerType type, const Dims& dm, const Params<const double*>& w, const double* x,
-                int64_t s_len, const std::vector<std::vector<int64_t>>* topk) {
+Fwd forward_seq(LayerType type, const Dims& dm, const Params<const double*>& w, const double* x, int64_t s_len,
+                const std::vector<std::vector<int64_t>>* topk) {
   Fwd f;
   f.s = s_len;
   f.x = x;
@@ -182,7 +190,8 @@ Fwd forward_seq(LayerType type, const Dims& dm, const Params<const double*>& w, 
     for (int64_t gi = 0; gi < dm.g; ++gi)
       for (int64_t r = 0; r < dm.dg; ++r) {
         double acc = 0;
-        for (int64_t i = 0; i < dm.gw; ++i) acc += f.o[t * dm.h * dm.hd + gi * dm.gw + i] * w.o_a[(gi * dm.dg + r) * dm.gw + i];
+        for (int64_t i = 0; i < dm.gw; ++i)
+          acc += f.o[t * dm.h * dm.hd + gi * dm.gw + i] * w.o_a[(gi * dm.dg + r) * dm.gw + i];
         f.grouped[(t * dm.g + gi) * dm.dg + r] = acc;
       }
   f.y = linear(f.grouped.data(), s_len, w.o_b, dm.d, dm.g * dm.dg);
@@ -248,7 +257,7 @@ void attend_back(const Dims& dm, const Fwd& f, int64_t t, int64_t h, const doubl
     s += p[j] * dp[j];
   }
   dsinks[h] -= f.p_sink[t * dm.h + h] * s;  // the sink's dp is 0: it has no value
-  if (sink_terms) {  // p_sink · |dO| |o| bounds this query's term and its rounding's reach
+  if (sink_terms) {                         // p_sink · |dO| |o| bounds this query's term and its rounding's reach
     double n_do = 0, n_o = 0;
     for (int64_t i = 0; i < dm.hd; ++i) {
       n_do += d_o[i] * d_o[i];
@@ -268,8 +277,7 @@ void attend_back(const Dims& dm, const Fwd& f, int64_t t, int64_t h, const doubl
 }
 
 // Compressed entries -> dC, dZ, d position_bias, d kv_norm; returns dx.
-Vec compress_back(const Dims& dm, const Params<const double*>& w, const Params<double*>& gw, const Fwd& f,
-                  Vec dentry) {
+Vec compress_back(const Dims& dm, const Params<const double*>& w, const Params<double*>& gw, const Fwd& f, Vec dentry) {
   for (int64_t e = 0; e < f.n_t; ++e) rope_back(&dentry[e * dm.hd], dm.hd, dm.freq, e * dm.rate, +1);
   const Vec dpooled = rms_back(f.pooled, dentry, dm.hd, w.c_norm, dm.eps, gw.c_norm);
   Vec dc(f.cc.size(), 0.0), dz(f.cz.size(), 0.0);
@@ -290,8 +298,8 @@ Vec compress_back(const Dims& dm, const Params<const double*>& w, const Params<d
 }
 
 // One sequence: adds the weight gradients into gw, returns dx [S, d].
-Vec backward_seq(const Dims& dm, const Params<const double*>& w, const Params<double*>& gw, const Fwd& f,
-                 const Vec& dy, double* sink_terms) {
+Vec backward_seq(const Dims& dm, const Params<const double*>& w, const Params<double*>& gw, const Fwd& f, const Vec& dy,
+                 double* sink_terms) {
   const int64_t s_len = f.s, hd_all = dm.h * dm.hd;
   // 7. o_b, then the g blocks of o_a
   const Vec dgrouped = linear_back(f.grouped.data(), dy, s_len, w.o_b, dm.d, dm.g * dm.dg, gw.o_b);

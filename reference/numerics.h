@@ -7,9 +7,9 @@
 
 namespace dsv4::reference {
 
-float ceil_pow2(float v);   // smallest power of two >= v (v > 0)
-float e4m3_round(float v);  // nearest E4M3 value to clamp(v, ±448); ties to the even code
-float e2m1_round(float v);  // nearest E2M1 value to clamp(v, ±6); ties to the even code
+float ceil_pow2(float v);            // smallest power of two >= v (v > 0)
+float e4m3_round(float v);           // nearest E4M3 value to clamp(v, ±448); ties to the even code
+float e2m1_round(float v);           // nearest E2M1 value to clamp(v, ±6); ties to the even code
 void hadamard(float* x, int64_t n);  // Sylvester butterflies, then times fp32(n^-1/2)
 
 // The roundings of one forward in deployment numerics. `closest` records how

@@ -19,13 +19,15 @@ using Mat = std::vector<float>;  // row-major
 using detail::rms_norm;
 using detail::rope;
 
-Mat linear(const float* x, int64_t rows, const Tensor& w) { return detail::linear(x, rows, w.ptr(), w.dim(0), w.dim(1)); }
+Mat linear(const float* x, int64_t rows, const Tensor& w) {
+  return detail::linear(x, rows, w.ptr(), w.dim(0), w.dim(1));
+}
 
 // Compressed entries of a whole sequence: [S / r, width]. `overlap` = CSA
 // pooling over 2r slots (series A of window w-1, series B of window w).
 // `round`: deployment numerics, with `r` RoPE dims (main entries) or r = -1 (indexer keys).
-Mat compress(const float* x, int64_t s_len, const CompressorWeights& cw, int64_t rate, int64_t width,
-             bool overlap, double eps, const std::vector<float>& freq, Rounder* round, int64_t r) {
+Mat compress(const float* x, int64_t s_len, const CompressorWeights& cw, int64_t rate, int64_t width, bool overlap,
+             double eps, const std::vector<float>& freq, Rounder* round, int64_t r) {
   const Mat cv = linear(x, s_len, cw.kv_proj), z = linear(x, s_len, cw.gate_proj);
   const int64_t in_w = overlap ? 2 * width : width, n_entries = s_len / rate;
   const float* bias = cw.position_bias.ptr();
@@ -53,7 +55,7 @@ Mat compress(const float* x, int64_t s_len, const CompressorWeights& cw, int64_t
 }
 
 struct Indexed {
-  Mat q, keys, scores;  // [S, H_I*D_I], [T, D_I], [S, T]
+  Mat q, keys, scores;                     // [S, H_I*D_I], [T, D_I], [S, T]
   std::vector<std::vector<int64_t>> topk;  // per query, best first
 };
 
@@ -84,9 +86,8 @@ Indexed run_indexer(const Config& c, const LayerWeights& w, const float* x, cons
     std::vector<int64_t> eligible((t + 1) / m);  // entries whose window is complete
     std::iota(eligible.begin(), eligible.end(), 0);
     // Stable: equal scores keep the lower entry index first, the fast path's rule (docs/numerics.md, "Top-k ties").
-    std::stable_sort(eligible.begin(), eligible.end(), [&](int64_t p, int64_t q) {
-      return ix.scores[t * n_t + p] > ix.scores[t * n_t + q];
-    });
+    std::stable_sort(eligible.begin(), eligible.end(),
+                     [&](int64_t p, int64_t q) { return ix.scores[t * n_t + p] > ix.scores[t * n_t + q]; });
     eligible.resize(std::min<size_t>(eligible.size(), static_cast<size_t>(c.index_topk)));
     ix.topk.push_back(eligible);
   }
@@ -96,7 +97,8 @@ Indexed run_indexer(const Config& c, const LayerWeights& w, const float* x, cons
 // c_q = RMSNorm_{w_qa}(X @ W_qa^T): the query's low-rank latent, [S, r_q].
 Mat query_latent(const Config& c, const LayerWeights& w, const float* x, int64_t s_len) {
   Mat c_q = linear(x, s_len, w.q_a_proj);
-  for (int64_t t = 0; t < s_len; ++t) rms_norm(&c_q[t * c.q_lora_rank], c.q_lora_rank, w.q_a_norm.ptr(), c.rms_norm_eps);
+  for (int64_t t = 0; t < s_len; ++t)
+    rms_norm(&c_q[t * c.q_lora_rank], c.q_lora_rank, w.q_a_norm.ptr(), c.rms_norm_eps);
   return c_q;
 }
 
@@ -176,8 +178,7 @@ Mat forward_one(const Config& c, LayerType type, const LayerWeights& w, const fl
     const int64_t n_t = rate ? s_len / rate : 0;
     dbg->q = Tensor({h_n, s_len, hd});
     for (int64_t h = 0; h < h_n; ++h)
-      for (int64_t t = 0; t < s_len; ++t)
-        std::copy_n(&q[(t * h_n + h) * hd], hd, &dbg->q.data[(h * s_len + t) * hd]);
+      for (int64_t t = 0; t < s_len; ++t) std::copy_n(&q[(t * h_n + h) * hd], hd, &dbg->q.data[(h * s_len + t) * hd]);
     dbg->kv = Tensor({s_len, hd}, kv);
     if (rate) dbg->compressed_kv = Tensor({n_t, hd}, comp);
     if (type == LayerType::csa) {
@@ -187,7 +188,8 @@ Mat forward_one(const Config& c, LayerType type, const LayerWeights& w, const fl
       dbg->index_scores = Tensor({s_len, n_t}, ix.scores);
       dbg->topk.shape = {s_len, width};
       dbg->topk.data.assign(static_cast<size_t>(s_len * width), -1);
-      for (int64_t t = 0; t < s_len; ++t) std::copy(ix.topk[t].begin(), ix.topk[t].end(), dbg->topk.data.begin() + t * width);
+      for (int64_t t = 0; t < s_len; ++t)
+        std::copy(ix.topk[t].begin(), ix.topk[t].end(), dbg->topk.data.begin() + t * width);
     }
   }
   return out;

@@ -46,7 +46,7 @@ LayerGradients backward(const Config& c, LayerType t, const LayerWeights& w, con
 // the layer type under its spec name (weight_specs in dsv4/weights.h,
 // e.g. "q_a_proj.weight", "compressor.position_bias"), row-major.
 struct Point64 {
-  Shape x_shape;          // [B, S, d]
+  Shape x_shape;  // [B, S, d]
   std::vector<double> x;
   std::map<std::string, std::vector<double>> w;
 };

@@ -11,7 +11,7 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
   cmake make g++ pkg-config \
   libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev \
-  clang libclang-rt-14-dev libomp-dev libblas3 llvm \
+  clang libclang-rt-14-dev clang-format libomp-dev libblas3 llvm \
   python3 python3-dev pybind11-dev python3-pybind11 python3-numpy python3-pytest python3-matplotlib \
   python3-torch libopenblas0 \
   python3-venv python3-setuptools python3-wheel python3-build

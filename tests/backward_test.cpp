@@ -17,8 +17,8 @@
 
 #include "dsv4/layer.h"
 #include "dsv4/safetensors.h"
-#include "reference.h"
 #include "pipeline/tape.h"
+#include "reference.h"
 #include "test_util.h"
 
 namespace dsv4 {
@@ -28,8 +28,18 @@ const LayerType kTypes[] = {LayerType::sliding, LayerType::csa, LayerType::hca};
 
 // Hidden 16, 2 heads of 8 (4 with RoPE), window 3, CSA rate 2 with top-2, HCA rate 3.
 Config tiny_config() {
-  return test::small_config({.hidden_size = 16, .heads = 2, .head_dim = 8, .rope_dims = 4, .q_rank = 8, .o_rank = 4,
-                             .window = 3, .rate_csa = 2, .rate_hca = 3, .index_heads = 2, .index_dim = 4, .topk = 2});
+  return test::small_config({.hidden_size = 16,
+                             .heads = 2,
+                             .head_dim = 8,
+                             .rope_dims = 4,
+                             .q_rank = 8,
+                             .o_rank = 4,
+                             .window = 3,
+                             .rate_csa = 2,
+                             .rate_hca = 3,
+                             .index_heads = 2,
+                             .index_dim = 4,
+                             .topk = 2});
 }
 
 bool is_indexer(const std::string& name) { return name.rfind("compressor.indexer.", 0) == 0; }
@@ -98,8 +108,8 @@ TEST(ReferenceBackward, MatchesFiniteDifferencesOnEveryElement) {
   std::mt19937 rng(4242);
   // S > W everywhere; CSA: T = 5 entries > k = 2 (token 10's window is
   // incomplete); HCA: T = 3, token 9 waits.
-  for (const FdCase& k : {FdCase{LayerType::sliding, 1, 7}, FdCase{LayerType::csa, 2, 11},
-                          FdCase{LayerType::hca, 2, 10}}) {
+  for (const FdCase& k :
+       {FdCase{LayerType::sliding, 1, 7}, FdCase{LayerType::csa, 2, 11}, FdCase{LayerType::hca, 2, 10}}) {
     SCOPED_TRACE(std::string(layer_type_name(k.type)));
     const LayerWeights w = test::random_weights(c, k.type, rng);
     const Tensor x = test::random_tensor({k.batch, k.seq, c.hidden_size}, rng, 2.0f);
@@ -132,7 +142,8 @@ TEST(ReferenceBackward, MatchesFiniteDifferencesOnEveryElement) {
       size_t at = 0;
       for (size_t i = 0; i < v.size(); ++i, ++all.checked) {
         const double fd = central_difference(c, k.type, p, v, i, dy, sel, h);
-        if (const double err = std::fabs(fd - grad.data[i]) / scale; !(err <= worst)) worst = err, worst_fd = fd, at = i;
+        if (const double err = std::fabs(fd - grad.data[i]) / scale; !(err <= worst))
+          worst = err, worst_fd = fd, at = i;
       }
       EXPECT_LE(worst, tol) << s.name << "[" << at << "]: fd " << worst_fd << " vs " << grad.data[at];
       all.worst = std::max(all.worst, worst);
@@ -156,8 +167,10 @@ TEST(ReferenceBackward, NoEntriesMeansNoCompressorGradient) {
     const LayerGradients g = reference::backward(c, t, w, x, test::random_tensor(x.shape, rng, 1.0f));
     for (const WeightSpec& sp : weight_specs(c, t)) {
       const double m = max_abs(grad_of(g, sp.name));
-      if (sp.name.rfind("compressor.", 0) == 0) EXPECT_EQ(m, 0.0) << sp.name;
-      else EXPECT_GT(m, 0.0) << sp.name;
+      if (sp.name.rfind("compressor.", 0) == 0)
+        EXPECT_EQ(m, 0.0) << sp.name;
+      else
+        EXPECT_GT(m, 0.0) << sp.name;
     }
   }
 }
@@ -183,8 +196,8 @@ TEST(ReferenceBackward, NoEntriesMeansNoCompressorGradient) {
   for (const GradSpec& s : gradient_specs(c, t, ref.dx.shape)) {
     const Tensor &r = grad_of(ref, s.name), &f = grad_of(fast, s.name);
     if (f.shape != r.shape)
-      return ::testing::AssertionFailure() << s.name << " has shape " << shape_str(f.shape) << ", expected "
-                                           << shape_str(s.shape);
+      return ::testing::AssertionFailure()
+             << s.name << " has shape " << shape_str(f.shape) << ", expected " << shape_str(s.shape);
     double scale = max_abs(r);
     if (s.name == "sinks" && sink_terms)
       for (double v : *sink_terms) scale = std::max(scale, v);
@@ -225,16 +238,15 @@ TEST(FastBackward, MatchesReferenceOnManyShapes) {
     if (seq < c.sliding_window) ++met["S < W"];
     if (rate && seq < rate) ++met["no entries"];
     if (t == LayerType::csa) ++met[seq / rate > c.index_topk ? "T > k" : "T <= k"];
-    SCOPED_TRACE("case " + std::to_string(cases) + " " + std::string(layer_type_name(t)) + " B=" +
-                 std::to_string(batch) + " S=" + std::to_string(seq));
+    SCOPED_TRACE("case " + std::to_string(cases) + " " + std::string(layer_type_name(t)) +
+                 " B=" + std::to_string(batch) + " S=" + std::to_string(seq));
     std::vector<double> sink_terms;
     const LayerGradients ref = reference::backward(c, t, w, x, dy, reference::select_topk(c, t, w, x), &sink_terms);
     const LayerGradients fast = Layer(c, t, w).backward(x, dy);
     ASSERT_TRUE(gradients_close(fast, ref, c, t, &worst, &sink_terms));
   }
   std::printf("[ fast vs ref ] %d cases, worst |fast - ref| / max|ref| = %.2e\n", cases, worst);
-  for (const char* what : {"odd S", "S < W", "no entries", "T > k", "T <= k"})
-    EXPECT_GE(met[what], 5) << what;
+  for (const char* what : {"odd S", "S < W", "no entries", "T > k", "T <= k"}) EXPECT_GE(met[what], 5) << what;
 }
 
 std::vector<std::string> stateless_files() {
@@ -248,7 +260,8 @@ std::vector<std::string> stateless_files() {
 
 std::string file_test_name(const ::testing::TestParamInfo<std::string>& info) {
   std::string n = info.param.substr(0, info.param.find('.'));
-  std::replace_if(n.begin(), n.end(), [](char ch) { return !std::isalnum(static_cast<unsigned char>(ch)); }, '_');
+  std::replace_if(
+      n.begin(), n.end(), [](char ch) { return !std::isalnum(static_cast<unsigned char>(ch)); }, '_');
   return n;
 }
 

@@ -29,8 +29,8 @@ bool same_bits(const RowStore& a, const RowStore& b) {
 ::testing::AssertionResult same_state(const LayerState& a, const LayerState& b) {
   if (a.position() != b.position()) return ::testing::AssertionFailure() << "positions differ";
   if (!same_bits(a.window(), b.window())) return ::testing::AssertionFailure() << "window differs";
-  for (auto [x, y, what] : {std::tuple{&a.compressor(), &b.compressor(), "compressor"},
-                            std::tuple{&a.indexer(), &b.indexer(), "indexer"}})
+  for (auto [x, y, what] :
+       {std::tuple{&a.compressor(), &b.compressor(), "compressor"}, std::tuple{&a.indexer(), &b.indexer(), "indexer"}})
     if (!same_bits(x->entries, y->entries) || !same_bits(x->pend_c, y->pend_c) || !same_bits(x->pend_z, y->pend_z) ||
         !same_bits(x->prev_c, y->prev_c) || !same_bits(x->prev_zb, y->prev_zb))
       return ::testing::AssertionFailure() << what << " differs";
@@ -64,7 +64,8 @@ TEST(BitIdentity, LongPrefillWideProjections) {
   const Tensor x = test::random_tensor({1, Layer::kPrefillChunk + 100, c.hidden_size}, rng, 2.0f);
   for (LayerType t : kTypes) {
     const Layer layer(c, t, test::random_weights(c, t, rng));
-    at_each_thread_count(std::string(layer_type_name(t)) + " prefill", [&] { return std::vector<Tensor>{layer.forward(x)}; });
+    at_each_thread_count(std::string(layer_type_name(t)) + " prefill",
+                         [&] { return std::vector<Tensor>{layer.forward(x)}; });
   }
 }
 
@@ -91,17 +92,17 @@ TEST(BitIdentity, DecodeOverManyEntriesAndRaggedBatch) {
       std::vector<Tensor> ys;
       for (int64_t i = 0; i < steps.dim(0); ++i)
         ys.push_back(layer.forward(Tensor({1, c.hidden_size}, {steps.data.begin() + i * c.hidden_size,
-                                                               steps.data.begin() + (i + 1) * c.hidden_size}), st));
+                                                               steps.data.begin() + (i + 1) * c.hidden_size}),
+                                   st));
       if (first.position() == 0) first = st;
       EXPECT_TRUE(same_state(st, first)) << name << " decode";
       return ys;
     });
 
-    const std::vector<Tensor> xs = {test::random_tensor({Layer::kPrefillChunk + 76, c.hidden_size}, rng, 2.0f),
-                                    test::random_tensor({300, c.hidden_size}, rng, 2.0f),
-                                    test::random_tensor({1, c.hidden_size}, rng, 2.0f),
-                                    test::random_tensor({0, c.hidden_size}, rng),
-                                    test::random_tensor({1, c.hidden_size}, rng, 2.0f)};
+    const std::vector<Tensor> xs = {
+        test::random_tensor({Layer::kPrefillChunk + 76, c.hidden_size}, rng, 2.0f),
+        test::random_tensor({300, c.hidden_size}, rng, 2.0f), test::random_tensor({1, c.hidden_size}, rng, 2.0f),
+        test::random_tensor({0, c.hidden_size}, rng), test::random_tensor({1, c.hidden_size}, rng, 2.0f)};
     const std::vector<const LayerState*> start = {nullptr, &mid_st, &long_st, &mid_st, &mid_st};
     auto fresh = [&] {
       std::vector<LayerState> sts;

@@ -455,9 +455,9 @@ TEST(ConfigJson, InconsistentLayerLists) {
 }
 
 TEST(ConfigJson, MissingRequiredKeys) {
-  for (const char* key : {"hidden_size", "num_attention_heads", "head_dim", "qk_rope_head_dim", "q_lora_rank",
-                          "o_groups", "o_lora_rank", "sliding_window", "index_n_heads", "index_head_dim",
-                          "index_topk"}) {
+  for (const char* key :
+       {"hidden_size", "num_attention_heads", "head_dim", "qk_rope_head_dim", "q_lora_rank", "o_groups", "o_lora_rank",
+        "sliding_window", "index_n_heads", "index_head_dim", "index_topk"}) {
     SCOPED_TRACE(key);
     json j = hf_base();
     j.erase(key);
@@ -478,8 +478,13 @@ TEST(ConfigJson, MissingRequiredKeys) {
 
 TEST(ConfigJson, WrongTypes) {
   const std::vector<std::pair<std::string, json>> bad = {
-      {"hidden_size", "64"}, {"head_dim", -32}, {"index_topk", 2.5}, {"o_groups", true},
-      {"sliding_window", json::array({8})}, {"rope_theta", "1e4"}, {"rms_norm_eps", false},
+      {"hidden_size", "64"},
+      {"head_dim", -32},
+      {"index_topk", 2.5},
+      {"o_groups", true},
+      {"sliding_window", json::array({8})},
+      {"rope_theta", "1e4"},
+      {"rms_norm_eps", false},
       {"num_hidden_layers", -1},
   };
   for (const auto& [key, value] : bad) {

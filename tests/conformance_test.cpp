@@ -17,7 +17,8 @@ namespace {
 std::vector<std::string> case_files(const std::string& mode) {
   std::vector<std::string> out;
   for (const auto& e : std::filesystem::directory_iterator(test::data_path("conformance")))
-    if (e.path().extension() == ".safetensors" && e.path().filename().string().find("_" + mode + "_") != std::string::npos)
+    if (e.path().extension() == ".safetensors" &&
+        e.path().filename().string().find("_" + mode + "_") != std::string::npos)
       out.push_back(e.path().filename().string());
   std::sort(out.begin(), out.end());
   return out;
@@ -25,7 +26,8 @@ std::vector<std::string> case_files(const std::string& mode) {
 
 std::string test_name(const ::testing::TestParamInfo<std::string>& info) {
   std::string n = info.param.substr(0, info.param.find('.'));
-  std::replace_if(n.begin(), n.end(), [](char ch) { return !std::isalnum(static_cast<unsigned char>(ch)); }, '_');
+  std::replace_if(
+      n.begin(), n.end(), [](char ch) { return !std::isalnum(static_cast<unsigned char>(ch)); }, '_');
   return n;
 }
 
@@ -55,7 +57,9 @@ TEST_P(Reference, MatchesStatelessOutputs) {
   EXPECT_TRUE(test::all_close(y, f.f32("chunk0.output"), 1e-5, 1e-5));
   const Tensor q = f.f32("chunk0.q");
   const int64_t per = q.numel() / q.dim(0);
-  for (size_t b = 0; b < dbg.size(); ++b) EXPECT_TRUE(test::all_close(dbg[b].q.ptr(), Tensor({per}, {q.data.begin() + b * per, q.data.begin() + (b + 1) * per}), 1e-5, 1e-5));
+  for (size_t b = 0; b < dbg.size(); ++b)
+    EXPECT_TRUE(test::all_close(dbg[b].q.ptr(),
+                                Tensor({per}, {q.data.begin() + b * per, q.data.begin() + (b + 1) * per}), 1e-5, 1e-5));
   if (spec.type == LayerType::csa) {
     const TensorI64 ref = f.i64("chunk0.topk_indices");
     const int64_t s = ref.shape[1];

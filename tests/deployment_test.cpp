@@ -67,7 +67,8 @@ bool draw(std::mt19937& rng, Drawn& k, int64_t batch, int64_t seq, int blocks, i
 ::testing::AssertionResult same_sets(const TensorI64& a, const TensorI64& b) {
   if (a.shape != b.shape) return ::testing::AssertionFailure() << "top-k shapes differ";
   for (int64_t t = 0; t < a.shape[0]; ++t)
-    if (topk_set(a, t) != topk_set(b, t)) return ::testing::AssertionFailure() << "query " << t << " selects other entries";
+    if (topk_set(a, t) != topk_set(b, t))
+      return ::testing::AssertionFailure() << "query " << t << " selects other entries";
   return ::testing::AssertionSuccess();
 }
 
@@ -85,9 +86,9 @@ TEST(Deployment, FastEqualsReferenceOnManyShapes) {
     const Layer layer(k.c, k.type, k.w, LayerOptions{WeightFormat::f32, kDeploy});
     std::vector<Intermediates> dbg;
     const Tensor y = layer.forward(k.x, &dbg);
-    SCOPED_TRACE("case " + std::to_string(cases) + " " + std::string(layer_type_name(k.type)) + " D=" +
-                 std::to_string(k.c.head_dim) + " D_I=" + std::to_string(k.c.index_head_dim) + " B=" +
-                 std::to_string(batch) + " S=" + std::to_string(seq) + " blocks " + std::to_string(blocks));
+    SCOPED_TRACE("case " + std::to_string(cases) + " " + std::string(layer_type_name(k.type)) +
+                 " D=" + std::to_string(k.c.head_dim) + " D_I=" + std::to_string(k.c.index_head_dim) +
+                 " B=" + std::to_string(batch) + " S=" + std::to_string(seq) + " blocks " + std::to_string(blocks));
     ASSERT_TRUE(test::all_close(y, k.ref, 1e-5, 1e-5));
     for (size_t b = 0; b < dbg.size(); ++b) {
       EXPECT_TRUE(test::all_close(dbg[b].kv, k.dbg[b].kv, 1e-5, 1e-5));
@@ -104,9 +105,9 @@ TEST(Deployment, FastEqualsReferenceOnManyShapes) {
       for (int64_t t = 0; t < seq; ++t) {
         const Tensor yt = layer.forward(
             Tensor({1, dd}, std::vector<float>(k.x.data.begin() + t * dd, k.x.data.begin() + (t + 1) * dd)), st);
-        ASSERT_TRUE(test::all_close(yt.ptr(), Tensor({dd}, std::vector<float>(k.ref.data.begin() + t * dd,
-                                                                                  k.ref.data.begin() + (t + 1) * dd)),
-                                    1e-5, 1e-5))
+        ASSERT_TRUE(test::all_close(
+            yt.ptr(), Tensor({dd}, std::vector<float>(k.ref.data.begin() + t * dd, k.ref.data.begin() + (t + 1) * dd)),
+            1e-5, 1e-5))
             << "decoded token " << t;
       }
     }
@@ -161,7 +162,8 @@ TEST(Deployment, ChangesOutputsAndShrinksTheState) {
     const Tensor a = ref.forward(x), b = dep.forward(x);
     double diff = 0, scale = 0;
     for (size_t i = 0; i < a.data.size(); ++i)
-      diff = std::max(diff, double(std::fabs(a.data[i] - b.data[i]))), scale = std::max(scale, double(std::fabs(a.data[i])));
+      diff = std::max(diff, double(std::fabs(a.data[i] - b.data[i]))),
+      scale = std::max(scale, double(std::fabs(a.data[i])));
     EXPECT_GT(diff, 1e-4 * scale) << layer_type_name(t);  // (CSA: a changed top-k choice can move more)
     LayerState sr = ref.new_state(), sd = dep.new_state();
     ref.forward(x.data.size() ? Tensor({40, c.hidden_size}, x.data) : x, sr);
@@ -175,13 +177,15 @@ TEST(Deployment, InputErrors) {
   std::mt19937 rng(14);
   Config c = test::small_config({.index_dim = 24});  // not a power of two
   try {
-    const Layer layer(c, LayerType::csa, test::random_weights(c, LayerType::csa, rng), LayerOptions{WeightFormat::f32, kDeploy});
+    const Layer layer(c, LayerType::csa, test::random_weights(c, LayerType::csa, rng),
+                      LayerOptions{WeightFormat::f32, kDeploy});
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("index_head_dim must be a power of two"), std::string::npos) << e.what();
   }
   // The other layer types have no indexer: any D_I.
-  EXPECT_NO_THROW(Layer(c, LayerType::hca, test::random_weights(c, LayerType::hca, rng), LayerOptions{WeightFormat::f32, kDeploy}));
+  EXPECT_NO_THROW(
+      Layer(c, LayerType::hca, test::random_weights(c, LayerType::hca, rng), LayerOptions{WeightFormat::f32, kDeploy}));
   c = test::small_config();
   const LayerWeights w = test::random_weights(c, LayerType::csa, rng);
   const Layer dep(c, LayerType::csa, w, LayerOptions{WeightFormat::f32, kDeploy}), ref(c, LayerType::csa, w);

@@ -22,8 +22,8 @@ using namespace model_test;
 using json = nlohmann::json;
 using test::all_close;
 using test::data_path;
-using ::testing::HasSubstr;
 using test::slurp;
+using ::testing::HasSubstr;
 
 // ---------------------------------------------------------------- bad folders and indexes
 

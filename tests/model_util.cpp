@@ -123,9 +123,7 @@ void write_folder(const fs::path& dir, const Config& c, NamingScheme s,
   write_text(dir / "model.safetensors.index.json", json{{"metadata", {{"total_size", 0}}}, {"weight_map", wm}}.dump());
 }
 
-const Tensor& slot(const LayerWeights& w, const std::string& name) {
-  return test::weight_named(w, name);
-}
+const Tensor& slot(const LayerWeights& w, const std::string& name) { return test::weight_named(w, name); }
 
 // A layer's tensors under scheme s, stored as F32.
 std::vector<NamedTensor> f32_tensors(const Config& c, LayerType t, const LayerWeights& w, NamingScheme s,

@@ -4,16 +4,16 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
-#include <cmath>
 #include <unistd.h>
+#include <cmath>
 
 #include <filesystem>
 #include <fstream>
 
+#include "common/dtype.h"
 #include "dsv4/layer.h"
 #include "dsv4/model.h"
 #include "dsv4/random.h"
-#include "common/dtype.h"
 #include "ops/blas.h"
 #include "ops/weight_decode.h"
 #include "test_util.h"
@@ -28,9 +28,14 @@ using ::testing::ThrowsMessage;
 // Dims with full and partial 128x128 scale blocks in every projection and
 // fused matrices of several segments and 512-row GEMM tiles.
 Config block_config() {
-  return test::small_config(
-      {.hidden_size = 272, .heads = 6, .head_dim = 96, .rope_dims = 16, .q_rank = 160, .o_rank = 80, .index_dim = 32,
-       .topk = 5});
+  return test::small_config({.hidden_size = 272,
+                             .heads = 6,
+                             .head_dim = 96,
+                             .rope_dims = 16,
+                             .q_rank = 160,
+                             .o_rank = 80,
+                             .index_dim = 32,
+                             .topk = 5});
 }
 
 LayerWeights released(const Config& c, LayerType t, uint64_t seed) {
@@ -89,8 +94,8 @@ TEST(NativeWeights, RowKernelEqualsWidenedWeightsForAnyRowCount) {
     bool pow2;
     float x_scale;
   };
-  const Case cases[] = {{70, 264, 0, true, 1.0f},   {131, 300, 64, true, 1.0f}, {9, 7, 0, true, 1.0f},
-                        {40, 1037, 100, false, 1.0f}, {66, 256, 0, true, 1e7f}, {33, 136, 5, true, 1e-30f}};
+  const Case cases[] = {{70, 264, 0, true, 1.0f},     {131, 300, 64, true, 1.0f}, {9, 7, 0, true, 1.0f},
+                        {40, 1037, 100, false, 1.0f}, {66, 256, 0, true, 1e7f},   {33, 136, 5, true, 1e-30f}};
   for (const Case& cs : cases) {
     SCOPED_TRACE("n " + std::to_string(cs.n) + " k " + std::to_string(cs.k) + " base " + std::to_string(cs.row_base));
     const int64_t kb = (cs.k + 127) / 128, rb = (cs.row_base + cs.n + 127) / 128;
@@ -109,7 +114,8 @@ TEST(NativeWeights, RowKernelEqualsWidenedWeightsForAnyRowCount) {
     widen_rows(fp8, cs.n, cs.k, wide.data());
     for (int64_t i = 0; i < cs.n * cs.k; ++i) {  // widen_rows gives the dequantised weights
       const int64_t j = i / cs.k, col = i % cs.k;
-      ASSERT_EQ(wide[size_t(i)], e4m3fn_to_f32(codes[size_t(i)]) * scales[size_t(((cs.row_base + j) / 128) * kb + col / 128)]);
+      ASSERT_EQ(wide[size_t(i)],
+                e4m3fn_to_f32(codes[size_t(i)]) * scales[size_t(((cs.row_base + j) / 128) * kb + col / 128)]);
     }
     std::vector<uint16_t> bf(wide.size());
     for (size_t i = 0; i < wide.size(); ++i) bf[i] = f32_to_bf16(wide[i]);
@@ -183,15 +189,16 @@ TEST(NativeWeights, FromStoredNamedTensors) {
   }
   LayerWeights rest = w;  // the non-matrix tensors as F32
   rest.stored.clear();
-  for (const char* name : {"q_a_norm.weight", "kv_norm.weight", "sinks", "compressor.position_bias",
-                                  "compressor.kv_norm.weight", "compressor.indexer.position_bias",
-                                  "compressor.indexer.kv_norm.weight"}) {
+  for (const char* name :
+       {"q_a_norm.weight", "kv_norm.weight", "sinks", "compressor.position_bias", "compressor.kv_norm.weight",
+        "compressor.indexer.position_bias", "compressor.indexer.kv_norm.weight"}) {
     NamedTensor t = named(name, test::weight_named(rest, name));
     given.emplace_back(name, RawTensor{t.dtype, t.shape, std::move(t.bytes)});
   }
   const Tensor x = test::random_tensor({1, 150, c.hidden_size}, rng);
   const Layer direct(c, LayerType::csa, w, {WeightFormat::native});
-  const Layer kept(c, LayerType::csa, layer_weights_from_stored(given, c, LayerType::csa, true), {WeightFormat::native});
+  const Layer kept(c, LayerType::csa, layer_weights_from_stored(given, c, LayerType::csa, true),
+                   {WeightFormat::native});
   const Layer widened(c, LayerType::csa, layer_weights_from_stored(given, c, LayerType::csa, false));
   EXPECT_EQ(kept.weight_bytes(), direct.weight_bytes());
   EXPECT_GT(widened.weight_bytes(), 2 * kept.weight_bytes());
@@ -289,8 +296,8 @@ fs::path write_model(const Config& c0, LayerType t, const LayerWeights& w, Namin
       ts.push_back(named(name, test::weight_named(w, e.name)));
       continue;
     }
-    for (NamedTensor& t : checkpoint_tensors(name, scale_name(s, name), it->second,
-                                             e8m0_scales ? DType::F8_E8M0 : DType::F32))
+    for (NamedTensor& t :
+         checkpoint_tensors(name, scale_name(s, name), it->second, e8m0_scales ? DType::F8_E8M0 : DType::F32))
       ts.push_back(std::move(t));
   }
   write_safetensors(dir / "model.safetensors", ts);
@@ -305,7 +312,8 @@ fs::path write_model(const Config& c0, LayerType t, const LayerWeights& w, Namin
                                      << R"(, "index_topk": )" << c.index_topk << R"(, "rope_theta": 10000.0,
       "compress_rope_theta": 160000.0, "rms_norm_eps": 1e-6, "rope_scaling": {"type": "yarn", "factor": 16.0,
       "original_max_position_embeddings": 64, "beta_fast": 32.0, "beta_slow": 1.0},
-      "layer_types": [")" << layer_type_name(t) << R"("]})";
+      "layer_types": [")" << layer_type_name(t)
+                                     << R"("]})";
   return dir;
 }
 

@@ -61,7 +61,8 @@ TEST(Compressor, CsaOverlapPoolingWithAbsentWindowMinusOne) {
     std::vector<float> buf;
     const float* entries = st.entries.rows_f32(st.emitted, buf);
     for (int64_t ch = 0; ch < hd; ++ch)
-      EXPECT_NEAR(entries[e * hd + ch], expect[ch] / std::sqrt(ss / hd + c.rms_norm_eps) * w.compressor->kv_norm.data[ch], 1e-5)
+      EXPECT_NEAR(entries[e * hd + ch],
+                  expect[ch] / std::sqrt(ss / hd + c.rms_norm_eps) * w.compressor->kv_norm.data[ch], 1e-5)
           << "entry " << e << " channel " << ch;
   }
   EXPECT_TRUE(st.has_prev);
@@ -151,7 +152,8 @@ TEST(OutputProjection, GroupsMapThroughTheirOwnBlock) {
     for (int64_t gi = 0; gi < g; ++gi)
       for (int64_t r = 0; r < dg; ++r) {
         double mid = 0;
-        for (int64_t i = 0; i < gw; ++i) mid += double(o_in.data[gi * gw + i]) * w.o_a_proj.data[(gi * dg + r) * gw + i];
+        for (int64_t i = 0; i < gw; ++i)
+          mid += double(o_in.data[gi * gw + i]) * w.o_a_proj.data[(gi * dg + r) * gw + i];
         acc += mid * w.o_b_proj.data[j * g * dg + gi * dg + r];
       }
     EXPECT_NEAR(out[j], acc, 1e-4);

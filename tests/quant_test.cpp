@@ -198,7 +198,8 @@ TEST(QuantRows, KvRowsEqualTheReferenceOnEveryKindOfBlock) {
       std::memcpy(&h, &row[nope + 2 * i], 2);
       ASSERT_EQ(bf16_to_f32(h), dq[nope + i]) << i;
     }
-    for (size_t i = static_cast<size_t>(nope + 2 * r + (nope + 63) / 64); i < row.size(); ++i) ASSERT_EQ(row[i], 0) << i;
+    for (size_t i = static_cast<size_t>(nope + 2 * r + (nope + 63) / 64); i < row.size(); ++i)
+      ASSERT_EQ(row[i], 0) << i;
   }
 }
 
@@ -228,8 +229,10 @@ TEST(QuantRows, IndexRowsEqualTheReference) {
     const float s = std::ldexp(1.0f, static_cast<int>(rng() % 20) - 10);
     for (float& v : x) {
       const int c = static_cast<int>(rng() % 7);
-      v = kind == 0 ? 0.0f : kind == 1 ? static_cast<float>((kE2m1[c] + kE2m1[c + 1]) / 2) * s
-                         : kind == 2 ? 1e-39f * g(rng) : g(rng);
+      v = kind == 0   ? 0.0f
+          : kind == 1 ? static_cast<float>((kE2m1[c] + kE2m1[c + 1]) / 2) * s
+          : kind == 2 ? 1e-39f * g(rng)
+                      : g(rng);
       if (rng() % 2) v = -v;
     }
     if (kind == 1)

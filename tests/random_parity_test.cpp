@@ -8,9 +8,9 @@
 #include <cstring>
 #include <map>
 
+#include "common/dtype.h"
 #include "dsv4/conformance.h"
 #include "dsv4/layer.h"
-#include "common/dtype.h"
 #include "reference.h"
 #include "test_util.h"
 
@@ -68,7 +68,8 @@ TEST(RandomParity, FastEqualsReferenceOnManyShapes) {
       if (k.type != LayerType::csa) continue;
       EXPECT_TRUE(test::all_close(dbg[b].index_scores, rdbg[b].index_scores, 1e-5, 1e-5));
       ASSERT_EQ(dbg[b].topk.shape, rdbg[b].topk.shape);
-      for (int64_t t = 0; t < k.seq; ++t) EXPECT_EQ(topk_set(dbg[b].topk, t), topk_set(rdbg[b].topk, t)) << "query " << t;
+      for (int64_t t = 0; t < k.seq; ++t)
+        EXPECT_EQ(topk_set(dbg[b].topk, t), topk_set(rdbg[b].topk, t)) << "query " << t;
     }
   }
   EXPECT_EQ(cases, 240);
@@ -128,7 +129,8 @@ TEST(RandomParity, LongSequencesAndManyEntries) {
     const int64_t d = c.hidden_size, pre = s - decoded;
     Tensor y = layer.forward(Tensor({pre, d}, std::vector<float>(x.data.begin(), x.data.begin() + pre * d)), st);
     for (int64_t i = pre; i < s; ++i) {
-      const Tensor yi = layer.forward(Tensor({1, d}, std::vector<float>(x.data.begin() + i * d, x.data.begin() + (i + 1) * d)), st);
+      const Tensor yi =
+          layer.forward(Tensor({1, d}, std::vector<float>(x.data.begin() + i * d, x.data.begin() + (i + 1) * d)), st);
       y.data.insert(y.data.end(), yi.data.begin(), yi.data.end());
     }
     EXPECT_TRUE(test::all_close(y.ptr(), Tensor({s * d}, ref.data), 1e-5, 1e-5)) << layer_type_name(t) << " decode";

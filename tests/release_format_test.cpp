@@ -22,19 +22,30 @@ using ::testing::HasSubstr;
 
 json flash_json() {
   const Config c = Config::preset("v4-flash");
-  return json{{"hidden_size", c.hidden_size},         {"num_attention_heads", c.num_attention_heads},
-              {"head_dim", c.head_dim},               {"q_lora_rank", c.q_lora_rank},
-              {"o_groups", c.o_groups},               {"o_lora_rank", c.o_lora_rank},
-              {"sliding_window", c.sliding_window},   {"index_n_heads", c.index_n_heads},
-              {"index_head_dim", c.index_head_dim},   {"index_topk", c.index_topk},
-              {"num_hidden_layers", 3},               {"compress_ratios", {0, 4, 128, 0}}};
+  return json{{"hidden_size", c.hidden_size},
+              {"num_attention_heads", c.num_attention_heads},
+              {"head_dim", c.head_dim},
+              {"q_lora_rank", c.q_lora_rank},
+              {"o_groups", c.o_groups},
+              {"o_lora_rank", c.o_lora_rank},
+              {"sliding_window", c.sliding_window},
+              {"index_n_heads", c.index_n_heads},
+              {"index_head_dim", c.index_head_dim},
+              {"index_topk", c.index_topk},
+              {"num_hidden_layers", 3},
+              {"compress_ratios", {0, 4, 128, 0}}};
 }
 
 json rope_parameters() {
   return {{"main", {{"rope_type", "default"}, {"rope_theta", 10000.0}, {"partial_rotary_factor", 0.125}}},
           {"compress",
-           {{"rope_type", "yarn"}, {"rope_theta", 160000.0}, {"partial_rotary_factor", 0.125}, {"factor", 16.0},
-            {"original_max_position_embeddings", 65536}, {"beta_fast", 32}, {"beta_slow", 1}}}};
+           {{"rope_type", "yarn"},
+            {"rope_theta", 160000.0},
+            {"partial_rotary_factor", 0.125},
+            {"factor", 16.0},
+            {"original_max_position_embeddings", 65536},
+            {"beta_fast", 32},
+            {"beta_slow", 1}}}};
 }
 
 void expect_error(const std::string& text, const std::string& phrase) {
@@ -51,8 +62,11 @@ TEST(ReleaseFormat, RopeParametersEqualRopeScaling) {
   a["qk_rope_head_dim"] = 64;
   a["rope_theta"] = 10000.0;
   a["compress_rope_theta"] = 160000.0;
-  a["rope_scaling"] = {{"type", "yarn"}, {"factor", 16.0}, {"original_max_position_embeddings", 65536},
-                       {"beta_fast", 32}, {"beta_slow", 1}};
+  a["rope_scaling"] = {{"type", "yarn"},
+                       {"factor", 16.0},
+                       {"original_max_position_embeddings", 65536},
+                       {"beta_fast", 32},
+                       {"beta_slow", 1}};
   json b = flash_json();
   b["rope_parameters"] = rope_parameters();
   const Config ca = config_from_json_text(a.dump(), "a"), cb = config_from_json_text(b.dump(), "b");
@@ -86,17 +100,28 @@ TEST(ReleaseFormat, RopeParametersErrors) {
 
 json config_json(const Config& c) {
   const RopeScaling& r = c.rope_scaling;
-  json j{{"hidden_size", c.hidden_size},       {"num_attention_heads", c.num_attention_heads},
-         {"head_dim", c.head_dim},             {"qk_rope_head_dim", c.qk_rope_head_dim},
-         {"q_lora_rank", c.q_lora_rank},       {"o_groups", c.o_groups},
-         {"o_lora_rank", c.o_lora_rank},       {"sliding_window", c.sliding_window},
-         {"compress_rate_csa", c.compress_rate_csa}, {"compress_rate_hca", c.compress_rate_hca},
-         {"index_n_heads", c.index_n_heads},   {"index_head_dim", c.index_head_dim},
-         {"index_topk", c.index_topk},         {"rope_theta", c.rope_theta},
-         {"compress_rope_theta", c.compress_rope_theta}, {"rms_norm_eps", c.rms_norm_eps},
-         {"rope_scaling", {{"type", r.type}, {"factor", r.factor},
-                           {"original_max_position_embeddings", r.original_max_position_embeddings},
-                           {"beta_fast", r.beta_fast}, {"beta_slow", r.beta_slow}}}};
+  json j{{"hidden_size", c.hidden_size},
+         {"num_attention_heads", c.num_attention_heads},
+         {"head_dim", c.head_dim},
+         {"qk_rope_head_dim", c.qk_rope_head_dim},
+         {"q_lora_rank", c.q_lora_rank},
+         {"o_groups", c.o_groups},
+         {"o_lora_rank", c.o_lora_rank},
+         {"sliding_window", c.sliding_window},
+         {"compress_rate_csa", c.compress_rate_csa},
+         {"compress_rate_hca", c.compress_rate_hca},
+         {"index_n_heads", c.index_n_heads},
+         {"index_head_dim", c.index_head_dim},
+         {"index_topk", c.index_topk},
+         {"rope_theta", c.rope_theta},
+         {"compress_rope_theta", c.compress_rope_theta},
+         {"rms_norm_eps", c.rms_norm_eps},
+         {"rope_scaling",
+          {{"type", r.type},
+           {"factor", r.factor},
+           {"original_max_position_embeddings", r.original_max_position_embeddings},
+           {"beta_fast", r.beta_fast},
+           {"beta_slow", r.beta_slow}}}};
   for (LayerType t : c.layer_types) j["layer_types"].push_back(layer_type_name(t));
   return j;
 }
@@ -136,7 +161,8 @@ TEST(ReleaseFormat, IndexerHeadWeightsWithoutScorer) {
   // The same names as a state_dict (the Python package's path).
   std::vector<std::pair<std::string, Tensor>> sd;
   for (const WeightSpec& e : weight_specs(c, LayerType::csa))
-    sd.emplace_back(e.name == scorer ? "compressor.indexer.weights_proj.weight" : e.name, test::weight_named(w, e.name));
+    sd.emplace_back(e.name == scorer ? "compressor.indexer.weights_proj.weight" : e.name,
+                    test::weight_named(w, e.name));
   EXPECT_EQ(layer_weights_from_named(sd, c, LayerType::csa).indexer->weights_proj.data, w.indexer->weights_proj.data);
 }
 

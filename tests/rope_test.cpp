@@ -62,8 +62,7 @@ TEST(Rope, ReferenceFrequenciesEqualTheFastPath) {
           c.rope_scaling.type = type;
           for (LayerType t : {LayerType::sliding, LayerType::csa, LayerType::hca}) {
             EXPECT_EQ(reference::rope_inv_freq(c, t), layer_inv_freq(c, t))
-                << "R=" << r << " L0=" << l0 << " factor=" << factor << " type '" << type << "' "
-                << layer_type_name(t);
+                << "R=" << r << " L0=" << l0 << " factor=" << factor << " type '" << type << "' " << layer_type_name(t);
             ++compared;
           }
         }

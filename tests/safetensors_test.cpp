@@ -72,8 +72,7 @@ TEST(SafeTensors, RoundTrip) {
   const TensorI64 scalar{{}, {42}};
   const std::string path = tmp_path("roundtrip.safetensors");
   // Deliberately not in sorted order: the writer keeps the given order.
-  write_safetensors(path,
-                    {named("w", w), named("pos", pos), named("empty", empty), named("a_scalar", scalar)},
+  write_safetensors(path, {named("w", w), named("pos", pos), named("empty", empty), named("a_scalar", scalar)},
                     {{"config", "{\"dim\": 64}"}, {"mode", "test"}});
 
   const auto raw = read_bytes(path);
@@ -265,8 +264,7 @@ TEST(SafeTensors, UnknownDtype) {
   for (const std::string dt : {"XYZ", "f32", "I4"})
     expect_parse_error(image(R"({"t":{"dtype":")" + dt + R"(","shape":[2],"data_offsets":[0,4]}})", 4),
                        "tensor 't': unknown dtype '" + dt + "'");
-  expect_parse_error(image(R"({"t":{"dtype":4,"shape":[1],"data_offsets":[0,4]}})", 4),
-                     "dtype must be a string");
+  expect_parse_error(image(R"({"t":{"dtype":4,"shape":[1],"data_offsets":[0,4]}})", 4), "dtype must be a string");
 }
 
 TEST(SafeTensors, DuplicateTensorInHeader) {
@@ -365,8 +363,7 @@ TEST(SafeTensors, WriterErrors) {
   expect_error([&] { write_safetensors(path, {named("__metadata__", Tensor({1}))}); }, path, "reserved");
   NamedTensor wrong = named("w", Tensor({2}));
   wrong.bytes.resize(4);
-  expect_error([&] { write_safetensors(path, {wrong}); }, path,
-               "tensor 'w': shape [2] needs 8 bytes but has 4");
+  expect_error([&] { write_safetensors(path, {wrong}); }, path, "tensor 'w': shape [2] needs 8 bytes but has 4");
   Tensor inconsistent;
   inconsistent.shape = {3};
   expect_error([&] { named("bad", inconsistent); }, "'bad'", "given 0 values");

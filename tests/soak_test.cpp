@@ -55,7 +55,7 @@ TEST(Soak, ShortSoakOfEveryLayerTypeAndNumerics) {
       const std::smatch& m = *it;
       SCOPED_TRACE(std::string(numerics) + " " + m[1].str());
       EXPECT_LE(std::stod(m[3]), 2 * std::stod(m[4]) + 0.001);  // bytes() within 2x of the tight size
-      EXPECT_EQ(m[8].str(), "3");                                // at 1/4, 2/4, 3/4
+      EXPECT_EQ(m[8].str(), "3");                               // at 1/4, 2/4, 3/4
       if (kAsan) continue;
       EXPECT_LE(std::stod(m[6]), 4.0);  // RSS follows the state
       EXPECT_LE(std::stod(m[7]), 1.0);  // so do the heap's bytes in use

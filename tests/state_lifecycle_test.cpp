@@ -226,7 +226,8 @@ TEST_F(StateFile, WrongConfigOrTypeIsRejected) {
       "saved from a compressed_sparse_attention layer, cannot restore into a heavily_compressed_attention");
 
   // Numerics: a deployment state is not a reference one, either way.
-  const Layer dep(c, LayerType::csa, test::random_weights(c, LayerType::csa, rng), LayerOptions{WeightFormat::f32, Numerics::deployment});
+  const Layer dep(c, LayerType::csa, test::random_weights(c, LayerType::csa, rng),
+                  LayerOptions{WeightFormat::f32, Numerics::deployment});
   LayerState ds = dep.new_state();
   dep.forward(test::random_tensor({10, c.hidden_size}, rng), ds);
   save_state(ds, c, file("dep.state"));

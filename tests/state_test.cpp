@@ -47,7 +47,8 @@ void chunkings_equal_one_shot(Numerics n, int n_cases) {
     const Tensor x = test::random_tensor({s, c.hidden_size}, rng, 2.0f);
     Intermediates ref_dbg;
     const Tensor ref = one_shot(layer, x, ref_dbg);
-    if (test::ambiguous_topk(c, type, ref_dbg) || (n == Numerics::deployment && rounding_near_tie(c, type, weights, x))) {
+    if (test::ambiguous_topk(c, type, ref_dbg) ||
+        (n == Numerics::deployment && rounding_near_tie(c, type, weights, x))) {
       ASSERT_LT(++redraws, 100);
       continue;
     }

@@ -44,7 +44,8 @@ struct Fed {
   Tensor y;
   std::vector<std::set<int64_t>> topk;
 };
-inline Fed feed(const Layer& layer, const Tensor& x, const std::vector<int64_t>& chunks, LayerState& st, bool debug = false) {
+inline Fed feed(const Layer& layer, const Tensor& x, const std::vector<int64_t>& chunks, LayerState& st,
+                bool debug = false) {
   const int64_t d = x.dim(1);
   Fed f{Tensor({x.dim(0), d}), {}};
   int64_t at = 0;

@@ -33,8 +33,8 @@ const Tensor& weight_named(const LayerWeights& w, const std::string& name);
 // A small config: the conformance "small" dims, any of them overridden by
 // name, e.g. small_config({.hidden_size = 16, .heads = 2}) (fields in this order).
 struct Dims {
-  int64_t hidden_size = 64, heads = 4, head_dim = 32, rope_dims = 8, q_rank = 32, o_groups = 2, o_rank = 16,
-          window = 8, rate_csa = 4, rate_hca = 8, index_heads = 4, index_dim = 16, topk = 3;
+  int64_t hidden_size = 64, heads = 4, head_dim = 32, rope_dims = 8, q_rank = 32, o_groups = 2, o_rank = 16, window = 8,
+          rate_csa = 4, rate_hca = 8, index_heads = 4, index_dim = 16, topk = 3;
 };
 Config small_config(const Dims& dims = {});
 // Random small dimensions (heads, ranks, window, rates, top-k) for property tests.

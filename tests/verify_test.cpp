@@ -37,8 +37,8 @@ fs::path tampered(const std::string& file, const std::string& tag, const std::fu
   edit(ts);
   Metadata md = f.metadata();
   if (meta) meta(md);
-  const fs::path out = fs::path(::testing::TempDir()) / ("dsv4_verify_" + tag + "_" + std::to_string(::getpid()) +
-                                                         ".safetensors");
+  const fs::path out =
+      fs::path(::testing::TempDir()) / ("dsv4_verify_" + tag + "_" + std::to_string(::getpid()) + ".safetensors");
   write_safetensors(out, ts, md);
   return out;
 }
@@ -110,10 +110,11 @@ TEST(Verify, OneChangedTopkIndexFailsNamingTheQuery) {
 }
 
 TEST(Verify, MissingTensorFailsNamingIt) {
-  for (const char* t : {"chunk0.output", "chunk0.q", "chunk0.kv", "chunk0.compressed_kv", "chunk0.indexer_q",
-                        "chunk0.indexer_kv", "chunk0.index_scores", "chunk0.topk_indices", "chunk0.position_ids",
-                        "chunk0.hidden_states"}) {
-    const fs::path p = tampered(kCsa, "missing", [&](Tensors& ts) { std::erase_if(ts, [&](auto& x) { return x.name == t; }); });
+  for (const char* t :
+       {"chunk0.output", "chunk0.q", "chunk0.kv", "chunk0.compressed_kv", "chunk0.indexer_q", "chunk0.indexer_kv",
+        "chunk0.index_scores", "chunk0.topk_indices", "chunk0.position_ids", "chunk0.hidden_states"}) {
+    const fs::path p =
+        tampered(kCsa, "missing", [&](Tensors& ts) { std::erase_if(ts, [&](auto& x) { return x.name == t; }); });
     const CaseReport r = verify_case(p);
     EXPECT_FALSE(r.passed) << t;
     EXPECT_THAT(failures(r), HasSubstr(std::string("'") + t + "'"));

@@ -14,11 +14,11 @@
 namespace dsv4 {
 
 struct CaseReport {
-  std::string name;          // file stem
+  std::string name;  // file stem
   bool passed = false;
-  double max_abs = 0.0;      // over every compared value
-  double max_rel = 0.0;      // |ours - ref| / |ref| over values with |ref| >= 1e-3
-  int64_t compared = 0;      // values compared
+  double max_abs = 0.0;               // over every compared value
+  double max_rel = 0.0;               // |ours - ref| / |ref| over values with |ref| >= 1e-3
+  int64_t compared = 0;               // values compared
   std::vector<std::string> failures;  // one line per failed check (tensor and worst element)
 };
 

@@ -10,10 +10,24 @@ namespace dsv4 {
 // E4M3FN) and "F8_E8M0" (power-of-two block scales) are read; the others are
 // accepted in headers (sizes checked) but not decoded.
 enum class DType {
-  F32, I64, BF16, F16, F8_E4M3, F8_E8M0,
+  F32,
+  I64,
+  BF16,
+  F16,
+  F8_E4M3,
+  F8_E8M0,
   // The rest of the safetensors dtypes: listed and skipped (e.g. the released
   // checkpoints' experts as I8 FP4 packs), an error only when read.
-  F64, I32, I16, I8, U64, U32, U16, U8, BOOL, F8_E5M2
+  F64,
+  I32,
+  I16,
+  I8,
+  U64,
+  U32,
+  U16,
+  U8,
+  BOOL,
+  F8_E5M2
 };
 
 std::string_view dtype_name(DType t);

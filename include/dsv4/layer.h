@@ -67,8 +67,7 @@ class Layer {
 
   // Feed one chunk x [S, d] (or [1, S, d]) of one sequence through its state;
   // positions continue from state.position(). Returns [S, d].
-  Tensor forward(TensorView x, LayerState& state, Intermediates* debug = nullptr,
-                 StageTimes* times = nullptr) const;
+  Tensor forward(TensorView x, LayerState& state, Intermediates* debug = nullptr, StageTimes* times = nullptr) const;
 
   // A serving engine's step: several sequences, each with its own state and
   // chunk length (ragged), computed in one call. xs[i] is [S_i, d].

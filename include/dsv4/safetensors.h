@@ -50,7 +50,7 @@ class SafeTensors {
   TensorI64 i64(const std::string& name) const;
 
  private:
-  std::shared_ptr<void> mapping_;  // keeps the mmap alive
+  std::shared_ptr<void> mapping_;    // keeps the mmap alive
   std::span<const std::byte> data_;  // the data area
   std::string label_;
   std::map<std::string, TensorInfo> tensors_;

@@ -77,7 +77,7 @@ class RowStore {
   Format format_ = Format::f32;
   int64_t width_ = 0, rope_ = 0, rows_ = 0;
   size_t row_bytes_ = 0;
-  std::vector<float> f32_;     // fp32 rows [rows, width]
+  std::vector<float> f32_;      // fp32 rows [rows, width]
   std::vector<uint8_t> coded_;  // encoded rows [rows, row_bytes]
 };
 

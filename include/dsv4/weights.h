@@ -24,7 +24,7 @@ namespace dsv4 {
 //           its block scales, BF16, F16, F32), nothing widened at load; the
 //           same numbers as f32 on the dequantised weights (docs/weights.md)
 enum class WeightFormat { f32, bf16, native };
-std::string_view weight_format_name(WeightFormat f);  // "f32", "bf16", "native"
+std::string_view weight_format_name(WeightFormat f);   // "f32", "bf16", "native"
 WeightFormat parse_weight_format(std::string_view s);  // throws naming the value
 
 // A projection matrix as the checkpoint stores it (LayerOptions{WeightFormat::native}):
@@ -53,14 +53,14 @@ struct IndexerWeights {
 };
 
 struct LayerWeights {
-  Tensor q_a_proj;  // [r_q, d]
-  Tensor q_a_norm;  // [r_q]
-  Tensor q_b_proj;  // [H*D, r_q]
-  Tensor kv_proj;   // [D, d]
-  Tensor kv_norm;   // [D]
-  Tensor o_a_proj;  // [g*d_g, H*D/g]
-  Tensor o_b_proj;  // [d, g*d_g]
-  Tensor sinks;     // [H]
+  Tensor q_a_proj;                              // [r_q, d]
+  Tensor q_a_norm;                              // [r_q]
+  Tensor q_b_proj;                              // [H*D, r_q]
+  Tensor kv_proj;                               // [D, d]
+  Tensor kv_norm;                               // [D]
+  Tensor o_a_proj;                              // [g*d_g, H*D/g]
+  Tensor o_b_proj;                              // [d, g*d_g]
+  Tensor sinks;                                 // [H]
   std::optional<CompressorWeights> compressor;  // CSA, HCA
   std::optional<IndexerWeights> indexer;        // CSA
   // Projection matrices kept in their stored dtype, by spec name
@@ -74,9 +74,23 @@ struct LayerWeights {
 // tools derive from (gemma.cpp's ForEachTensor is the model).
 
 enum class WeightId : uint8_t {
-  q_a_proj, q_a_norm, q_b_proj, kv_proj, kv_norm, o_a_proj, o_b_proj, sinks,
-  compressor_kv_proj, compressor_gate_proj, compressor_position_bias, compressor_kv_norm,
-  indexer_kv_proj, indexer_gate_proj, indexer_position_bias, indexer_kv_norm, indexer_q_b_proj,
+  q_a_proj,
+  q_a_norm,
+  q_b_proj,
+  kv_proj,
+  kv_norm,
+  o_a_proj,
+  o_b_proj,
+  sinks,
+  compressor_kv_proj,
+  compressor_gate_proj,
+  compressor_position_bias,
+  compressor_kv_norm,
+  indexer_kv_proj,
+  indexer_gate_proj,
+  indexer_position_bias,
+  indexer_kv_norm,
+  indexer_q_b_proj,
   indexer_weights_proj,
 };
 constexpr size_t kNumWeights = 18;
@@ -129,8 +143,8 @@ inline constexpr WeightEntry kWeightTable[kNumWeights] = {
     {WeightId::sinks, "sinks", "attn_sink", WeightPart::attention, WeightRole::sink, DType::F32},
     {WeightId::compressor_kv_proj, "compressor.kv_proj.weight", "compressor.wkv.weight", WeightPart::compressor,
      WeightRole::x_projection, DType::BF16},
-    {WeightId::compressor_gate_proj, "compressor.gate_proj.weight", "compressor.wgate.weight",
-     WeightPart::compressor, WeightRole::x_projection, DType::BF16},
+    {WeightId::compressor_gate_proj, "compressor.gate_proj.weight", "compressor.wgate.weight", WeightPart::compressor,
+     WeightRole::x_projection, DType::BF16},
     {WeightId::compressor_position_bias, "compressor.position_bias", "compressor.ape", WeightPart::compressor,
      WeightRole::position_bias, DType::F32},
     {WeightId::compressor_kv_norm, "compressor.kv_norm.weight", "compressor.norm.weight", WeightPart::compressor,
@@ -139,8 +153,8 @@ inline constexpr WeightEntry kWeightTable[kNumWeights] = {
      WeightPart::indexer, WeightRole::x_projection, DType::BF16},
     {WeightId::indexer_gate_proj, "compressor.indexer.gate_proj.weight", "indexer.compressor.wgate.weight",
      WeightPart::indexer, WeightRole::x_projection, DType::BF16},
-    {WeightId::indexer_position_bias, "compressor.indexer.position_bias", "indexer.compressor.ape",
-     WeightPart::indexer, WeightRole::position_bias, DType::F32},
+    {WeightId::indexer_position_bias, "compressor.indexer.position_bias", "indexer.compressor.ape", WeightPart::indexer,
+     WeightRole::position_bias, DType::F32},
     {WeightId::indexer_kv_norm, "compressor.indexer.kv_norm.weight", "indexer.compressor.norm.weight",
      WeightPart::indexer, WeightRole::norm, DType::BF16},
     {WeightId::indexer_q_b_proj, "compressor.indexer.q_b_proj.weight", "indexer.wq_b.weight", WeightPart::indexer,
@@ -185,7 +199,7 @@ void for_each_weight(const Config& c, LayerType t, F&& f) {
 }
 // f(spec, tensor) with w's tensor of each (Tensor& or const Tensor&, as weight()).
 template <class W, class F>
-  requires std::is_same_v<std::remove_const_t<W>, LayerWeights>
+requires std::is_same_v<std::remove_const_t<W>, LayerWeights>
 void for_each_weight(W& w, const Config& c, LayerType t, F&& f) {
   for (const WeightSpec& s : weight_specs(c, t)) f(s, weight(w, s.id));
 }
@@ -200,7 +214,7 @@ StoredMatrix quantize_bf16(const Tensor& w);
 // its block scales under `scale_name` as F32 (weight_scale_inv) or F8_E8M0
 // (UE8M0 bytes; the scales must then be powers of two).
 std::vector<NamedTensor> checkpoint_tensors(const std::string& name, const std::string& scale_name,
-                                           const StoredMatrix& m, DType scale_dtype);
+                                            const StoredMatrix& m, DType scale_dtype);
 // The released DeepSeek-V4 dtypes: FP8 E4M3 + UE8M0 for q_a, q_b, kv, o_a, o_b and the
 // indexer's q_b; BF16 for the compressors' and the indexer's kv/gate and weights_proj.
 // Moves every projection matrix of w into w.stored (its Tensor left empty).
@@ -211,8 +225,7 @@ void store_as_released(LayerWeights& w, LayerType t);
 void validate_weights(const LayerWeights& w, const Config& c, LayerType t);
 
 // Loads the tensors named `prefix + <HF name>` from a safetensors file.
-LayerWeights load_layer_weights(const SafeTensors& file, const Config& c, LayerType t,
-                                const std::string& prefix = "");
+LayerWeights load_layer_weights(const SafeTensors& file, const Config& c, LayerType t, const std::string& prefix = "");
 
 // Builds a layer's weights from named tensors, as a PyTorch state_dict() gives
 // them. A name is relative to the attention module (the spec's names, exactly
@@ -220,8 +233,7 @@ LayerWeights load_layer_weights(const SafeTensors& file, const Config& c, LayerT
 // "compressor.indexer.scorer.weights_proj.weight") or a full checkpoint name of
 // either scheme ("model.layers.3.self_attn.q_a_proj.weight", "layers.3.attn.wq_a.weight").
 // Throws one error listing every missing, unexpected or duplicated name and wrong shape.
-LayerWeights layer_weights_from_named(std::vector<std::pair<std::string, Tensor>> named, const Config& c,
-                                      LayerType t);
+LayerWeights layer_weights_from_named(std::vector<std::pair<std::string, Tensor>> named, const Config& c, LayerType t);
 
 // A tensor as a checkpoint stores it: dtype, shape and little-endian bytes.
 struct RawTensor {

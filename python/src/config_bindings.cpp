@@ -46,12 +46,18 @@ RopeScaling rope_scaling_from(const py::handle& v) {
   RopeScaling r;
   for (auto [k, val] : v.cast<py::dict>()) {
     const std::string key = py::str(k);
-    if (key == "type" || key == "rope_type") r.type = val.cast<std::string>();
-    else if (key == "factor") r.factor = val.cast<double>();
-    else if (key == "original_max_position_embeddings") r.original_max_position_embeddings = val.cast<int64_t>();
-    else if (key == "beta_fast") r.beta_fast = val.cast<double>();
-    else if (key == "beta_slow") r.beta_slow = val.cast<double>();
-    else fail("Config: unknown 'rope_scaling' key '" + key + "'");
+    if (key == "type" || key == "rope_type")
+      r.type = val.cast<std::string>();
+    else if (key == "factor")
+      r.factor = val.cast<double>();
+    else if (key == "original_max_position_embeddings")
+      r.original_max_position_embeddings = val.cast<int64_t>();
+    else if (key == "beta_fast")
+      r.beta_fast = val.cast<double>();
+    else if (key == "beta_slow")
+      r.beta_slow = val.cast<double>();
+    else
+      fail("Config: unknown 'rope_scaling' key '" + key + "'");
   }
   return r;
 }
@@ -132,14 +138,15 @@ file's `config` metadata.)");
           "from_json", [](const std::string& text) { return config_from_json_text(text, "config JSON"); },
           py::arg("text"))
       .def_readwrite("rope_scaling", &Config::rope_scaling)
-      .def_property(
-          "layer_types", &layer_type_names,
-          [](Config& c, const std::vector<std::string>& v) { c.layer_types = parse_layer_types(v); })
+      .def_property("layer_types", &layer_type_names,
+                    [](Config& c, const std::vector<std::string>& v) { c.layer_types = parse_layer_types(v); })
       .def("validate", &Config::validate)
       .def("compress_rate", [](const Config& c, const std::string& t) { return c.compress_rate(parse_layer_type(t)); })
       .def("to_dict", &config_to_dict)
-      .def("__eq__", [](const Config& a, const Config& b) { return a.fingerprint() == b.fingerprint() &&
-                                                                   a.layer_types == b.layer_types; })
+      .def("__eq__",
+           [](const Config& a, const Config& b) {
+             return a.fingerprint() == b.fingerprint() && a.layer_types == b.layer_types;
+           })
       .def("__repr__", [](const Config& c) {
         std::string s = "dsv4.Config(";
         for (const IntField& f : kInts) s += std::string(f.name) + "=" + std::to_string(c.*f.member) + ", ";

@@ -14,8 +14,10 @@ py::dict load(const std::filesystem::path& path) {
   const SafeTensors f = SafeTensors::open(path);
   py::dict out;
   for (const std::string& name : f.names()) {
-    if (f.info(name).dtype == DType::I64) out[py::str(name)] = to_numpy(f.i64(name));
-    else out[py::str(name)] = to_numpy(f.f32(name));
+    if (f.info(name).dtype == DType::I64)
+      out[py::str(name)] = to_numpy(f.i64(name));
+    else
+      out[py::str(name)] = to_numpy(f.f32(name));
   }
   return out;
 }
@@ -42,15 +44,16 @@ void save(const std::filesystem::path& path, const py::dict& tensors, const std:
 void bind_io(py::module_& m) {
   m.def("load_safetensors", &load, py::arg("path"),
         "All tensors of a safetensors file: float dtypes as float32, I64 as int64.");
-  m.def("safetensors_metadata",
-        [](const std::filesystem::path& p) { return SafeTensors::open(p).metadata(); }, py::arg("path"));
+  m.def(
+      "safetensors_metadata", [](const std::filesystem::path& p) { return SafeTensors::open(p).metadata(); },
+      py::arg("path"));
   m.def("save_safetensors", &save, py::arg("path"), py::arg("tensors"),
         py::arg("metadata") = std::map<std::string, std::string>{},
         "Writes float32 (other float dtypes: convert first) and int64 arrays.");
   m.def(
       "write_file_atomic",
-      [](const std::filesystem::path& p, const py::bytes& b) { write_file_atomic(p, std::string(b)); },
-      py::arg("path"), py::arg("data"), "Writes bytes beside the path, syncs, renames over it (never a torn file).");
+      [](const std::filesystem::path& p, const py::bytes& b) { write_file_atomic(p, std::string(b)); }, py::arg("path"),
+      py::arg("data"), "Writes bytes beside the path, syncs, renames over it (never a torn file).");
 }
 
 }  // namespace dsv4::py_bind

@@ -9,10 +9,10 @@
 
 #include "arrays.h"
 #include "bindings.h"
-#include "gradients.h"
 #include "dsv4/layer.h"
 #include "dsv4/model.h"
 #include "dsv4/weights.h"
+#include "gradients.h"
 
 namespace dsv4::py_bind {
 namespace {
@@ -217,13 +217,16 @@ void bind_layer(py::module_& m) {
       .def_property_readonly("position", [](const State& s) { return s.state.position(); })
       .def_property_readonly("nbytes", [](const State& s) { return s.state.bytes(); })
       .def_property_readonly("layer_type", [](const State& s) { return std::string(layer_type_name(s.state.type())); })
-      .def("clone", [](const State& s) { return State{s.state.clone(), s.config}; })
+      .def("clone",
+           [](const State& s) {
+             return State{s.state.clone(), s.config};
+           })
       .def("reset", [](State& s) { s.state.reset(); })
-      .def("save", [](const State& s, const std::filesystem::path& p) { save_state(s.state, s.config, p); },
-           py::arg("path"));
+      .def(
+          "save", [](const State& s, const std::filesystem::path& p) { save_state(s.state, s.config, p); },
+          py::arg("path"));
 
-  py::class_<TrainTape>(m, "Tape")
-      .def_property_readonly("nbytes", [](const TrainTape& t) { return t.tape.bytes(); });
+  py::class_<TrainTape>(m, "Tape").def_property_readonly("nbytes", [](const TrainTape& t) { return t.tape.bytes(); });
 
   py::class_<Layer>(m, "Layer")
       .def(py::init(&make_layer), py::arg("config"), py::arg("layer_type"), py::arg("weights"),
@@ -256,7 +259,10 @@ void bind_layer(py::module_& m) {
       .def("forward_train", &forward_train, py::arg("x"))
       .def("backward", &backward_tape, py::arg("tape"), py::arg("dy"))
       .def("backward_input", &backward_input, py::arg("x"), py::arg("dy"))
-      .def("new_state", [](const Layer& l) { return State{l.new_state(), l.config()}; })
+      .def("new_state",
+           [](const Layer& l) {
+             return State{l.new_state(), l.config()};
+           })
       .def(
           "load_state",
           [](const Layer& l, const std::filesystem::path& p) {

@@ -19,10 +19,11 @@ struct DTypeInfo {
   size_t size;
 };
 constexpr DTypeInfo kDTypes[] = {
-    {DType::F32, "F32", 4},   {DType::I64, "I64", 8}, {DType::BF16, "BF16", 2},      {DType::F16, "F16", 2},
-    {DType::F8_E4M3, "F8_E4M3", 1}, {DType::F8_E8M0, "F8_E8M0", 1}, {DType::F64, "F64", 8},
-    {DType::I32, "I32", 4},   {DType::I16, "I16", 2}, {DType::I8, "I8", 1},          {DType::U64, "U64", 8},
-    {DType::U32, "U32", 4},   {DType::U16, "U16", 2}, {DType::U8, "U8", 1},          {DType::BOOL, "BOOL", 1},
+    {DType::F32, "F32", 4},        {DType::I64, "I64", 8},         {DType::BF16, "BF16", 2},
+    {DType::F16, "F16", 2},        {DType::F8_E4M3, "F8_E4M3", 1}, {DType::F8_E8M0, "F8_E8M0", 1},
+    {DType::F64, "F64", 8},        {DType::I32, "I32", 4},         {DType::I16, "I16", 2},
+    {DType::I8, "I8", 1},          {DType::U64, "U64", 8},         {DType::U32, "U32", 4},
+    {DType::U16, "U16", 2},        {DType::U8, "U8", 1},           {DType::BOOL, "BOOL", 1},
     {DType::F8_E5M2, "F8_E5M2", 1}};
 
 const DTypeInfo& dtype_info(DType t) {
@@ -115,16 +116,11 @@ void decode_to_f32(DType t, std::span<const std::byte> bytes, float* out) {
     case DType::F32:
       if (!bytes.empty()) std::memcpy(out, bytes.data(), bytes.size());
       return;
-    case DType::BF16:
-      return decode<uint16_t>(bytes, out, bf16_to_f32);
-    case DType::F16:
-      return decode<uint16_t>(bytes, out, f16_to_f32);
-    case DType::F8_E4M3:
-      return decode<uint8_t>(bytes, out, e4m3fn_to_f32);
-    case DType::F8_E8M0:
-      return decode<uint8_t>(bytes, out, e8m0_to_f32);
-    default:
-      break;
+    case DType::BF16: return decode<uint16_t>(bytes, out, bf16_to_f32);
+    case DType::F16: return decode<uint16_t>(bytes, out, f16_to_f32);
+    case DType::F8_E4M3: return decode<uint8_t>(bytes, out, e4m3fn_to_f32);
+    case DType::F8_E8M0: return decode<uint8_t>(bytes, out, e8m0_to_f32);
+    default: break;
   }
   fail("decode_to_f32: dtype " + std::string(dtype_name(t)) + " is not a float dtype");
 }

@@ -13,7 +13,8 @@ void check_finite(const float* x, int64_t n, const std::string& what) {
       if (first < 0) first = i;
       ++bad;
     }
-  if (bad) fail(what + ": " + std::to_string(bad) + " non-finite value(s), first at flat index " + std::to_string(first));
+  if (bad)
+    fail(what + ": " + std::to_string(bad) + " non-finite value(s), first at flat index " + std::to_string(first));
 }
 
 }  // namespace dsv4

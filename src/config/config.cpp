@@ -25,9 +25,7 @@ LayerType parse_layer_type(std::string_view name) {
        "or swa/sliding/csa/hca)");
 }
 
-std::string_view numerics_name(Numerics n) {
-  return n == Numerics::deployment ? "deployment" : "reference";
-}
+std::string_view numerics_name(Numerics n) { return n == Numerics::deployment ? "deployment" : "reference"; }
 
 Numerics parse_numerics(std::string_view name) {
   if (name == "reference") return Numerics::reference;
@@ -58,14 +56,19 @@ void require_positive_finite(const char* key, double v) {
 // rope_scaling.type: "yarn" (YaRN on CSA/HCA layers) or "" (no scaling: plain
 // RoPE with compress_rope_theta). The YaRN fields are checked only for "yarn".
 void Config::validate() const {
-  const std::pair<const char*, int64_t> sizes[] = {
-      {"hidden_size", hidden_size},       {"num_attention_heads", num_attention_heads},
-      {"head_dim", head_dim},             {"q_lora_rank", q_lora_rank},
-      {"o_groups", o_groups},             {"o_lora_rank", o_lora_rank},
-      {"sliding_window", sliding_window}, {"compress_rate_csa", compress_rate_csa},
-      {"compress_rate_hca", compress_rate_hca}, {"index_n_heads", index_n_heads},
-      {"index_head_dim", index_head_dim}, {"index_topk", index_topk},
-      {"qk_rope_head_dim", qk_rope_head_dim}};
+  const std::pair<const char*, int64_t> sizes[] = {{"hidden_size", hidden_size},
+                                                   {"num_attention_heads", num_attention_heads},
+                                                   {"head_dim", head_dim},
+                                                   {"q_lora_rank", q_lora_rank},
+                                                   {"o_groups", o_groups},
+                                                   {"o_lora_rank", o_lora_rank},
+                                                   {"sliding_window", sliding_window},
+                                                   {"compress_rate_csa", compress_rate_csa},
+                                                   {"compress_rate_hca", compress_rate_hca},
+                                                   {"index_n_heads", index_n_heads},
+                                                   {"index_head_dim", index_head_dim},
+                                                   {"index_topk", index_topk},
+                                                   {"qk_rope_head_dim", qk_rope_head_dim}};
   for (const auto& [key, v] : sizes) require_positive(key, v);
 
   const std::string R = std::to_string(qk_rope_head_dim);
@@ -86,8 +89,7 @@ void Config::validate() const {
 
   const RopeScaling& rs = rope_scaling;
   if (rs.type.empty()) return;
-  if (rs.type != "yarn")
-    fail("config: rope_scaling.type must be \"yarn\" or empty for none (got \"" + rs.type + "\")");
+  if (rs.type != "yarn") fail("config: rope_scaling.type must be \"yarn\" or empty for none (got \"" + rs.type + "\")");
   if (!(std::isfinite(rs.factor) && rs.factor >= 1))
     fail("config: rope_scaling.factor must be finite and >= 1 (got " + num(rs.factor) + ")");
   require_positive("rope_scaling.original_max_position_embeddings", rs.original_max_position_embeddings);
@@ -113,12 +115,11 @@ std::string Config::fingerprint() const {
   std::ostringstream t;
   t << "d=" << hidden_size << ";H=" << num_attention_heads << ";D=" << head_dim << ";R=" << qk_rope_head_dim
     << ";rq=" << q_lora_rank << ";g=" << o_groups << ";dg=" << o_lora_rank << ";W=" << sliding_window
-    << ";m=" << compress_rate_csa << ";mh=" << compress_rate_hca << ";HI=" << index_n_heads
-    << ";DI=" << index_head_dim << ";k=" << index_topk << ";theta=" << num(rope_theta)
-    << ";theta_c=" << num(compress_rope_theta) << ";rs.type=" << rope_scaling.type
-    << ";rs.factor=" << num(rope_scaling.factor) << ";rs.L0=" << rope_scaling.original_max_position_embeddings
-    << ";rs.bf=" << num(rope_scaling.beta_fast) << ";rs.bs=" << num(rope_scaling.beta_slow)
-    << ";eps=" << num(rms_norm_eps) << ";";
+    << ";m=" << compress_rate_csa << ";mh=" << compress_rate_hca << ";HI=" << index_n_heads << ";DI=" << index_head_dim
+    << ";k=" << index_topk << ";theta=" << num(rope_theta) << ";theta_c=" << num(compress_rope_theta)
+    << ";rs.type=" << rope_scaling.type << ";rs.factor=" << num(rope_scaling.factor)
+    << ";rs.L0=" << rope_scaling.original_max_position_embeddings << ";rs.bf=" << num(rope_scaling.beta_fast)
+    << ";rs.bs=" << num(rope_scaling.beta_slow) << ";eps=" << num(rms_norm_eps) << ";";
   uint64_t h = 14695981039346656037ull;
   for (unsigned char c : t.str()) h = (h ^ c) * 1099511628211ull;
   char buf[17];

@@ -84,9 +84,12 @@ RopeScaling parse_rope_scaling(const json* rs, int64_t max_pos) {
   out.factor = as_double(*f, p + "factor");
   // As in transformers: L0 falls back to max_position_embeddings.
   const json* l0 = find(*rs, "original_max_position_embeddings");
-  if (l0) out.original_max_position_embeddings = as_int(*l0, p + "original_max_position_embeddings");
-  else if (max_pos > 0) out.original_max_position_embeddings = max_pos;
-  else fail("missing required key 'rope_scaling.original_max_position_embeddings'");
+  if (l0)
+    out.original_max_position_embeddings = as_int(*l0, p + "original_max_position_embeddings");
+  else if (max_pos > 0)
+    out.original_max_position_embeddings = max_pos;
+  else
+    fail("missing required key 'rope_scaling.original_max_position_embeddings'");
   out.beta_fast = opt(*rs, "beta_fast", 32.0, as_double, p);
   out.beta_slow = opt(*rs, "beta_slow", 1.0, as_double, p);
   return out;
@@ -127,8 +130,8 @@ void parse_layers(const json& j, Config& c) {
       }
     }
     if (n >= 0 && n != int64_t(lt->size()))
-      fail("num_hidden_layers (" + std::to_string(n) + ") != length of layer_types (" +
-           std::to_string(lt->size()) + ")");
+      fail("num_hidden_layers (" + std::to_string(n) + ") != length of layer_types (" + std::to_string(lt->size()) +
+           ")");
   }
 
   const json* cr = find(j, "compress_ratios");
@@ -158,8 +161,7 @@ void parse_layers(const json& j, Config& c) {
   }
   if (hca_rate) {
     if (mh && *mh != *hca_rate)
-      fail("compress_ratios HCA rate " + std::to_string(*hca_rate) + " != compress_rate_hca " +
-           std::to_string(*mh));
+      fail("compress_ratios HCA rate " + std::to_string(*hca_rate) + " != compress_rate_hca " + std::to_string(*mh));
     c.compress_rate_hca = *hca_rate;
   }
   if (lt && types != c.layer_types) {

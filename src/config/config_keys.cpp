@@ -19,12 +19,29 @@ using json = nlohmann::json;
 using Keys = std::span<const std::string_view>;
 
 // What config_json.cpp reads, per object.
-constexpr std::string_view kTopLevel[] = {
-    "hidden_size",       "num_attention_heads", "head_dim",        "qk_rope_head_dim",        "q_lora_rank",
-    "o_groups",          "o_lora_rank",         "sliding_window",  "index_n_heads",           "index_head_dim",
-    "index_topk",        "rope_theta",          "compress_rope_theta", "rms_norm_eps",        "rope_scaling",
-    "rope_parameters",   "max_position_embeddings", "compress_rates", "compress_rate_csa",    "compress_rate_hca",
-    "num_hidden_layers", "layer_types",         "compress_ratios"};
+constexpr std::string_view kTopLevel[] = {"hidden_size",
+                                          "num_attention_heads",
+                                          "head_dim",
+                                          "qk_rope_head_dim",
+                                          "q_lora_rank",
+                                          "o_groups",
+                                          "o_lora_rank",
+                                          "sliding_window",
+                                          "index_n_heads",
+                                          "index_head_dim",
+                                          "index_topk",
+                                          "rope_theta",
+                                          "compress_rope_theta",
+                                          "rms_norm_eps",
+                                          "rope_scaling",
+                                          "rope_parameters",
+                                          "max_position_embeddings",
+                                          "compress_rates",
+                                          "compress_rate_csa",
+                                          "compress_rate_hca",
+                                          "num_hidden_layers",
+                                          "layer_types",
+                                          "compress_ratios"};
 constexpr std::string_view kLayerSpec[] = {"layer_type"};  // layer_spec_from_json_text
 constexpr std::string_view kRopeScaling[] = {"type",      "rope_type", "factor", "original_max_position_embeddings",
                                              "beta_fast", "beta_slow"};

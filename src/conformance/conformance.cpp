@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <sstream>
 
 #include "dsv4/layer.h"
@@ -14,8 +14,7 @@ namespace dsv4 {
 namespace {
 
 // Compares ours against ref elementwise; records the worst element on failure.
-void compare(CaseReport& rep, const std::string& what, const Tensor& ref, const float* ours, int64_t n,
-             Tolerance tol) {
+void compare(CaseReport& rep, const std::string& what, const Tensor& ref, const float* ours, int64_t n, Tolerance tol) {
   if (ref.numel() != n) {
     rep.failures.push_back(what + ": " + std::to_string(n) + " values, reference has " + shape_str(ref.shape));
     return;
@@ -159,7 +158,8 @@ void run_case(const SafeTensors& f, CaseReport& rep, Tolerance tol) {
       compare(rep, at + "compressed_kv", batch_row(f.f32(k + "compressed_kv"), b), dbg.compressed_kv.ptr(),
               dbg.compressed_kv.numel(), tol);
       if (spec.type != LayerType::csa) continue;
-      compare(rep, at + "indexer_q", batch_row(f.f32(k + "indexer_q"), b), dbg.indexer_q.ptr(), dbg.indexer_q.numel(), tol);
+      compare(rep, at + "indexer_q", batch_row(f.f32(k + "indexer_q"), b), dbg.indexer_q.ptr(), dbg.indexer_q.numel(),
+              tol);
       compare(rep, at + "indexer_kv", batch_row(f.f32(k + "indexer_kv"), b), dbg.indexer_kv.ptr(),
               dbg.indexer_kv.numel(), tol);
       compare(rep, at + "index_scores", batch_row(f.f32(k + "index_scores"), b), dbg.index_scores.ptr(),

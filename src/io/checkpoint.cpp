@@ -8,8 +8,8 @@
 #include <set>
 #include <sstream>
 
-#include "dsv4/error.h"
 #include "common/dtype.h"
+#include "dsv4/error.h"
 #include "io/stored_weights.h"
 
 namespace dsv4 {
@@ -178,8 +178,7 @@ std::vector<Checkpoint::Planned> Checkpoint::plan(int64_t i, std::vector<std::st
     }
     const int k = it->second.front();
     const std::string suffix = name.substr(pre.size());
-    const WeightEntry* e =
-        entry_of(scheme_, scheme_ == NamingScheme::hugging_face ? canonical_name(suffix) : suffix);
+    const WeightEntry* e = entry_of(scheme_, scheme_ == NamingScheme::hugging_face ? canonical_name(suffix) : suffix);
     if (e && expected.count(std::string(e->name))) {
       const std::string hf(e->name);
       if (auto f = found.find(hf); f != found.end())
@@ -268,10 +267,14 @@ size_t Checkpoint::layer_bytes(int64_t i, WeightFormat format) const {
     const TensorInfo& t = shards_[size_t(p.shard)].info(p.name);
     const size_t n = static_cast<size_t>(numel(t.shape));
     const bool matrix = is_projection(weight_entry(p.id).role);
-    if (!matrix || format == WeightFormat::f32) bytes += 4 * n;
-    else if (format == WeightFormat::bf16) bytes += 2 * n;
-    else if (t.dtype == DType::F8_E4M3) bytes += n + 4 * static_cast<size_t>(numel(scale_grid(t.shape)));
-    else bytes += dtype_size(t.dtype) * n;
+    if (!matrix || format == WeightFormat::f32)
+      bytes += 4 * n;
+    else if (format == WeightFormat::bf16)
+      bytes += 2 * n;
+    else if (t.dtype == DType::F8_E4M3)
+      bytes += n + 4 * static_cast<size_t>(numel(scale_grid(t.shape)));
+    else
+      bytes += dtype_size(t.dtype) * n;
   }
   return bytes;
 }
@@ -290,7 +293,8 @@ LayerWeights Checkpoint::load_layer(int64_t i, WeightFormat format) const {
   for (const Planned& p : planned) {
     const SafeTensors& file = shards_[size_t(p.shard)];
     if (format == WeightFormat::native && is_projection(weight_entry(p.id).role)) {
-      w.stored[p.hf] = stored_matrix(file, p.name, p.scale.empty() ? nullptr : &shards_[size_t(p.scale_shard)], p.scale);
+      w.stored[p.hf] =
+          stored_matrix(file, p.name, p.scale.empty() ? nullptr : &shards_[size_t(p.scale_shard)], p.scale);
       continue;
     }
     Tensor x = file.f32(p.name);

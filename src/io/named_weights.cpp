@@ -5,9 +5,9 @@
 #include <optional>
 #include <regex>
 
+#include "common/dtype.h"
 #include "dsv4/checkpoint.h"
 #include "dsv4/weights.h"
-#include "common/dtype.h"
 #include "io/stored_weights.h"
 
 namespace dsv4 {
@@ -97,8 +97,7 @@ Tensor decode(const RawTensor& r) {
 
 }  // namespace
 
-LayerWeights layer_weights_from_named(std::vector<std::pair<std::string, Tensor>> named, const Config& c,
-                                      LayerType t) {
+LayerWeights layer_weights_from_named(std::vector<std::pair<std::string, Tensor>> named, const Config& c, LayerType t) {
   std::vector<Given> given;
   for (auto& [key, tensor] : named) given.push_back({key, std::move(tensor), std::nullopt});
   return assemble(std::move(given), c, t, {});
@@ -136,8 +135,8 @@ LayerWeights layer_weights_from_stored(std::vector<std::pair<std::string, RawTen
     }
     const bool fp8 = r.dtype == DType::F8_E4M3;
     if (fp8 != (sc != scales.end())) {
-      problems.push_back(fp8 ? at + ": FP8 needs its block scales ('" + key.substr(0, key.size() - 7) +
-                                   ".scale' or '" + key + "_scale_inv')"
+      problems.push_back(fp8 ? at + ": FP8 needs its block scales ('" + key.substr(0, key.size() - 7) + ".scale' or '" +
+                                   key + "_scale_inv')"
                              : "'" + sc->second.first + "': block scales for a weight that is not FP8");
       continue;
     }

@@ -4,8 +4,8 @@
 #include <cmath>
 #include <cstring>
 
-#include "dsv4/weights.h"
 #include "common/dtype.h"
+#include "dsv4/weights.h"
 #include "io/stored_weights.h"
 #include "ops/quant.h"
 
@@ -13,7 +13,9 @@ namespace dsv4 {
 StoredMatrix quantize_fp8_blocks(const Tensor& w, bool ue8m0) {
   StoredMatrix m{DType::F8_E4M3, w.shape, std::vector<std::byte>(w.data.size()), Tensor(scale_grid(w.shape))};
   const int64_t rows = w.dim(0), cols = w.dim(1), gc = m.scale.dim(1);
-  const auto block = [&](int64_t i, int64_t j) -> float& { return m.scale.data[(i / kScaleBlock) * gc + j / kScaleBlock]; };
+  const auto block = [&](int64_t i, int64_t j) -> float& {
+    return m.scale.data[(i / kScaleBlock) * gc + j / kScaleBlock];
+  };
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t j = 0; j < cols; ++j) block(i, j) = std::max(block(i, j), std::fabs(w.data[i * cols + j]));
   for (float& s : m.scale.data) {
@@ -36,7 +38,7 @@ StoredMatrix quantize_bf16(const Tensor& w) {
 }
 
 std::vector<NamedTensor> checkpoint_tensors(const std::string& name, const std::string& scale_name,
-                                           const StoredMatrix& m, DType scale_dtype) {
+                                            const StoredMatrix& m, DType scale_dtype) {
   std::vector<NamedTensor> out{NamedTensor{name, m.dtype, m.shape, m.data}};
   if (m.dtype != DType::F8_E4M3) return out;
   NamedTensor s = named(scale_name, m.scale);

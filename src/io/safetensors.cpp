@@ -13,9 +13,9 @@
 #include <set>
 #include <sstream>
 
+#include "common/dtype.h"
 #include "dsv4/atomic_file.h"
 #include "dsv4/error.h"
-#include "common/dtype.h"
 
 namespace dsv4 {
 namespace {
@@ -63,8 +63,7 @@ json parse_json_checking_keys(std::string_view text, int depth, const char* unde
   json::parser_callback_t cb = [&](int d, json::parse_event_t ev, json& parsed) {
     if (ev != json::parse_event_t::key) return true;
     if (d == 1) top = parsed.get<std::string>();
-    if (d == depth && (!under || top == under) && !seen.insert(parsed.get<std::string>()).second &&
-        duplicate.empty())
+    if (d == depth && (!under || top == under) && !seen.insert(parsed.get<std::string>()).second && duplicate.empty())
       duplicate = parsed.get<std::string>();
     return true;
   };
@@ -96,8 +95,7 @@ TensorInfo parse_entry(const std::string& label, const std::string& name, const 
   // shape is well defined later, and times the element size within uint64.
   uint64_t count = 1;
   for (const json& d : sh) {
-    if (!is_uint(d))
-      fail_tensor(label, name, "shape must be an array of non-negative integers, got ", sh.dump());
+    if (!is_uint(d)) fail_tensor(label, name, "shape must be an array of non-negative integers, got ", sh.dump());
     const uint64_t v = d.get<uint64_t>();
     if (v > uint64_t(std::numeric_limits<int64_t>::max()) || __builtin_mul_overflow(count, v, &count) ||
         count > uint64_t(std::numeric_limits<int64_t>::max()))
@@ -117,8 +115,8 @@ TensorInfo parse_entry(const std::string& label, const std::string& name, const 
   if (info.begin > info.end)
     fail_tensor(label, name, "data_offsets ", span_str(info.begin, info.end), " have begin > end");
   if (info.end > data_size)
-    fail_tensor(label, name, "data_offsets ", span_str(info.begin, info.end),
-                " run past the end of the data area (", data_size, " bytes; truncated file?)");
+    fail_tensor(label, name, "data_offsets ", span_str(info.begin, info.end), " run past the end of the data area (",
+                data_size, " bytes; truncated file?)");
   if (nbytes != info.end - info.begin)
     fail_tensor(label, name, "shape ", shape_str(info.shape), " x ", esize, " bytes = ", nbytes,
                 " bytes but data_offsets span ", info.end - info.begin, " bytes");
@@ -135,8 +133,8 @@ void check_spans(const std::string& label, const std::map<std::string, TensorInf
   uint64_t covered = 0;  // end of the spans so far
   for (size_t i = 0; i < v.size(); ++i) {
     if (i > 0 && v[i]->begin < v[i - 1]->end)
-      fail(cat(label, ": tensors ", quote(v[i - 1]->name), " ", span_str(v[i - 1]->begin, v[i - 1]->end),
-               " and ", quote(v[i]->name), " ", span_str(v[i]->begin, v[i]->end), " overlap"));
+      fail(cat(label, ": tensors ", quote(v[i - 1]->name), " ", span_str(v[i - 1]->begin, v[i - 1]->end), " and ",
+               quote(v[i]->name), " ", span_str(v[i]->begin, v[i]->end), " overlap"));
     if (v[i]->begin > covered)
       fail(cat(label, ": data bytes ", span_str(covered, v[i]->begin), " before tensor ", quote(v[i]->name),
                " belong to no tensor (safetensors allows no holes)"));
@@ -149,8 +147,7 @@ void check_spans(const std::string& label, const std::map<std::string, TensorInf
 
 const TensorInfo& typed_info(const SafeTensors& st, const std::string& name, DType want) {
   const TensorInfo& t = st.info(name);
-  if (t.dtype != want)
-    fail_tensor(st.label(), name, "dtype is ", dtype_name(t.dtype), ", expected ", dtype_name(want));
+  if (t.dtype != want) fail_tensor(st.label(), name, "dtype is ", dtype_name(t.dtype), ", expected ", dtype_name(want));
   return t;
 }
 
@@ -197,7 +194,7 @@ SafeTensors SafeTensors::parse(std::span<const std::byte> bytes, std::string lab
   if (bytes.size() < 8) fail_too_short(label, bytes.size());
   uint64_t n = 0;
   std::memcpy(&n, bytes.data(), 8);  // little-endian host assumed
-  if (n > bytes.size() - 8)  // what any other file's first 8 bytes give, e.g. text: a huge length
+  if (n > bytes.size() - 8)          // what any other file's first 8 bytes give, e.g. text: a huge length
     fail(cat(label, " is not a safetensors file: its header length (the first 8 bytes, ", n,
              ") runs past the end of the file (", bytes.size(), " bytes)"));
 
@@ -220,8 +217,7 @@ SafeTensors SafeTensors::parse(std::span<const std::byte> bytes, std::string lab
       if (!value.is_object()) fail(cat(st.label_, ": __metadata__ must be an object of strings"));
       for (const auto& [mk, mv] : value.items()) {
         if (!mv.is_string())
-          fail(cat(st.label_, ": __metadata__ value for key ", quote(mk), " must be a string, got ",
-                   mv.type_name()));
+          fail(cat(st.label_, ": __metadata__ value for key ", quote(mk), " must be a string, got ", mv.type_name()));
         st.metadata_[mk] = mv.get<std::string>();
       }
       continue;
@@ -301,13 +297,9 @@ std::map<std::string, std::string> parse_safetensors_index(std::string_view text
   return out;
 }
 
-NamedTensor named(const std::string& name, const Tensor& t) {
-  return named_impl(name, DType::F32, t.shape, t.data);
-}
+NamedTensor named(const std::string& name, const Tensor& t) { return named_impl(name, DType::F32, t.shape, t.data); }
 
-NamedTensor named(const std::string& name, const TensorI64& t) {
-  return named_impl(name, DType::I64, t.shape, t.data);
-}
+NamedTensor named(const std::string& name, const TensorI64& t) { return named_impl(name, DType::I64, t.shape, t.data); }
 
 void write_safetensors(const std::filesystem::path& path, const std::vector<NamedTensor>& tensors,
                        const std::map<std::string, std::string>& metadata) {
@@ -324,11 +316,9 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Name
       if (d < 0) fail_tensor(label, t.name, "negative dimension in shape ", shape_str(t.shape));
     const uint64_t want = uint64_t(numel(t.shape)) * dtype_size(t.dtype);
     if (want != t.bytes.size())
-      fail_tensor(label, t.name, "shape ", shape_str(t.shape), " needs ", want, " bytes but has ",
-                  t.bytes.size());
-    header[t.name] = {{"dtype", dtype_name(t.dtype)},
-                      {"shape", t.shape},
-                      {"data_offsets", {offset, offset + t.bytes.size()}}};
+      fail_tensor(label, t.name, "shape ", shape_str(t.shape), " needs ", want, " bytes but has ", t.bytes.size());
+    header[t.name] = {
+        {"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + t.bytes.size()}}};
     offset += t.bytes.size();
   }
   std::string text;

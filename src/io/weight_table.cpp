@@ -54,8 +54,8 @@ std::vector<WeightSpec> weight_specs(const Config& c, LayerType t) {
   std::vector<WeightSpec> out;
   for (const WeightEntry& e : kWeightTable)
     if (layer_has(t, e.part))
-      out.push_back({e.id, std::string(e.name), std::string(e.deepseek), weight_shape(c, t, e.id), e.part, e.role,
-                     e.released});
+      out.push_back(
+          {e.id, std::string(e.name), std::string(e.deepseek), weight_shape(c, t, e.id), e.part, e.role, e.released});
   return out;
 }
 

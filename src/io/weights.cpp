@@ -78,7 +78,8 @@ void validate_stored(const std::string& name, const StoredMatrix& m, const Shape
   for (size_t i = 0; i < n; i += step) {
     const size_t k = std::min(step, n - i);
     decode_to_f32(m.dtype, std::span(m.data).subspan(i * esize, k * esize), buf.data());
-    bad += std::count_if(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(k), [](float x) { return !std::isfinite(x); });
+    bad += std::count_if(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(k),
+                         [](float x) { return !std::isfinite(x); });
   }
   bad += std::count_if(m.scale.data.begin(), m.scale.data.end(), [](float x) { return !std::isfinite(x); });
   if (bad) fail(at + " has " + std::to_string(bad) + " non-finite value(s) or scale(s)");
@@ -93,7 +94,8 @@ void validate_weights(const LayerWeights& w, const Config& c, LayerType t) {
   for (const auto& [name, m] : w.stored) {
     const WeightEntry* e = find_weight(name);
     if (!e || e->name != name || !is_projection(e->role) || !layer_has(t, e->part))
-      fail("stored weight '" + name + "' is not a projection matrix of a " + std::string(layer_type_name(t)) + " layer");
+      fail("stored weight '" + name + "' is not a projection matrix of a " + std::string(layer_type_name(t)) +
+           " layer");
   }
   for (const WeightSpec& e : weight_specs(c, t)) {
     if (auto it = w.stored.find(e.name); it != w.stored.end()) {

@@ -17,7 +17,8 @@ Layer::Layer(Config config, LayerType type, LayerWeights weights, LayerOptions o
   config_.validate();
   validate_weights(weights_, config_, type_);
   const int64_t di = config_.index_head_dim;
-  if (options.numerics == Numerics::deployment && type_ == LayerType::csa && !std::has_single_bit(static_cast<uint64_t>(di)))
+  if (options.numerics == Numerics::deployment && type_ == LayerType::csa &&
+      !std::has_single_bit(static_cast<uint64_t>(di)))
     fail("deployment numerics: index_head_dim must be a power of two for the indexer's Hadamard transform (got " +
          std::to_string(di) + ")");
   if (options.weights != WeightFormat::native) {  // f32 / bf16: from the dequantised values
@@ -86,8 +87,9 @@ Tensor Layer::forward(TensorView x, std::vector<Intermediates>* debug, StageTime
 
 Tensor Layer::forward_train(TensorView x, Tape& tape) const {
   if (numerics() == Numerics::deployment)
-    fail("forward_train: deployment numerics round to FP8/FP4, which has no gradient; build the layer with "
-         "reference numerics for training");
+    fail(
+        "forward_train: deployment numerics round to FP8/FP4, which has no gradient; build the layer with "
+        "reference numerics for training");
   const Shape shape = batch_shape(x, config_.hidden_size);
   const int64_t b = shape[0], s = shape[1], d = shape[2];
   std::unique_ptr<TapeData> data = std::move(tape.d_);  // an earlier tape's memory is reused

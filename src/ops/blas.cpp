@@ -41,8 +41,8 @@ void tiled(bool a_transposed, bool b_transposed, int64_t m, int64_t n, int64_t k
     const float* bt = b_transposed ? b + j0 * ldb : b + j0;
     cblas_sgemm(CblasRowMajor, a_transposed ? CblasTrans : CblasNoTrans, b_transposed ? CblasTrans : CblasNoTrans,
                 static_cast<blasint>(mi), static_cast<blasint>(nj), static_cast<blasint>(k), 1.0f, at,
-                static_cast<blasint>(lda), bt,
-                static_cast<blasint>(ldb), beta, c + i0 * ldc + j0, static_cast<blasint>(ldc));
+                static_cast<blasint>(lda), bt, static_cast<blasint>(ldb), beta, c + i0 * ldc + j0,
+                static_cast<blasint>(ldc));
   }
 }
 

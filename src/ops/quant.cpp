@@ -42,9 +42,7 @@ float max_abs(const float* x, int64_t n) {
 }
 
 // 2^(byte - 127) from the bits (byte 0 is the fp32 subnormal 2^-127).
-float scale_of(uint8_t byte) {
-  return std::bit_cast<float>(byte ? static_cast<uint32_t>(byte) << 23 : 0x00400000u);
-}
+float scale_of(uint8_t byte) { return std::bit_cast<float>(byte ? static_cast<uint32_t>(byte) << 23 : 0x00400000u); }
 
 // E4M3 code -> fp32 without a table (vectorises; NaN codes are never stored).
 inline float e4m3_bits(uint8_t c) { return e4m3_times_2pow_m120(c) * 0x1p120f; }
@@ -162,9 +160,7 @@ void kv_row_decode(const uint8_t* row, int64_t d, int64_t r, float* out) {
   }
 }
 
-size_t index_row_bytes(int64_t n) {
-  return static_cast<size_t>((n + 1) / 2 + (n + kFp4Block - 1) / kFp4Block);
-}
+size_t index_row_bytes(int64_t n) { return static_cast<size_t>((n + 1) / 2 + (n + kFp4Block - 1) / kFp4Block); }
 
 void index_row_encode(const float* x, int64_t n, uint8_t* row, float* dq) {
   uint8_t* scales = row + (n + 1) / 2;

@@ -68,7 +68,8 @@ void rope_rotate(float* x, int64_t rope_dim, const float* cos, const float* sin,
   }
 }
 
-RopeAngles::RopeAngles(const std::vector<float>& inv_freq, int64_t pos) : r_(static_cast<int64_t>(inv_freq.size()) * 2) {
+RopeAngles::RopeAngles(const std::vector<float>& inv_freq, int64_t pos)
+    : r_(static_cast<int64_t>(inv_freq.size()) * 2) {
   float* c = cos_;
   float* s = sin_;
   if (r_ / 2 > 512) {

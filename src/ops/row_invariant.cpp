@@ -38,10 +38,10 @@ namespace {
 // Micro-tiles (weight rows × activation rows): 4 × 2 when the rows decode in
 // registers for one or two activation rows; 3 × 4 (12 accumulators, 3 weight
 // vectors, 1 activation vector: the 16 registers) when many rows share them.
-constexpr int kJ = 4;             // the most weight rows of a block
+constexpr int kJ = 4;  // the most weight rows of a block
 constexpr int kJMany = 3, kRMany = 4;
-constexpr int64_t kChunk = 256;   // columns per pass when many activation rows share the weights
-constexpr int64_t kDirect = 2;    // up to this many activation rows: one pass over whole rows
+constexpr int64_t kChunk = 256;  // columns per pass when many activation rows share the weights
+constexpr int64_t kDirect = 2;   // up to this many activation rows: one pass over whole rows
 
 // Accumulators live in registers inside a micro-tile and as 8 floats in
 // memory between column chunks.
@@ -98,8 +98,8 @@ void micro(const float* const* xp, const Row* wp, const Row* next, int64_t i0, i
 
 // micro<nj, nr> for nj <= J, nr <= R.
 template <int J, int R, class Row>
-void micro_any(int nj, int nr, const float* const* x, const Row* w, const Row* next, int64_t i0, int64_t i1,
-               float* acc, int64_t ld) {
+void micro_any(int nj, int nr, const float* const* x, const Row* w, const Row* next, int64_t i0, int64_t i1, float* acc,
+               int64_t ld) {
   if constexpr (J > 1)
     if (nj < J) return micro_any<J - 1, R>(nj, nr, x, w, next, i0, i1, acc, ld);
   if constexpr (R > 1)
@@ -111,8 +111,7 @@ void micro_any(int nj, int nr, const float* const* x, const Row* w, const Row* n
 // Rows::block(j, n, i0, i1) gives n weight rows usable over columns [i0, i1);
 // Rows::at(j, i) one value (the tail). `chunk` columns per pass.
 template <int J, int R, class Rows>
-void tile(int64_t m, int64_t nj, int64_t k, const float* const* x, Rows& rows, int64_t chunk, float* c,
-          int64_t ldc) {
+void tile(int64_t m, int64_t nj, int64_t k, const float* const* x, Rows& rows, int64_t chunk, float* c, int64_t ldc) {
   thread_local std::vector<float> buf;
   buf.assign(static_cast<size_t>(8 * m * nj), 0.0f);
   float* acc = buf.data();
@@ -131,8 +130,8 @@ void tile(int64_t m, int64_t nj, int64_t k, const float* const* x, Rows& rows, i
         for (int q = 0; pace && q < J; ++q) ahead[size_t(q)] = rows.row(std::min<int64_t>(jb + J + q, nj - 1));
       }
       for (int64_t r = 0; r < m; r += R)
-        micro_any<J, R>(nb, static_cast<int>(std::min<int64_t>(R, m - r)), x + r, w.data(), pace ? ahead.data() : nullptr, i0, i1,
-                        acc + 8 * (r * nj + jb), nj);
+        micro_any<J, R>(nb, static_cast<int>(std::min<int64_t>(R, m - r)), x + r, w.data(),
+                        pace ? ahead.data() : nullptr, i0, i1, acc + 8 * (r * nj + jb), nj);
     }
   }
   for (int64_t r = 0; r < m; ++r)
@@ -206,8 +205,8 @@ struct WidenedRows {
   WeightRows b;
   int64_t j0;
   int64_t ld;
-  float* wide;         // [kJ, ld]: the block's rows over one chunk
-  const float* mult;   // per 128 columns, or null
+  float* wide;                        // [kJ, ld]: the block's rows over one chunk
+  const float* mult;                  // per 128 columns, or null
   vec::Fp8Row row(int64_t j) const {  // row j0 + j as stored
     j += j0;
     return {static_cast<const uint8_t*>(b.data) + j * b.ld, b.scale + ((b.row_base + j) / 128) * b.scale_ld};
@@ -302,8 +301,8 @@ const float* const* activations(int64_t m, int64_t k, const float* a, int64_t ld
 
 // Weight rows [j0, j1) of FP8 b, all in one 128-row scale block: codes decoded
 // in registers against pre-scaled activations, or widened when that is not exact.
-void fp8_rows(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t lda, const WeightRows& b,
-              float* c, int64_t ldc) {
+void fp8_rows(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int64_t lda, const WeightRows& b, float* c,
+              int64_t ldc) {
   thread_local std::vector<float> mult, scaled, wide;
   mult.resize(static_cast<size_t>((k + 127) / 128));
   const bool pow2 = pow2_multipliers(b.scale + ((b.row_base + j0) / 128) * b.scale_ld, k, mult.data());

@@ -44,14 +44,12 @@ void with_rows(const WeightRows& b, Kernel kernel) {
   switch (b.dtype) {
     case DType::BF16:
       return kernel([&](int64_t j) { return PtrRow<uint16_t>{static_cast<const uint16_t*>(b.data) + j * b.ld}; });
-    case DType::F16:
-      return kernel([&](int64_t j) { return F16Row{static_cast<const uint16_t*>(b.data) + j * b.ld}; });
+    case DType::F16: return kernel([&](int64_t j) { return F16Row{static_cast<const uint16_t*>(b.data) + j * b.ld}; });
     case DType::F8_E4M3:
       return kernel([&](int64_t j) {
         return Fp8Row{static_cast<const uint8_t*>(b.data) + j * b.ld, b.scale + ((b.row_base + j) / 128) * b.scale_ld};
       });
-    default:
-      return kernel([&](int64_t j) { return PtrRow<float>{static_cast<const float*>(b.data) + j * b.ld}; });
+    default: return kernel([&](int64_t j) { return PtrRow<float>{static_cast<const float*>(b.data) + j * b.ld}; });
   }
 }
 

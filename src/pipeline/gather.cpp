@@ -16,8 +16,7 @@ int64_t selected_ids(const int32_t* topk_row, int64_t width, int32_t* ids) {
   return n;
 }
 
-int64_t gather_selected(const RowStore& entries, const int32_t* topk_row, int64_t width, int32_t* ids,
-                        float* rows) {
+int64_t gather_selected(const RowStore& entries, const int32_t* topk_row, int64_t width, int32_t* ids, float* rows) {
   const int64_t n = selected_ids(topk_row, width, ids);
   entries.gather(ids, n, rows);
   return n;
@@ -33,7 +32,7 @@ bool gathers_once(const PackedLayer& p, const Job& j) { return p.type == LayerTy
 
 void gather_short_chunks(const PackedLayer& p, std::vector<Job>& jobs) {
   thread_local std::vector<std::pair<const Job*, int64_t>> list;  // (job, row of the job)
-  auto& rows = list;  // the calling thread's, shared with the team below
+  auto& rows = list;                                              // the calling thread's, shared with the team below
   rows.clear();
   for (Job& j : jobs) {
     if (!gathers_once(p, j)) continue;

@@ -14,8 +14,8 @@
 namespace dsv4 {
 namespace {
 
-constexpr int64_t kQueryBlock = 8;   // queries scored together
-constexpr int64_t kKeyTile = 512;    // entries per GEMM tile
+constexpr int64_t kQueryBlock = 8;  // queries scored together
+constexpr int64_t kKeyTile = 512;   // entries per GEMM tile
 
 // scores[i, w0..w0+nw) (row stride ld) for nb queries starting at row0. A
 // query's heads are contiguous in pr.up, so this is nb GEMMs [H_I, D_I] x [nw, D_I]^T,
@@ -40,8 +40,8 @@ void score_tile(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t
   }
 }
 
-void score_block(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t nb, const float* keys,
-                 int64_t n_cols, float* scores, std::vector<float>& tile) {
+void score_block(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t nb, const float* keys, int64_t n_cols,
+                 float* scores, std::vector<float>& tile) {
   for (int64_t w0 = 0; w0 < n_cols; w0 += kKeyTile)
     score_tile(p, pr, row0, nb, keys, w0, std::min(kKeyTile, n_cols - w0), n_cols, scores, tile);
 }

@@ -37,8 +37,8 @@ struct Job {
   RowStore* fresh = nullptr;               // this chunk's kv rows as the window stores them [len rows]
   Scratch<int32_t>* topk = nullptr;        // CSA: [len, width]
   int64_t width = 0;
-  std::vector<float>* decoded = nullptr;   // stored rows read as fp32 when the store does not hold fp32
-  const float* hca_entries = nullptr;      // HCA: every entry as fp32 [emitted, D]
+  std::vector<float>* decoded = nullptr;  // stored rows read as fp32 when the store does not hold fp32
+  const float* hca_entries = nullptr;     // HCA: every entry as fp32 [emitted, D]
   // CSA short chunk: each row's selected entries, gathered once: ids [len, width], rows [len, width, D]
   Scratch<int32_t>* picked_ids = nullptr;
   Scratch<float>* picked = nullptr;

@@ -59,7 +59,8 @@ void Matrix::append(const StoredMatrix& w) {
     s.fp8.resize(s.fp8.size() + w.data.size());
     std::memcpy(s.fp8.data() + s.fp8.size() - w.data.size(), w.data.data(), w.data.size());
     for (float f : w.scale.data) {  // the kernels multiply by 256·scale (ops/weight_decode.h)
-      if (!std::isfinite(f * 256.0f)) fail("packing weights: FP8 block scale " + std::to_string(f) + " is out of range");
+      if (!std::isfinite(f * 256.0f))
+        fail("packing weights: FP8 block scale " + std::to_string(f) + " is out of range");
       s.scale.push_back(f);
     }
   } else {  // BF16, F16
@@ -98,8 +99,8 @@ WeightRows rows_of(const Matrix::Segment& s, int64_t local, int64_t k) {
 
 struct Part {
   WeightRows b;
-  int64_t n = 0;     // weight rows
-  int64_t col = 0;   // first output column
+  int64_t n = 0;    // weight rows
+  int64_t col = 0;  // first output column
 };
 
 }  // namespace

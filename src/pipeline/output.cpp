@@ -8,16 +8,15 @@
 
 namespace dsv4 {
 
-void output_project(const PackedLayer& p, float* o, int64_t rows, const int64_t* pos, const std::vector<RowGroup>& groups,
-                    float* grouped, float* out) {
+void output_project(const PackedLayer& p, float* o, int64_t rows, const int64_t* pos,
+                    const std::vector<RowGroup>& groups, float* grouped, float* out) {
   const Config& c = p.c;
   const int64_t hd = c.head_dim, h_n = c.num_attention_heads;
   const int64_t g = c.o_groups, dg = c.o_lora_rank, gw = h_n * hd / g;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) RopeAngles(p.inv_freq, pos[r]).rotate(o + r * h_n * hd, h_n, hd, true);
   for (const RowGroup& rg : groups) {
-    for (int64_t i = 0; i < g; ++i)
-      linear(rg, dg, o + i * gw, h_n * hd, p.w_oa, i * dg, grouped + i * dg, g * dg);
+    for (int64_t i = 0; i < g; ++i) linear(rg, dg, o + i * gw, h_n * hd, p.w_oa, i * dg, grouped + i * dg, g * dg);
     linear(rg, c.hidden_size, grouped, g * dg, p.w_ob, 0, out, c.hidden_size);
   }
 }

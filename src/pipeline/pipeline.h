@@ -111,8 +111,8 @@ struct Projected {
   Scratch<float> in;  // [rows, n_in]: c_q (normed) | kv (normed, roped) | C, Z | C_I, Z_I | head weights (scaled)
   Scratch<float> up;  // [rows, n_up]: q (normed, roped) | indexer q (roped)
 };
-void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* pos, const std::vector<RowGroup>& groups,
-             Projected& out);
+void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* pos,
+             const std::vector<RowGroup>& groups, Projected& out);
 // Its per-token steps that the backward recomputes (train/): c_q =
 // RMSNorm_{q_a_norm}(raw) and q's heads, each RMSNorm'd (no weight) then
 // rotated at the token's position. In place if raw == out; each returns or
@@ -171,7 +171,7 @@ void attend(const PackedLayer& p, const float* q, const KeySet& keys, int64_t h_
 
 // De-rotate o [rows, H*D] at its positions, then out = o_b(o_a_grouped(o)).
 // `grouped` is scratch of rows·g·d_g floats.
-void output_project(const PackedLayer& p, float* o, int64_t rows, const int64_t* pos, const std::vector<RowGroup>& groups,
-                    float* grouped, float* out);
+void output_project(const PackedLayer& p, float* o, int64_t rows, const int64_t* pos,
+                    const std::vector<RowGroup>& groups, float* grouped, float* out);
 
 }  // namespace dsv4

@@ -15,9 +15,9 @@ struct PackedLayer;
 // pooled entries, norms' scales) is recomputed from x, chunk by chunk.
 struct SeqTape {
   int64_t len = 0;
-  std::vector<float> kv;       // [S, D]      key = value rows after norm and RoPE
-  RowStore entries;            // [T, D]      compressed entries (CSA / HCA), fp32
-  std::vector<int32_t> topk;   // [S, width]  CSA selection, -1 = empty slot
+  std::vector<float> kv;      // [S, D]      key = value rows after norm and RoPE
+  RowStore entries;           // [T, D]      compressed entries (CSA / HCA), fp32
+  std::vector<int32_t> topk;  // [S, width]  CSA selection, -1 = empty slot
   int64_t width = 0;
   std::vector<float> o;        // [S, H·D]    attention output after de-rotation (o_a's input)
   std::vector<float> grouped;  // [S, g·d_g]  o_b's input

@@ -58,9 +58,7 @@ void RowStore::put(int64_t i, float* x, float* dq) {
       if (dq) std::memcpy(dq, x, row_bytes_);
       return;
     case Format::kv_fp8: return quant::kv_row_encode(x, width_, rope_, row, dq);
-    case Format::key_fp4:
-      quant::hadamard(x, width_);
-      return quant::index_row_encode(x, width_, row, dq);
+    case Format::key_fp4: quant::hadamard(x, width_); return quant::index_row_encode(x, width_, row, dq);
   }
 }
 

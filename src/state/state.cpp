@@ -3,7 +3,6 @@
 
 #include <algorithm>
 
-
 namespace dsv4 {
 namespace {
 
@@ -61,8 +60,7 @@ bool compressor_fits(const CompressorState& s, const Geometry& sh) {
   return s.width == sh.width && s.overlapping == sh.overlapping && s.in_width == sh.in_width() &&
          same_format(s.entries, sh.entries) && s.pend_c.size() == n(sh.rate * sh.in_width()) &&
          s.pend_z.size() == s.pend_c.size() && s.prev_c.size() == n(prev) && s.prev_zb.size() == n(prev) &&
-         s.pending >= 0 && s.pending < std::max<int64_t>(sh.rate, 1) && s.emitted >= 0 &&
-         s.entries.rows() >= s.emitted;
+         s.pending >= 0 && s.pending < std::max<int64_t>(sh.rate, 1) && s.emitted >= 0 && s.entries.rows() >= s.emitted;
 }
 
 // Pending C/Z, prev C/Z+B (fp32), and the entries of `tokens` tokens.

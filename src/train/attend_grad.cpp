@@ -38,8 +38,8 @@ QueryKeys keys_of(const PackedLayer& p, const SeqTape& tape, int64_t t) {
 }
 
 // One query, all heads: dq_t [H, D], dsink_t [H], g [n, D] (window rows first).
-void query_backward(const PackedLayer& p, const SeqTape& tape, const QueryKeys& k, const float* q_t,
-                    const float* do_t, const float* delta_t, float* dq_t, float* dsink_t, float* g) {
+void query_backward(const PackedLayer& p, const SeqTape& tape, const QueryKeys& k, const float* q_t, const float* do_t,
+                    const float* delta_t, float* dq_t, float* dsink_t, float* g) {
   const int64_t hd = p.c.head_dim, h_n = p.c.num_attention_heads;
   const int64_t nw = k.n_window, n_e = static_cast<int64_t>(k.ids.size()), n = nw + n_e;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
@@ -112,9 +112,7 @@ void scatter(const PackedLayer& p, int64_t b0, int64_t b1, const std::vector<Que
 void attend_backward(const PackedLayer& p, const SeqTape& tape, int64_t t0, int64_t t1, const float* q,
                      const float* d_o, const float* delta, float* dq, float* dsink, float* dkv, float* dent) {
   const int64_t hd = p.c.head_dim, h_n = p.c.num_attention_heads, ho = h_n * hd;
-  const int64_t max_e = p.type == LayerType::csa   ? tape.width
-                        : p.type == LayerType::hca ? tape.entries.rows()
-                                                   : 0;
+  const int64_t max_e = p.type == LayerType::csa ? tape.width : p.type == LayerType::hca ? tape.entries.rows() : 0;
   const int64_t g_stride = (p.c.sliding_window + max_e) * hd;
   // The calling thread's buffer, kept between calls (no new pages when warm);
   // the parallel regions below reach it through `g`, not as their own thread_local.

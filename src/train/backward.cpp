@@ -32,16 +32,16 @@ void backward_sequence(const PackedLayer& p, const DenseWeights& w, SeqGrads& s,
   for (int64_t t0 = 0; t0 < s.len; t0 += kQueryChunk) {
     const int64_t t1 = std::min(s.len, t0 + kQueryChunk);
     output_backward(p, w, s, t0, t1, q, g);  // 5: output
-    project_q(p, s, t0, t1, q);               //    (q recomputed for the attention)
+    project_q(p, s, t0, t1, q);              //    (q recomputed for the attention)
     attend_backward(p, *s.tape, t0, t1, q.q.data(), q.d_o.data(), q.delta.data(), q.dq.data(),  // 4: attend
                     &s.dsink[t0 * h_n], s.dkv.data(), s.dent.data());
     project_q_backward(p, w, t0, t1, q, s, g);  // 1: project, c_q side
   }
   // 3: index: the top-k selection is discrete; no gradient flows through it.
   if (p.rate) compressor_backward(p, w.n_raw, s, g);  // 2: compress
-  project_backward(p, w, s, dx, g);                     // 1: project, x side
-  output_weight_backward(p, s, g);                      // 5: W_ob, over all tokens at once
-  for (int64_t t = 0; t < s.len; ++t)                   // 4: the sinks, query after query
+  project_backward(p, w, s, dx, g);                   // 1: project, x side
+  output_weight_backward(p, s, g);                    // 5: W_ob, over all tokens at once
+  for (int64_t t = 0; t < s.len; ++t)                 // 4: the sinks, query after query
     for (int64_t h = 0; h < h_n; ++h) g.sinks.data[h] += s.dsink[t * h_n + h];
 }
 

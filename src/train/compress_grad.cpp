@@ -26,7 +26,7 @@ int64_t slots_of(const CompressorGrad& g, int64_t w, Slot* out) {
   int64_t n = 0;
   for (int64_t j = 0; j < g.rate; ++j) {
     if (g.overlap && w > 0) out[n++] = {(w - 1) * g.rate + j, 0, j};  // series A of window w-1
-    out[n++] = {w * g.rate + j, g.overlap ? g.width : 0, j};           // series B (or the only one)
+    out[n++] = {w * g.rate + j, g.overlap ? g.width : 0, j};          // series B (or the only one)
   }
   return n;
 }
@@ -85,7 +85,8 @@ void compress_backward(const PackedLayer& p, const CompressorGrad& g, int64_t s_
     std::vector<double> acc(static_cast<size_t>(g.rate * kBlock), 0.0);
     for (int64_t w = 0; w < n_t; ++w)
       for (int64_t j = 0; j < g.rate; ++j)
-        for (int64_t col = c0; col < c1; ++col) acc[j * kBlock + col - c0] += draw[(w * g.rate + j) * g.ld + g.off_z + col];
+        for (int64_t col = c0; col < c1; ++col)
+          acc[j * kBlock + col - c0] += draw[(w * g.rate + j) * g.ld + g.off_z + col];
     for (int64_t j = 0; j < g.rate; ++j)
       for (int64_t col = c0; col < c1; ++col) dbias[j * in_w + col] += static_cast<float>(acc[j * kBlock + col - c0]);
   }

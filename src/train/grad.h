@@ -35,17 +35,17 @@ DenseWeights dense_weights(const PackedLayer& p);
 // passed between the stages (buffers kept per calling thread between calls).
 struct SeqGrads {
   int64_t len = 0;
-  const float* x = nullptr;      // [S, d]
-  const float* dy = nullptr;     // [S, d]
+  const float* x = nullptr;   // [S, d]
+  const float* dy = nullptr;  // [S, d]
   const SeqTape* tape = nullptr;
-  std::vector<float> raw;        // [S, n_raw]  x-side projections before the norms: c_q | kv | C | Z
-  std::vector<float> cq;         // [S, r_q]    c_q after its norm
+  std::vector<float> raw;             // [S, n_raw]  x-side projections before the norms: c_q | kv | C | Z
+  std::vector<float> cq;              // [S, r_q]    c_q after its norm
   std::vector<float> inv_cq, inv_kv;  // [S]    the norms' 1/rms
-  std::vector<float> draw;       // [S, n_raw]  gradients of raw
-  std::vector<float> dcq;        // [S, r_q]    of c_q (normed)
-  std::vector<float> dkv;        // [S, D]      of the window rows (kv after norm and RoPE)
-  std::vector<float> dent;       // [T, D]      of the compressed entries
-  std::vector<float> dsink;      // [S, H]      each query's share of the sinks' gradient
+  std::vector<float> draw;            // [S, n_raw]  gradients of raw
+  std::vector<float> dcq;             // [S, r_q]    of c_q (normed)
+  std::vector<float> dkv;             // [S, D]      of the window rows (kv after norm and RoPE)
+  std::vector<float> dent;            // [T, D]      of the compressed entries
+  std::vector<float> dsink;           // [S, H]      each query's share of the sinks' gradient
 };
 
 // One chunk of queries [t0, t1) (n = t1 - t0 rows).
@@ -100,8 +100,8 @@ void compressor_backward(const PackedLayer& p, int64_t n_raw, SeqGrads& s, Layer
 
 // Stage 1 backward, c_q side, queries [t0, t1): q's RoPE and per-head norm
 // back, then dc_q = dq W_qb and dW_qb += dqᵀ c_q.
-void project_q_backward(const PackedLayer& p, const DenseWeights& w, int64_t t0, int64_t t1, QueryGrads& q,
-                        SeqGrads& s, LayerWeights& g);
+void project_q_backward(const PackedLayer& p, const DenseWeights& w, int64_t t0, int64_t t1, QueryGrads& q, SeqGrads& s,
+                        LayerWeights& g);
 // Stage 1 backward, x side: kv's RoPE and norm and c_q's norm back (with their
 // weights' gradients), then dx = d(raw) · W_raw and each x-side weight's gradient.
 void project_backward(const PackedLayer& p, const DenseWeights& w, SeqGrads& s, float* dx, LayerWeights& g);

@@ -51,8 +51,8 @@ void project_q(const PackedLayer& p, const SeqGrads& s, int64_t t0, int64_t t1, 
     norm_rope_q(p, &q.qraw[r * ho], &q.q[r * ho], RopeAngles(p.inv_freq, t0 + r), &q.inv_q[r * h_n]);
 }
 
-void project_q_backward(const PackedLayer& p, const DenseWeights& w, int64_t t0, int64_t t1, QueryGrads& q,
-                        SeqGrads& s, LayerWeights& g) {
+void project_q_backward(const PackedLayer& p, const DenseWeights& w, int64_t t0, int64_t t1, QueryGrads& q, SeqGrads& s,
+                        LayerWeights& g) {
   const Config& c = p.c;
   const int64_t n = t1 - t0, hd = c.head_dim, h_n = c.num_attention_heads, ho = h_n * hd, rq = c.q_lora_rank;
   float* dqraw = q.q.data();  // q is not needed any more

@@ -1,6 +1,6 @@
 // Tape (dsv4/train.h): holds a forward_train's record (pipeline/tape.h).
-#include "dsv4/train.h"
 #include "pipeline/tape.h"
+#include "dsv4/train.h"
 
 namespace dsv4 {
 

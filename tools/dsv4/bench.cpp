@@ -15,9 +15,9 @@
 
 #include "bench_model.h"
 #include "commands.h"
-#include "progress.h"
 #include "dsv4/layer.h"
 #include "dsv4/random.h"
+#include "progress.h"
 
 namespace dsv4::cli {
 namespace {
@@ -38,7 +38,8 @@ void prefill(const Layer& layer, const Tensor& x, int64_t from, int64_t n, Layer
   const int64_t d = layer.config().hidden_size;
   for (int64_t s0 = 0; s0 < n; s0 += Layer::kPrefillChunk) {
     const int64_t len = std::min(Layer::kPrefillChunk, n - s0);
-    Tensor piece({len, d}, std::vector<float>(x.data.begin() + (from + s0) * d, x.data.begin() + (from + s0 + len) * d));
+    Tensor piece({len, d},
+                 std::vector<float>(x.data.begin() + (from + s0) * d, x.data.begin() + (from + s0 + len) * d));
     layer.forward(piece, st, nullptr, times);
     if (progress) progress->update(s0 + len);
   }
@@ -51,8 +52,8 @@ T median(std::vector<T> v) {
 }
 
 nlohmann::json stages_json(const StageTimes& t) {
-  return {{"project", t.project},        {"compress", t.compress}, {"index_scores", t.index_scores},
-          {"topk", t.topk},              {"attention", t.attention}, {"output", t.output}};
+  return {{"project", t.project}, {"compress", t.compress},   {"index_scores", t.index_scores},
+          {"topk", t.topk},       {"attention", t.attention}, {"output", t.output}};
 }
 
 // --backward: Layer::forward (inference), Layer::forward_train then
@@ -67,7 +68,8 @@ int run_backward_bench(const Options& o) {
     fail("bench --backward: reference numerics only (deployment numerics round, which has no gradient)");
   const Config c = Config::preset(o.preset);
   const LayerType type = parse_layer_type(o.layer_type);
-  std::fprintf(stderr, "building a random %s %s layer ...\n", o.preset.c_str(), std::string(layer_type_name(type)).c_str());
+  std::fprintf(stderr, "building a random %s %s layer ...\n", o.preset.c_str(),
+               std::string(layer_type_name(type)).c_str());
   LayerWeights weights = random_layer_weights(c, type, o.seed);
   store_as_released(weights, type);
   const Layer layer(c, type, std::move(weights), LayerOptions{parse_weight_format(o.weights), Numerics::reference});
@@ -76,7 +78,7 @@ int run_backward_bench(const Options& o) {
 
   std::vector<double> inf, fwd, bwd;  // inference forward, forward_train, backward
   size_t tape_bytes = 0;
-  Tape tape;                                   // reused, as a training loop would:
+  Tape tape;                                      // reused, as a training loop would:
   LayerGradients grads = layer.zero_gradients();  // later repeats touch no new pages
   for (int r = 0; r < o.repeats; ++r) {
     double t0 = now();
@@ -114,12 +116,13 @@ int run_backward_bench(const Options& o) {
                       {"weights", o.weights},
                       {"numerics", o.numerics}};
   std::fprintf(out, "dsv4 bench --backward: %s %s, S=%lld, %d threads\n", o.preset.c_str(),
-              std::string(layer_type_name(type)).c_str(), static_cast<long long>(o.seq), omp_get_max_threads());
-  std::fprintf(out, "  median forward_train %.4f s, backward %.4f s: backward = %.2fx forward_train, %.1f tokens/s (both)\n",
-              f, b, b / f, static_cast<double>(o.seq) / (f + b));
+               std::string(layer_type_name(type)).c_str(), static_cast<long long>(o.seq), omp_get_max_threads());
+  std::fprintf(out,
+               "  median forward_train %.4f s, backward %.4f s: backward = %.2fx forward_train, %.1f tokens/s (both)\n",
+               f, b, b / f, static_cast<double>(o.seq) / (f + b));
   std::fprintf(out, "  median forward (inference, no tape) %.4f s: backward = %.2fx it\n", fi, b / fi);
   std::fprintf(out, "  peak RSS %.2f GB, weights %.2f GB, tape %.1f MB\n", peak_rss_bytes() / 1e9, weight_bytes / 1e9,
-              tape_bytes / 1e6);
+               tape_bytes / 1e6);
   if (o.json) std::printf("%s\n", j.dump().c_str());
   return 0;
 }
@@ -135,11 +138,13 @@ int run_bench(const Options& o) {
   if (total_tokens <= 0) fail("bench: nothing to run (give --seq S or --context C --decode N)");
 
   const Roofline roof = measure_roofline();
-  std::fprintf(stderr, "building a random %s %s layer ...\n", o.preset.c_str(), std::string(layer_type_name(type)).c_str());
+  std::fprintf(stderr, "building a random %s %s layer ...\n", o.preset.c_str(),
+               std::string(layer_type_name(type)).c_str());
   // The released dtypes (FP8 + UE8M0, BF16): native keeps them, f32/bf16 hold the same values widened.
   LayerWeights weights = random_layer_weights(c, type, o.seed);
   store_as_released(weights, type);
-  const Layer layer(c, type, std::move(weights), LayerOptions{parse_weight_format(o.weights), parse_numerics(o.numerics)});
+  const Layer layer(c, type, std::move(weights),
+                    LayerOptions{parse_weight_format(o.weights), parse_numerics(o.numerics)});
   const Tensor x = random_uniform({total_tokens, c.hidden_size}, 1.0f, o.seed + 99);
 
   std::vector<double> secs;
@@ -166,9 +171,8 @@ int run_bench(const Options& o) {
       std::vector<double> per_token;
       StageTimes sum;
       for (int64_t i = 0; i < o.decode; ++i) {
-        Tensor tok({1, c.hidden_size},
-                   std::vector<float>(x.data.begin() + (o.context + i) * c.hidden_size,
-                                      x.data.begin() + (o.context + i + 1) * c.hidden_size));
+        Tensor tok({1, c.hidden_size}, std::vector<float>(x.data.begin() + (o.context + i) * c.hidden_size,
+                                                          x.data.begin() + (o.context + i + 1) * c.hidden_size));
         const double t0 = now();
         layer.forward(tok, st, nullptr, &sum);
         per_token.push_back(now() - t0);
@@ -181,9 +185,10 @@ int run_bench(const Options& o) {
     }
     state_bytes = st.bytes();
   }
-  const size_t mid = std::min_element(secs.begin(), secs.end(),
-                                      [&](double a, double b) { return std::fabs(a - median(secs)) < std::fabs(b - median(secs)); }) -
-                     secs.begin();
+  const size_t mid =
+      std::min_element(secs.begin(), secs.end(),
+                       [&](double a, double b) { return std::fabs(a - median(secs)) < std::fabs(b - median(secs)); }) -
+      secs.begin();
   const double seconds = secs[mid];
   const double flops = decode ? layer_flops(c, type, o.context, 1) : layer_flops(c, type, 0, o.seq);
   const double tokens = decode ? 1.0 : static_cast<double>(o.seq);
@@ -220,22 +225,25 @@ int run_bench(const Options& o) {
     j["context_prefill_seconds"] = context_seconds;
   }
   std::fprintf(out, "dsv4 bench: %s %s, %s, %d threads, %s numerics\n", o.preset.c_str(),
-              std::string(layer_type_name(type)).c_str(),
-              decode ? ("decode after " + std::to_string(o.context) + " tokens").c_str()
-                     : ("prefill S=" + std::to_string(o.seq)).c_str(),
-              omp_get_max_threads(), o.numerics.c_str());
+               std::string(layer_type_name(type)).c_str(),
+               decode ? ("decode after " + std::to_string(o.context) + " tokens").c_str()
+                      : ("prefill S=" + std::to_string(o.seq)).c_str(),
+               omp_get_max_threads(), o.numerics.c_str());
   std::fprintf(out, "  median %.4f s  (%s)  %.1f tokens/s  %.1f GFLOP/s = %.0f%% of sgemm %.1f GFLOP/s\n", seconds,
-              decode ? "per token" : "whole prefill", tokens / seconds, flops / seconds * 1e-9,
-              100 * flops / seconds * 1e-9 / roof.sgemm_gflops, roof.sgemm_gflops);
-  std::fprintf(out, "  peak RSS %.2f GB, weights %.2f GB, state %.1f MB, copy bandwidth %.1f GB/s\n", peak_rss_bytes() / 1e9,
-              weight_bytes / 1e9, state_bytes / 1e6, roof.copy_gb_per_s);
-  if (decode) std::fprintf(out, "  context prefill of %lld tokens took %.1f s\n", static_cast<long long>(o.context), context_seconds);
+               decode ? "per token" : "whole prefill", tokens / seconds, flops / seconds * 1e-9,
+               100 * flops / seconds * 1e-9 / roof.sgemm_gflops, roof.sgemm_gflops);
+  std::fprintf(out, "  peak RSS %.2f GB, weights %.2f GB, state %.1f MB, copy bandwidth %.1f GB/s\n",
+               peak_rss_bytes() / 1e9, weight_bytes / 1e9, state_bytes / 1e6, roof.copy_gb_per_s);
   if (decode)
-    std::fprintf(out, "  bandwidth bound %.4f s/token: measured = %.2fx of it\n", j["bandwidth_bound_seconds"].get<double>(),
-                j["seconds_vs_bandwidth_bound"].get<double>());
+    std::fprintf(out, "  context prefill of %lld tokens took %.1f s\n", static_cast<long long>(o.context),
+                 context_seconds);
+  if (decode)
+    std::fprintf(out, "  bandwidth bound %.4f s/token: measured = %.2fx of it\n",
+                 j["bandwidth_bound_seconds"].get<double>(), j["seconds_vs_bandwidth_bound"].get<double>());
   const StageTimes& st = stage_runs[mid];
-  std::fprintf(out, "  stages: project %.3f  compress %.3f  index_scores %.3f  topk %.3f  attention %.3f  output %.3f s\n",
-              st.project, st.compress, st.index_scores, st.topk, st.attention, st.output);
+  std::fprintf(out,
+               "  stages: project %.3f  compress %.3f  index_scores %.3f  topk %.3f  attention %.3f  output %.3f s\n",
+               st.project, st.compress, st.index_scores, st.topk, st.attention, st.output);
   if (o.json) std::printf("%s\n", j.dump().c_str());
   return 0;
 }
@@ -244,14 +252,17 @@ int run_bench(const Options& o) {
 
 void add_bench(CLI::App& app, int& rc) {
   auto o = std::make_shared<Options>();
-  auto* cmd = app.add_subcommand("bench", "Time one random layer at a preset's dimensions (prefill, decode or --backward)");
+  auto* cmd =
+      app.add_subcommand("bench", "Time one random layer at a preset's dimensions (prefill, decode or --backward)");
   cmd->add_option("--preset", o->preset, "v4-flash or v4-pro")->capture_default_str();
   cmd->add_option("--layer-type", o->layer_type, "swa, csa or hca")->capture_default_str();
   cmd->add_option("--seq", o->seq, "prefill: tokens S")->capture_default_str();
   cmd->add_option("--context", o->context, "decode: tokens prefilled first (C)");
   cmd->add_option("--decode", o->decode, "decode: tokens decoded one at a time after the context (N)");
   cmd->add_option("-t,--threads", o->threads, "OpenMP threads (default: OMP_NUM_THREADS or all cores)");
-  cmd->add_option("--repeats", o->repeats, "measured runs; the median is reported")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--repeats", o->repeats, "measured runs; the median is reported")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--seed", o->seed, "weights and input seed")->capture_default_str();
   cmd->add_option("--weights", o->weights,
                   "projection matrices in memory: f32, bf16, or native (the released FP8/BF16 dtypes as stored); "

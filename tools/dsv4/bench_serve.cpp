@@ -60,10 +60,11 @@ int run_batch(const ServeOptions& o) {
   const LayerState base = prefilled(layer, o.context, o.seed + 7);
   nlohmann::json rows = nlohmann::json::array();
   std::fprintf(out, "dsv4 bench-batch: %s %s, weights %s (%.2f GB), context %lld, %d threads, copy %.1f GB/s\n",
-              o.preset.c_str(), std::string(layer_type_name(type)).c_str(), o.weights.c_str(),
-              layer.weight_bytes() / 1e9, static_cast<long long>(o.context), omp_get_max_threads(), roof.copy_gb_per_s);
+               o.preset.c_str(), std::string(layer_type_name(type)).c_str(), o.weights.c_str(),
+               layer.weight_bytes() / 1e9, static_cast<long long>(o.context), omp_get_max_threads(),
+               roof.copy_gb_per_s);
   std::fprintf(out, "  %6s %12s %12s %10s %14s   %s\n", "B", "ms/step", "ms/token", "vs B=1", "bound ms/step",
-              "stages ms: project compress index topk attention output");
+               "stages ms: project compress index topk attention output");
   double one = 0;
   for (int64_t b : o.batches) {
     std::vector<LayerState> states(static_cast<size_t>(b), base);
@@ -73,7 +74,8 @@ int run_batch(const ServeOptions& o) {
     std::vector<StageTimes> stages;
     for (int64_t step = 0; step < o.steps; ++step) {
       std::vector<Tensor> toks;
-      for (int64_t i = 0; i < b; ++i) toks.push_back(random_uniform({1, c.hidden_size}, 1.0f, o.seed + 1000 * step + i));
+      for (int64_t i = 0; i < b; ++i)
+        toks.push_back(random_uniform({1, c.hidden_size}, 1.0f, o.seed + 1000 * step + i));
       std::vector<const Tensor*> xs;
       for (const Tensor& t : toks) xs.push_back(&t);
       stages.emplace_back();
@@ -86,16 +88,21 @@ int run_batch(const ServeOptions& o) {
     if (b == o.batches.front()) one = s;
     const double bound = (static_cast<double>(layer.weight_bytes()) + static_cast<double>(b) * base.bytes()) /
                          (roof.copy_gb_per_s * 1e9);
-    std::fprintf(out, "  %6lld %12.2f %12.3f %10.2f %14.2f   %.1f %.1f %.1f %.1f %.1f %.1f\n", static_cast<long long>(b),
-                s * 1e3, s * 1e3 / b, s / one, bound * 1e3, st.project * 1e3, st.compress * 1e3, st.index_scores * 1e3,
-                st.topk * 1e3, st.attention * 1e3, st.output * 1e3);
+    std::fprintf(out, "  %6lld %12.2f %12.3f %10.2f %14.2f   %.1f %.1f %.1f %.1f %.1f %.1f\n",
+                 static_cast<long long>(b), s * 1e3, s * 1e3 / b, s / one, bound * 1e3, st.project * 1e3,
+                 st.compress * 1e3, st.index_scores * 1e3, st.topk * 1e3, st.attention * 1e3, st.output * 1e3);
     rows.push_back({{"batch", b}, {"seconds_per_step", s}, {"vs_first", s / one}, {"bandwidth_bound_seconds", bound}});
   }
   if (o.json)
-    std::printf("%s\n", nlohmann::json{{"preset", o.preset}, {"layer_type", o.layer_type}, {"weights", o.weights},
-                                       {"context", o.context}, {"threads", omp_get_max_threads()},
-                                       {"weight_bytes", layer.weight_bytes()}, {"state_bytes", base.bytes()},
-                                       {"copy_gb_per_s", roof.copy_gb_per_s}, {"rows", rows}}
+    std::printf("%s\n", nlohmann::json{{"preset", o.preset},
+                                       {"layer_type", o.layer_type},
+                                       {"weights", o.weights},
+                                       {"context", o.context},
+                                       {"threads", omp_get_max_threads()},
+                                       {"weight_bytes", layer.weight_bytes()},
+                                       {"state_bytes", base.bytes()},
+                                       {"copy_gb_per_s", roof.copy_gb_per_s},
+                                       {"rows", rows}}
                             .dump()
                             .c_str());
   return 0;
@@ -144,21 +151,29 @@ int run_stack(const ServeOptions& o) {
   }
   const double s = median(secs), bound = double(weight_bytes + state_bytes) / (roof.copy_gb_per_s * 1e9);
   std::fprintf(out, "dsv4 bench-stack: %s, %lld of %zu attention layers, weights %s, context %lld, %d threads\n",
-              o.preset.c_str(), static_cast<long long>(n), c.layer_types.size(), o.weights.c_str(),
-              static_cast<long long>(o.context), omp_get_max_threads());
-  std::fprintf(out, "  weights %.2f GB, states %.3f GB (at 65,536 tokens: %.3f GB), peak RSS %.2f GB\n", weight_bytes / 1e9,
-              state_bytes / 1e9, state_64k / 1e9, peak_rss_bytes() / 1e9);
-  std::fprintf(out, "  decode %.1f ms/token through the stack (median of %lld); bandwidth bound %.1f ms at %.1f GB/s: %.2fx\n",
-              s * 1e3, static_cast<long long>(o.steps), bound * 1e3, roof.copy_gb_per_s, s / bound);
+               o.preset.c_str(), static_cast<long long>(n), c.layer_types.size(), o.weights.c_str(),
+               static_cast<long long>(o.context), omp_get_max_threads());
+  std::fprintf(out, "  weights %.2f GB, states %.3f GB (at 65,536 tokens: %.3f GB), peak RSS %.2f GB\n",
+               weight_bytes / 1e9, state_bytes / 1e9, state_64k / 1e9, peak_rss_bytes() / 1e9);
+  std::fprintf(
+      out, "  decode %.1f ms/token through the stack (median of %lld); bandwidth bound %.1f ms at %.1f GB/s: %.2fx\n",
+      s * 1e3, static_cast<long long>(o.steps), bound * 1e3, roof.copy_gb_per_s, s / bound);
   if (n < int64_t(c.layer_types.size()))
     std::fprintf(out, "  all %zu layers, scaled by layer count: weights %.2f GB, %.0f ms/token\n", c.layer_types.size(),
-                weight_bytes / 1e9 * double(c.layer_types.size()) / double(n), s * 1e3 * double(c.layer_types.size()) / double(n));
+                 weight_bytes / 1e9 * double(c.layer_types.size()) / double(n),
+                 s * 1e3 * double(c.layer_types.size()) / double(n));
   if (o.json)
-    std::printf("%s\n", nlohmann::json{{"preset", o.preset}, {"layers", n}, {"weights", o.weights},
-                                       {"context", o.context}, {"threads", omp_get_max_threads()},
-                                       {"weight_bytes", weight_bytes}, {"state_bytes", state_bytes},
-                                       {"state_bytes_64k", state_64k}, {"seconds_per_token", s},
-                                       {"bandwidth_bound_seconds", bound}, {"copy_gb_per_s", roof.copy_gb_per_s},
+    std::printf("%s\n", nlohmann::json{{"preset", o.preset},
+                                       {"layers", n},
+                                       {"weights", o.weights},
+                                       {"context", o.context},
+                                       {"threads", omp_get_max_threads()},
+                                       {"weight_bytes", weight_bytes},
+                                       {"state_bytes", state_bytes},
+                                       {"state_bytes_64k", state_64k},
+                                       {"seconds_per_token", s},
+                                       {"bandwidth_bound_seconds", bound},
+                                       {"copy_gb_per_s", roof.copy_gb_per_s},
                                        {"peak_rss_bytes", peak_rss_bytes()}}
                             .dump()
                             .c_str());
@@ -167,7 +182,8 @@ int run_stack(const ServeOptions& o) {
 
 void common(CLI::App* cmd, ServeOptions* o) {
   cmd->add_option("--preset", o->preset, "v4-flash or v4-pro")->capture_default_str();
-  cmd->add_option("--context", o->context, "tokens in each sequence's state before the measured steps")->capture_default_str();
+  cmd->add_option("--context", o->context, "tokens in each sequence's state before the measured steps")
+      ->capture_default_str();
   cmd->add_option("--steps", o->steps, "measured decode steps (median reported)")->capture_default_str();
   cmd->add_option("--weights", o->weights, "f32, bf16 or native (the released FP8/BF16 dtypes)")->capture_default_str();
   cmd->add_option("-t,--threads", o->threads, "OpenMP threads (default: OMP_NUM_THREADS or all cores)");

@@ -19,14 +19,14 @@ inline CLI::Validator layer_index() {
 // --json: stdout holds one JSON object; the human-readable report goes to stderr.
 inline std::FILE* report_stream(bool json) { return json ? stderr : stdout; }
 
-void add_verify(CLI::App& app, int& rc);      // verify.cpp
-void add_info(CLI::App& app, int& rc);        // info.cpp
-void add_run(CLI::App& app, int& rc);         // run.cpp
-void add_bench(CLI::App& app, int& rc);       // bench.cpp
-void add_bench_serve(CLI::App& app, int& rc);  // bench_serve.cpp: bench-batch, bench-stack
-void add_state_size(CLI::App& app, int& rc);  // state_size.cpp
-void add_synth_model(CLI::App& app, int& rc);  // synth_model.cpp
+void add_verify(CLI::App& app, int& rc);         // verify.cpp
+void add_info(CLI::App& app, int& rc);           // info.cpp
+void add_run(CLI::App& app, int& rc);            // run.cpp
+void add_bench(CLI::App& app, int& rc);          // bench.cpp
+void add_bench_serve(CLI::App& app, int& rc);    // bench_serve.cpp: bench-batch, bench-stack
+void add_state_size(CLI::App& app, int& rc);     // state_size.cpp
+void add_synth_model(CLI::App& app, int& rc);    // synth_model.cpp
 void add_numerics_diff(CLI::App& app, int& rc);  // numerics_diff.cpp
-void add_soak(CLI::App& app, int& rc);        // soak.cpp
+void add_soak(CLI::App& app, int& rc);           // soak.cpp
 
 }  // namespace dsv4::cli

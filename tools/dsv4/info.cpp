@@ -16,25 +16,35 @@ std::string human(uint64_t b) {
 }
 
 nlohmann::json dims_json(const Config& c) {
-  return {{"hidden_size", c.hidden_size},         {"num_attention_heads", c.num_attention_heads},
-          {"head_dim", c.head_dim},               {"qk_rope_head_dim", c.qk_rope_head_dim},
-          {"q_lora_rank", c.q_lora_rank},         {"o_groups", c.o_groups},
-          {"o_lora_rank", c.o_lora_rank},         {"sliding_window", c.sliding_window},
-          {"compress_rate_csa", c.compress_rate_csa}, {"compress_rate_hca", c.compress_rate_hca},
-          {"index_n_heads", c.index_n_heads},     {"index_head_dim", c.index_head_dim},
+  return {{"hidden_size", c.hidden_size},
+          {"num_attention_heads", c.num_attention_heads},
+          {"head_dim", c.head_dim},
+          {"qk_rope_head_dim", c.qk_rope_head_dim},
+          {"q_lora_rank", c.q_lora_rank},
+          {"o_groups", c.o_groups},
+          {"o_lora_rank", c.o_lora_rank},
+          {"sliding_window", c.sliding_window},
+          {"compress_rate_csa", c.compress_rate_csa},
+          {"compress_rate_hca", c.compress_rate_hca},
+          {"index_n_heads", c.index_n_heads},
+          {"index_head_dim", c.index_head_dim},
           {"index_topk", c.index_topk}};
 }
 
 // One layer's report; returns whether it loads.
 bool layer_info(const Model& m, int64_t i, std::FILE* out, nlohmann::json& j, uint64_t& total) {
-  std::fprintf(out, "\nlayer %lld  %s\n", static_cast<long long>(i), std::string(layer_type_name(m.layer_type(i))).c_str());
+  std::fprintf(out, "\nlayer %lld  %s\n", static_cast<long long>(i),
+               std::string(layer_type_name(m.layer_type(i))).c_str());
   j = {{"index", i}, {"type", std::string(layer_type_name(m.layer_type(i)))}, {"tensors", nlohmann::json::array()}};
   uint64_t bytes = 0;
   for (const TensorSummary& t : m.layer_tensors(i)) {
     std::fprintf(out, "  %-8s %-14s %12llu  %-34s %s\n", std::string(dtype_name(t.dtype)).c_str(),
                  shape_str(t.shape).c_str(), static_cast<unsigned long long>(t.bytes), t.shard.c_str(), t.name.c_str());
-    j["tensors"].push_back({{"name", t.name}, {"dtype", std::string(dtype_name(t.dtype))}, {"shape", t.shape},
-                            {"bytes", t.bytes}, {"shard", t.shard}});
+    j["tensors"].push_back({{"name", t.name},
+                            {"dtype", std::string(dtype_name(t.dtype))},
+                            {"shape", t.shape},
+                            {"bytes", t.bytes},
+                            {"shard", t.shard}});
     bytes += t.bytes;
   }
   std::fprintf(out, "  attention bytes: %llu (%s)\n", static_cast<unsigned long long>(bytes), human(bytes).c_str());
@@ -65,17 +75,17 @@ int info(const std::string& dir, int64_t only, bool json) {
   std::fprintf(out, "naming  %s\n", std::string(naming_scheme_name(m.scheme())).c_str());
   std::fprintf(out, "shards  %zu\n", m.num_shards());
   std::fprintf(out, "layers  %lld\n", static_cast<long long>(m.num_layers()));
-  std::fprintf(
-      out,
-      "dims    d=%lld H=%lld D=%lld R=%lld q_lora=%lld g=%lld d_g=%lld W=%lld m=%lld m'=%lld "
-      "H_I=%lld D_I=%lld k=%lld\n",
-      (long long)c.hidden_size, (long long)c.num_attention_heads, (long long)c.head_dim, (long long)c.qk_rope_head_dim,
-      (long long)c.q_lora_rank, (long long)c.o_groups, (long long)c.o_lora_rank, (long long)c.sliding_window,
-      (long long)c.compress_rate_csa, (long long)c.compress_rate_hca, (long long)c.index_n_heads,
-      (long long)c.index_head_dim, (long long)c.index_topk);
+  std::fprintf(out,
+               "dims    d=%lld H=%lld D=%lld R=%lld q_lora=%lld g=%lld d_g=%lld W=%lld m=%lld m'=%lld "
+               "H_I=%lld D_I=%lld k=%lld\n",
+               (long long)c.hidden_size, (long long)c.num_attention_heads, (long long)c.head_dim,
+               (long long)c.qk_rope_head_dim, (long long)c.q_lora_rank, (long long)c.o_groups, (long long)c.o_lora_rank,
+               (long long)c.sliding_window, (long long)c.compress_rate_csa, (long long)c.compress_rate_hca,
+               (long long)c.index_n_heads, (long long)c.index_head_dim, (long long)c.index_topk);
   std::string others;
   for (const auto& [dtype, n] : m.other_tensors()) others += " " + dtype + " x" + std::to_string(n);
-  std::fprintf(out, "others  %s\n", others.empty() ? " none" : (others + "  (other modules: skipped, not read)").c_str());
+  std::fprintf(out, "others  %s\n",
+               others.empty() ? " none" : (others + "  (other modules: skipped, not read)").c_str());
   nlohmann::json j = {{"model", dir},
                       {"naming", std::string(naming_scheme_name(m.scheme()))},
                       {"shards", m.num_shards()},
@@ -91,7 +101,8 @@ int info(const std::string& dir, int64_t only, bool json) {
     bad_layers += !layer_info(m, i, out, lj, total);
     j["layers"].push_back(std::move(lj));
   }
-  std::fprintf(out, "\ntotal attention bytes: %llu (%s)\n", static_cast<unsigned long long>(total), human(total).c_str());
+  std::fprintf(out, "\ntotal attention bytes: %llu (%s)\n", static_cast<unsigned long long>(total),
+               human(total).c_str());
   if (bad_layers) std::fprintf(out, "%d layer(s) cannot be loaded\n", bad_layers);
   j["total_attention_bytes"] = total;
   j["layers_with_problems"] = bad_layers;

@@ -78,9 +78,8 @@ void run(const Options& o) {
   const LayerType t = parse_layer_type(o.layer_type);
   const Layer ref(c, t, random_layer_weights(c, t, o.seed));
   const Layer dep(c, t, random_layer_weights(c, t, o.seed), LayerOptions{WeightFormat::f32, Numerics::deployment});
-  std::printf("dsv4 numerics-diff: %s %s, seed %llu, %d threads; deployment vs reference numerics\n",
-              o.preset.c_str(), std::string(layer_type_name(t)).c_str(), static_cast<unsigned long long>(o.seed),
-              omp_get_max_threads());
+  std::printf("dsv4 numerics-diff: %s %s, seed %llu, %d threads; deployment vs reference numerics\n", o.preset.c_str(),
+              std::string(layer_type_name(t)).c_str(), static_cast<unsigned long long>(o.seed), omp_get_max_threads());
   std::printf("%9s  %9s  %9s  %9s  %9s  %s\n", "context", "prefill", "(max)", "decode", "(max)",
               "decoded top-k entries that differ");
   std::printf("%9s  %9s  %9s  %9s  %9s\n", "", "rms rel", "max rel", "rms rel", "max rel");

@@ -44,13 +44,20 @@ void run(const RunArgs& a) {
                      {"chunk", std::to_string(a.chunk)},
                      {"numerics", a.numerics}});
   std::FILE* out = report_stream(a.json);
-  nlohmann::json j = {{"model", a.model},          {"layer", a.layer},       {"layer_type", std::string(layer_type_name(layer.type()))},
-                      {"input", a.input},          {"input_shape", x.shape}, {"output", a.output},
-                      {"chunk", a.chunk},          {"weights", a.weights},   {"numerics", a.numerics},
-                      {"weight_bytes", layer.weight_bytes()}, {"seconds", secs}};
+  nlohmann::json j = {{"model", a.model},
+                      {"layer", a.layer},
+                      {"layer_type", std::string(layer_type_name(layer.type()))},
+                      {"input", a.input},
+                      {"input_shape", x.shape},
+                      {"output", a.output},
+                      {"chunk", a.chunk},
+                      {"weights", a.weights},
+                      {"numerics", a.numerics},
+                      {"weight_bytes", layer.weight_bytes()},
+                      {"seconds", secs}};
   std::fprintf(out, "layer %lld (%s): %s -> %s  (%.3f s%s)\n", static_cast<long long>(a.layer),
-              std::string(layer_type_name(layer.type())).c_str(), shape_str(x.shape).c_str(), a.output.c_str(), secs,
-              a.chunk > 0 ? (", chunks of " + std::to_string(a.chunk)).c_str() : "");
+               std::string(layer_type_name(layer.type())).c_str(), shape_str(x.shape).c_str(), a.output.c_str(), secs,
+               a.chunk > 0 ? (", chunks of " + std::to_string(a.chunk)).c_str() : "");
   if (a.compare_f32) {  // what bf16/native weights cost in accuracy and save in memory
     const Layer ref = m.layer(a.layer, LayerOptions{WeightFormat::f32, layer.numerics()});
     const Tensor y32 = run_layer(ref, x, a.chunk);
@@ -60,11 +67,12 @@ void run(const RunArgs& a) {
       max_ref = std::max(max_ref, std::fabs(static_cast<double>(y32.data[i])));
     }
     j["compare_f32"] = {{"f32_weight_bytes", ref.weight_bytes()}, {"max_abs", max_abs}, {"max_abs_output", max_ref}};
-    std::fprintf(out, "weights %s: %.2f MB in memory vs %.2f MB as f32 (%.0f%% saved); output vs f32 weights: max abs %.3e "
-                "(max |output| %.3e)\n",
-                a.weights.c_str(), layer.weight_bytes() / 1e6, ref.weight_bytes() / 1e6,
-                100.0 * (1.0 - static_cast<double>(layer.weight_bytes()) / static_cast<double>(ref.weight_bytes())),
-                max_abs, max_ref);
+    std::fprintf(out,
+                 "weights %s: %.2f MB in memory vs %.2f MB as f32 (%.0f%% saved); output vs f32 weights: max abs %.3e "
+                 "(max |output| %.3e)\n",
+                 a.weights.c_str(), layer.weight_bytes() / 1e6, ref.weight_bytes() / 1e6,
+                 100.0 * (1.0 - static_cast<double>(layer.weight_bytes()) / static_cast<double>(ref.weight_bytes())),
+                 max_abs, max_ref);
   }
   if (a.json) std::printf("%s\n", j.dump().c_str());
 }
@@ -86,7 +94,9 @@ void add_run(CLI::App& app, int& rc) {
   cmd->add_option("--chunk", a->chunk, "feed each batch row through a decode state in chunks of N tokens")
       ->check(CLI::PositiveNumber);
   cmd->add_option("-t,--threads", a->threads, "OpenMP threads (default: all)")->check(CLI::PositiveNumber);
-  cmd->add_option("--weights", a->weights, "projection matrices in memory: f32, bf16, or native (as the checkpoint stores them: FP8 + scales, BF16, ...); "
+  cmd->add_option("--weights", a->weights,
+                  "projection matrices in memory: f32, bf16, or native (as the checkpoint stores them: FP8 + scales, "
+                  "BF16, ...); "
                   "all widened inside the GEMMs")
       ->capture_default_str();
   cmd->add_option("--numerics", a->numerics,

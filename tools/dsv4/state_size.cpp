@@ -81,7 +81,10 @@ void report(const std::string& preset, Numerics nm, std::vector<int64_t> counts,
     for (const Row& r : rows) {
       std::fprintf(out, "%-8s %9lld %14zu %14zu %8.1f\n", kNames[i], static_cast<long long>(r.tokens), r.held, r.tight,
                    r.seconds);
-      j["measured"].push_back({{"type", kNames[i]}, {"tokens", r.tokens}, {"bytes", r.held}, {"tight_bytes", r.tight},
+      j["measured"].push_back({{"type", kNames[i]},
+                               {"tokens", r.tokens},
+                               {"bytes", r.held},
+                               {"tight_bytes", r.tight},
                                {"feed_seconds", r.seconds}});
     }
     // Marginal bytes per token between the first and last count (tight sizes).
@@ -134,9 +137,8 @@ void add_state_size(CLI::App& app, int& rc) {
       ->capture_default_str();
   auto json = std::make_shared<bool>(false);
   cmd->add_flag("--json", *json, "stdout: one JSON object (the report goes to stderr)");
-  cmd->callback([&rc, preset, tokens, numerics, json] {
-    report(*preset, parse_numerics(*numerics), *tokens, *json, rc);
-  });
+  cmd->callback(
+      [&rc, preset, tokens, numerics, json] { report(*preset, parse_numerics(*numerics), *tokens, *json, rc); });
 }
 
 }  // namespace dsv4::cli

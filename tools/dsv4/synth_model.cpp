@@ -51,8 +51,7 @@ void encode(std::vector<NamedTensor>& out, NamingScheme scheme, int64_t layer, c
     const DType as = dtype == "fp8" ? e.released : dtype == "bf16" ? DType::BF16 : DType::F32;
     if (as == DType::F32) return out.push_back(named(name, x));
     // UE8M0 scales are powers of two; F32 ones are the block max / 448.
-    const StoredMatrix m =
-        as == DType::BF16 ? quantize_bf16(x) : quantize_fp8_blocks(x, scale_dtype == DType::F8_E8M0);
+    const StoredMatrix m = as == DType::BF16 ? quantize_bf16(x) : quantize_fp8_blocks(x, scale_dtype == DType::F8_E8M0);
     for (NamedTensor& nt : checkpoint_tensors(name, scale_name(scheme, name), m, scale_dtype))
       out.push_back(std::move(nt));
   });
@@ -140,15 +139,18 @@ void synth(const SynthArgs& a) {
     for (const NamedTensor& t : ts) weight_map[t.name] = shard, total += t.bytes.size();
     write_safetensors(dir / shard, ts, {{"format", "pt"}});
   }
-  if (a.other_modules) {  // as the released shards: experts as I8 FP4 packs + E8M0 scales, hyper-connections, embeddings
+  if (a.other_modules) {  // as the released shards: experts as I8 FP4 packs + E8M0 scales, hyper-connections,
+                          // embeddings
     const std::string l0 = scheme == NamingScheme::hugging_face ? "model.layers.0." : "layers.0.";
     std::vector<NamedTensor> other = {
         {l0 + "ffn.experts.0.w1.weight", DType::I8, {8, 16}, std::vector<std::byte>(128, std::byte{0x11})},
         {l0 + "ffn.experts.0.w1.scale", DType::F8_E8M0, {8, 1}, std::vector<std::byte>(8, std::byte{127})},
         {l0 + "hc_attn_fn", DType::F32, {4}, std::vector<std::byte>(16)},
         {l0 + "attn_norm.weight", DType::BF16, {c.hidden_size}, std::vector<std::byte>(size_t(2 * c.hidden_size))},
-        {scheme == NamingScheme::hugging_face ? "model.embed_tokens.weight" : "embed.weight", DType::BF16,
-         {16, c.hidden_size}, std::vector<std::byte>(size_t(32 * c.hidden_size))}};
+        {scheme == NamingScheme::hugging_face ? "model.embed_tokens.weight" : "embed.weight",
+         DType::BF16,
+         {16, c.hidden_size},
+         std::vector<std::byte>(size_t(32 * c.hidden_size))}};
     if (a.sharded) {
       for (const NamedTensor& t : other) weight_map[t.name] = "model-others.safetensors", total += t.bytes.size();
       write_safetensors(dir / "model-others.safetensors", other, {{"format", "pt"}});

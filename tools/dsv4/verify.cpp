@@ -21,8 +21,13 @@ int verify(const std::vector<std::string>& files, bool verbose, bool json) {
     (r.passed ? passed : failed)++;
     worst_abs = std::max(worst_abs, r.max_abs);
     worst_rel = std::max(worst_rel, r.max_rel);
-    cases.push_back({{"file", f}, {"name", r.name}, {"passed", r.passed}, {"max_abs", r.max_abs},
-                     {"max_rel", r.max_rel}, {"compared", r.compared}, {"failures", r.failures}});
+    cases.push_back({{"file", f},
+                     {"name", r.name},
+                     {"passed", r.passed},
+                     {"max_abs", r.max_abs},
+                     {"max_rel", r.max_rel},
+                     {"compared", r.compared},
+                     {"failures", r.failures}});
     std::fprintf(out, "%-4s %-48s max_abs %.3e  max_rel %.3e  (%lld values)\n", r.passed ? "ok" : "FAIL",
                  r.name.c_str(), r.max_abs, r.max_rel, static_cast<long long>(r.compared));
     const size_t shown = verbose ? r.failures.size() : std::min<size_t>(r.failures.size(), 3);
@@ -32,10 +37,12 @@ int verify(const std::vector<std::string>& files, bool verbose, bool json) {
   std::fprintf(out, "suite: max_abs %.3e  max_rel %.3e (rel over |ref| >= 1e-3)\n", worst_abs, worst_rel);
   std::fprintf(out, "%d passed, %d failed\n", passed, failed);
   if (json)
-    std::printf("%s\n", nlohmann::json{{"passed", passed}, {"failed", failed}, {"max_abs", worst_abs},
-                                       {"max_rel", worst_rel}, {"cases", cases}}
-                            .dump()
-                            .c_str());
+    std::printf(
+        "%s\n",
+        nlohmann::json{
+            {"passed", passed}, {"failed", failed}, {"max_abs", worst_abs}, {"max_rel", worst_rel}, {"cases", cases}}
+            .dump()
+            .c_str());
   return failed;
 }
 
@@ -43,8 +50,9 @@ int verify(const std::vector<std::string>& files, bool verbose, bool json) {
 
 void add_verify(CLI::App& app, int& rc) {
   auto* cmd = app.add_subcommand(
-      "verify", "Run conformance files through the fast path; compare every output (|ours-ref| <= 1e-5 + 1e-5|ref|) "
-                "and the CSA top-k sets");
+      "verify",
+      "Run conformance files through the fast path; compare every output (|ours-ref| <= 1e-5 + 1e-5|ref|) "
+      "and the CSA top-k sets");
   auto files = std::make_shared<std::vector<std::string>>();
   auto verbose = std::make_shared<bool>(false), json = std::make_shared<bool>(false);
   cmd->add_option("files", *files, "conformance .safetensors files")->required()->check(CLI::ExistingFile);
