@@ -1,11 +1,15 @@
-// The fast path's stages, in pipeline order. Internal to the library.
+// The fast path's stages, in pipeline order (schedule.cpp runs them over the
+// chunks of a call: pipeline/job.h). Internal to the library.
 //
-//   project  : one fused GEMM for everything that reads x, one for everything
-//              that reads c_q; norms and RoPE per row
-//   compress : pool complete windows into entries (state carries the rest)
-//   index    : CSA lightning indexer scores + top-k per query
-//   attend   : gather window + compressed keys, online softmax with the sink
-//   output   : de-rotate, grouped projection, o_b projection
+//   project  : one fused GEMM for everything that reads x, one for  project.cpp
+//              everything that reads c_q; norms and RoPE per row    (matrix.cpp: packed weights)
+//   window   : the ring of kv rows a chunk reads and extends        window.cpp
+//   compress : pool complete windows into entries (state carries    compress.cpp
+//              the rest)
+//   index    : CSA lightning indexer scores + top-k per query       index.cpp
+//   attend   : window + compressed keys (CSA: gathered), online     attend.cpp, gather.cpp
+//              softmax with the sink
+//   output   : de-rotate, grouped projection, o_b projection        output.cpp
 #pragma once
 #include <cstddef>
 #include <cstdint>
