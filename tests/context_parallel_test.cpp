@@ -30,13 +30,15 @@ struct Case {
   Config c;
   LayerType type = LayerType::csa;
   Numerics numerics = Numerics::reference;
+  WeightFormat weights = WeightFormat::f32;
   ContextLayout layout = ContextLayout::zigzag;
   int64_t seq = 0;
 };
 
 std::string describe(const Case& k) {
   return std::string(layer_type_name(k.type)) + (k.numerics == Numerics::deployment ? " deployment" : " reference") +
-         (k.layout == ContextLayout::zigzag ? " zigzag" : " contiguous") + " S=" + std::to_string(k.seq) +
+         (k.layout == ContextLayout::zigzag ? " zigzag" : " contiguous") +
+         (k.weights == WeightFormat::bf16 ? " bf16" : " f32") + " S=" + std::to_string(k.seq) +
          " W=" + std::to_string(k.c.sliding_window) + " m=" + std::to_string(k.c.compress_rate_csa) +
          " m'=" + std::to_string(k.c.compress_rate_hca) + " k=" + std::to_string(k.c.index_topk);
 }
@@ -55,7 +57,7 @@ void check(const Case& k, std::mt19937& rng) {
   SCOPED_TRACE(describe(k));
   const MPI_Comm comm = MPI_COMM_WORLD;
   const int rank = rank_of(comm), ranks = size_of(comm);
-  const Layer layer(k.c, k.type, test::random_weights(k.c, k.type, rng), LayerOptions{WeightFormat::f32, k.numerics});
+  const Layer layer(k.c, k.type, test::random_weights(k.c, k.type, rng), LayerOptions{k.weights, k.numerics});
   const int64_t d = k.c.hidden_size;
   const Tensor x = test::random_tensor({k.seq, d}, rng);
 
@@ -102,6 +104,7 @@ Case random_case(std::mt19937& rng, LayerType type, Numerics numerics, ContextLa
   if (numerics == Numerics::deployment)  // a power of two >= R
     k.c.index_head_dim = std::max<int64_t>(k.c.qk_rope_head_dim, int64_t{8} << (rng() % 3));
   k.type = type, k.numerics = numerics, k.layout = layout;
+  k.weights = rng() % 2 ? WeightFormat::bf16 : WeightFormat::f32;
   // Blocks shorter than the window and than a compressor window, and longer ones.
   const int64_t span = 2 * size_of(MPI_COMM_WORLD) * std::max<int64_t>(k.c.sliding_window, 8);
   k.seq = 1 + static_cast<int64_t>(rng() % static_cast<uint64_t>(3 * span));
