@@ -155,6 +155,28 @@ TEST(ContextParallel, WrongInputShapeIsAnError) {
   }
 }
 
+// The transport-free pieces name what is wrong.
+TEST(ContextParallel, BlockStateChecksItsRows) {
+  const Config c = test::small_config();  // W = 8, m = 4
+  std::mt19937 rng(2);
+  const Layer layer(c, LayerType::csa, test::random_weights(c, LayerType::csa, rng));
+  EXPECT_EQ(layer.context_first(10), 3);  // the window: [3, 10); the compressors: [4, 10) (series A of [4, 8))
+  const Tensor rows({5, layer.token_row_width()});
+  BlockEntries owned;
+  try {
+    layer.block_state(rows, 5, 10, 10, owned);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("needs its rows from 3"), std::string::npos) << e.what();
+  }
+  try {
+    layer.token_rows(Tensor({2, c.hidden_size + 1}), 0);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("token_rows: x must be"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace dsv4
 
