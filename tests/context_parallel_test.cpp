@@ -6,6 +6,7 @@
 #include <mpi.h>
 
 #include <cstdio>
+#include <limits>
 #include <random>
 
 #include "dsv4/context_parallel.h"
@@ -152,6 +153,26 @@ TEST(ContextParallel, WrongInputShapeIsAnError) {
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("x must be ["), std::string::npos) << e.what();
+  }
+}
+
+// One rank's bad input: that rank names it, the others say another rank refused; none hangs.
+TEST(ContextParallel, OneRanksBadInputStopsEveryRank) {
+  const Config c = test::small_config();
+  std::mt19937 rng(4);
+  const Layer layer(c, LayerType::csa, test::random_weights(c, LayerType::csa, rng));
+  const int rank = rank_of(MPI_COMM_WORLD), ranks = size_of(MPI_COMM_WORLD);
+  const int64_t seq = 40;
+  int64_t n = 0;
+  for (const TokenBlock& b : rank_blocks(seq, ranks, rank, ContextLayout::zigzag)) n += b.end - b.begin;
+  Tensor x = test::random_tensor({n, c.hidden_size}, rng);
+  if (rank == ranks - 1) x.data[0] = std::numeric_limits<float>::quiet_NaN();
+  try {
+    context_parallel_forward(layer, x, seq, MPI_COMM_WORLD);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    const std::string want = rank == ranks - 1 ? "token_rows: input hidden_states" : "another rank refused its input";
+    EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
   }
 }
 

@@ -54,7 +54,9 @@ struct ContextStats {
 // those of a single process feeding the blocks one after the other through a
 // state (Layer::forward(x, state)), bit for bit (docs/distributed.md says
 // why). With gather_state, *state on root becomes the state after all tokens:
-// the same bytes (save_state) as that single process's.
+// the same bytes (save_state) as that single process's. If any rank refuses
+// its input (shape, non-finite values), every rank throws dsv4::Error (that
+// rank naming the problem) before any data moves.
 Tensor context_parallel_forward(const Layer& layer, TensorView x, int64_t seq, MPI_Comm comm,
                                 const ContextOptions& options = {}, LayerState* state = nullptr,
                                 ContextStats* stats = nullptr);

@@ -268,23 +268,36 @@ Tensor context_parallel_forward(const Layer& layer, TensorView x, int64_t seq, M
       mine.back().block = all[i], mine.back().global = i, mine.back().row0 = n;
       n += all[i].end - all[i].begin;
     }
-  if (x.shape != Shape{n, d})
-    fail("context_parallel_forward: rank " + std::to_string(rank) + " holds " + std::to_string(n) +
-         " tokens, x must be [" + std::to_string(n) + ", " + std::to_string(d) + "], got " + shape_str(x.shape));
-  if (o.gather_state && rank == o.root && !state) fail("context_parallel_forward: gather_state needs a state on root");
+  // Inputs are checked on every rank, then agreed on: a rank that refuses its
+  // input must not leave the others waiting in a collective.
   ContextStats st;
-  double t0 = MPI_Wtime();
-  for (Local& l : mine)
-    l.own = layer.token_rows(TensorView(x.data + l.row0 * d, {l.block.end - l.block.begin, d}), l.block.begin);
+  std::string refused;
+  const double t0 = MPI_Wtime();
+  try {
+    if (x.shape != Shape{n, d})
+      fail("context_parallel_forward: rank " + std::to_string(rank) + " holds " + std::to_string(n) +
+           " tokens, x must be [" + std::to_string(n) + ", " + std::to_string(d) + "], got " + shape_str(x.shape));
+    if (o.gather_state && rank == o.root && !state)
+      fail("context_parallel_forward: gather_state needs a state on root");
+    for (Local& l : mine)  // step 1
+      l.own = layer.token_rows(TensorView(x.data + l.row0 * d, {l.block.end - l.block.begin, d}), l.block.begin);
+  } catch (const std::exception& e) {
+    refused = e.what();
+  }
+  int any = refused.empty() ? 0 : 1;
+  MPI_Allreduce(MPI_IN_PLACE, &any, 1, MPI_INT, MPI_MAX, comm);
+  if (!refused.empty()) fail(refused);
+  if (any)
+    fail("context_parallel_forward: another rank refused its input (rank " + std::to_string(rank) + "'s is fine)");
   st.prepare_s += MPI_Wtime() - t0;
   exchange_halo(layer, all, mine, comm, rank, ranks, st);
-  t0 = MPI_Wtime();
+  const double t1 = MPI_Wtime();
   for (Local& l : mine) {
     const TensorView rows(l.rows.data(), {l.block.end - l.first, layer.token_row_width()});
     l.state = layer.block_state(rows, l.first, l.block.begin, l.block.end, l.owned);
     l.rows = {}, l.own = {};
   }
-  st.prepare_s += MPI_Wtime() - t0;
+  st.prepare_s += MPI_Wtime() - t1;
   const int64_t rate = layer.config().compress_rate(layer.type());
   for (RowStore BlockEntries::*store : {&BlockEntries::main, &BlockEntries::index}) {
     if (!rate || (mine.front().owned.*store).row_bytes() == 0) continue;
@@ -296,7 +309,7 @@ Tensor context_parallel_forward(const Layer& layer, TensorView x, int64_t seq, M
   }
 
   Tensor out({n, d});
-  t0 = MPI_Wtime();
+  const double t2 = MPI_Wtime();
   int holder = 0;  // the rank of the last non-empty block: its state is the sequence's
   for (const TokenBlock& b : all)
     if (b.end > b.begin && b.end == seq) holder = b.owner;
@@ -308,7 +321,7 @@ Tensor context_parallel_forward(const Layer& layer, TensorView x, int64_t seq, M
     std::copy(y.data.begin(), y.data.end(), out.data.begin() + l.row0 * d);
     if (l.block.end == seq) last = &l.state;
   }
-  st.forward_s += MPI_Wtime() - t0;
+  st.forward_s += MPI_Wtime() - t2;
   if (o.gather_state) {
     LayerState empty = layer.new_state();
     if (seq == 0) last = &empty;
