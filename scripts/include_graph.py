@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # Lowest first. Each room may include headers of its floor and the floors below.
-FLOORS = ["common", "config", "ops", "io", "state", "pipeline", "train", "layer", "conformance"]
+FLOORS = ["common", "config", "ops", "io", "state", "pipeline", "train", "layer", "conformance", "parallel"]
 
 # The room that implements each public header (where its declarations are defined).
 ROOM_OF_HEADER = {
@@ -34,6 +34,7 @@ ROOM_OF_HEADER = {
     "train.h": "train",
     "layer.h": "layer", "model.h": "layer",
     "conformance.h": "conformance",
+    "context_parallel.h": "parallel",  # libdsv4_mpi (built when MPI is found)
 }
 
 # Up-floor includes that are allowed, as (file, included header): none.

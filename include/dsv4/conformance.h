@@ -33,6 +33,11 @@ std::set<int64_t> topk_set(std::span<const int64_t> row);
 // Row `row` of a top-k tensor [..., k] (rows counted over the leading axes).
 std::set<int64_t> topk_set(const TensorI64& topk, int64_t row);
 
+// Compares ours [n] with ref elementwise into rep (max_abs, max_rel, compared;
+// a failure line naming `what` and the worst element).
+void compare(CaseReport& rep, const std::string& what, const Tensor& ref, const float* ours, int64_t n,
+             Tolerance tol = {});
+
 // Never throws for a bad file: the error becomes a failure of the case.
 CaseReport verify_case(const std::filesystem::path& file, Tolerance tol = {});
 

@@ -21,6 +21,14 @@ namespace dsv4 {
 
 struct PackedLayer;  // weights rearranged once for the fast path
 
+// The compressed entries one block of a sequence computes (context parallelism):
+// ids [first, first + count), as the state stores them.
+struct BlockEntries {
+  int64_t first = 0, count = 0;
+  RowStore main;   // CSA/HCA entries
+  RowStore index;  // CSA indexer keys
+};
+
 struct LayerOptions {
   WeightFormat weights = WeightFormat::f32;
   // reference: the fp32 math (default). deployment: the served model's FP8/FP4
@@ -92,6 +100,23 @@ class Layer {
   LayerGradients zero_gradients() const;
   // Both in one call (the tape is dropped after).
   LayerGradients backward(TensorView x, TensorView dy) const;
+
+  // Context parallelism (docs/distributed.md; the MPI driver is dsv4/context_parallel.h).
+  // A block [begin, end) of a sequence is a chunk continuing the state at `begin`.
+  // That state is built from the token rows (each token's kv, compressor and
+  // indexer C/Z: token_row_width() floats) of [context_first(begin), begin) — the
+  // window's rows and the compressor windows straddling `begin` — and the entries
+  // before the block. token_rows projects x [n, d] at positions [begin, begin+n)
+  // in the pieces forward(x, state) uses, so the rows have the bits forward
+  // computes. block_state takes the token rows [end - first, width] of [first,
+  // end), first = context_first(begin), and returns the state a single process
+  // holds at `begin` (the same bytes), except that its entries before the block's
+  // own are zero rows for the caller to fill from the other blocks; `owned` gets
+  // the block's own: ids [begin/m, end/m). Neither runs any attention.
+  int64_t context_first(int64_t begin) const;
+  int64_t token_row_width() const;
+  Tensor token_rows(TensorView x, int64_t begin) const;
+  LayerState block_state(TensorView rows, int64_t first, int64_t begin, int64_t end, BlockEntries& owned) const;
 
   static constexpr int64_t kPrefillChunk = 1024;
 

@@ -11,9 +11,7 @@
 #include "ops/rope.h"
 
 namespace dsv4 {
-namespace {
 
-// Compares ours against ref elementwise; records the worst element on failure.
 void compare(CaseReport& rep, const std::string& what, const Tensor& ref, const float* ours, int64_t n, Tolerance tol) {
   if (ref.numel() != n) {
     rep.failures.push_back(what + ": " + std::to_string(n) + " values, reference has " + shape_str(ref.shape));
@@ -39,6 +37,8 @@ void compare(CaseReport& rep, const std::string& what, const Tensor& ref, const 
     rep.failures.push_back(s.str());
   }
 }
+
+namespace {
 
 // Reference tensor for batch row b of a [B, ...] tensor, checked against our per-sequence layout.
 Tensor batch_row(const Tensor& t, int64_t b) {

@@ -65,13 +65,13 @@ void keep_series_a(const CompressorWeights& w, int64_t rate, int64_t width, cons
 }  // namespace
 
 int64_t compress_feed(const PackedLayer& p, const CompressorWeights& w, CompressorState& st, const float* c_rows,
-                      const float* z_rows, int64_t ld, int64_t n) {
+                      const float* z_rows, int64_t ld, int64_t n, int64_t store_from) {
   const int64_t rate = w.position_bias.dim(0), width = st.width, in_w = st.in_width;
   if (rate > 1024) fail("compress rate " + std::to_string(rate) + " exceeds the supported 1024");
   // Tokens complete windows in order: first the pending ones, then whole windows of new rows.
   const int64_t total = st.pending + n, n_new = total / rate;
   const int64_t first = st.emitted;
-  st.entries.resize(first + n_new);
+  st.entries.resize(first + n_new - store_from);
 
   auto window_rows = [&](int64_t k, Window& win) {  // k-th completed window of this call
     for (int64_t j = 0; j < rate; ++j) {
@@ -108,7 +108,7 @@ int64_t compress_feed(const PackedLayer& p, const CompressorWeights& w, Compress
       pool(w, rate, width, st.overlapping, win.c, win.z, prev_c, prev_zb, e, mx.data(), den.data());
       rms_norm(e, width, w.kv_norm.ptr(), p.c.rms_norm_eps);
       rope_apply(e, width, p.inv_freq, (first + k) * rate);
-      st.entries.put(first + k, e);  // in the state's numerics
+      st.entries.put(first + k - store_from, e);  // in the state's numerics
     }
   }
   if (st.overlapping && n_new > 0) {

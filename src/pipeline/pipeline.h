@@ -115,8 +115,9 @@ struct Projected {
   Scratch<float> in;  // [rows, n_in]: c_q (normed) | kv (normed, roped) | C, Z | C_I, Z_I | head weights (scaled)
   Scratch<float> up;  // [rows, n_up]: q (normed, roped) | indexer q (roped)
 };
+// queries = false: only the x-side rows (out.up untouched), what a state needs.
 void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* pos,
-             const std::vector<RowGroup>& groups, Projected& out);
+             const std::vector<RowGroup>& groups, Projected& out, bool queries = true);
 // Its per-token steps that the backward recomputes (train/): c_q =
 // RMSNorm_{q_a_norm}(raw) and q's heads, each RMSNorm'd (no weight) then
 // rotated at the token's position. In place if raw == out; each returns or
@@ -130,9 +131,10 @@ void round_index_queries(const PackedLayer& p, Projected& pr, int64_t rows);
 
 // Feed n tokens' C/Z rows (row stride ld) into a compressor; emits the entries
 // of windows that complete into its store (in the state's numerics). Returns
-// how many were emitted.
+// how many were emitted. Entry e goes to row e - store_from of the store (a
+// context-parallel block keeps only the entries it computes: src/layer/context.cpp).
 int64_t compress_feed(const PackedLayer& p, const CompressorWeights& w, CompressorState& st, const float* c_rows,
-                      const float* z_rows, int64_t ld, int64_t n);
+                      const float* z_rows, int64_t ld, int64_t n, int64_t store_from = 0);
 
 // CSA indexer for `rows` queries: top-k eligible entries, best first, -1-padded to `width`.
 // Adds the wall time split between scoring and selection to *score_s / *select_s.

@@ -55,12 +55,12 @@ PackedLayer pack_layer(const Config& c, LayerType t, const LayerWeights& w, bool
 }
 
 void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* pos,
-             const std::vector<RowGroup>& groups, Projected& out) {
+             const std::vector<RowGroup>& groups, Projected& out, bool queries) {
   const Config& c = p.c;
   const LayerWeights& w = *p.w;
   out.rows = rows;
   out.in.get(static_cast<size_t>(rows * p.n_in));
-  out.up.get(static_cast<size_t>(rows * p.n_up));
+  if (queries) out.up.get(static_cast<size_t>(rows * p.n_up));
   for (const RowGroup& g : groups) linear(g, p.n_in, x, c.hidden_size, p.w_in, 0, out.in.data(), p.n_in);
 
   const int64_t hd = c.head_dim, hi = c.index_n_heads, di = c.index_head_dim;
@@ -74,6 +74,7 @@ void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* 
     if (w.indexer)
       for (int64_t h = 0; h < hi; ++h) row[p.off_index_w + h] *= head_weight_scale;
   }
+  if (!queries) return;
 
   for (const RowGroup& g : groups) linear(g, p.n_up, out.in.data(), p.n_in, p.w_up, 0, out.up.data(), p.n_up);
 #pragma omp parallel for schedule(static)

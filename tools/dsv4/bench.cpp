@@ -26,7 +26,8 @@ struct Options {
   std::string preset = "v4-flash", layer_type = "csa", weights = "f32", numerics = "reference";
   int64_t seq = 4096, context = 0, decode = 0;
   int threads = 0, repeats = 3;
-  bool json = false, backward = false;
+  bool json = false, backward = false, context_parallel = false;
+  std::string layout = "zigzag";
   uint64_t seed = 1;
 };
 
@@ -128,6 +129,9 @@ int run_backward_bench(const Options& o) {
 }
 
 int run_bench(const Options& o) {
+  if (o.context_parallel)
+    return bench_context_parallel(
+        {o.preset, o.layer_type, o.weights, o.numerics, o.layout, o.seq, o.threads, o.repeats, o.seed});
   if (o.threads > 0) omp_set_num_threads(o.threads);
   if (o.backward) return run_backward_bench(o);
   std::FILE* out = report_stream(o.json);
@@ -275,6 +279,12 @@ void add_bench(CLI::App& app, int& rc) {
                 "training: time forward_train and backward of --seq tokens (loss = sum(y * dy)); reports both, "
                 "backward/forward, the tape's bytes and peak RSS (reference numerics, one-shot only)");
   cmd->add_flag("--json", o->json, "stdout: one JSON object (the report goes to stderr)");
+  cmd->add_flag("--context-parallel", o->context_parallel,
+                "under mpirun: prefill of --seq tokens split over the ranks; per-rank time, bytes sent/received, "
+                "imbalance (docs/distributed.md)");
+  cmd->add_option("--layout", o->layout, "--context-parallel: zigzag or contiguous blocks")
+      ->check(CLI::IsMember({"zigzag", "contiguous"}))
+      ->capture_default_str();
   cmd->callback([&rc, o] { rc = run_bench(*o); });
 }
 

@@ -2,8 +2,10 @@
 // options on the app; the callback stores the process exit code in `rc`.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <cstdint>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 namespace dsv4::cli {
 
@@ -28,5 +30,15 @@ void add_state_size(CLI::App& app, int& rc);     // state_size.cpp
 void add_synth_model(CLI::App& app, int& rc);    // synth_model.cpp
 void add_numerics_diff(CLI::App& app, int& rc);  // numerics_diff.cpp
 void add_soak(CLI::App& app, int& rc);           // soak.cpp
+
+// --context-parallel (context.cpp): over MPI_COMM_WORLD; fails plainly in a build without MPI.
+int verify_context_parallel(const std::vector<std::string>& files, const std::string& layout, bool verbose);
+struct ContextBench {
+  std::string preset, layer_type, weights, numerics, layout;
+  int64_t seq = 0;
+  int threads = 0, repeats = 1;
+  uint64_t seed = 1;
+};
+int bench_context_parallel(const ContextBench& o);
 
 }  // namespace dsv4::cli

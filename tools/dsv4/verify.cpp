@@ -5,6 +5,7 @@
 
 #include "commands.h"
 #include "dsv4/conformance.h"
+#include "dsv4/error.h"
 
 namespace dsv4::cli {
 namespace {
@@ -55,10 +56,22 @@ void add_verify(CLI::App& app, int& rc) {
       "and the CSA top-k sets");
   auto files = std::make_shared<std::vector<std::string>>();
   auto verbose = std::make_shared<bool>(false), json = std::make_shared<bool>(false);
+  auto context = std::make_shared<bool>(false);
+  auto layout = std::make_shared<std::string>("zigzag");
   cmd->add_option("files", *files, "conformance .safetensors files")->required()->check(CLI::ExistingFile);
   cmd->add_flag("-v,--verbose", *verbose, "list every failed check");
   cmd->add_flag("--json", *json, "stdout: one JSON object with every case (the report goes to stderr)");
-  cmd->callback([&rc, files, verbose, json] { rc = verify(*files, *verbose, *json) == 0 ? 0 : 1; });
+  cmd->add_flag("--context-parallel", *context,
+                "under mpirun: each case's sequence (its chunks concatenated) split over the ranks, outputs "
+                "compared (docs/distributed.md); rank 0 reports");
+  cmd->add_option("--layout", *layout, "--context-parallel: zigzag or contiguous blocks")
+      ->check(CLI::IsMember({"zigzag", "contiguous"}))
+      ->capture_default_str();
+  cmd->callback([&rc, files, verbose, json, context, layout] {
+    if (*context && *json) fail("verify: --json is not offered with --context-parallel");
+    const int failed = *context ? verify_context_parallel(*files, *layout, *verbose) : verify(*files, *verbose, *json);
+    rc = failed == 0 ? 0 : 1;
+  });
 }
 
 }  // namespace dsv4::cli
