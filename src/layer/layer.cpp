@@ -118,7 +118,12 @@ std::vector<AttentionMap> map_documents(const PackedLayer& p, const float* x, st
   std::vector<Job> jobs(1);
   for (size_t i = 0; i + 1 < cu.size(); ++i) {
     const int64_t len = cu[i + 1] - cu[i];
-    if (len == 0) continue;
+    if (len == 0) {  // no queries: the map's shapes with S = 0
+      maps[i].mass = Tensor({p.c.num_attention_heads, 0, 3});
+      if (p.type == LayerType::csa) maps[i].selected.shape = {0, 0};
+      if (dense) maps[i].dense = Tensor({p.c.num_attention_heads, 0, 0});
+      continue;
+    }
     LayerState state(p.c, p.type, p.numerics);
     if (out.numel() < len * d) out = Tensor({len, d});
     jobs[0] = Job(x + cu[i] * d, len, &state, out.ptr(), nullptr);
@@ -188,6 +193,21 @@ std::vector<AttentionMap> Layer::attention_map(TensorView x, bool dense) const {
 std::vector<AttentionMap> Layer::attention_map(TensorView x, std::span<const int64_t> cu_seqlens, bool dense) const {
   check_packed(x, config_.hidden_size, cu_seqlens);
   return map_documents(*packed_, x.data, cu_seqlens, dense);
+}
+
+AttentionMap Layer::attention_map(TensorView x, LayerState& state, bool dense) const {
+  const int64_t d = config_.hidden_size;
+  if (!((x.shape.size() == 2 && x.dim(1) == d) || (x.shape.size() == 3 && x.dim(0) == 1 && x.dim(2) == d)))
+    fail("attention_map: expected a chunk [S, " + std::to_string(d) + "] or [1, S, " + std::to_string(d) + "], got " +
+         shape_str(x.shape));
+  if (!state.fits(config_, type_, numerics()))
+    fail("attention_map: the state was made for another layer (type, dimensions or numerics)");
+  AttentionMap map;
+  Tensor out({x.numel() / d, d});  // only the map is kept
+  std::vector<Job> jobs{Job(x.data, x.numel() / d, &state, out.ptr(), nullptr)};
+  jobs[0].map = &map, jobs[0].dense_map = dense;
+  if (jobs[0].len > 0) run_jobs(*packed_, jobs, nullptr);
+  return map;
 }
 
 Tensor Layer::forward(TensorView x, LayerState& state, Intermediates* debug, StageTimes* times) const {
