@@ -202,3 +202,26 @@ def test_maxtext_rule_equals_dsv4_when_documents_start_at_multiples_of_128():
         assert same == (rate == 0), name
     # CSA alone needs only multiples of m = 4.
     assert maxtext_view([64, 36, 80], 128, 4, True) == dsv4_view([64, 36, 80], 128, 4, True)
+
+
+def test_cli_run_and_bench_packed(tmp_path):
+    import json
+    import subprocess
+
+    from test_tools import CLI, synth
+    model = synth(tmp_path)
+    x = dsv4.load_safetensors(model / "sample_input.safetensors")["hidden_states"][0]  # [37, 64]
+    cu = np.array([0, 10, 10, 37], dtype=np.int64)
+    dsv4.save_safetensors(tmp_path / "packed.safetensors", {"hidden_states": x, "cu_seqlens": cu})
+    r = subprocess.run([CLI, "run", "-m", model, "--layer", "1", "--input", tmp_path / "packed.safetensors",
+                        "--cu-seqlens", "cu_seqlens", "--output", tmp_path / "y.safetensors"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    layer = dsv4.Layer.from_model(model, 1)
+    y = dsv4.load_safetensors(tmp_path / "y.safetensors")["output"]
+    assert np.array_equal(y, np.concatenate([layer(x[a:b]) for a, b in zip(cu[:-1], cu[1:])]))
+    r = subprocess.run([CLI, "bench", "--packed", "--narrow", "16", "--docs", "3", "--doc-min", "20", "--doc-max",
+                        "300", "--backward", "--repeats", "1", "-t", "2", "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    j = json.loads(r.stdout)
+    assert j["identical"] and j["documents"] == 3 and j["tokens"] == sum(j["lengths"]) and j["packed_seconds"] > 0
