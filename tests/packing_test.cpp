@@ -95,6 +95,26 @@ TEST(Packing, ForwardEqualsEachDocumentAloneBitForBit) {
     }
 }
 
+// Projections wider than one 512-column tile and rows over several 256-row
+// tiles, weights held as bf16 (widened tile by tile): the documents' GEMM tiles
+// share one parallel region and keep their own bits.
+TEST(Packing, WideProjectionsWithBf16WeightsEqualEachDocumentAlone) {
+  std::mt19937 rng(2206);
+  const Config c = test::small_config({.hidden_size = 520, .head_dim = 136, .q_rank = 400, .o_rank = 264});
+  const std::vector<int64_t> cu = boundaries({300, 17, 600, 5});
+  const Tensor x = test::random_tensor({cu.back(), c.hidden_size}, rng, 2.0f);
+  for (LayerType t : kTypes) {
+    const Layer layer(c, t, test::random_weights(c, t, rng), {.weights = WeightFormat::bf16});
+    const Tensor want = documents_alone(layer, x, cu);
+    at_each_thread_count(
+        [&](int threads) {
+          EXPECT_TRUE(test::same_bits(layer.forward(x, cu), want))
+              << layer_type_name(t) << " at " << threads << " threads";
+        },
+        {1, 3});
+  }
+}
+
 TEST(Packing, BatchIsPackedWithEqualLengths) {
   std::mt19937 rng(2202);
   const Config c = packing_config();
