@@ -5,8 +5,9 @@
 //   project -> window + compress -> index (CSA) -> attend -> output -> record, keep window
 //
 // Each stage sees every row of the call; a chunk's results never depend on the
-// other chunks (short chunks share the row-invariant GEMMs, long ones have
-// their own), so a batched call equals separate calls bit for bit.
+// other chunks (short chunks share the row-invariant GEMMs; long ones share a
+// GEMM's parallel region, each in the BLAS tiles it has alone), so a batched
+// call — many sequences, or packed documents — equals separate calls bit for bit.
 #include <omp.h>
 
 #include <algorithm>
@@ -48,7 +49,8 @@ struct Workspace {
 };
 
 // The call's rows: every job's chunk, short chunks first (their rows form the
-// one row-invariant GEMM group), then each long chunk as its own group.
+// one row-invariant GEMM group), then each long chunk as its own group (its
+// own BLAS tiles; linear() runs all groups' tiles in one parallel region).
 struct Rows {
   int64_t n = 0;
   std::vector<RowGroup> groups;
