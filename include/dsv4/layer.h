@@ -118,6 +118,22 @@ class Layer {
   Tensor token_rows(TensorView x, int64_t begin) const;
   LayerState block_state(TensorView rows, int64_t first, int64_t begin, int64_t end, BlockEntries& owned) const;
 
+  // Packed documents (docs/packing.md): x [T, d] (or [1, T, d]) holds documents
+  // back to back; cu_seqlens = {0, c_1, ..., T} their boundaries (document i is
+  // rows [c_i, c_{i+1}); equal neighbours are an empty document, allowed).
+  // Each document is computed as if alone, positions from 0: the output equals
+  // forward(document) bit for bit, row for row, in one call over all of them.
+  // debug / maps: one per document.
+  Tensor forward(TensorView x, std::span<const int64_t> cu_seqlens, std::vector<Intermediates>* debug = nullptr,
+                 StageTimes* times = nullptr) const;
+  std::vector<AttentionMap> attention_map(TensorView x, std::span<const int64_t> cu_seqlens, bool dense = false) const;
+  // Training on packed documents: backward(tape, dy) with dy [T, d] then gives
+  // dx row for row as each document's own backward, and the weights' gradients
+  // accumulated over the documents in order (as backward(tape_i, dy_i, grads)
+  // for i = 0, 1, ... would).
+  Tensor forward_train(TensorView x, std::span<const int64_t> cu_seqlens, Tape& tape) const;
+  LayerGradients backward(TensorView x, std::span<const int64_t> cu_seqlens, TensorView dy) const;
+
   static constexpr int64_t kPrefillChunk = 1024;
 
  private:
@@ -126,5 +142,13 @@ class Layer {
   LayerWeights weights_;
   std::unique_ptr<PackedLayer> packed_;
 };
+
+// cu_seqlens of per-token segment ids (MaxText's input): each run of equal ids
+// is one document. The ids must be non-decreasing (a document's tokens
+// contiguous, an id never reused); otherwise a dsv4::Error names the token.
+std::vector<int64_t> cu_seqlens_from_segment_ids(std::span<const int64_t> segment_ids);
+// Checks boundaries for a packed buffer of `tokens` rows: starts at 0, ends at
+// tokens, never decreases. Throws a dsv4::Error naming the offending entry.
+void check_cu_seqlens(std::span<const int64_t> cu_seqlens, int64_t tokens);
 
 }  // namespace dsv4

@@ -41,6 +41,35 @@ def _stack(dicts):
     return {k: np.stack([d[k] for d in dicts]) for k in dicts[0]} if dicts else {}
 
 
+def _integers(v, what):
+    """A 1-D int64 ndarray of a list, NumPy array or torch tensor of integers."""
+    if _is_torch(v):
+        v = v.detach().cpu().numpy()
+    a = np.asarray(v)
+    if a.size == 0 and a.dtype == np.float64:  # [] from a list
+        a = a.astype(np.int64)
+    if a.ndim != 1 or not (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
+        raise Error(f"{what}: expected a 1-D array of integers, got shape {a.shape} dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def cu_seqlens_of(cu_seqlens=None, segment_ids=None):
+    """Packed documents' boundaries {0, c_1, ..., T} from either form (or None for neither):
+    cu_seqlens as given, or per-token segment ids (MaxText's), each run of equal ids one document;
+    ids must not decrease."""
+    if cu_seqlens is not None and segment_ids is not None:
+        raise Error("give cu_seqlens or segment_ids, not both")
+    if segment_ids is not None:
+        return _core.cu_seqlens_from_segment_ids(_integers(segment_ids, "segment_ids"))
+    return None if cu_seqlens is None else _integers(cu_seqlens, "cu_seqlens")
+
+
+def cu_seqlens_from_segment_ids(segment_ids):
+    """Boundaries [0, c_1, ..., T] (int64) of per-token segment ids [T]: each run of equal ids is one
+    document; the ids must not decrease (a dsv4.Error names the first token where they do)."""
+    return cu_seqlens_of(segment_ids=segment_ids)
+
+
 class State:
     """Decode state of one sequence for one layer (window, pending windows, compressed entries)."""
 
@@ -173,13 +202,24 @@ class Layer:
                         f"(a {state.layer_type} state at position {state.position}); use this layer's new_state()")
         return state._core
 
-    def __call__(self, x, state=None, return_intermediates=False):
+    def __call__(self, x, state=None, return_intermediates=False, cu_seqlens=None, segment_ids=None):
         """y = layer(x): x [B, S, d] or [S, d] (one-shot, positions 0..S-1), or a chunk [S, d] of one
         sequence through `state` (positions continue from state.position). y has x's kind and shape,
         dtype float32 (no autograd graph: dsv4.torch.Attention has one). With return_intermediates=True:
-        (y, dict of NumPy arrays)."""
+        (y, dict of NumPy arrays).
+
+        Packed documents (docs/packing.md): x [T, d] (or [1, T, d]) with cu_seqlens [0, c_1, ..., T]
+        (document i is rows c_i..c_{i+1}-1; an empty document is allowed) or segment_ids [T]
+        (non-decreasing, one id per document): each document is computed as if alone, bit for bit,
+        in one call; the intermediates are then a list, one dict per document."""
         _warn_if_grad(x)
         a, torch_in = as_f32(x, "input hidden_states")
+        cu = cu_seqlens_of(cu_seqlens, segment_ids)
+        if cu is not None:
+            if state is not None:
+                raise Error("cu_seqlens / segment_ids: packed documents are one-shot; not with a decode state")
+            r = self._core.forward(a, return_intermediates, cu)
+            return (like(r[0], torch_in), r[1]) if return_intermediates else like(r, torch_in)
         if state is not None:
             r = self._core.forward_state(a, self._state(state), return_intermediates)
             return (like(r[0], torch_in), r[1]) if return_intermediates else like(r, torch_in)
@@ -203,26 +243,32 @@ class Layer:
         ys = [like(y, t) for y, (_, t) in zip(ys, conv)]
         return (ys, r[1]) if return_intermediates else ys
 
-    def forward_train(self, x):
+    def forward_train(self, x, cu_seqlens=None, segment_ids=None):
         """(y, tape): the one-shot forward y = layer(x) (the same numbers bit for bit) that also
-        keeps what backward needs. x [B, S, d] or [S, d]. Reference numerics only."""
+        keeps what backward needs. x [B, S, d] or [S, d], or packed documents x [T, d] with
+        cu_seqlens or segment_ids (as layer(x, cu_seqlens=...)). Reference numerics only."""
         a, torch_in = as_f32(x, "input hidden_states")
-        y, tape = self._core.forward_train(a)
+        y, tape = self._core.forward_train(a, cu_seqlens_of(cu_seqlens, segment_ids))
         return like(y, torch_in), Tape(tape, torch_in)
 
-    def backward(self, tape_or_x, dy):
+    def backward(self, tape_or_x, dy, cu_seqlens=None, segment_ids=None):
         """Gradients of sum(y * dy) for the one-shot y = layer(x): dx and every weight's.
 
         layer.backward(tape, dy) with the tape of this layer's forward_train(x), or
-        layer.backward(x, dy) for both passes in one call. dy has y's shape. Returns a
-        Gradients (dx, weights) in the kind of x (NumPy or torch). Deterministic: the same
-        bits for any thread count."""
+        layer.backward(x, dy) for both passes in one call (packed documents: with cu_seqlens or
+        segment_ids; a tape knows its documents). dy has y's shape. Returns a Gradients (dx, weights)
+        in the kind of x (NumPy or torch). Deterministic: the same bits for any thread count. Packed:
+        dx row for row as each document's own backward, the weights' gradients summed over the
+        documents in order."""
+        cu = cu_seqlens_of(cu_seqlens, segment_ids)
         if isinstance(tape_or_x, Tape):
+            if cu is not None:
+                raise Error("backward(tape, dy): the tape knows its documents; give cu_seqlens to forward_train")
             d, _ = as_f32(dy, "dy")
             return _gradients(self._core.backward(tape_or_x._core, d), tape_or_x._torch)
         a, torch_in = as_f32(tape_or_x, "input hidden_states")
         d, _ = as_f32(dy, "dy")
-        return _gradients(self._core.backward_input(a, d), torch_in)
+        return _gradients(self._core.backward_input(a, d, cu), torch_in)
 
     def new_state(self):
         """An empty decode state for one sequence."""
@@ -232,7 +278,7 @@ class Layer:
         """A state saved by State.save for a layer of this type and config."""
         return State(self._core.load_state(os.fspath(path)), self._owner)
 
-    def attention_map(self, x, dense=False, state=None):
+    def attention_map(self, x, dense=False, state=None, cu_seqlens=None, segment_ids=None):
         """Where each query's softmax mass goes, one-shot over x [B, S, d] or [S, d].
 
         Returns a dict of NumPy arrays ([B, ...] for a 3-D x):
@@ -244,9 +290,16 @@ class Layer:
         With state=: the maps of one chunk x [S, d] through a decode state (which advances as
         layer(x, state=state) would), so a long sequence can be mapped block by block of queries;
         dense then has columns 0..P-1 (P = state.position afterwards), then the entries so far.
+        Packed documents (cu_seqlens or segment_ids, as layer(x, cu_seqlens=...)): a list, one map
+        per document (positions from 0 in each).
         """
         a, _ = as_f32(x, "input hidden_states")
-        if state is not None:
+        cu = cu_seqlens_of(cu_seqlens, segment_ids)
+        if cu is not None and state is not None:
+            raise Error("cu_seqlens / segment_ids: packed documents are one-shot; not with a decode state")
+        if cu is not None:
+            raw = self._core.attention_map(a, bool(dense), cu)
+        elif state is not None:
             raw = [self._core.attention_map_state(a, self._state(state), bool(dense))]
         else:
             raw = self._core.attention_map(a, bool(dense))
@@ -255,4 +308,6 @@ class Layer:
             mass = m.pop("mass")
             m.update(window=mass[..., 0], compressed=mass[..., 1], sink=mass[..., 2])
             maps.append(m)
+        if cu is not None:
+            return maps
         return maps[0] if a.ndim == 2 or state is not None else _stack(maps)

@@ -23,7 +23,7 @@ from torch.autograd.function import once_differentiable
 
 from . import _core
 from ._core import Error
-from ._layer import Layer, _stored_arrays
+from ._layer import Layer, _stored_arrays, cu_seqlens_of
 
 # Parameter dtypes the module keeps (dsv4 widens them exactly to float32 and computes in float32).
 _PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -34,8 +34,8 @@ class _Train(torch.autograd.Function):
     """One-shot forward that keeps the dsv4 Tape; backward is Layer.backward on it."""
 
     @staticmethod
-    def forward(ctx, x, layer, names, *params):
-        y, tape = layer.forward_train(x)
+    def forward(ctx, x, layer, names, cu, *params):
+        y, tape = layer.forward_train(x, cu_seqlens=cu)
         ctx.layer, ctx.tape, ctx.names, ctx.x_dtype = layer, tape, names, x.dtype
         return y
 
@@ -45,17 +45,17 @@ class _Train(torch.autograd.Function):
         grads = ctx.layer.backward(ctx.tape, dy)
         need = ctx.needs_input_grad
         dx = grads.dx.to(ctx.x_dtype) if need[0] else None
-        dparams = [grads.weights[n] if need[3 + i] else None for i, n in enumerate(ctx.names)]
-        return (dx, None, None, *dparams)
+        dparams = [grads.weights[n] if need[4 + i] else None for i, n in enumerate(ctx.names)]
+        return (dx, None, None, None, *dparams)
 
 
 class _NoBackward(torch.autograd.Function):
     """Runs the layer; its backward refuses clearly instead of returning wrong gradients."""
 
     @staticmethod
-    def forward(ctx, x, state, layer, why, *params):
+    def forward(ctx, x, state, layer, why, cu, *params):
         ctx.why = why
-        return layer(x, state=state)
+        return layer(x, state=state, cu_seqlens=cu)
 
     @staticmethod
     def backward(ctx, *grads):
@@ -77,8 +77,10 @@ class Attention(nn.Module):
     parameters are float32 nn.Parameters under the reference keys. Attention.from_model(dir, i)
     reads layer i of a checkpoint folder.
 
-    forward(hidden_states, state=None): hidden_states [B, S, d] or [S, d] (one-shot), or a chunk
-    [S, d] of one sequence through a decode state from new_state(). Any float dtype in; the output
+    forward(hidden_states, state=None, cu_seqlens=None, segment_ids=None): hidden_states [B, S, d]
+    or [S, d] (one-shot), or a chunk [S, d] of one sequence through a decode state from new_state(),
+    or packed documents [T, d] with cu_seqlens or segment_ids (each document as if alone, positions
+    from 0; differentiable like a one-shot call; docs/packing.md). Any float dtype in; the output
     has the input's dtype (dsv4 computes in float32). One-shot calls are differentiable (x and
     every parameter; the indexer's get zeros); calls with a state are not. The dsv4 layer is rebuilt
     when a parameter changes (load_state_dict, optimizer steps, in-place updates); decode states
@@ -146,17 +148,20 @@ class Attention(nn.Module):
     def load_state(self, path):
         return self._sync().load_state(path)
 
-    def forward(self, hidden_states, state=None):
+    def forward(self, hidden_states, state=None, cu_seqlens=None, segment_ids=None):
         layer = self._sync()
         names, params = zip(*self.named_parameters())
+        cu = cu_seqlens_of(cu_seqlens, segment_ids)
+        if cu is not None and state is not None:
+            raise Error("cu_seqlens / segment_ids: packed documents are one-shot; not with a decode state")
         if not (torch.is_grad_enabled() and (hidden_states.requires_grad or any(p.requires_grad for p in params))):
-            y = layer(hidden_states, state=state)
+            y = layer(hidden_states, state=state, cu_seqlens=cu)
         elif state is not None:
-            y = _NoBackward.apply(hidden_states, state, layer, _DECODE, *params)
+            y = _NoBackward.apply(hidden_states, state, layer, _DECODE, None, *params)
         elif layer.numerics != "reference":
-            y = _NoBackward.apply(hidden_states, None, layer, _DEPLOYMENT, *params)
+            y = _NoBackward.apply(hidden_states, None, layer, _DEPLOYMENT, cu, *params)
         else:
-            y = _Train.apply(hidden_states, layer, names, *params)
+            y = _Train.apply(hidden_states, layer, names, cu, *params)
         dtype = getattr(hidden_states, "dtype", None)  # NumPy input: float32 NumPy output, as dsv4.Layer
         return y.to(dtype) if isinstance(dtype, torch.dtype) and dtype != y.dtype else y
 

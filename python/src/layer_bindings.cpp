@@ -107,14 +107,24 @@ py::tuple model_weights(const std::filesystem::path& dir, int64_t i) {
   return py::make_tuple(m->config(), std::string(layer_type_name(t)), weight_gradients(std::move(w), m->config(), t));
 }
 
-py::object forward(const Layer& l, const py::array& x, bool debug) {
+// Packed documents' boundaries (int64, 1-D; the Python layer converts), or none.
+using Boundaries = std::optional<py::array_t<int64_t, py::array::c_style | py::array::forcecast>>;
+std::optional<std::vector<int64_t>> boundaries(const Boundaries& cu) {
+  if (!cu) return std::nullopt;
+  if (cu->ndim() != 1)
+    fail("cu_seqlens: expected a 1-D array of boundaries, got " + std::to_string(cu->ndim()) + " dims");
+  return std::vector<int64_t>(cu->data(), cu->data() + cu->size());
+}
+
+py::object forward(const Layer& l, const py::array& x, bool debug, const Boundaries& cu_seqlens) {
   const TensorView v = view_of(x, "input hidden_states");
+  const auto cu = boundaries(cu_seqlens);
   std::vector<Intermediates> dbg;
   Tensor y;
   {
     py::gil_scoped_release nogil;
     use_configured_threads();
-    y = l.forward(v, debug ? &dbg : nullptr);
+    y = cu ? l.forward(v, *cu, debug ? &dbg : nullptr) : l.forward(v, debug ? &dbg : nullptr);
   }
   if (!debug) return to_numpy(std::move(y));
   return py::make_tuple(to_numpy(std::move(y)), intermediates_list(std::move(dbg), l.type()));
@@ -139,13 +149,14 @@ py::object forward_batch(const Layer& l, const std::vector<py::array>& xs, const
   return py::make_tuple(out, intermediates_list(std::move(dbg), l.type()));
 }
 
-py::list attention_map(const Layer& l, const py::array& x, bool dense) {
+py::list attention_map(const Layer& l, const py::array& x, bool dense, const Boundaries& cu_seqlens) {
   const TensorView v = view_of(x, "input hidden_states");
+  const auto cu = boundaries(cu_seqlens);
   std::vector<AttentionMap> maps;
   {
     py::gil_scoped_release nogil;
     use_configured_threads();
-    maps = l.attention_map(v, dense);
+    maps = cu ? l.attention_map(v, *cu, dense) : l.attention_map(v, dense);
   }
   py::list out;
   for (AttentionMap& m : maps) out.append(map_dict(std::move(m), l.type()));
@@ -171,15 +182,16 @@ struct TrainTape {
   py::object layer;
 };
 
-py::tuple forward_train(const py::object& self, const py::array& x) {
+py::tuple forward_train(const py::object& self, const py::array& x, const Boundaries& cu_seqlens) {
   const Layer& l = self.cast<const Layer&>();
   const TensorView v = view_of(x, "input hidden_states");
+  const auto cu = boundaries(cu_seqlens);
   TrainTape t{Tape(), self};
   Tensor y;
   {
     py::gil_scoped_release nogil;
     use_configured_threads();
-    y = l.forward_train(v, t.tape);
+    y = cu ? l.forward_train(v, *cu, t.tape) : l.forward_train(v, t.tape);
   }
   return py::make_tuple(to_numpy(std::move(y)), py::cast(std::move(t)));
 }
@@ -197,13 +209,14 @@ py::tuple backward_tape(const py::object& self, const TrainTape& t, const py::ar
   return gradients_tuple(std::move(g), l.config(), l.type());
 }
 
-py::tuple backward_input(const Layer& l, const py::array& x, const py::array& dy) {
+py::tuple backward_input(const Layer& l, const py::array& x, const py::array& dy, const Boundaries& cu_seqlens) {
   const TensorView vx = view_of(x, "input hidden_states"), vdy = view_of(dy, "dy");
+  const auto cu = boundaries(cu_seqlens);
   LayerGradients g;
   {
     py::gil_scoped_release nogil;
     use_configured_threads();
-    g = l.backward(vx, vdy);
+    g = cu ? l.backward(vx, *cu, vdy) : l.backward(vx, vdy);
   }
   return gradients_tuple(std::move(g), l.config(), l.type());
 }
@@ -213,6 +226,14 @@ py::tuple backward_input(const Layer& l, const py::array& x, const py::array& dy
 void bind_layer(py::module_& m) {
   m.def("module_weights", &module_weights, py::arg("config"), py::arg("layer_type"), py::arg("weights"));
   m.def("model_weights", &model_weights, py::arg("path"), py::arg("layer_index"));
+  m.def(
+      "cu_seqlens_from_segment_ids",
+      [](const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& ids) {
+        if (ids.ndim() != 1) fail("segment_ids: expected a 1-D array (one id per token of x [T, d])");
+        const std::vector<int64_t> cu = cu_seqlens_from_segment_ids({ids.data(), static_cast<size_t>(ids.size())});
+        return to_numpy(std::vector<int64_t>(cu), {static_cast<int64_t>(cu.size())});
+      },
+      py::arg("segment_ids"));
   py::class_<State>(m, "State")
       .def_property_readonly("position", [](const State& s) { return s.state.position(); })
       .def_property_readonly("nbytes", [](const State& s) { return s.state.bytes(); })
@@ -243,7 +264,7 @@ void bind_layer(py::module_& m) {
       .def_property_readonly("config", &Layer::config)
       .def_property_readonly("layer_type", [](const Layer& l) { return std::string(layer_type_name(l.type())); })
       .def_property_readonly("weight_bytes", &Layer::weight_bytes)
-      .def("forward", &forward, py::arg("x"), py::arg("debug") = false)
+      .def("forward", &forward, py::arg("x"), py::arg("debug") = false, py::arg("cu_seqlens") = py::none())
       .def(
           "forward_state",
           [](const Layer& l, const py::array& x, State& s, bool debug) {
@@ -254,11 +275,11 @@ void bind_layer(py::module_& m) {
           },
           py::arg("x"), py::arg("state"), py::arg("debug") = false)
       .def("forward_batch", &forward_batch, py::arg("xs"), py::arg("states"), py::arg("debug") = false)
-      .def("attention_map", &attention_map, py::arg("x"), py::arg("dense") = false)
+      .def("attention_map", &attention_map, py::arg("x"), py::arg("dense") = false, py::arg("cu_seqlens") = py::none())
       .def("attention_map_state", &attention_map_state, py::arg("x"), py::arg("state"), py::arg("dense") = false)
-      .def("forward_train", &forward_train, py::arg("x"))
+      .def("forward_train", &forward_train, py::arg("x"), py::arg("cu_seqlens") = py::none())
       .def("backward", &backward_tape, py::arg("tape"), py::arg("dy"))
-      .def("backward_input", &backward_input, py::arg("x"), py::arg("dy"))
+      .def("backward_input", &backward_input, py::arg("x"), py::arg("dy"), py::arg("cu_seqlens") = py::none())
       .def("new_state",
            [](const Layer& l) {
              return State{l.new_state(), l.config()};

@@ -70,64 +70,129 @@ Shape batch_shape(const TensorView& x, int64_t d) {
   return n == 3 ? x.shape : Shape{1, x.dim(0), d};
 }
 
+// A batch [B, S, d] is B documents of S tokens: boundaries {0, S, ..., B·S}.
+std::vector<int64_t> batch_documents(const TensorView& x, int64_t d) {
+  const Shape shape = batch_shape(x, d);
+  std::vector<int64_t> cu(static_cast<size_t>(shape[0] + 1));
+  for (size_t i = 0; i < cu.size(); ++i) cu[i] = static_cast<int64_t>(i) * shape[1];
+  return cu;
+}
+
+// A packed buffer: [T, d] or [1, T, d], its boundaries checked against T.
+void check_packed(const TensorView& x, int64_t d, std::span<const int64_t> cu) {
+  const size_t n = x.shape.size();
+  if (!((n == 2 || (n == 3 && x.dim(0) == 1)) && x.shape.back() == d))
+    fail("packed input hidden_states: expected shape [T, " + std::to_string(d) + "] or [1, T, " + std::to_string(d) +
+         "], got " + shape_str(x.shape));
+  check_cu_seqlens(cu, x.numel() / d);
+}
+
+// Every document (rows [cu_i, cu_i+1) of x) through a fresh state, positions
+// from 0, all in one run_jobs call: document i's rows of out, its debug and its
+// tape are those of a call with it alone.
+void forward_documents(const PackedLayer& p, const float* x, std::span<const int64_t> cu, float* out,
+                       std::vector<Intermediates>* debug, StageTimes* times, TapeData* tape) {
+  const int64_t d = p.c.hidden_size;
+  const size_t n = cu.size() - 1;
+  std::vector<LayerState> states(n, LayerState(p.c, p.type, p.numerics));
+  if (debug) debug->assign(n, {});
+  if (tape) tape->seqs.resize(n), tape->cu.assign(cu.begin(), cu.end());
+  std::vector<Job> jobs;
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t len = cu[i + 1] - cu[i];
+    if (tape) size_seq_tape(p, len, tape->seqs[i]);
+    if (len == 0) continue;
+    jobs.emplace_back(x + cu[i] * d, len, &states[i], out + cu[i] * d, debug ? &(*debug)[i] : nullptr);
+    if (tape) jobs.back().tape = &tape->seqs[i];
+  }
+  if (!jobs.empty()) run_jobs(p, jobs, times);
+  for (size_t i = 0; tape && p.rate && i < n; ++i) tape->seqs[i].entries = states[i].compressor().entries;
+}
+
+// One map per document, each document in a call of its own: a map needs its
+// document whole, and one document's activations bound the memory.
+std::vector<AttentionMap> map_documents(const PackedLayer& p, const float* x, std::span<const int64_t> cu, bool dense) {
+  const int64_t d = p.c.hidden_size;
+  std::vector<AttentionMap> maps(cu.size() - 1);
+  Tensor out;  // per document, overwritten: only the maps are kept
+  std::vector<Job> jobs(1);
+  for (size_t i = 0; i + 1 < cu.size(); ++i) {
+    const int64_t len = cu[i + 1] - cu[i];
+    if (len == 0) {  // no queries: the map's shapes with S = 0
+      maps[i].mass = Tensor({p.c.num_attention_heads, 0, 3});
+      if (p.type == LayerType::csa) maps[i].selected.shape = {0, 0};
+      if (dense) maps[i].dense = Tensor({p.c.num_attention_heads, 0, 0});
+      continue;
+    }
+    LayerState state(p.c, p.type, p.numerics);
+    if (out.numel() < len * d) out = Tensor({len, d});
+    jobs[0] = Job(x + cu[i] * d, len, &state, out.ptr(), nullptr);
+    jobs[0].map = &maps[i], jobs[0].dense_map = dense;
+    run_jobs(p, jobs, nullptr);
+  }
+  return maps;
+}
+
 }  // namespace
 
 Tensor Layer::forward(TensorView x, std::vector<Intermediates>* debug, StageTimes* times) const {
-  const Shape shape = batch_shape(x, config_.hidden_size);
-  const int64_t b = shape[0], s = shape[1], d = shape[2];
-  std::vector<LayerState> states(static_cast<size_t>(b), new_state());
+  const std::vector<int64_t> cu = batch_documents(x, config_.hidden_size);
   Tensor out(x.shape);
-  if (debug) debug->assign(static_cast<size_t>(b), {});
-  std::vector<Job> jobs(static_cast<size_t>(b));
-  for (int64_t i = 0; i < b; ++i)
-    jobs[i] = Job(x.data + i * s * d, s, &states[i], out.ptr() + i * s * d, debug ? &(*debug)[i] : nullptr);
-  if (s > 0) run_jobs(*packed_, jobs, times);
+  forward_documents(*packed_, x.data, cu, out.ptr(), debug, times, nullptr);
   return out;
 }
 
-Tensor Layer::forward_train(TensorView x, Tape& tape) const {
-  if (numerics() == Numerics::deployment)
+Tensor Layer::forward(TensorView x, std::span<const int64_t> cu_seqlens, std::vector<Intermediates>* debug,
+                      StageTimes* times) const {
+  check_packed(x, config_.hidden_size, cu_seqlens);
+  Tensor out(x.shape);
+  forward_documents(*packed_, x.data, cu_seqlens, out.ptr(), debug, times, nullptr);
+  return out;
+}
+
+namespace {
+
+void check_trainable(const PackedLayer& p) {
+  if (p.numerics == Numerics::deployment)
     fail(
         "forward_train: deployment numerics round to FP8/FP4, which has no gradient; build the layer with "
         "reference numerics for training");
-  const Shape shape = batch_shape(x, config_.hidden_size);
-  const int64_t b = shape[0], s = shape[1], d = shape[2];
-  std::unique_ptr<TapeData> data = std::move(tape.d_);  // an earlier tape's memory is reused
+}
+
+// forward_train's common part: the tape (reusing an earlier one's memory) and the forward.
+Tensor train_documents(const PackedLayer& p, const TensorView& x, std::span<const int64_t> cu,
+                       std::unique_ptr<TapeData>& slot) {
+  std::unique_ptr<TapeData> data = std::move(slot);
   if (!data) data = std::make_unique<TapeData>();
-  data->layer = packed_.get();
+  data->layer = &p;
   data->x_shape = x.shape;
-  data->x.assign(x.data, x.data + b * s * d);
-  std::vector<LayerState> states(static_cast<size_t>(b), new_state());
+  data->x.assign(x.data, x.data + x.numel());
   Tensor out(x.shape);
-  std::vector<Job> jobs(static_cast<size_t>(b));
-  data->seqs.resize(static_cast<size_t>(b));
-  for (int64_t i = 0; i < b; ++i) {
-    size_seq_tape(*packed_, s, data->seqs[i]);
-    jobs[i] = Job(x.data + i * s * d, s, &states[i], out.ptr() + i * s * d, nullptr);
-    jobs[i].tape = &data->seqs[i];
-  }
-  if (s > 0) run_jobs(*packed_, jobs, nullptr);
-  for (int64_t i = 0; i < b && packed_->rate; ++i) {
-    const CompressorState& cs = states[i].compressor();
-    data->seqs[i].entries = cs.entries;
-  }
-  tape.d_ = std::move(data);
+  forward_documents(p, x.data, cu, out.ptr(), nullptr, nullptr, data.get());
+  slot = std::move(data);
   return out;
 }
 
+}  // namespace
+
+Tensor Layer::forward_train(TensorView x, Tape& tape) const {
+  check_trainable(*packed_);
+  return train_documents(*packed_, x, batch_documents(x, config_.hidden_size), tape.d_);
+}
+
+Tensor Layer::forward_train(TensorView x, std::span<const int64_t> cu_seqlens, Tape& tape) const {
+  check_trainable(*packed_);
+  check_packed(x, config_.hidden_size, cu_seqlens);
+  return train_documents(*packed_, x, cu_seqlens, tape.d_);
+}
+
 std::vector<AttentionMap> Layer::attention_map(TensorView x, bool dense) const {
-  const Shape shape = batch_shape(x, config_.hidden_size);
-  const int64_t b = shape[0], s = shape[1], d = shape[2];
-  std::vector<LayerState> states(static_cast<size_t>(b), new_state());
-  std::vector<AttentionMap> maps(static_cast<size_t>(b));
-  Tensor out({s, d});  // per sequence, overwritten: only the maps are kept
-  std::vector<Job> jobs(1);
-  for (int64_t i = 0; i < b && s > 0; ++i) {
-    jobs[0] = Job(x.data + i * s * d, s, &states[i], out.ptr(), nullptr);
-    jobs[0].map = &maps[i], jobs[0].dense_map = dense;
-    run_jobs(*packed_, jobs, nullptr);
-  }
-  return maps;
+  return map_documents(*packed_, x.data, batch_documents(x, config_.hidden_size), dense);
+}
+
+std::vector<AttentionMap> Layer::attention_map(TensorView x, std::span<const int64_t> cu_seqlens, bool dense) const {
+  check_packed(x, config_.hidden_size, cu_seqlens);
+  return map_documents(*packed_, x.data, cu_seqlens, dense);
 }
 
 AttentionMap Layer::attention_map(TensorView x, LayerState& state, bool dense) const {
@@ -226,6 +291,12 @@ LayerGradients Layer::backward(const Tape& tape, TensorView dy) const {
 LayerGradients Layer::backward(TensorView x, TensorView dy) const {
   Tape tape;
   forward_train(x, tape);
+  return backward(tape, dy);
+}
+
+LayerGradients Layer::backward(TensorView x, std::span<const int64_t> cu_seqlens, TensorView dy) const {
+  Tape tape;
+  forward_train(x, cu_seqlens, tape);
   return backward(tape, dy);
 }
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "ops/vec.h"
@@ -55,20 +56,28 @@ void widen_row(const Row& r, int64_t k, float* out) {
   for (; q < k; ++q) out[q] = r.at(q);
 }
 
+// The blocks' row tiles: (first row, rows), kTileM rows from each block's first.
+std::vector<std::pair<int64_t, int64_t>> row_tiles(const std::vector<RowBlock>& blocks) {
+  std::vector<std::pair<int64_t, int64_t>> t;
+  for (const RowBlock& b : blocks)
+    for (int64_t i = 0; i < b.rows; i += kTileM) t.emplace_back(b.row0 + i, std::min(kTileM, b.rows - i));
+  return t;
+}
+
 // gemm_nt's tiles over widened weights: each work item widens its [kTileN, K]
 // slice of B once (consecutive items of a thread share it).
 template <class RowOf>
-void widened_tiles(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, RowOf row, float* c, int64_t ldc) {
-  if (trivial(m, n, k, c, ldc, 0.0f)) return;
-  const int64_t tm = (m + kTileM - 1) / kTileM, tn = (n + kTileN - 1) / kTileN;
+void widened_tiles(const std::vector<std::pair<int64_t, int64_t>>& rt, int64_t n, int64_t k, const float* a,
+                   int64_t lda, RowOf row, float* c, int64_t ldc) {
+  const int64_t tm = static_cast<int64_t>(rt.size()), tn = (n + kTileN - 1) / kTileN;
 #pragma omp parallel
   {
     thread_local std::vector<float> wide;
     int64_t have = -1;  // the B tile held in `wide`
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tm * tn; ++t) {
-      const int64_t jt = t / tm, i0 = (t % tm) * kTileM, j0 = jt * kTileN;
-      const int64_t mi = std::min(kTileM, m - i0), nj = std::min(kTileN, n - j0);
+      const int64_t jt = t / tm, i0 = rt[t % tm].first, mi = rt[t % tm].second, j0 = jt * kTileN;
+      const int64_t nj = std::min(kTileN, n - j0);
       if (have != jt) {
         wide.resize(static_cast<size_t>(nj * k));
         for (int64_t j = 0; j < nj; ++j) widen_row(row(j0 + j), k, &wide[j * k]);
@@ -81,6 +90,20 @@ void widened_tiles(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
   }
 }
 
+// fp32 weights: the tiles of gemm_nt (tiled), over the blocks' row tiles.
+void f32_tiles(const std::vector<std::pair<int64_t, int64_t>>& rt, int64_t n, int64_t k, const float* a, int64_t lda,
+               const float* b, int64_t ldb, float* c, int64_t ldc) {
+  const int64_t tm = static_cast<int64_t>(rt.size()), tn = (n + kTileN - 1) / kTileN;
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t t = 0; t < tm * tn; ++t) {
+    const int64_t i0 = rt[t / tn].first, mi = rt[t / tn].second, j0 = (t % tn) * kTileN;
+    const int64_t nj = std::min(kTileN, n - j0);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(mi), static_cast<blasint>(nj),
+                static_cast<blasint>(k), 1.0f, a + i0 * lda, static_cast<blasint>(lda), b + j0 * ldb,
+                static_cast<blasint>(ldb), 0.0f, c + i0 * ldc + j0, static_cast<blasint>(ldc));
+  }
+}
+
 }  // namespace
 
 void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
@@ -90,8 +113,17 @@ void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const
 
 void gemm_nt_w(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const WeightRows& b, float* c,
                int64_t ldc) {
-  if (b.dtype == DType::F32) return gemm_nt(m, n, k, a, lda, static_cast<const float*>(b.data), b.ld, c, ldc);
-  vec::with_rows(b, [&](auto row) { widened_tiles(m, n, k, a, lda, row, c, ldc); });
+  gemm_nt_w_blocks({RowBlock{0, m}}, n, k, a, lda, b, c, ldc);
+}
+
+void gemm_nt_w_blocks(const std::vector<RowBlock>& blocks, int64_t n, int64_t k, const float* a, int64_t lda,
+                      const WeightRows& b, float* c, int64_t ldc) {
+  bool all_trivial = true;
+  for (const RowBlock& r : blocks) all_trivial = trivial(r.rows, n, k, c + r.row0 * ldc, ldc, 0.0f) && all_trivial;
+  if (all_trivial) return;
+  const std::vector<std::pair<int64_t, int64_t>> rt = row_tiles(blocks);
+  if (b.dtype == DType::F32) return f32_tiles(rt, n, k, a, lda, static_cast<const float*>(b.data), b.ld, c, ldc);
+  vec::with_rows(b, [&](auto row) { widened_tiles(rt, n, k, a, lda, row, c, ldc); });
 }
 
 void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,

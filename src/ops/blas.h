@@ -2,6 +2,7 @@
 // the layout of a linear layer with a checkpoint weight [out, in].
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "dsv4/dtype.h"
 
@@ -33,6 +34,16 @@ void gemm_nt_w(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, con
                int64_t ldc);
 void gemm_nt_rows_w(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const WeightRows& b, float* c,
                     int64_t ldc);
+// gemm_nt_w of several row blocks of A and C (block: rows [row0, row0 + rows))
+// in one parallel region. Each block is cut into the tiles gemm_nt_w of it
+// alone uses (from its first row), so each gets the bits of a call of its own
+// — BLAS rounds a row by the tile it is in — while the threads share the
+// tiles of all blocks (packed documents: one GEMM, per-document bits).
+struct RowBlock {
+  int64_t row0 = 0, rows = 0;
+};
+void gemm_nt_w_blocks(const std::vector<RowBlock>& blocks, int64_t n, int64_t k, const float* a, int64_t lda,
+                      const WeightRows& b, float* c, int64_t ldc);
 // Columns [j0, j1) of gemm_nt_rows_w, on the calling thread (callers that
 // spread the tiles of several matrices over one parallel region).
 constexpr int64_t kRowsPerTile = 64;

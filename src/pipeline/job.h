@@ -15,6 +15,8 @@ namespace dsv4 {
 
 // Long chunks run in pieces of at most this many tokens (Layer::kPrefillChunk).
 constexpr int64_t kPrefillChunk = 1024;
+// The most activation rows one step of a split call holds (many sequences).
+constexpr int64_t kRowBudget = 4 * kPrefillChunk;
 
 struct Job {
   Job() = default;

@@ -105,22 +105,24 @@ struct Part {
 
 }  // namespace
 
-void linear(const RowGroup& g, int64_t n, const float* a, int64_t lda, const Matrix& w, int64_t w_row0, float* c,
-            int64_t ldc) {
-  const int64_t k = w.cols;
-  a += g.row0 * lda;
-  c += g.row0 * ldc;
-  std::vector<Part> parts;  // the rows [w_row0, w_row0 + n) of each segment
+namespace {
+
+// The rows [w_row0, w_row0 + n) of each segment of w.
+std::vector<Part> parts_of(const Matrix& w, int64_t w_row0, int64_t n) {
+  std::vector<Part> parts;
   for (const Matrix::Segment& s : w.segs) {
     const int64_t r0 = std::max(w_row0, s.row0), r1 = std::min(w_row0 + n, s.row0 + s.rows);
-    if (r0 < r1) parts.push_back({rows_of(s, r0 - s.row0, k), r1 - r0, r0 - w_row0});
+    if (r0 < r1) parts.push_back({rows_of(s, r0 - s.row0, w.cols), r1 - r0, r0 - w_row0});
   }
-  if (!g.rowwise) {  // BLAS tiles per part
-    for (const Part& p : parts) gemm_nt_w(g.rows, p.n, k, a, lda, p.b, c + p.col, ldc);
-    return;
-  }
-  // Row-invariant: the 64-row tiles of every part in one parallel region (a
-  // decode step pays one fork/join per matrix, not per segment).
+  return parts;
+}
+
+// Row-invariant: the 64-row tiles of every part in one parallel region (a
+// decode step pays one fork/join per matrix, not per segment).
+void rowwise(const RowGroup& g, const std::vector<Part>& parts, int64_t k, const float* a, int64_t lda, float* c,
+             int64_t ldc) {
+  a += g.row0 * lda;
+  c += g.row0 * ldc;
   std::vector<std::pair<int, int64_t>> tiles;  // (part, first row)
   for (size_t i = 0; i < parts.size(); ++i)
     for (int64_t j = 0; j < parts[i].n; j += kRowsPerTile) tiles.emplace_back(static_cast<int>(i), j);
@@ -130,6 +132,26 @@ void linear(const RowGroup& g, int64_t n, const float* a, int64_t lda, const Mat
     const int64_t j0 = tiles[t].second;
     gemm_nt_rows_w_range(g.rows, j0, std::min(p.n, j0 + kRowsPerTile), k, a, lda, p.b, c + p.col, ldc);
   }
+}
+
+}  // namespace
+
+void linear(const std::vector<RowGroup>& groups, int64_t n, const float* a, int64_t lda, const Matrix& w,
+            int64_t w_row0, float* c, int64_t ldc) {
+  const std::vector<Part> parts = parts_of(w, w_row0, n);
+  std::vector<RowBlock> blocks;  // the BLAS groups: one parallel region per part for all of them
+  for (const RowGroup& g : groups)
+    if (g.rowwise)
+      rowwise(g, parts, w.cols, a, lda, c, ldc);
+    else
+      blocks.push_back({g.row0, g.rows});
+  if (blocks.empty()) return;
+  for (const Part& p : parts) gemm_nt_w_blocks(blocks, p.n, w.cols, a, lda, p.b, c + p.col, ldc);
+}
+
+void linear(const RowGroup& g, int64_t n, const float* a, int64_t lda, const Matrix& w, int64_t w_row0, float* c,
+            int64_t ldc) {
+  linear(std::vector<RowGroup>{g}, n, a, lda, w, w_row0, c, ldc);
 }
 
 const float* Matrix::dense(int64_t row0, int64_t n, std::vector<float>& buf) const {

@@ -15,10 +15,8 @@ void output_project(const PackedLayer& p, float* o, int64_t rows, const int64_t*
   const int64_t g = c.o_groups, dg = c.o_lora_rank, gw = h_n * hd / g;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) RopeAngles(p.inv_freq, pos[r]).rotate(o + r * h_n * hd, h_n, hd, true);
-  for (const RowGroup& rg : groups) {
-    for (int64_t i = 0; i < g; ++i) linear(rg, dg, o + i * gw, h_n * hd, p.w_oa, i * dg, grouped + i * dg, g * dg);
-    linear(rg, c.hidden_size, grouped, g * dg, p.w_ob, 0, out, c.hidden_size);
-  }
+  for (int64_t i = 0; i < g; ++i) linear(groups, dg, o + i * gw, h_n * hd, p.w_oa, i * dg, grouped + i * dg, g * dg);
+  linear(groups, c.hidden_size, grouped, g * dg, p.w_ob, 0, out, c.hidden_size);
 }
 
 }  // namespace dsv4

@@ -108,6 +108,10 @@ constexpr int64_t kShortChunk = 16;  // chunks up to this many tokens go row-inv
 // a and c point at row 0 of the call.
 void linear(const RowGroup& g, int64_t n, const float* a, int64_t lda, const Matrix& w, int64_t w_row0, float* c,
             int64_t ldc);
+// The same for every group of a call: the BLAS groups' tiles in one parallel
+// region per weight segment (each group cut as if alone: its bits unchanged).
+void linear(const std::vector<RowGroup>& groups, int64_t n, const float* a, int64_t lda, const Matrix& w,
+            int64_t w_row0, float* c, int64_t ldc);
 
 // Activations of `rows` tokens (all chunks of a call, concatenated).
 struct Projected {

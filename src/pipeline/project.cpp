@@ -61,7 +61,7 @@ void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* 
   out.rows = rows;
   out.in.get(static_cast<size_t>(rows * p.n_in));
   if (queries) out.up.get(static_cast<size_t>(rows * p.n_up));
-  for (const RowGroup& g : groups) linear(g, p.n_in, x, c.hidden_size, p.w_in, 0, out.in.data(), p.n_in);
+  linear(groups, p.n_in, x, c.hidden_size, p.w_in, 0, out.in.data(), p.n_in);
 
   const int64_t hd = c.head_dim, hi = c.index_n_heads, di = c.index_head_dim;
   const float head_weight_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hi)));
@@ -76,7 +76,7 @@ void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* 
   }
   if (!queries) return;
 
-  for (const RowGroup& g : groups) linear(g, p.n_up, out.in.data(), p.n_in, p.w_up, 0, out.up.data(), p.n_up);
+  linear(groups, p.n_up, out.in.data(), p.n_in, p.w_up, 0, out.up.data(), p.n_up);
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     float* row = &out.up[r * p.n_up];

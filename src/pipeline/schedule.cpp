@@ -5,8 +5,9 @@
 //   project -> window + compress -> index (CSA) -> attend -> output -> record, keep window
 //
 // Each stage sees every row of the call; a chunk's results never depend on the
-// other chunks (short chunks share the row-invariant GEMMs, long ones have
-// their own), so a batched call equals separate calls bit for bit.
+// other chunks (short chunks share the row-invariant GEMMs; long ones share a
+// GEMM's parallel region, each in the BLAS tiles it has alone), so a batched
+// call — many sequences, or packed documents — equals separate calls bit for bit.
 #include <omp.h>
 
 #include <algorithm>
@@ -48,7 +49,8 @@ struct Workspace {
 };
 
 // The call's rows: every job's chunk, short chunks first (their rows form the
-// one row-invariant GEMM group), then each long chunk as its own group.
+// one row-invariant GEMM group), then each long chunk as its own group (its
+// own BLAS tiles; linear() runs all groups' tiles in one parallel region).
 struct Rows {
   int64_t n = 0;
   std::vector<RowGroup> groups;
@@ -199,23 +201,33 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
 
 // Long chunks run in pieces of at most kPrefillChunk tokens per sequence: each
 // piece continues the state, so the result is the same (to rounding) and the
-// activations stay bounded. Debug output and maps need the whole chunk in one piece.
+// activations stay bounded. A sequence's pieces are the same whatever else is
+// in the call (it equals a call with it alone, bit for bit); a step takes the
+// next piece of as many sequences as fit in kRowBudget rows (packed documents:
+// memory as for a few sequences, not for all). Debug output and maps need the
+// whole chunk in one piece.
 void run_jobs(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
   const int64_t d = p.c.hidden_size, chunk = kPrefillChunk;
   // Before any state moves: a rejected call leaves every state as it was.
-  for (size_t k = 0; k < jobs.size(); ++k)
+  int64_t rows = 0;
+  for (size_t k = 0; k < jobs.size(); ++k) {
     check_finite(jobs[k].x, jobs[k].len * d, "input hidden_states of sequence " + std::to_string(k));
-  const bool split = std::all_of(jobs.begin(), jobs.end(), [](const Job& j) { return !j.dbg && !j.map; }) &&
-                     std::any_of(jobs.begin(), jobs.end(), [&](const Job& j) { return j.len > chunk; });
+    rows += jobs[k].len;
+  }
+  const bool split =
+      std::all_of(jobs.begin(), jobs.end(), [](const Job& j) { return !j.dbg && !j.map; }) &&
+      (rows > kRowBudget || std::any_of(jobs.begin(), jobs.end(), [&](const Job& j) { return j.len > chunk; }));
   if (!split) return run(p, jobs, times);
   std::vector<int64_t> done(jobs.size(), 0);
   for (;;) {
     std::vector<Job> piece;
+    int64_t piece_rows = 0;
     for (size_t k = 0; k < jobs.size(); ++k) {
       const int64_t n = std::min(chunk, jobs[k].len - done[k]);
-      if (n > 0) piece.emplace_back(jobs[k].x + done[k] * d, n, jobs[k].st, jobs[k].out + done[k] * d);
-      if (n > 0) piece.back().tape = jobs[k].tape;
-      done[k] += n;
+      if (n <= 0 || (!piece.empty() && piece_rows + n > kRowBudget)) continue;
+      piece.emplace_back(jobs[k].x + done[k] * d, n, jobs[k].st, jobs[k].out + done[k] * d);
+      piece.back().tape = jobs[k].tape;
+      done[k] += n, piece_rows += n;
     }
     if (piece.empty()) return;
     run(p, piece, times);

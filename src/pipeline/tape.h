@@ -29,8 +29,9 @@ void size_seq_tape(const PackedLayer& p, int64_t len, SeqTape& t);
 
 struct TapeData {
   const PackedLayer* layer = nullptr;  // the layer that made it (backward checks)
-  Shape x_shape;                       // as given ([B, S, d] or [S, d])
-  std::vector<float> x;                // [B, S, d] copy of the input
+  Shape x_shape;                       // as given ([B, S, d], [S, d] or packed [T, d])
+  std::vector<float> x;                // copy of the input
+  std::vector<int64_t> cu;             // the sequences' rows in x: sequence i is [cu_i, cu_i+1)
   std::vector<SeqTape> seqs;
   size_t bytes() const;
 };

@@ -48,15 +48,16 @@ void backward_sequence(const PackedLayer& p, const DenseWeights& w, SeqGrads& s,
 }  // namespace
 
 void backward_sequences(const PackedLayer& p, const TapeData& tape, const float* dy, LayerGradients& grads) {
-  const int64_t b = static_cast<int64_t>(tape.seqs.size()), d = p.c.hidden_size;
-  const int64_t s = b ? tape.seqs[0].len : 0;
-  if (s == 0) return;
+  const int64_t d = p.c.hidden_size;
+  if (tape.x.empty()) return;
   thread_local Buffers buf;
   const DenseWeights w = dense_weights(p);
-  for (int64_t i = 0; i < b; ++i) {
+  for (size_t i = 0; i < tape.seqs.size(); ++i) {  // in order: the weights' sums are fixed
+    const int64_t s = tape.seqs[i].len, r0 = tape.cu[i];
+    if (s == 0) continue;
     buf.seq.len = s, buf.seq.tape = &tape.seqs[i];
-    buf.seq.x = tape.x.data() + i * s * d, buf.seq.dy = dy + i * s * d;
-    backward_sequence(p, w, buf.seq, buf.query, grads.dx.ptr() + i * s * d, grads.weights);
+    buf.seq.x = tape.x.data() + r0 * d, buf.seq.dy = dy + r0 * d;
+    backward_sequence(p, w, buf.seq, buf.query, grads.dx.ptr() + r0 * d, grads.weights);
   }
 }
 

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench_model.h"
+#include "bench_packed.h"
 #include "commands.h"
 #include "dsv4/layer.h"
 #include "dsv4/random.h"
@@ -26,9 +27,10 @@ struct Options {
   std::string preset = "v4-flash", layer_type = "csa", weights = "f32", numerics = "reference";
   int64_t seq = 4096, context = 0, decode = 0;
   int threads = 0, repeats = 3;
-  bool json = false, backward = false, context_parallel = false;
+  bool json = false, backward = false, packed = false, context_parallel = false;
   std::string layout = "zigzag";
   uint64_t seed = 1;
+  PackedBenchOptions pack;  // --packed: its own options
 };
 
 double now() { return omp_get_wtime(); }
@@ -133,6 +135,13 @@ int run_bench(const Options& o) {
     return bench_context_parallel(
         {o.preset, o.layer_type, o.weights, o.numerics, o.layout, o.seq, o.threads, o.repeats, o.seed});
   if (o.threads > 0) omp_set_num_threads(o.threads);
+  if (o.packed) {
+    PackedBenchOptions p = o.pack;
+    p.preset = o.preset, p.layer_type = o.layer_type, p.weights = o.weights;
+    p.repeats = o.repeats, p.backward = o.backward, p.json = o.json, p.seed = o.seed;
+    if (o.decode > 0 || o.context > 0) fail("bench --packed: one-shot documents (not with --context/--decode)");
+    return run_packed_bench(p);
+  }
   if (o.backward) return run_backward_bench(o);
   std::FILE* out = report_stream(o.json);
   const Config c = Config::preset(o.preset);
@@ -278,6 +287,16 @@ void add_bench(CLI::App& app, int& rc) {
   cmd->add_flag("--backward", o->backward,
                 "training: time forward_train and backward of --seq tokens (loss = sum(y * dy)); reports both, "
                 "backward/forward, the tape's bytes and peak RSS (reference numerics, one-shot only)");
+  cmd->add_flag("--packed", o->packed,
+                "packed documents (docs/packing.md): --docs documents of log-uniform lengths in [--doc-min, "
+                "--doc-max] in one call vs one by one (with --backward: the training step); --seq is ignored");
+  cmd->add_option("--docs", o->pack.docs, "--packed: documents")->capture_default_str();
+  cmd->add_option("--doc-min", o->pack.doc_min, "--packed: shortest document")->capture_default_str();
+  cmd->add_option("--doc-max", o->pack.doc_max, "--packed: longest document")->capture_default_str();
+  cmd->add_option("--narrow", o->pack.narrow,
+                  "--packed: divide the preset's widths (d, H, D, r_q, d_g, H_I, D_I) by N; window, rates, top-k kept")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   cmd->add_flag("--json", o->json, "stdout: one JSON object (the report goes to stderr)");
   cmd->add_flag("--context-parallel", o->context_parallel,
                 "under mpirun: prefill of --seq tokens split over the ranks; per-rank time, bytes sent/received, "

@@ -1,5 +1,6 @@
 // dsv4 run: one attention layer of a model folder over `hidden_states`
-// [B, S, d] (F32 or BF16) -> `output` [B, S, d] F32.
+// [B, S, d] (F32 or BF16) -> `output` [B, S, d] F32; or packed documents
+// [T, d] with their boundaries (--cu-seqlens NAME, an I64 tensor of the file).
 #include <omp.h>
 
 #include <chrono>
@@ -17,7 +18,7 @@ namespace dsv4::cli {
 namespace {
 
 struct RunArgs {
-  std::string model, input, output, input_name = "hidden_states";
+  std::string model, input, output, input_name = "hidden_states", cu_name;
   int64_t layer = 0, chunk = 0;
   int threads = 0;
   std::string weights = "f32", numerics = "reference";
@@ -31,17 +32,28 @@ void run(const RunArgs& a) {
   const SafeTensors in = SafeTensors::open(a.input);
   const Tensor x = in.f32(a.input_name);
   const int64_t d = m.config().hidden_size;
-  if (x.shape.size() != 3 || x.dim(2) != d)
+  std::vector<int64_t> cu;  // packed documents' boundaries (--cu-seqlens)
+  const bool packed = !a.cu_name.empty();
+  if (packed) {
+    const TensorI64 c = in.i64(a.cu_name);
+    if (c.shape.size() != 1)
+      fail(a.input + ": tensor '" + a.cu_name + "': expected 1-D boundaries, got " + shape_str(c.shape));
+    if (a.chunk > 0) fail("--cu-seqlens: packed documents run one-shot (not with --chunk)");
+    cu = c.data;
+  } else if (x.shape.size() != 3 || x.dim(2) != d) {
     fail(a.input + ": tensor '" + a.input_name + "': shape " + shape_str(x.shape) + ", expected [B, S, " +
          std::to_string(d) + "]");
+  }
+  const auto compute = [&](const Layer& l) { return packed ? l.forward(x, cu) : run_layer(l, x, a.chunk); };
   const auto t0 = std::chrono::steady_clock::now();
-  const Tensor y = run_layer(layer, x, a.chunk);
+  const Tensor y = compute(layer);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   write_safetensors(a.output, {named("output", y)},
                     {{"model", a.model},
                      {"layer", std::to_string(a.layer)},
                      {"layer_type", std::string(layer_type_name(layer.type()))},
                      {"chunk", std::to_string(a.chunk)},
+                     {"cu_seqlens", a.cu_name},
                      {"numerics", a.numerics}});
   std::FILE* out = report_stream(a.json);
   nlohmann::json j = {{"model", a.model},
@@ -60,7 +72,7 @@ void run(const RunArgs& a) {
                a.chunk > 0 ? (", chunks of " + std::to_string(a.chunk)).c_str() : "");
   if (a.compare_f32) {  // what bf16/native weights cost in accuracy and save in memory
     const Layer ref = m.layer(a.layer, LayerOptions{WeightFormat::f32, layer.numerics()});
-    const Tensor y32 = run_layer(ref, x, a.chunk);
+    const Tensor y32 = compute(ref);
     double max_abs = 0, max_ref = 0;
     for (size_t i = 0; i < y.data.size(); ++i) {
       max_abs = std::max(max_abs, std::fabs(static_cast<double>(y.data[i]) - y32.data[i]));
@@ -90,6 +102,9 @@ void add_run(CLI::App& app, int& rc) {
       ->required()
       ->check(CLI::ExistingFile);
   cmd->add_option("--input-name", a->input_name, "name of the input tensor")->capture_default_str();
+  cmd->add_option("--cu-seqlens", a->cu_name,
+                  "packed documents: name of an I64 tensor of the input file holding the boundaries [0, ..., T] of "
+                  "the documents packed in the input [T, d] (docs/packing.md); each is run as if alone");
   cmd->add_option("--output", a->output, "safetensors file to write 'output' [B, S, d] F32 to")->required();
   cmd->add_option("--chunk", a->chunk, "feed each batch row through a decode state in chunks of N tokens")
       ->check(CLI::PositiveNumber);
