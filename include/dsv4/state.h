@@ -152,4 +152,13 @@ void save_state(const LayerState& state, const Config& c, const std::filesystem:
 LayerState load_state(const Config& c, LayerType t, const std::filesystem::path& path,
                       Numerics n = Numerics::reference);
 
+// A (c, t, n) decode state as after `tokens` tokens, built without a prefill
+// (seeded; any thread count gives the same state): floor(tokens/rate) entries
+// and indexer keys, the window's last min(tokens, W-1) rows, the compressors'
+// pending and series-A rows, all with the shapes and formats of a prefilled
+// state and values of its scale (rows sd 1 before the deployment rounding,
+// pending rows sd 0.6). Decode from it reads and selects as much as from a
+// prefilled state of that length; its outputs are not any input's.
+LayerState random_state(const Config& c, LayerType t, int64_t tokens, uint64_t seed, Numerics n = Numerics::reference);
+
 }  // namespace dsv4

@@ -1,4 +1,4 @@
-// random_state (dsv4/random.h): a decode state of any length without a
+// random_state (dsv4/state.h): a decode state of any length without a
 // prefill, so decode can be timed at a million tokens. Every row is drawn
 // from its own counter-based stream (seed, store, row), so the state does not
 // depend on the thread count, and stored through RowStore::put, so coded
@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "dsv4/error.h"
-#include "dsv4/random.h"
+#include "dsv4/state.h"
 
 namespace dsv4 {
 namespace {
