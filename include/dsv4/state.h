@@ -16,8 +16,8 @@
 // (584 at V4 dims), an indexer key index_row_bytes = D_I/2 + D_I/32 (68); the
 // compressors' pending and series-A rows stay fp32 (they are pooled later).
 // state_bytes() computes this. bytes() reports the capacity actually held,
-// which can exceed it while the entry arrays grow geometrically (at most ~2×
-// for the entries); a clone() or a load_state() holds exactly state_bytes().
+// which can exceed it while the entry arrays grow geometrically (by 1/8: at
+// most ~1.125× for the entries); a clone() or a load_state() holds exactly state_bytes().
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -46,7 +46,7 @@ class RowStore {
   size_t row_bytes() const { return row_bytes_; }  // 4·width for fp32
   int64_t rows() const { return rows_; }
   // Holds n rows (the first min(n, rows()) kept, new ones zero), growing
-  // geometrically like std::vector; assign() zero-fills all n.
+  // geometrically by 1/8; assign() zero-fills all n.
   void resize(int64_t n);
   void assign(int64_t n);
   // No rows; keeps the allocation.
