@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -91,7 +92,7 @@ TEST(Fp4Dot, ScoresAreTheFixedCombinationOfExactBlocks) {
     std::vector<float> s(static_cast<size_t>(n));
     fp4dot::scores(enc, a.data(), packed.data(), rb, n, s.data());
     for (int64_t w = 0; w < n; ++w) {
-      float expect = 0;
+      float lanes[8] = {};  // head h into lane {0 1 4 5 2 3 6 7}[h % 8], then pairwise
       for (int64_t h = 0; h < heads; ++h) {
         float dot = 0;  // (b0 + b1) + (b2 + b3) + ..., each block product exact in fp32
         for (int64_t b = 0; b < blocks; b += 2) {
@@ -104,8 +105,10 @@ TEST(Fp4Dot, ScoresAreTheFixedCombinationOfExactBlocks) {
           dot += b + 1 < blocks ? block(b) + block(b + 1) : block(b);
         }
         const float r = a[h] * std::max(dot, 0.0f);
-        expect += r;
+        lanes[std::array<int, 8>{0, 1, 4, 5, 2, 3, 6, 7}[h % 8]] += r;
       }
+      const float expect =
+          ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
       ASSERT_NEAR(s[w], expect, 1e-6f * std::max(1.0f, std::fabs(expect))) << "dim " << dim << " key " << w;
     }
   }

@@ -31,6 +31,11 @@ float combine(const float* f, int64_t blocks) {
   return dot;
 }
 
+// The sum over heads: eight partial sums, head h into lane kLane[h % 8] (the
+// AVX2 kernel's order), each in head order, then combined pairwise.
+constexpr int kLane[8] = {0, 1, 4, 5, 2, 3, 6, 7};
+float reduce_lanes(const float* l) { return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7])); }
+
 float dot_scalar(const Query& q, int64_t h, const uint8_t* key) {
   int32_t sums[64];
   float f[64];
@@ -66,22 +71,31 @@ void scores_avx2(const Query& q, const float* a, const uint8_t* keys, size_t row
                                           _mm256_maddubs_epi16(o1, _mm256_loadu_si256(qh + 3)));
       return _mm256_hadd_epi32(_mm256_madd_epi16(p0, ones), _mm256_madd_epi16(p1, ones));
     };
-    float acc = 0;
-    for (int64_t h = 0; h < q.heads; h += 2) {
-      __m256i sums = _mm256_hadd_epi32(head(h), head(h + 1));  // [b0 b2 b0' b2' | b1 b3 b1' b3']
-      sums = _mm256_sub_epi32(sums, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&q.pair_offset[h * 4])));
-      const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(&q.pair_scale[h * 4]), sk);
-      const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(sums), sc);
-      const __m128 pairs = _mm_add_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1));  // b0+b1, b2+b3
-      const __m128 dots = _mm_hadd_ps(pairs, pairs);                                            // (b0+b1)+(b2+b3)
-      acc += a[h] * std::max(_mm_cvtss_f32(dots), 0.0f);
-      acc += a[h + 1] * std::max(_mm_cvtss_f32(_mm_shuffle_ps(dots, dots, 1)), 0.0f);
+    __m256 acc = _mm256_setzero_ps();  // lane j: the heads h with kLane[h % 8] = j
+    for (int64_t h = 0; h < q.heads; h += 8) {
+      __m256 f[4];  // block products of head pairs: [b0 b2 b0' b2' | b1 b3 b1' b3'], ' = the pair's second head
+      for (int64_t k = 0; k < 4; ++k) {
+        const int64_t hp = h + 2 * k;
+        __m256i sums = _mm256_hadd_epi32(head(hp), head(hp + 1));
+        sums = _mm256_sub_epi32(sums, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&q.pair_offset[hp * 4])));
+        f[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(_mm256_loadu_ps(&q.pair_scale[hp * 4]), sk));
+      }
+      // (b0 + b1) and (b2 + b3) of heads h..h+3, then of h+4..h+7; hadd: (b0 + b1) + (b2 + b3) per head.
+      const __m256 s01 =
+          _mm256_add_ps(_mm256_permute2f128_ps(f[0], f[1], 0x20), _mm256_permute2f128_ps(f[0], f[1], 0x31));
+      const __m256 s23 =
+          _mm256_add_ps(_mm256_permute2f128_ps(f[2], f[3], 0x20), _mm256_permute2f128_ps(f[2], f[3], 0x31));
+      const __m256 dots = _mm256_hadd_ps(s01, s23);  // heads h + {0 1 4 5 | 2 3 6 7}
+      const __m256 ah = _mm256_setr_ps(a[h], a[h + 1], a[h + 4], a[h + 5], a[h + 2], a[h + 3], a[h + 6], a[h + 7]);
+      acc = _mm256_add_ps(acc, _mm256_mul_ps(ah, _mm256_max_ps(dots, _mm256_setzero_ps())));
     }
-    s[w] = acc;
+    alignas(32) float lanes8[8];
+    _mm256_store_ps(lanes8, acc);
+    s[w] = reduce_lanes(lanes8);
   }
 }
 
-bool avx2_layout(const Query& q) { return q.dim == 128 && q.heads % 2 == 0; }
+bool avx2_layout(const Query& q) { return q.dim == 128 && q.heads % 8 == 0; }
 #endif
 
 }  // namespace
@@ -105,7 +119,7 @@ void encode_query(const float* x, int64_t heads, int64_t dim, Query& q) {
       q.scale[h * q.blocks + b] = key_scale(byte) * 0.25f;
       for (int64_t i = 0; i < len; ++i) q.codes[h * dim + b * kBlock + i] = kTwice[codes[i]];
     }
-  if (dim != 128 || heads % 2 != 0) return;
+  if (dim != 128 || heads % 8 != 0) return;
   q.lanes.resize(static_cast<size_t>(heads * dim));
   q.pair_scale.resize(static_cast<size_t>(heads * 4));
   q.pair_offset.resize(static_cast<size_t>(heads * 4));
@@ -145,9 +159,12 @@ void scores(const Query& q, const float* a, const uint8_t* keys, size_t row_byte
 #endif
   for (int64_t w = 0; w < n; ++w) {
     const uint8_t* key = keys + static_cast<size_t>(w) * row_bytes;
-    float acc = 0;
-    for (int64_t h = 0; h < q.heads; ++h) acc += a[h] * std::max(dot_scalar(q, h, key), 0.0f);
-    s[w] = acc;
+    float lanes[8] = {};
+    for (int64_t h = 0; h < q.heads; ++h) {
+      const float r = a[h] * std::max(dot_scalar(q, h, key), 0.0f);
+      lanes[kLane[h % 8]] += r;
+    }
+    s[w] = reduce_lanes(lanes);
   }
 }
 

@@ -32,8 +32,9 @@ void block_sums(const Query& q, int64_t h, const uint8_t* key, int32_t* sums);
 // Value of a UE8M0 scale byte of a key row.
 float key_scale(uint8_t byte);
 
-// For n keys (row stride row_bytes): s[w] = Σ_h a[h] · max(dot_h(w), 0), heads in
-// order, dot_h(w) = Σ over pairs of blocks of (sum_b · scale_qb · scale_kb).
+// For n keys (row stride row_bytes): s[w] = Σ_h a[h] · max(dot_h(w), 0),
+// dot_h(w) = Σ over pairs of blocks of (sum_b · scale_qb · scale_kb); the sum
+// over heads in eight interleaved partial sums combined pairwise (fp4_dot.cpp).
 void scores(const Query& q, const float* a, const uint8_t* keys, size_t row_bytes, int64_t n, float* s);
 
 }  // namespace dsv4::fp4dot
