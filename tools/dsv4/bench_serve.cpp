@@ -198,6 +198,8 @@ int run_stack(const ServeOptions& o) {
                "indexer %.2f G multiply-adds at sgemm %.0f GFLOP/s = %.1f ms: %.2fx the larger\n",
                (double(weight_bytes) + read_bytes) / 1e9, read_s * 1e3, macs / 1e9, roof.sgemm_gflops, mac_s * 1e3,
                s / step_bound);
+  std::fprintf(out, "  fastest step %.1f ms (%.2f tokens/s)\n", *std::min_element(secs.begin(), secs.end()) * 1e3,
+               1 / *std::min_element(secs.begin(), secs.end()));
   std::fprintf(out, "  sum of its layers decoding alone %.1f ms: stack / sum = %.2f\n", alone * 1e3, s / alone);
   if (n < int64_t(c.layer_types.size()))
     std::fprintf(out, "  all %zu layers, scaled by layer count: weights %.2f GB, %.0f ms/token\n", c.layer_types.size(),
@@ -221,6 +223,7 @@ int run_stack(const ServeOptions& o) {
                                        {"read_bound_seconds", read_s},
                                        {"mac_bound_seconds", mac_s},
                                        {"sum_of_layers_seconds", alone},
+                                       {"fastest_step_seconds", *std::min_element(secs.begin(), secs.end())},
                                        {"copy_gb_per_s", roof.copy_gb_per_s},
                                        {"peak_rss_bytes", peak_rss_bytes()}}
                             .dump()
