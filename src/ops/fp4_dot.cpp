@@ -53,6 +53,8 @@ void scores_avx2(const Query& q, const float* a, const uint8_t* keys, size_t row
                                        12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
   const __m256i low = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
   const auto* lanes = reinterpret_cast<const __m256i*>(q.lanes.data());
+  float a_lanes[1024];  // a in the order of the dots below: heads h + {0 1 4 5 2 3 6 7}
+  for (int64_t h = 0; h < q.heads; ++h) a_lanes[h / 8 * 8 + kLane[h % 8]] = a[h];
   for (int64_t w = 0; w < n; ++w) {
     const uint8_t* key = keys + static_cast<size_t>(w) * row_bytes;
     const __m256i k0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(key));
@@ -86,7 +88,7 @@ void scores_avx2(const Query& q, const float* a, const uint8_t* keys, size_t row
       const __m256 s23 =
           _mm256_add_ps(_mm256_permute2f128_ps(f[2], f[3], 0x20), _mm256_permute2f128_ps(f[2], f[3], 0x31));
       const __m256 dots = _mm256_hadd_ps(s01, s23);  // heads h + {0 1 4 5 | 2 3 6 7}
-      const __m256 ah = _mm256_setr_ps(a[h], a[h + 1], a[h + 4], a[h + 5], a[h + 2], a[h + 3], a[h + 6], a[h + 7]);
+      const __m256 ah = _mm256_loadu_ps(&a_lanes[h]);
       acc = _mm256_add_ps(acc, _mm256_mul_ps(ah, _mm256_max_ps(dots, _mm256_setzero_ps())));
     }
     alignas(32) float lanes8[8];
@@ -95,7 +97,7 @@ void scores_avx2(const Query& q, const float* a, const uint8_t* keys, size_t row
   }
 }
 
-bool avx2_layout(const Query& q) { return q.dim == 128 && q.heads % 8 == 0; }
+bool avx2_layout(const Query& q) { return q.dim == 128 && q.heads % 8 == 0 && q.heads <= 1024; }
 #endif
 
 }  // namespace
