@@ -47,7 +47,7 @@ float dot_scalar(const Query& q, int64_t h, const uint8_t* key) {
 }
 
 #ifdef __AVX2__
-// Dim 128 (V4), an even number of heads: the layout of Query::lanes/pair_*.
+// Dim 128 (V4), a multiple of 8 heads: the layout of Query::lanes/pair_*.
 void scores_avx2(const Query& q, const float* a, const uint8_t* keys, size_t row_bytes, int64_t n, float* s) {
   const __m256i lut = _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0,  //
                                        12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
