@@ -125,7 +125,7 @@ void BM_IndexerTopk(benchmark::State& st) {
   std::vector<int32_t> topk(rows * 512);
   double score_s = 0, select_s = 0;
   for (auto _ : st) {
-    index_topk(p, pr, 0, rows, pos.data(), keys.ptr(), n_t, 512, topk.data(), &score_s, &select_s);
+    index_topk(p, pr, 0, rows, pos.data(), IndexKeys{keys.ptr()}, n_t, 512, topk.data(), &score_s, &select_s);
     benchmark::DoNotOptimize(topk.data());
   }
   st.counters["FLOP/s"] =

@@ -16,8 +16,8 @@
 // (584 at V4 dims), an indexer key index_row_bytes = D_I/2 + D_I/32 (68); the
 // compressors' pending and series-A rows stay fp32 (they are pooled later).
 // state_bytes() computes this. bytes() reports the capacity actually held,
-// which can exceed it while the entry arrays grow geometrically (at most ~2×
-// for the entries); a clone() or a load_state() holds exactly state_bytes().
+// which can exceed it while the entry arrays grow geometrically (by 1/8: at
+// most ~1.125× for the entries); a clone() or a load_state() holds exactly state_bytes().
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -46,7 +46,7 @@ class RowStore {
   size_t row_bytes() const { return row_bytes_; }  // 4·width for fp32
   int64_t rows() const { return rows_; }
   // Holds n rows (the first min(n, rows()) kept, new ones zero), growing
-  // geometrically like std::vector; assign() zero-fills all n.
+  // geometrically by 1/8; assign() zero-fills all n.
   void resize(int64_t n);
   void assign(int64_t n);
   // No rows; keeps the allocation.
@@ -151,5 +151,14 @@ void save_state(const LayerState& state, const Config& c, const std::filesystem:
 // inconsistent fields.
 LayerState load_state(const Config& c, LayerType t, const std::filesystem::path& path,
                       Numerics n = Numerics::reference);
+
+// A (c, t, n) decode state as after `tokens` tokens, built without a prefill
+// (seeded; any thread count gives the same state): floor(tokens/rate) entries
+// and indexer keys, the window's last min(tokens, W-1) rows, the compressors'
+// pending and series-A rows, all with the shapes and formats of a prefilled
+// state and values of its scale (rows sd 1 before the deployment rounding,
+// pending rows sd 0.6). Decode from it reads and selects as much as from a
+// prefilled state of that length; its outputs are not any input's.
+LayerState random_state(const Config& c, LayerType t, int64_t tokens, uint64_t seed, Numerics n = Numerics::reference);
 
 }  // namespace dsv4

@@ -140,12 +140,24 @@ void round_index_queries(const PackedLayer& p, Projected& pr, int64_t rows);
 int64_t compress_feed(const PackedLayer& p, const CompressorWeights& w, CompressorState& st, const float* c_rows,
                       const float* z_rows, int64_t ld, int64_t n, int64_t store_from = 0);
 
+// The indexer keys as stored: fp32 rows, or (deployment) the packed FP4 rows,
+// scored by the integer kernel of ops/fp4_dot.h without widening.
+struct IndexKeys {
+  const float* f32 = nullptr;
+  const uint8_t* fp4 = nullptr;
+  size_t row_bytes = 0;
+  static IndexKeys of(const RowStore& s) {
+    if (s.format() == RowStore::Format::key_fp4) return {nullptr, s.data(), s.row_bytes()};
+    return {reinterpret_cast<const float*>(s.data()), nullptr, s.row_bytes()};
+  }
+};
+
 // CSA indexer for `rows` queries: top-k eligible entries, best first, -1-padded to `width`.
 // Adds the wall time split between scoring and selection to *score_s / *select_s.
 void index_topk(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t rows, const int64_t* pos,
-                const float* keys, int64_t n_keys, int64_t width, int32_t* topk, double* score_s, double* select_s);
+                const IndexKeys& keys, int64_t n_keys, int64_t width, int32_t* topk, double* score_s, double* select_s);
 // Debug: raw scores of every (query, entry) pair, [rows, n_keys].
-void index_scores_dense(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t rows, const float* keys,
+void index_scores_dense(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t rows, const IndexKeys& keys,
                         int64_t n_keys, float* scores);
 
 // The CSA gather (gather.cpp): the entries a query attends are the valid ids

@@ -32,7 +32,7 @@ void fill_debug(const PackedLayer& p, const Projected& pr, const Job& j) {
   const float* keys = ix.entries.rows_f32(n_t, buf);
   d.indexer_kv = Tensor({n_t, di}, std::vector<float>(keys, keys + n_t * di));
   d.index_scores = Tensor({s, n_t});
-  index_scores_dense(p, pr, j.row0, s, d.indexer_kv.ptr(), n_t, d.index_scores.ptr());
+  index_scores_dense(p, pr, j.row0, s, IndexKeys::of(ix.entries), n_t, d.index_scores.ptr());
   d.topk.shape = {s, j.width};
   d.topk.data.assign(j.topk->data(), j.topk->data() + j.len * j.width);
 }

@@ -112,8 +112,8 @@ void index(const PackedLayer& p, const Projected& pr, const int64_t* pos, Job& j
   const CompressorState& ix = j.st->indexer();
   j.width = std::min(p.c.index_topk, ix.emitted);
   j.topk->get(static_cast<size_t>(j.len * j.width));
-  const float* keys = ix.entries.rows_f32(ix.emitted, *j.decoded);
-  index_topk(p, pr, j.row0, j.len, pos + j.row0, keys, ix.emitted, j.width, j.topk->data(), &t.index_scores, &t.topk);
+  index_topk(p, pr, j.row0, j.len, pos + j.row0, IndexKeys::of(ix.entries), ix.emitted, j.width, j.topk->data(),
+             &t.index_scores, &t.topk);
 }
 
 // Attention per (query, head block). All heads of a query share its keys, so

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "dsv4/state.h"
+
 namespace dsv4::cli {
 
 double layer_flops(const Config& c, LayerType t, int64_t p0, int64_t n) {
@@ -35,6 +37,24 @@ double layer_flops(const Config& c, LayerType t, int64_t p0, int64_t n) {
     f += entries * 6 * slots * (hd + (csa ? di : 0));
   }
   return f;
+}
+
+StepReads step_reads(const Config& c, LayerType t, int64_t ctx, Numerics n) {
+  const bool dep = n == Numerics::deployment;
+  const double kv_row =
+      dep ? static_cast<double>(RowStore(RowStore::Format::kv_fp8, c.head_dim, c.qk_rope_head_dim).row_bytes())
+          : 4.0 * static_cast<double>(c.head_dim);
+  const double key_row = dep ? static_cast<double>(RowStore(RowStore::Format::key_fp4, c.index_head_dim, 0).row_bytes())
+                             : 4.0 * static_cast<double>(c.index_head_dim);
+  StepReads r;
+  r.bytes = kv_row * static_cast<double>(std::min<int64_t>(ctx + 1, c.sliding_window));
+  if (t == LayerType::hca) r.bytes += kv_row * static_cast<double>((ctx + 1) / c.compress_rate_hca);
+  if (t == LayerType::csa) {
+    const int64_t eligible = (ctx + 1) / c.compress_rate_csa;
+    r.bytes += key_row * static_cast<double>(eligible) + kv_row * static_cast<double>(std::min(c.index_topk, eligible));
+    r.macs = static_cast<double>(eligible) * static_cast<double>(c.index_n_heads * c.index_head_dim);
+  }
+  return r;
 }
 
 int64_t peak_rss_bytes() {

@@ -18,6 +18,16 @@ namespace dsv4::cli {
 //   compressor   6·slots·width per emitted entry (exp, sum, weighted sum)
 double layer_flops(const Config& c, LayerType t, int64_t p0, int64_t n);
 
+// What one decode step at context `ctx` must read besides the weights: the
+// window, CSA's indexer keys (all eligible) and its selected entries (k), HCA's
+// entries (all), in the numerics' row formats; and the indexer's multiply-adds
+// (eligible keys x H_I x D_I). The step's bounds: (weights + bytes) / bandwidth
+// and macs / the peak multiply-add rate.
+struct StepReads {
+  double bytes = 0, macs = 0;
+};
+StepReads step_reads(const Config& c, LayerType t, int64_t ctx, Numerics n);
+
 int64_t peak_rss_bytes();     // of this process so far
 int64_t current_rss_bytes();  // resident now (/proc/self/statm)
 

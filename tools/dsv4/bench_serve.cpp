@@ -3,7 +3,8 @@
 // dsv4 bench-stack: every attention layer of a preset (V4-Flash: 43) in memory
 // with the released dtypes, decoding through all of them.
 // Decode time depends on the sizes of the weights and states, not on their
-// values: contexts are prefilled once per layer type and the state copied.
+// values: contexts are prefilled (or, --synthetic-context, synthesised:
+// random_state) once per layer type and the state copied.
 #include <omp.h>
 
 #include <algorithm>
@@ -19,22 +20,24 @@ namespace dsv4::cli {
 namespace {
 
 struct ServeOptions {
-  std::string preset = "v4-flash", layer_type = "csa", weights = "native";
-  int64_t context = 8192, steps = 8, layers = 0;
+  std::string preset = "v4-flash", layer_type = "csa", weights = "native", numerics = "reference";
+  int64_t context = 8192, steps = 8, layers = 0, synthetic = 0;
   std::vector<int64_t> batches = {1, 2, 4, 8, 16, 32, 64};
   int threads = 0;
   uint64_t seed = 1;
   bool json = false;
 };
 
-Layer released_layer(const Config& c, LayerType t, uint64_t seed, const std::string& format) {
+Layer released_layer(const Config& c, LayerType t, uint64_t seed, const ServeOptions& o) {
   LayerWeights w = random_layer_weights(c, t, seed);
   store_as_released(w, t);
-  return Layer(c, t, std::move(w), LayerOptions{parse_weight_format(format)});
+  return Layer(c, t, std::move(w), LayerOptions{parse_weight_format(o.weights), parse_numerics(o.numerics)});
 }
 
-// A state after `context` random tokens, prefilled in kPrefillChunk pieces.
-LayerState prefilled(const Layer& layer, int64_t context, uint64_t seed) {
+// A state after `context` random tokens, prefilled in kPrefillChunk pieces,
+// or (synthetic) random_state.
+LayerState prefilled(const Layer& layer, int64_t context, uint64_t seed, bool synthetic) {
+  if (synthetic) return random_state(layer.config(), layer.type(), context, seed, layer.numerics());
   LayerState st = layer.new_state();
   const int64_t d = layer.config().hidden_size;
   for (int64_t s0 = 0; s0 < context; s0 += Layer::kPrefillChunk) {
@@ -55,14 +58,15 @@ int run_batch(const ServeOptions& o) {
   const Config c = Config::preset(o.preset);
   const LayerType type = parse_layer_type(o.layer_type);
   const Roofline roof = measure_roofline();
-  const Layer layer = released_layer(c, type, o.seed, o.weights);
-  std::fprintf(stderr, "prefilling %lld tokens ...\n", static_cast<long long>(o.context));
-  const LayerState base = prefilled(layer, o.context, o.seed + 7);
+  const Layer layer = released_layer(c, type, o.seed, o);
+  const int64_t ctx = o.synthetic > 0 ? o.synthetic : o.context;
+  std::fprintf(stderr, "%s %lld tokens ...\n", o.synthetic > 0 ? "synthesising" : "prefilling",
+               static_cast<long long>(ctx));
+  const LayerState base = prefilled(layer, ctx, o.seed + 7, o.synthetic > 0);
   nlohmann::json rows = nlohmann::json::array();
   std::fprintf(out, "dsv4 bench-batch: %s %s, weights %s (%.2f GB), context %lld, %d threads, copy %.1f GB/s\n",
                o.preset.c_str(), std::string(layer_type_name(type)).c_str(), o.weights.c_str(),
-               layer.weight_bytes() / 1e9, static_cast<long long>(o.context), omp_get_max_threads(),
-               roof.copy_gb_per_s);
+               layer.weight_bytes() / 1e9, static_cast<long long>(ctx), omp_get_max_threads(), roof.copy_gb_per_s);
   std::fprintf(out, "  %6s %12s %12s %10s %14s   %s\n", "B", "ms/step", "ms/token", "vs B=1", "bound ms/step",
                "stages ms: project compress index topk attention output");
   double one = 0;
@@ -97,7 +101,7 @@ int run_batch(const ServeOptions& o) {
     std::printf("%s\n", nlohmann::json{{"preset", o.preset},
                                        {"layer_type", o.layer_type},
                                        {"weights", o.weights},
-                                       {"context", o.context},
+                                       {"context", ctx},
                                        {"threads", omp_get_max_threads()},
                                        {"weight_bytes", layer.weight_bytes()},
                                        {"state_bytes", base.bytes()},
@@ -119,24 +123,27 @@ int run_stack(const ServeOptions& o) {
   size_t weight_bytes = 0;
   for (int64_t i = 0; i < n; ++i) {
     std::fprintf(stderr, "\rbuilding layer %lld/%lld", static_cast<long long>(i + 1), static_cast<long long>(n));
-    layers.push_back(released_layer(c, c.layer_types[size_t(i)], o.seed + 101 * uint64_t(i), o.weights));
+    layers.push_back(released_layer(c, c.layer_types[size_t(i)], o.seed + 101 * uint64_t(i), o));
     weight_bytes += layers.back().weight_bytes();
   }
   std::fprintf(stderr, "\n");
-  // One prefill per layer type; every layer of that type starts from a copy.
+  // One prefill (or synthesis) per layer type; every layer of that type starts from a copy.
+  const bool synthetic = o.synthetic > 0;
+  const int64_t ctx = synthetic ? o.synthetic : o.context;
   std::vector<LayerState> states;
   std::vector<std::pair<LayerType, LayerState>> per_type;
   for (int64_t i = 0; i < n; ++i) {
     const LayerType t = c.layer_types[size_t(i)];
     auto it = std::find_if(per_type.begin(), per_type.end(), [&](const auto& p) { return p.first == t; });
     if (it == per_type.end()) {
-      std::fprintf(stderr, "prefilling %lld tokens through a %s layer ...\n", static_cast<long long>(o.context),
-                   std::string(layer_type_name(t)).c_str());
-      per_type.emplace_back(t, prefilled(layers[size_t(i)], o.context, o.seed + 7));
+      std::fprintf(stderr, "%s %lld tokens for a %s layer ...\n", synthetic ? "synthesising" : "prefilling",
+                   static_cast<long long>(ctx), std::string(layer_type_name(t)).c_str());
+      per_type.emplace_back(t, prefilled(layers[size_t(i)], ctx, o.seed + 7, synthetic));
       it = per_type.end() - 1;
     }
     states.push_back(it->second);
   }
+  per_type.clear();  // the copies are the states
   std::vector<double> secs;
   for (int64_t step = 0; step < o.steps; ++step) {
     const Tensor tok = random_uniform({1, c.hidden_size}, 1.0f, o.seed + 500 + uint64_t(step));
@@ -144,20 +151,56 @@ int run_stack(const ServeOptions& o) {
     for (int64_t i = 0; i < n; ++i) layers[size_t(i)].forward(tok, states[size_t(i)]);  // the attention layers only
     secs.push_back(omp_get_wtime() - t0);
   }
-  size_t state_bytes = 0, state_64k = 0;
+  // The sum of its layers: the first layer of each type decoding alone (median), once per layer of that type.
+  double alone = 0;
+  std::vector<std::pair<LayerType, double>> alone_of;
   for (int64_t i = 0; i < n; ++i) {
+    const LayerType t = c.layer_types[size_t(i)];
+    auto it = std::find_if(alone_of.begin(), alone_of.end(), [&](const auto& p) { return p.first == t; });
+    if (it == alone_of.end()) {
+      std::vector<double> one;
+      for (int64_t step = 0; step < o.steps; ++step) {
+        const Tensor tok = random_uniform({1, c.hidden_size}, 1.0f, o.seed + 900 + uint64_t(step));
+        const double t0 = omp_get_wtime();
+        layers[size_t(i)].forward(tok, states[size_t(i)]);
+        one.push_back(omp_get_wtime() - t0);
+      }
+      alone_of.emplace_back(t, median(one));
+      it = alone_of.end() - 1;
+    }
+    alone += it->second;
+  }
+  size_t state_bytes = 0, state_64k = 0;
+  double read_bytes = 0, macs = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const LayerType t = c.layer_types[size_t(i)];
     state_bytes += states[size_t(i)].bytes();
-    state_64k += dsv4::state_bytes(c, c.layer_types[size_t(i)], 65536);
+    state_64k += dsv4::state_bytes(c, t, 65536, parse_numerics(o.numerics));
+    const StepReads r = step_reads(c, t, ctx, parse_numerics(o.numerics));
+    read_bytes += r.bytes, macs += r.macs;
   }
   const double s = median(secs), bound = double(weight_bytes + state_bytes) / (roof.copy_gb_per_s * 1e9);
-  std::fprintf(out, "dsv4 bench-stack: %s, %lld of %zu attention layers, weights %s, context %lld, %d threads\n",
-               o.preset.c_str(), static_cast<long long>(n), c.layer_types.size(), o.weights.c_str(),
-               static_cast<long long>(o.context), omp_get_max_threads());
+  const double read_s = (double(weight_bytes) + read_bytes) / (roof.copy_gb_per_s * 1e9);
+  const double mac_s = 2 * macs / (roof.sgemm_gflops * 1e9), step_bound = std::max(read_s, mac_s);
+  std::fprintf(out,
+               "dsv4 bench-stack: %s, %lld of %zu attention layers, weights %s, %s numerics, %scontext %lld, %d "
+               "threads\n",
+               o.preset.c_str(), static_cast<long long>(n), c.layer_types.size(), o.weights.c_str(), o.numerics.c_str(),
+               synthetic ? "synthetic " : "", static_cast<long long>(ctx), omp_get_max_threads());
   std::fprintf(out, "  weights %.2f GB, states %.3f GB (at 65,536 tokens: %.3f GB), peak RSS %.2f GB\n",
                weight_bytes / 1e9, state_bytes / 1e9, state_64k / 1e9, peak_rss_bytes() / 1e9);
-  std::fprintf(
-      out, "  decode %.1f ms/token through the stack (median of %lld); bandwidth bound %.1f ms at %.1f GB/s: %.2fx\n",
-      s * 1e3, static_cast<long long>(o.steps), bound * 1e3, roof.copy_gb_per_s, s / bound);
+  std::fprintf(out,
+               "  decode %.1f ms/token through the stack (median of %lld; %.2f tokens/s); bandwidth bound (weights + "
+               "whole states) %.1f ms at %.1f GB/s: %.2fx\n",
+               s * 1e3, static_cast<long long>(o.steps), 1 / s, bound * 1e3, roof.copy_gb_per_s, s / bound);
+  std::fprintf(out,
+               "  step bound: reads (weights + window + indexer keys + selected/HCA entries) %.2f GB = %.1f ms; "
+               "indexer %.2f G multiply-adds at sgemm %.0f GFLOP/s = %.1f ms: %.2fx the larger\n",
+               (double(weight_bytes) + read_bytes) / 1e9, read_s * 1e3, macs / 1e9, roof.sgemm_gflops, mac_s * 1e3,
+               s / step_bound);
+  std::fprintf(out, "  fastest step %.1f ms (%.2f tokens/s)\n", *std::min_element(secs.begin(), secs.end()) * 1e3,
+               1 / *std::min_element(secs.begin(), secs.end()));
+  std::fprintf(out, "  sum of its layers decoding alone %.1f ms: stack / sum = %.2f\n", alone * 1e3, s / alone);
   if (n < int64_t(c.layer_types.size()))
     std::fprintf(out, "  all %zu layers, scaled by layer count: weights %.2f GB, %.0f ms/token\n", c.layer_types.size(),
                  weight_bytes / 1e9 * double(c.layer_types.size()) / double(n),
@@ -166,13 +209,21 @@ int run_stack(const ServeOptions& o) {
     std::printf("%s\n", nlohmann::json{{"preset", o.preset},
                                        {"layers", n},
                                        {"weights", o.weights},
-                                       {"context", o.context},
+                                       {"context", ctx},
                                        {"threads", omp_get_max_threads()},
                                        {"weight_bytes", weight_bytes},
                                        {"state_bytes", state_bytes},
                                        {"state_bytes_64k", state_64k},
+                                       {"numerics", o.numerics},
+                                       {"synthetic_context", synthetic},
                                        {"seconds_per_token", s},
                                        {"bandwidth_bound_seconds", bound},
+                                       {"step_read_bytes", double(weight_bytes) + read_bytes},
+                                       {"indexer_macs", macs},
+                                       {"read_bound_seconds", read_s},
+                                       {"mac_bound_seconds", mac_s},
+                                       {"sum_of_layers_seconds", alone},
+                                       {"fastest_step_seconds", *std::min_element(secs.begin(), secs.end())},
                                        {"copy_gb_per_s", roof.copy_gb_per_s},
                                        {"peak_rss_bytes", peak_rss_bytes()}}
                             .dump()
@@ -186,6 +237,11 @@ void common(CLI::App* cmd, ServeOptions* o) {
       ->capture_default_str();
   cmd->add_option("--steps", o->steps, "measured decode steps (median reported)")->capture_default_str();
   cmd->add_option("--weights", o->weights, "f32, bf16 or native (the released FP8/BF16 dtypes)")->capture_default_str();
+  cmd->add_option("--numerics", o->numerics, "reference or deployment (docs/numerics.md)")
+      ->check(CLI::IsMember({"reference", "deployment"}))
+      ->capture_default_str();
+  cmd->add_option("--synthetic-context", o->synthetic,
+                  "start from seeded synthetic states of C tokens (random_state) instead of prefilling --context");
   cmd->add_option("-t,--threads", o->threads, "OpenMP threads (default: OMP_NUM_THREADS or all cores)");
   cmd->add_option("--seed", o->seed, "weights and input seed")->capture_default_str();
   cmd->add_flag("--json", o->json, "stdout: one JSON object (the report goes to stderr)");
