@@ -3,6 +3,7 @@
 # scripts/build.sh; it needs the Release build in ./build):
 #   1. `cmake --install build` into a prefix; tests/consumer built against it with
 #      find_package(dsv4) and with pkg-config, and run on a conformance file;
+#      with MPI (DSV4_MPI in the build): find_package(dsv4 COMPONENTS mpi), mpi_consumer on 2 ranks;
 #   2. tests/consumer configured with add_subdirectory: the library is its only dsv4 target;
 #   3. `pip install --no-build-isolation .` into a venv; import dsv4 and run a layer from /;
 #   4. `python3 -m build --wheel --no-isolation`; the wheel into a fresh venv; the same.
@@ -22,6 +23,13 @@ step "tests/consumer with find_package(dsv4)"
 cmake -S tests/consumer -B "$work/cmake" -DCMAKE_PREFIX_PATH="$work/prefix" >/dev/null
 cmake --build "$work/cmake" >/dev/null
 (cd "$work" && ./cmake/consumer "$case_file")
+
+if grep -q '^DSV4_MPI:BOOL=ON' build/CMakeCache.txt; then
+  step "tests/consumer with find_package(dsv4 COMPONENTS mpi), 2 ranks"
+  cmake -S tests/consumer -B "$work/cmake-mpi" -DCMAKE_PREFIX_PATH="$work/prefix" -DDSV4_CONSUMER_MPI=ON >/dev/null
+  cmake --build "$work/cmake-mpi" >/dev/null
+  (cd "$work" && OMP_NUM_THREADS=1 mpirun --oversubscribe --allow-run-as-root -np 2 ./cmake-mpi/mpi_consumer "$case_file")
+fi
 
 step "tests/consumer with pkg-config"
 pc_dir=$(dirname "$(find "$work/prefix" -name dsv4.pc)")
