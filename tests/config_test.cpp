@@ -219,6 +219,28 @@ TEST(ConfigFingerprint, DeterministicAndSensitive) {
   }
 }
 
+// config_to_json_text is what synth-model, info --json and the tests write:
+// it reads back as the same Config, both ways of listing the layers.
+TEST(ConfigJson, WriterRoundTrips) {
+  Config unscaled = Config::preset("v4-flash");
+  unscaled.rope_scaling.type = "";
+  for (const Config& c : {Config::preset("v4-flash"), Config::preset("v4-pro"), unscaled}) {
+    for (bool ratios : {false, true}) {
+      const std::string text = config_to_json_text(c, ratios, ratios ? 2 : -1);
+      EXPECT_EQ(json::parse(text).contains("compress_ratios"), ratios);
+      const Config back = config_from_json_text(text, "written");
+      Config want = c;
+      if (c.rope_scaling.type.empty()) {
+        EXPECT_TRUE(json::parse(text)["rope_scaling"].is_null());
+        want.rope_scaling = back.rope_scaling;  // unscaled: the other fields are not written
+        EXPECT_EQ(back.rope_scaling.type, "");
+      }
+      EXPECT_EQ(back.fingerprint(), want.fingerprint()) << text;
+      EXPECT_EQ(back.layer_types, c.layer_types) << text;
+    }
+  }
+}
+
 // ---------------------------------------------------------------- conformance configs
 
 // The `config` metadata string of a safetensors file (8-byte LE length + JSON).

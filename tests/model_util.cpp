@@ -74,36 +74,7 @@ void write_text(const fs::path& p, const std::string& s) {
 }
 
 std::string config_text(const Config& c, NamingScheme s) {
-  json j = {{"hidden_size", c.hidden_size},
-            {"num_attention_heads", c.num_attention_heads},
-            {"head_dim", c.head_dim},
-            {"qk_rope_head_dim", c.qk_rope_head_dim},
-            {"q_lora_rank", c.q_lora_rank},
-            {"o_groups", c.o_groups},
-            {"o_lora_rank", c.o_lora_rank},
-            {"sliding_window", c.sliding_window},
-            {"compress_rate_csa", c.compress_rate_csa},
-            {"compress_rate_hca", c.compress_rate_hca},
-            {"index_n_heads", c.index_n_heads},
-            {"index_head_dim", c.index_head_dim},
-            {"index_topk", c.index_topk},
-            {"rope_theta", c.rope_theta},
-            {"compress_rope_theta", c.compress_rope_theta},
-            {"rms_norm_eps", c.rms_norm_eps},
-            {"num_hidden_layers", c.layer_types.size()}};
-  j["rope_scaling"] = {{"type", "yarn"},
-                       {"factor", c.rope_scaling.factor},
-                       {"original_max_position_embeddings", c.rope_scaling.original_max_position_embeddings},
-                       {"beta_fast", c.rope_scaling.beta_fast},
-                       {"beta_slow", c.rope_scaling.beta_slow}};
-  // HF configs list layer_types, DeepSeek ones compress_ratios: exercise both.
-  for (LayerType t : c.layer_types) {
-    if (is_hf(s))
-      j["layer_types"].push_back(layer_type_name(t));
-    else
-      j["compress_ratios"].push_back(c.compress_rate(t));
-  }
-  return j.dump();
+  return config_to_json_text(c, !is_hf(s));  // HF configs list layer_types, DeepSeek ones compress_ratios
 }
 
 // Writes config.json and the shards: one shard -> model.safetensors (unless

@@ -98,34 +98,6 @@ TEST(ReleaseFormat, RopeParametersErrors) {
   expect_error(b.dump(), "both 'rope_parameters' and 'rope_scaling'");
 }
 
-json config_json(const Config& c) {
-  const RopeScaling& r = c.rope_scaling;
-  json j{{"hidden_size", c.hidden_size},
-         {"num_attention_heads", c.num_attention_heads},
-         {"head_dim", c.head_dim},
-         {"qk_rope_head_dim", c.qk_rope_head_dim},
-         {"q_lora_rank", c.q_lora_rank},
-         {"o_groups", c.o_groups},
-         {"o_lora_rank", c.o_lora_rank},
-         {"sliding_window", c.sliding_window},
-         {"compress_rate_csa", c.compress_rate_csa},
-         {"compress_rate_hca", c.compress_rate_hca},
-         {"index_n_heads", c.index_n_heads},
-         {"index_head_dim", c.index_head_dim},
-         {"index_topk", c.index_topk},
-         {"rope_theta", c.rope_theta},
-         {"compress_rope_theta", c.compress_rope_theta},
-         {"rms_norm_eps", c.rms_norm_eps},
-         {"rope_scaling",
-          {{"type", r.type},
-           {"factor", r.factor},
-           {"original_max_position_embeddings", r.original_max_position_embeddings},
-           {"beta_fast", r.beta_fast},
-           {"beta_slow", r.beta_slow}}}};
-  for (LayerType t : c.layer_types) j["layer_types"].push_back(layer_type_name(t));
-  return j;
-}
-
 TEST(ReleaseFormat, IndexerHeadWeightsWithoutScorer) {
   Config c = test::small_config();
   c.layer_types = {LayerType::csa};
@@ -143,7 +115,7 @@ TEST(ReleaseFormat, IndexerHeadWeightsWithoutScorer) {
   ts.push_back(NamedTensor{"model.embed_tokens.weight", DType::BF16, {3, 64}, std::vector<std::byte>(384)});
   const auto dir = std::filesystem::temp_directory_path() / ("dsv4_noscorer_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
-  std::ofstream(dir / "config.json") << config_json(c).dump();
+  std::ofstream(dir / "config.json") << config_to_json_text(c);
   write_safetensors(dir / "model.safetensors", ts);
   {
     const Model m = Model::open(dir);

@@ -81,4 +81,10 @@ Config config_from_file(const std::filesystem::path& path);
 // For a single-layer JSON with `layer_type` (conformance files).
 LayerSpec layer_spec_from_json_text(std::string_view text, const std::string& where);
 
+// Config -> a model's config.json text that config_from_json_text reads back
+// as the same Config: the sizes, RoPE (rope_scaling null when unscaled), the
+// norm's epsilon and the layer list, as Hugging Face writes it (`layer_types`)
+// or with `compress_ratios` as DeepSeek's releases do. indent < 0: one line.
+std::string config_to_json_text(const Config& c, bool compress_ratios = false, int indent = -1);
+
 }  // namespace dsv4

@@ -297,4 +297,44 @@ Config config_from_file(const std::filesystem::path& path) {
   return config_from_json_text(s.str(), path.string());
 }
 
+std::string config_to_json_text(const Config& c, bool compress_ratios, int indent) {
+  nlohmann::ordered_json j;  // keys in the order a reader expects them
+  j["model_type"] = "deepseek_v4";
+  for (const auto& [k, v] : {std::pair<const char*, int64_t>{"hidden_size", c.hidden_size},
+                             {"num_attention_heads", c.num_attention_heads},
+                             {"head_dim", c.head_dim},
+                             {"qk_rope_head_dim", c.qk_rope_head_dim},
+                             {"q_lora_rank", c.q_lora_rank},
+                             {"o_groups", c.o_groups},
+                             {"o_lora_rank", c.o_lora_rank},
+                             {"sliding_window", c.sliding_window},
+                             {"compress_rate_csa", c.compress_rate_csa},
+                             {"compress_rate_hca", c.compress_rate_hca},
+                             {"index_n_heads", c.index_n_heads},
+                             {"index_head_dim", c.index_head_dim},
+                             {"index_topk", c.index_topk}})
+    j[k] = v;
+  j["rope_theta"] = c.rope_theta;
+  j["compress_rope_theta"] = c.compress_rope_theta;
+  j["rms_norm_eps"] = c.rms_norm_eps;
+  const RopeScaling& r = c.rope_scaling;
+  j["rope_scaling"] = nullptr;
+  if (!r.type.empty())
+    j["rope_scaling"] = {{"type", r.type},
+                         {"factor", r.factor},
+                         {"original_max_position_embeddings", r.original_max_position_embeddings},
+                         {"beta_fast", r.beta_fast},
+                         {"beta_slow", r.beta_slow}};
+  j["num_hidden_layers"] = c.layer_types.size();
+  const char* list = compress_ratios ? "compress_ratios" : "layer_types";
+  j[list] = nlohmann::ordered_json::array();
+  for (LayerType t : c.layer_types) {
+    if (compress_ratios)
+      j[list].push_back(c.compress_rate(t));
+    else
+      j[list].push_back(layer_type_name(t));
+  }
+  return j.dump(indent);
+}
+
 }  // namespace dsv4

@@ -15,22 +15,6 @@ std::string human(uint64_t b) {
   return s;
 }
 
-nlohmann::json dims_json(const Config& c) {
-  return {{"hidden_size", c.hidden_size},
-          {"num_attention_heads", c.num_attention_heads},
-          {"head_dim", c.head_dim},
-          {"qk_rope_head_dim", c.qk_rope_head_dim},
-          {"q_lora_rank", c.q_lora_rank},
-          {"o_groups", c.o_groups},
-          {"o_lora_rank", c.o_lora_rank},
-          {"sliding_window", c.sliding_window},
-          {"compress_rate_csa", c.compress_rate_csa},
-          {"compress_rate_hca", c.compress_rate_hca},
-          {"index_n_heads", c.index_n_heads},
-          {"index_head_dim", c.index_head_dim},
-          {"index_topk", c.index_topk}};
-}
-
 // One layer's report; returns whether it loads.
 bool layer_info(const Model& m, int64_t i, std::FILE* out, nlohmann::json& j, uint64_t& total) {
   std::fprintf(out, "\nlayer %lld  %s\n", static_cast<long long>(i),
@@ -90,7 +74,7 @@ int info(const std::string& dir, int64_t only, bool json) {
                       {"naming", std::string(naming_scheme_name(m.scheme()))},
                       {"shards", m.num_shards()},
                       {"num_layers", m.num_layers()},
-                      {"dims", dims_json(c)},
+                      {"dims", nlohmann::json::parse(config_to_json_text(c))},
                       {"other_tensors", m.other_tensors()},
                       {"layers", nlohmann::json::array()}};
   uint64_t total = 0;

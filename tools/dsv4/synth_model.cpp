@@ -57,45 +57,6 @@ void encode(std::vector<NamedTensor>& out, NamingScheme scheme, int64_t layer, c
   });
 }
 
-json config_json(const Config& c, NamingScheme scheme) {
-  json j;
-  j["model_type"] = "deepseek_v4";
-  for (const auto& [k, v] : {std::pair<const char*, int64_t>{"hidden_size", c.hidden_size},
-                             {"num_attention_heads", c.num_attention_heads},
-                             {"head_dim", c.head_dim},
-                             {"qk_rope_head_dim", c.qk_rope_head_dim},
-                             {"q_lora_rank", c.q_lora_rank},
-                             {"o_groups", c.o_groups},
-                             {"o_lora_rank", c.o_lora_rank},
-                             {"sliding_window", c.sliding_window},
-                             {"compress_rate_csa", c.compress_rate_csa},
-                             {"compress_rate_hca", c.compress_rate_hca},
-                             {"index_n_heads", c.index_n_heads},
-                             {"index_head_dim", c.index_head_dim},
-                             {"index_topk", c.index_topk}})
-    j[k] = v;
-  j["rope_theta"] = c.rope_theta;
-  j["compress_rope_theta"] = c.compress_rope_theta;
-  j["rms_norm_eps"] = c.rms_norm_eps;
-  const RopeScaling& r = c.rope_scaling;
-  if (r.type.empty())
-    j["rope_scaling"] = nullptr;
-  else
-    j["rope_scaling"] = {{"type", r.type},
-                         {"factor", r.factor},
-                         {"original_max_position_embeddings", r.original_max_position_embeddings},
-                         {"beta_fast", r.beta_fast},
-                         {"beta_slow", r.beta_slow}};
-  j["num_hidden_layers"] = c.layer_types.size();
-  // Both ways config.json files state the layer types: HF names, DeepSeek ratios.
-  if (scheme == NamingScheme::hugging_face) {
-    for (LayerType t : c.layer_types) j["layer_types"].push_back(layer_type_name(t));
-  } else {
-    for (LayerType t : c.layer_types) j["compress_ratios"].push_back(c.compress_rate(t));
-  }
-  return j;
-}
-
 void synth(const SynthArgs& a) {
   const NamingScheme scheme = a.scheme == "hf" ? NamingScheme::hugging_face : NamingScheme::deepseek;
   // The released V4 files (original names) carry UE8M0 scales; HF-converted and older ones fp32.
@@ -167,7 +128,8 @@ void synth(const SynthArgs& a) {
   write_safetensors(dir / "sample_input.safetensors", {named("hidden_states", sample)});
   // Last: every file is written atomically, so a folder a killed synth-model
   // leaves holds whole files only, and no config.json unless it had one before.
-  write_file_atomic(dir / "config.json", config_json(c, scheme).dump(2) + "\n", "synth-model");
+  write_file_atomic(dir / "config.json", config_to_json_text(c, scheme == NamingScheme::deepseek, 2) + "\n",
+                    "synth-model");
   std::printf("wrote %s: %zu layer(s), %s names, %s weights, %s\n", a.dir.c_str(), n,
               std::string(naming_scheme_name(scheme)).c_str(), a.dtype.c_str(),
               a.sharded ? "one shard per layer + index" : "one model.safetensors");
