@@ -18,7 +18,7 @@ struct Tensor {
   std::vector<float> data;
 
   Tensor() = default;
-  explicit Tensor(Shape s) : shape(std::move(s)), data(static_cast<size_t>(dsv4::numel(shape)), 0.0f) {}
+  explicit Tensor(Shape s);               // zeros (a large one on transparent huge pages where the system offers them)
   Tensor(Shape s, std::vector<float> d);  // checks that sizes agree
 
   int64_t numel() const { return static_cast<int64_t>(data.size()); }

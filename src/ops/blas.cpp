@@ -138,6 +138,54 @@ void gemm_tn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const
   tiled(true, false, m, n, k, a, lda, b, ldb, c, ldc, beta, kTileTn, kTileTn);
 }
 
+void gemm_nn_blocks(const std::vector<RowBlock>& blocks, int64_t n, int64_t k, const float* a, int64_t lda,
+                    const float* b, int64_t ldb, float* c, int64_t ldc) {
+  bool all_trivial = true;
+  for (const RowBlock& r : blocks) all_trivial = trivial(r.rows, n, k, c + r.row0 * ldc, ldc, 0.0f) && all_trivial;
+  if (all_trivial) return;
+  const std::vector<std::pair<int64_t, int64_t>> rt = row_tiles(blocks);
+  const int64_t tm = static_cast<int64_t>(rt.size()), tn = (n + kTileN - 1) / kTileN;
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t t = 0; t < tm * tn; ++t) {  // tiled()'s tiles of each block
+    const int64_t i0 = rt[t / tn].first, mi = rt[t / tn].second, j0 = (t % tn) * kTileN;
+    const int64_t nj = std::min(kTileN, n - j0);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(mi), static_cast<blasint>(nj),
+                static_cast<blasint>(k), 1.0f, a + i0 * lda, static_cast<blasint>(lda), b + j0,
+                static_cast<blasint>(ldb), 0.0f, c + i0 * ldc + j0, static_cast<blasint>(ldc));
+  }
+}
+
+void gemm_tn_sums(const std::vector<TnSum>& sums) {
+  struct Item {
+    size_t sum;
+    int64_t i0, j0, mi, nj;
+    double work;
+  };
+  std::vector<Item> items;  // gemm_tn's tiles of every sum
+  for (size_t s = 0; s < sums.size(); ++s) {
+    double k = 0;
+    for (const TnTerm& t : sums[s].terms) k += static_cast<double>(t.k);
+    for (int64_t i0 = 0; i0 < sums[s].m; i0 += kTileTn)
+      for (int64_t j0 = 0; j0 < sums[s].n; j0 += kTileTn) {
+        const int64_t mi = std::min(kTileTn, sums[s].m - i0), nj = std::min(kTileTn, sums[s].n - j0);
+        items.push_back({s, i0, j0, mi, nj, k * static_cast<double>(mi * nj)});
+      }
+  }
+  // Biggest first, for the dynamic schedule's balance; items write disjoint tiles.
+  std::stable_sort(items.begin(), items.end(), [](const Item& x, const Item& y) { return x.work > y.work; });
+#pragma omp parallel for schedule(dynamic)
+  for (size_t it = 0; it < items.size(); ++it) {
+    const Item& m = items[it];
+    const TnSum& s = sums[m.sum];
+    for (const TnTerm& t : s.terms) {
+      if (t.k == 0) continue;  // gemm_tn with beta = 1 and k = 0 leaves c as it is
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<blasint>(m.mi), static_cast<blasint>(m.nj),
+                  static_cast<blasint>(t.k), 1.0f, t.a + m.i0, static_cast<blasint>(t.lda), t.b + m.j0,
+                  static_cast<blasint>(t.ldb), 1.0f, s.c + m.i0 * s.ldc + m.j0, static_cast<blasint>(s.ldc));
+    }
+  }
+}
+
 void widen_rows(const WeightRows& b, int64_t n, int64_t k, float* out) {
   vec::with_rows(b, [&](auto row) {
 #pragma omp parallel for schedule(static)

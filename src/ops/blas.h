@@ -52,10 +52,32 @@ void gemm_nt_rows_w_range(int64_t m, int64_t j0, int64_t j1, int64_t k, const fl
 // C[M,N] = A[M,K] · B[K,N]
 void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
              int64_t ldc, float beta = 0.0f);
+// gemm_nn of several row blocks of A and C in one parallel region, each block
+// cut into the tiles gemm_nn of it alone uses: each keeps its own bits.
+void gemm_nn_blocks(const std::vector<RowBlock>& blocks, int64_t n, int64_t k, const float* a, int64_t lda,
+                    const float* b, int64_t ldb, float* c, int64_t ldc);
 // C[M,N] = A[K,M]^T · B[K,N] (+ beta·C): weight gradients, a sum over the K tokens
 // in BLAS's order within one fixed tile, so independent of the thread count.
 void gemm_tn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
              int64_t ldc, float beta = 0.0f);
+// Sums of products: c += Σ_j a_jᵀ b_j for each sum, the terms j added in order,
+// each exactly gemm_tn(m, n, k_j, a_j, lda_j, b_j, ldb_j, c, ldc, 1) — the same
+// tiles — while the tiles of all the sums share one parallel region (weight
+// gradients of several weights over several sequences).
+struct TnTerm {
+  int64_t k = 0;
+  const float* a = nullptr;
+  int64_t lda = 0;
+  const float* b = nullptr;
+  int64_t ldb = 0;
+};
+struct TnSum {
+  int64_t m = 0, n = 0;
+  float* c = nullptr;
+  int64_t ldc = 0;
+  std::vector<TnTerm> terms;
+};
+void gemm_tn_sums(const std::vector<TnSum>& sums);
 // The n rows of b widened to fp32 [n, k] (the values the kernels multiply by).
 void widen_rows(const WeightRows& b, int64_t n, int64_t k, float* out);
 

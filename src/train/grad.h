@@ -15,6 +15,7 @@
 // the thread count.
 #pragma once
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "dsv4/train.h"
@@ -32,20 +33,32 @@ struct DenseWeights {
 DenseWeights dense_weights(const PackedLayer& p);
 
 // One sequence: its input, dy, what is recomputed from x and the gradients
-// passed between the stages (buffers kept per calling thread between calls).
+// passed between the stages: views of its rows of the group's buffers.
 struct SeqGrads {
   int64_t len = 0;
   const float* x = nullptr;   // [S, d]
   const float* dy = nullptr;  // [S, d]
   const SeqTape* tape = nullptr;
-  std::vector<float> raw;             // [S, n_raw]  x-side projections before the norms: c_q | kv | C | Z
-  std::vector<float> cq;              // [S, r_q]    c_q after its norm
-  std::vector<float> inv_cq, inv_kv;  // [S]    the norms' 1/rms
-  std::vector<float> draw;            // [S, n_raw]  gradients of raw
-  std::vector<float> dcq;             // [S, r_q]    of c_q (normed)
-  std::vector<float> dkv;             // [S, D]      of the window rows (kv after norm and RoPE)
-  std::vector<float> dent;            // [T, D]      of the compressed entries
-  std::vector<float> dsink;           // [S, H]      each query's share of the sinks' gradient
+  std::span<float> raw;             // [S, n_raw]  x-side projections before the norms: c_q | kv | C | Z
+  std::span<float> cq;              // [S, r_q]    c_q after its norm
+  std::span<float> inv_cq, inv_kv;  // [S]    the norms' 1/rms
+  std::span<float> draw;            // [S, n_raw]  gradients of raw
+  std::span<float> dcq;             // [S, r_q]    of c_q (normed)
+  std::span<float> dkv;             // [S, D]      of the window rows (kv after norm and RoPE)
+  std::span<float> dent;            // [T, D]      of the compressed entries
+  std::span<float> dsink;           // [S, H]      each query's share of the sinks' gradient
+};
+
+// A group of consecutive sequences (packed documents), their rows side by side:
+// the buffers the SeqGrads view (kept per calling thread between calls), and
+// the sequences' row blocks for the GEMMs that read or write every token.
+struct GroupGrads {
+  std::vector<SeqGrads> seqs;
+  std::vector<RowGroup> blocks;  // sequence i: rows [row0, row0 + len) of the group
+  int64_t rows = 0;
+  const float* x = nullptr;   // [rows, d]
+  const float* dy = nullptr;  // [rows, d]
+  std::vector<float> raw, cq, inv_cq, inv_kv, draw, dcq, dkv, dent, dsink;
 };
 
 // One chunk of queries [t0, t1) (n = t1 - t0 rows).
@@ -58,9 +71,10 @@ struct QueryGrads {
   std::vector<float> dq;        // [n, H·D]    of q (roped)
 };
 
-// Stage 1 recomputed: the x-side projections of every token, c_q, the norms'
-// 1/rms; the gradient buffers zeroed.
-void project_recompute(const PackedLayer& p, int64_t n_raw, SeqGrads& s);
+// Stage 1 recomputed for a group: the x-side projections of every token (one
+// GEMM over the sequences' own tiles), c_q, the norms' 1/rms; the gradient
+// buffers zeroed; each SeqGrads pointed at its rows.
+void project_recompute(const PackedLayer& p, int64_t n_raw, GroupGrads& gg);
 // ... and q of queries [t0, t1) from c_q (up-projection, per-head norm, RoPE); sizes q.dq.
 void project_q(const PackedLayer& p, const SeqGrads& s, int64_t t0, int64_t t1, QueryGrads& q);
 
@@ -69,9 +83,6 @@ void project_q(const PackedLayer& p, const SeqGrads& s, int64_t t0, int64_t t1, 
 // transpose of the de-rotation.
 void output_backward(const PackedLayer& p, const DenseWeights& w, const SeqGrads& s, int64_t t0, int64_t t1,
                      QueryGrads& q, LayerWeights& g);
-// o_b's gradient, dW_ob += dyᵀ grouped: one GEMM over all the sequence's tokens.
-void output_weight_backward(const PackedLayer& p, const SeqGrads& s, LayerWeights& g);
-
 // Stage 4 for queries [t0, t1). q and d_o ([t1-t0, H·D]) are the roped
 // queries and the gradient of the attention output before de-rotation; delta
 // [t1-t0, H] = Σ_j P_j dP_j per head, which is dO · o (computed from the saved
@@ -102,9 +113,15 @@ void compressor_backward(const PackedLayer& p, int64_t n_raw, SeqGrads& s, Layer
 // back, then dc_q = dq W_qb and dW_qb += dqᵀ c_q.
 void project_q_backward(const PackedLayer& p, const DenseWeights& w, int64_t t0, int64_t t1, QueryGrads& q, SeqGrads& s,
                         LayerWeights& g);
-// Stage 1 backward, x side: kv's RoPE and norm and c_q's norm back (with their
-// weights' gradients), then dx = d(raw) · W_raw and each x-side weight's gradient.
-void project_backward(const PackedLayer& p, const DenseWeights& w, SeqGrads& s, float* dx, LayerWeights& g);
+// Stage 1 backward, x side, per sequence: kv's RoPE and norm and c_q's norm
+// back (with their weights' gradients) into draw.
+void project_norms_backward(const PackedLayer& p, int64_t n_raw, SeqGrads& s, LayerWeights& g);
+// ... then for the whole group: dx = d(raw) · W_raw (one GEMM over the
+// sequences' own tiles), and the token-local weights' gradients (each x-side
+// weight's and o_b's: dW += dYᵀ X) in one parallel region, each weight's terms
+// added sequence after sequence — the bits of the sequences' backwards in order.
+void token_gemms_backward(const PackedLayer& p, const DenseWeights& w, const GroupGrads& gg, float* dx,
+                          LayerWeights& g);
 
 // dw[i] += Σ_r dy[r, i] · x[r, i] · inv[r] over rows in order (an RMSNorm weight's gradient).
 void norm_weight_grad(int64_t rows, int64_t n, const float* dy, int64_t ldy, const float* x, int64_t ldx,

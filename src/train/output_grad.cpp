@@ -32,9 +32,4 @@ void output_backward(const PackedLayer& p, const DenseWeights& w, const SeqGrads
   for (int64_t r = 0; r < n; ++r) RopeAngles(p.inv_freq, t0 + r).rotate(&q.d_o[r * ho], h_n, hd);
 }
 
-void output_weight_backward(const PackedLayer& p, const SeqGrads& s, LayerWeights& g) {
-  const int64_t d = p.c.hidden_size, gd = p.c.o_groups * p.c.o_lora_rank;
-  gemm_tn(d, gd, s.len, s.dy, d, s.tape->grouped.data(), gd, g.o_b_proj.ptr(), gd, 1.0f);
-}
-
 }  // namespace dsv4

@@ -18,24 +18,39 @@ DenseWeights dense_weights(const PackedLayer& p) {
   return d;
 }
 
-void project_recompute(const PackedLayer& p, int64_t n_raw, SeqGrads& s) {
+void project_recompute(const PackedLayer& p, int64_t n_raw, GroupGrads& gg) {
   const Config& c = p.c;
-  const int64_t n = n_raw, rq = c.q_lora_rank, len = s.len;
-  s.raw.resize(static_cast<size_t>(len * n));
-  linear(RowGroup{0, len, false}, n, s.x, c.hidden_size, p.w_in, 0, s.raw.data(), n);
-  s.cq.resize(static_cast<size_t>(len * rq));
-  s.inv_cq.resize(len), s.inv_kv.resize(len);
+  const int64_t n = n_raw, rq = c.q_lora_rank, hd = c.head_dim, h_n = c.num_attention_heads, rows = gg.rows;
+  int64_t ent_rows = 0;
+  for (const SeqGrads& s : gg.seqs) ent_rows += s.tape->entries.rows();
+  gg.raw.resize(static_cast<size_t>(rows * n));
+  linear(gg.blocks, n, gg.x, c.hidden_size, p.w_in, 0, gg.raw.data(), n);
+  gg.cq.resize(static_cast<size_t>(rows * rq));
+  gg.inv_cq.resize(rows), gg.inv_kv.resize(rows);
 #pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < len; ++t) {
-    const float* r = &s.raw[t * n];
-    s.inv_cq[t] = norm_cq(p, r, &s.cq[t * rq]);
-    s.inv_kv[t] = rms_inv(r + p.off_kv, c.head_dim, c.rms_norm_eps);
+  for (int64_t t = 0; t < rows; ++t) {
+    const float* r = &gg.raw[t * n];
+    gg.inv_cq[t] = norm_cq(p, r, &gg.cq[t * rq]);
+    gg.inv_kv[t] = rms_inv(r + p.off_kv, hd, c.rms_norm_eps);
   }
-  s.draw.assign(static_cast<size_t>(len * n), 0.0f);
-  s.dcq.assign(static_cast<size_t>(len * rq), 0.0f);
-  s.dkv.assign(s.tape->kv.size(), 0.0f);
-  s.dent.assign(static_cast<size_t>(s.tape->entries.rows() * c.head_dim), 0.0f);
-  s.dsink.assign(static_cast<size_t>(len * c.num_attention_heads), 0.0f);
+  gg.draw.assign(static_cast<size_t>(rows * n), 0.0f);
+  gg.dcq.assign(static_cast<size_t>(rows * rq), 0.0f);
+  gg.dkv.assign(static_cast<size_t>(rows * hd), 0.0f);  // the tape's kv: [S, D] per sequence
+  gg.dent.assign(static_cast<size_t>(ent_rows * hd), 0.0f);
+  gg.dsink.assign(static_cast<size_t>(rows * h_n), 0.0f);
+  const auto view = [](std::vector<float>& v, int64_t at, int64_t len) {
+    return std::span<float>(v.data() + at, static_cast<size_t>(len));
+  };
+  int64_t e0 = 0;
+  for (size_t i = 0; i < gg.seqs.size(); ++i) {
+    SeqGrads& s = gg.seqs[i];
+    const int64_t r0 = gg.blocks[i].row0, len = s.len, ne = s.tape->entries.rows();
+    s.raw = view(gg.raw, r0 * n, len * n), s.draw = view(gg.draw, r0 * n, len * n);
+    s.cq = view(gg.cq, r0 * rq, len * rq), s.dcq = view(gg.dcq, r0 * rq, len * rq);
+    s.inv_cq = view(gg.inv_cq, r0, len), s.inv_kv = view(gg.inv_kv, r0, len);
+    s.dkv = view(gg.dkv, r0 * hd, len * hd), s.dsink = view(gg.dsink, r0 * h_n, len * h_n);
+    s.dent = view(gg.dent, e0 * hd, ne * hd), e0 += ne;
+  }
 }
 
 void project_q(const PackedLayer& p, const SeqGrads& s, int64_t t0, int64_t t1, QueryGrads& q) {
@@ -93,18 +108,32 @@ void cq_backward(const PackedLayer& p, int64_t n_raw, SeqGrads& s, LayerWeights&
 
 }  // namespace
 
-void project_backward(const PackedLayer& p, const DenseWeights& w, SeqGrads& s, float* dx, LayerWeights& g) {
+void project_norms_backward(const PackedLayer& p, int64_t n_raw, SeqGrads& s, LayerWeights& g) {
+  kv_backward(p, n_raw, s, g);
+  cq_backward(p, n_raw, s, g);
+}
+
+void token_gemms_backward(const PackedLayer& p, const DenseWeights& w, const GroupGrads& gg, float* dx,
+                          LayerWeights& g) {
   const Config& c = p.c;
-  const int64_t d = c.hidden_size, n = w.n_raw;
-  kv_backward(p, n, s, g);
-  cq_backward(p, n, s, g);
-  gemm_nn(s.len, d, n, s.draw.data(), n, w.raw, d, dx, d);
-  // Each x-side weight but the indexer's (no gradient reaches it): its rows of draw.
+  const int64_t d = c.hidden_size, n = w.n_raw, gd = c.o_groups * c.o_lora_rank;
+  std::vector<RowBlock> blocks;
+  for (const RowGroup& b : gg.blocks) blocks.push_back({b.row0, b.rows});
+  gemm_nn_blocks(blocks, d, n, gg.draw.data(), n, w.raw, d, dx, d);
+  // Each x-side weight but the indexer's (no gradient reaches it): its rows of
+  // draw against x; and o_b's: dy against the saved grouped projection.
+  std::vector<TnSum> sums;
   for (const WeightSpec& spec : weight_specs(c, p.type)) {
     if (spec.role != WeightRole::x_projection || spec.part == WeightPart::indexer) continue;
     Tensor& gw = weight(g, spec.id);
-    gemm_tn(gw.dim(0), d, s.len, &s.draw[p.row_of[size_t(spec.id)]], n, s.x, d, gw.ptr(), d, 1.0f);
+    TnSum& sum = sums.emplace_back(TnSum{gw.dim(0), d, gw.ptr(), d, {}});
+    for (const RowGroup& b : gg.blocks)
+      sum.terms.push_back({b.rows, &gg.draw[b.row0 * n + p.row_of[size_t(spec.id)]], n, gg.x + b.row0 * d, d});
   }
+  TnSum& ob = sums.emplace_back(TnSum{d, gd, g.o_b_proj.ptr(), gd, {}});
+  for (size_t i = 0; i < gg.seqs.size(); ++i)
+    ob.terms.push_back({gg.seqs[i].len, gg.dy + gg.blocks[i].row0 * d, d, gg.seqs[i].tape->grouped.data(), gd});
+  gemm_tn_sums(sums);
 }
 
 }  // namespace dsv4

@@ -323,6 +323,8 @@ void add_bench(CLI::App& app, int& rc) {
   cmd->add_option("--docs", o->pack.docs, "--packed: documents")->capture_default_str();
   cmd->add_option("--doc-min", o->pack.doc_min, "--packed: shortest document")->capture_default_str();
   cmd->add_option("--doc-max", o->pack.doc_max, "--packed: longest document")->capture_default_str();
+  cmd->add_option("--only", o->pack.only, "--packed: run only this mode (profiling; no comparison)")
+      ->check(CLI::IsMember({"packed", "separate"}));
   cmd->add_option("--narrow", o->pack.narrow,
                   "--packed: divide the preset's widths (d, H, D, r_q, d_g, H_I, D_I) by N; window, rates, top-k kept")
       ->capture_default_str()

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <utility>
 
 #include "bench_model.h"
 #include "commands.h"
@@ -66,24 +67,34 @@ bool same_weights(const Layer& l, const LayerGradients& a, const LayerGradients&
 
 // One measured step: packed (one call) or the documents one by one. Outputs
 // into y, dx into dx, the weights' gradients into g (zeroed by the caller).
-double step(const Layer& l, const Tensor& x, const Tensor& dy, const std::vector<int64_t>& cu, bool packed,
-            bool backward, Tensor& y, Tensor& dx, LayerGradients& g, Tape& tape) {
+// Returns the seconds of the forward (forward_train) and of the backward.
+std::pair<double, double> step(const Layer& l, const Tensor& x, const Tensor& dy, const std::vector<int64_t>& cu,
+                               bool packed, bool backward, Tensor& y, Tensor& dx, LayerGradients& g, Tape& tape) {
   const int64_t d = l.config().hidden_size;
-  const double t0 = omp_get_wtime();
+  double fwd = 0, bwd = 0;
+  const auto timed = [](double& acc, auto&& f) {
+    const double t0 = omp_get_wtime();
+    f();
+    acc += omp_get_wtime() - t0;
+  };
   if (packed) {
-    y = backward ? l.forward_train(x, cu, tape) : l.forward(x, cu);
-    if (backward) l.backward(tape, dy, g), std::swap(dx, g.dx);
+    timed(fwd, [&] { y = backward ? l.forward_train(x, cu, tape) : l.forward(x, cu); });
+    if (backward) timed(bwd, [&] { l.backward(tape, dy, g), std::swap(dx, g.dx); });
   } else {
     for (size_t i = 0; i + 1 < cu.size(); ++i) {
       const TensorView xi(x.ptr() + cu[i] * d, {cu[i + 1] - cu[i], d});
-      const Tensor yi = backward ? l.forward_train(xi, tape) : l.forward(xi);
-      std::memcpy(y.ptr() + cu[i] * d, yi.ptr(), yi.data.size() * sizeof(float));
+      timed(fwd, [&] {
+        const Tensor yi = backward ? l.forward_train(xi, tape) : l.forward(xi);
+        std::memcpy(y.ptr() + cu[i] * d, yi.ptr(), yi.data.size() * sizeof(float));
+      });
       if (!backward) continue;
-      l.backward(tape, TensorView(dy.ptr() + cu[i] * d, {cu[i + 1] - cu[i], d}), g);
-      std::memcpy(dx.ptr() + cu[i] * d, g.dx.ptr(), g.dx.data.size() * sizeof(float));
+      timed(bwd, [&] {
+        l.backward(tape, TensorView(dy.ptr() + cu[i] * d, {cu[i + 1] - cu[i], d}), g);
+        std::memcpy(dx.ptr() + cu[i] * d, g.dx.ptr(), g.dx.data.size() * sizeof(float));
+      });
     }
   }
-  return omp_get_wtime() - t0;
+  return {fwd, bwd};
 }
 
 }  // namespace
@@ -102,20 +113,25 @@ int run_packed_bench(const PackedBenchOptions& o) {
   const Layer layer(c, type, std::move(weights), LayerOptions{parse_weight_format(o.weights), Numerics::reference});
   const Tensor x = random_uniform({t_all, d}, 1.0f, o.seed + 99), dy = random_uniform({t_all, d}, 1.0f, o.seed + 100);
 
-  std::vector<double> secs[2];  // [0] one by one, [1] packed
+  std::vector<double> secs[2], fwd[2], bwd[2];  // [0] one by one, [1] packed
   Tensor y[2] = {Tensor({t_all, d}), Tensor({t_all, d})}, dx[2] = {Tensor({t_all, d}), Tensor({t_all, d})};
   LayerGradients g[2];
-  Tape tape;
+  Tape tape[2];  // each mode keeps its own, as a training loop reuses its tape from step to step
   // A warm-up of each first (unmeasured: fresh pages and tapes cost ~4 ms per MB
   // on a VM), then alternating, so drift in the machine's load hits both alike.
+  // --only packed|separate runs one mode alone (profiling; no comparison).
   for (int r = -1; r < o.repeats; ++r)
     for (int packed : {0, 1}) {
+      if ((o.only == "packed" && !packed) || (o.only == "separate" && packed)) continue;
       g[packed] = layer.zero_gradients();
-      const double s = step(layer, x, dy, cu, packed, o.backward, y[packed], dx[packed], g[packed], tape);
+      const auto [f, b] = step(layer, x, dy, cu, packed, o.backward, y[packed], dx[packed], g[packed], tape[packed]);
       if (r < 0) continue;
-      secs[packed].push_back(s);
-      std::fprintf(stderr, "  run %d/%d %s: %.3f s\n", r + 1, o.repeats, packed ? "packed" : "one by one", s);
+      secs[packed].push_back(f + b), fwd[packed].push_back(f), bwd[packed].push_back(b);
+      std::fprintf(stderr, "  run %d/%d %s: %.3f s", r + 1, o.repeats, packed ? "packed" : "one by one", f + b);
+      if (o.backward) std::fprintf(stderr, " (forward_train %.3f + backward %.3f)", f, b);
+      std::fprintf(stderr, "\n");
     }
+  if (!o.only.empty()) return 0;
   bool identical = same(y[0], y[1]);
   if (o.backward) identical = identical && same(dx[0], dx[1]) && same_weights(layer, g[0], g[1]);
   const double s1 = median(secs[0]), sp = median(secs[1]);
@@ -131,6 +147,10 @@ int run_packed_bench(const PackedBenchOptions& o) {
       static_cast<long long>(len[len.size() / 2]), static_cast<long long>(t_all), omp_get_max_threads());
   std::fprintf(out, "  median packed %.3f s, one by one %.3f s: packed/one-by-one = %.3f; %.0f tokens/s packed\n", sp,
                s1, sp / s1, static_cast<double>(t_all) / sp);
+  if (o.backward)
+    std::fprintf(
+        out, "  medians forward_train: packed %.3f s, one by one %.3f s; backward: packed %.3f s, one by one %.3f s\n",
+        median(fwd[1]), median(fwd[0]), median(bwd[1]), median(bwd[0]));
   std::fprintf(out, "  bit-identical (outputs%s): %s; peak RSS %.2f GB\n", o.backward ? ", dx, weights' gradients" : "",
                identical ? "yes" : "NO", peak_rss_bytes() / 1e9);
   nlohmann::json j = {{"impl", "dsv4"},
@@ -146,6 +166,10 @@ int run_packed_bench(const PackedBenchOptions& o) {
                       {"packed_seconds", sp},
                       {"one_by_one_seconds", s1},
                       {"packed_over_one_by_one", sp / s1},
+                      {"packed_seconds_runs", secs[1]},
+                      {"one_by_one_seconds_runs", secs[0]},
+                      {"packed_backward_seconds", o.backward ? median(bwd[1]) : 0.0},
+                      {"one_by_one_backward_seconds", o.backward ? median(bwd[0]) : 0.0},
                       {"identical", identical},
                       {"peak_rss_bytes", peak_rss_bytes()}};
   if (o.json) std::printf("%s\n", j.dump().c_str());

@@ -12,6 +12,7 @@ struct PackedBenchOptions {
   int64_t narrow = 1;  // V4's widths divided by this (the window, rates and top-k kept)
   int repeats = 3;
   bool backward = false, json = false;
+  std::string only;  // "packed" or "separate": time that mode alone (profiling)
   uint64_t seed = 1;
 };
 
