@@ -1,8 +1,9 @@
 // The integer FP4 indexer kernel (ops/fp4_dot.h): every block sum, scaled by
 // the two block scales, equals the float64 dot product of the dequantised
-// query and key blocks exactly; the scores of the AVX2 kernel (D_I = 128) and
-// of the scalar kernel both equal the documented combination of those exact
-// block products bit for bit.
+// query and key blocks exactly; the scores of the AVX2 and AVX-512 VNNI
+// kernels (D_I = 128; the latter where the CPU has it) and of the scalar
+// kernel all equal the documented combination of those exact block products
+// bit for bit.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -79,8 +80,9 @@ TEST(Fp4Dot, BlockSumsEqualFloat64DotsOfDequantisedValues) {
 
 TEST(Fp4Dot, ScoresAreTheFixedCombinationOfExactBlocks) {
   std::mt19937 rng(7);
-  // 128: the AVX2 kernel where built with it (64 heads: pairs of heads per partial
-  // sum; 24: a single head left in each; 300 keys: a last tile of 12); 16: scalar only.
+  // 128: the SIMD kernels (64 heads: pairs of heads per partial sum; 24: a
+  // single head left in each; 300 keys: a last tile of 12 keys (16 or 32 a
+  // pass); 8 heads: one per partial sum); 16: scalar only.
   for (const auto& [dim, heads] : {std::pair<int64_t, int64_t>{16, 64}, {128, 64}, {128, 24}, {128, 8}}) {
     const int64_t n = 300, blocks = (dim + 31) / 32;
     std::vector<uint8_t> packed;
@@ -93,10 +95,16 @@ TEST(Fp4Dot, ScoresAreTheFixedCombinationOfExactBlocks) {
     fp4dot::Query enc;
     fp4dot::encode_query(q.data(), heads, dim, enc);
     const size_t rb = quant::index_row_bytes(dim);
-    std::vector<float> s(static_cast<size_t>(n)), scalar(static_cast<size_t>(n)), simd(static_cast<size_t>(n));
+    std::vector<float> s(n), scalar(n), simd(n), wide(n);
     fp4dot::scores(enc, a.data(), packed.data(), rb, n, s.data());
     fp4dot::scores_scalar(enc, a.data(), packed.data(), rb, n, scalar.data());
     const bool avx2 = fp4dot::scores_avx2(enc, a.data(), packed.data(), rb, n, simd.data());
+    // Where the CPU has AVX-512 VNNI (else that kernel is not run here).
+    const bool avx512 =
+        fp4dot::avx512_vnni() && fp4dot::scores_avx512(enc, a.data(), packed.data(), rb, n, wide.data());
+    if (fp4dot::avx512_vnni()) {
+      EXPECT_EQ(avx512, dim == 128);
+    }
 #ifdef __AVX2__
     EXPECT_EQ(avx2, dim == 128) << "the AVX2 kernel takes D_I = 128 with a multiple of 8 heads";
 #else
@@ -121,7 +129,10 @@ TEST(Fp4Dot, ScoresAreTheFixedCombinationOfExactBlocks) {
       ASSERT_EQ(scalar[w], expect) << "dim " << dim << " heads " << heads << " key " << w;
       ASSERT_EQ(s[w], expect) << "dim " << dim << " heads " << heads << " key " << w;
       if (avx2) {
-        ASSERT_EQ(simd[w], expect) << "dim " << dim << " heads " << heads << " key " << w;
+        ASSERT_EQ(simd[w], expect) << "AVX2, dim " << dim << " heads " << heads << " key " << w;
+      }
+      if (avx512) {
+        ASSERT_EQ(wide[w], expect) << "AVX-512, dim " << dim << " heads " << heads << " key " << w;
       }
     }
   }

@@ -1,5 +1,6 @@
 // Integer FP4 indexer scores (ops/fp4_dot.h): the query's integer form, the
-// scalar kernel, and the choice of kernel. The AVX2 kernel is fp4_dot_avx2.cpp.
+// scalar kernel, and the choice of kernel (the AVX2 and AVX-512 VNNI kernels
+// are fp4_dot_avx2.cpp and fp4_dot_avx512.cpp).
 #include "ops/fp4_dot.h"
 
 #include <algorithm>
@@ -80,7 +81,18 @@ void scores_scalar(const Query& q, const float* a, const uint8_t* keys, size_t r
   }
 }
 
+bool avx512_vnni() {
+#if defined(__x86_64__) && defined(__AVX2__)
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+  return yes;
+#else
+  return false;
+#endif
+}
+
 void scores(const Query& q, const float* a, const uint8_t* keys, size_t row_bytes, int64_t n, float* s) {
+  if (avx512_vnni() && scores_avx512(q, a, keys, row_bytes, n, s)) return;
   if (!scores_avx2(q, a, keys, row_bytes, n, s)) scores_scalar(q, a, keys, row_bytes, n, s);
 }
 

@@ -34,8 +34,9 @@ float key_scale(uint8_t byte);
 // For n keys (row stride row_bytes): s[w] = Σ_h a[h] · max(dot_h(w), 0),
 // dot_h(w) = Σ over pairs of blocks of (sum_b · (scale_qb · scale_kb)); head h
 // accumulates (fused multiply-add, in head order) into partial sum kLane[h % 8]
-// (fp4_dot.cpp), the eight combined pairwise. AVX2 where built and the shape
-// allows (D_I = 128, heads a multiple of 8), else the scalar kernel.
+// (fp4_dot.cpp), the eight combined pairwise. Where the shape allows (D_I =
+// 128, heads a multiple of 8): AVX-512 VNNI if the CPU has it, else AVX2 where
+// built with it; else the scalar kernel.
 void scores(const Query& q, const float* a, const uint8_t* keys, size_t row_bytes, int64_t n, float* s);
 
 // The scalar kernel alone (any shape; tests compare it with scores()).
@@ -44,6 +45,10 @@ void scores_scalar(const Query& q, const float* a, const uint8_t* keys, size_t r
 // The AVX2 kernel (fp4_dot_avx2.cpp): false, computing nothing, where not built
 // with AVX2 or the shape is not D_I = 128 with a multiple of 8 heads.
 bool scores_avx2(const Query& q, const float* a, const uint8_t* keys, size_t row_bytes, int64_t n, float* s);
+// The AVX-512 VNNI kernel (fp4_dot_avx512.cpp), the same conditions, and only
+// where avx512_vnni() (it runs those instructions; scores() asks first).
+bool avx512_vnni();
+bool scores_avx512(const Query& q, const float* a, const uint8_t* keys, size_t row_bytes, int64_t n, float* s);
 
 // Head h's partial sum (scores' fixed order); the eight are combined as
 // ((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7)).
