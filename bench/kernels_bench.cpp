@@ -100,7 +100,8 @@ void BM_Roofline_Dpbusd(benchmark::State& st) {
 }
 
 // The FP4 indexer kernel (deployment numerics) on one thread: 64 heads x 128
-// dims against range(0) packed keys (16,384: in L2; 262,144: a 1M-token layer, streamed).
+// dims against range(0) packed keys (16,384: in L2; 262,144: a 1M-token layer,
+// streamed); range(1): 0 the kernel scores() picks, 1 the AVX2 one.
 void BM_Fp4IndexerScores(benchmark::State& st) {
   const int64_t n = st.range(0), heads = 64, dim = 128;
   const size_t rb = quant::index_row_bytes(dim);
@@ -117,11 +118,16 @@ void BM_Fp4IndexerScores(benchmark::State& st) {
   for (int64_t h = 0; h < heads; ++h) quant::fp4_qdq(&q[h * dim], dim);
   fp4dot::Query enc;
   fp4dot::encode_query(q.data(), heads, dim, enc);
+  const bool avx2 = st.range(1) == 1;
   for (auto _ : st) {
-    fp4dot::scores(enc, a.data(), keys.data(), rb, n, s.data());
+    if (avx2) {
+      if (!fp4dot::scores_avx2(enc, a.data(), keys.data(), rb, n, s.data())) return st.SkipWithError("no AVX2");
+    } else {
+      fp4dot::scores(enc, a.data(), keys.data(), rb, n, s.data());
+    }
     benchmark::DoNotOptimize(s.data());
   }
-  st.SetLabel("one thread");
+  st.SetLabel(avx2 ? "AVX2, one thread" : fp4dot::avx512_vnni() ? "AVX-512 VNNI, one thread" : "one thread");
   st.counters["MAC/s"] = benchmark::Counter(double(n) * heads * dim * st.iterations(), benchmark::Counter::kIsRate);
 }
 
@@ -255,7 +261,7 @@ BENCHMARK(BM_Roofline_Sgemm2048)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Roofline_Copy256MiB)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Roofline_Maddubs)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Roofline_Dpbusd)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_Fp4IndexerScores)->Arg(16384)->Arg(262144)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Fp4IndexerScores)->ArgsProduct({{16384, 262144}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Gemm_XSideFused)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Gemm_QUp)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Gemm_OaGroup)->Unit(benchmark::kMillisecond)->UseRealTime();

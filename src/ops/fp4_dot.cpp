@@ -59,6 +59,7 @@ void encode_query(const float* x, int64_t heads, int64_t dim, Query& q) {
       for (int64_t i = 0; i < len; ++i) sum += q.codes[h * dim + b * kBlock + i] = kTwice[codes[i]];
       q.offset[h * q.blocks + b] = 12 * sum;
     }
+  avx2_layout(q);
 }
 
 void block_sums(const Query& q, int64_t h, const uint8_t* key, int32_t* sums) {

@@ -18,7 +18,11 @@ struct Query {
   int64_t heads = 0, dim = 0, blocks = 0;
   std::vector<int8_t> codes;    // [heads, dim] 2·E2M1 values in [-12, 12]
   std::vector<float> scale;     // [heads, blocks] the block's scale / 4
-  std::vector<int32_t> offset;  // [heads, blocks] 12·Σ codes (AVX2 reads the keys offset by +12)
+  std::vector<int32_t> offset;  // [heads, blocks] 12·Σ codes (SIMD kernels read the keys offset by +12)
+  // The AVX2 kernel's layout (D_I = 128, a multiple of 8 heads; fp4_dot_avx2.cpp):
+  std::vector<int8_t> lanes;         // per 64 values, both blocks' even values, then odd ones
+  std::vector<float> pair_scale;     // per pair of heads, 8 scales in the kernel's lane order
+  std::vector<int32_t> pair_offset;  // offset in the same order
 };
 
 // q [heads, dim]: FP4-rounded values (every block exactly E2M1 times a power
@@ -44,6 +48,8 @@ void scores_scalar(const Query& q, const float* a, const uint8_t* keys, size_t r
 
 // The AVX2 kernel (fp4_dot_avx2.cpp): false, computing nothing, where not built
 // with AVX2 or the shape is not D_I = 128 with a multiple of 8 heads.
+// avx2_layout fills Query::lanes/pair_* (encode_query calls it).
+void avx2_layout(Query& q);
 bool scores_avx2(const Query& q, const float* a, const uint8_t* keys, size_t row_bytes, int64_t n, float* s);
 // The AVX-512 VNNI kernel (fp4_dot_avx512.cpp), the same conditions, and only
 // where avx512_vnni() (it runs those instructions; scores() asks first).

@@ -1,19 +1,60 @@
 // The AVX-512 VNNI FP4 indexer kernel (ops/fp4_dot.h), D_I = 128: this file
 // alone is compiled with -mavx512{f,bw,vl,vnni} and runs only where the CPU
-// reports them (fp4_dot.cpp asks). Thirty-two keys per pass, two 16-key
-// tiles (ops/fp4_tile.h) side by side in each 512-bit vector; one vpdpbusd per
-// group of four values multiplies the keys' unsigned 2k+12 by the query's
-// broadcast signed 2q and adds the four products to a 32-bit sum that starts
-// at −12·Σ2q: a block's exact integer sum for 16 keys in 8 instructions
-// (AVX2 needs vpmaddubsw + vpaddw, then vpmaddwd). Scales, blocks and heads
-// combine with the scalar kernel's operations in its order.
+// reports them (fp4_dot.cpp asks). Thirty-two keys per pass: two tiles of 16
+// packed rows, each transposed once to one key per 32-bit lane (four values
+// each, as unsigned bytes 2k+12 in [0, 24] through a 16-entry byte shuffle of
+// the nibbles), side by side in each 512-bit vector, then reused by every
+// head. One vpdpbusd per group of four values multiplies the keys' 2k+12 by
+// the query's signed 2q (broadcast) and adds the four products to a 32-bit
+// sum that starts at −12·Σ2q: a block's exact integer sum for 16 keys in 8
+// instructions, no horizontal adds. Scales, blocks and heads combine with the
+// scalar kernel's operations in its order.
 #include "ops/fp4_dot.h"
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-#include "ops/fp4_tile.h"
+#include <immintrin.h>
+
+#include <cstring>
 
 namespace dsv4::fp4dot {
 namespace {
+
+constexpr int64_t kTile = 16, kDim = 128, kGroups = kDim / 4, kBlocks = 4;
+
+// v[g][j]: values 4g..4g+3 of keys {0-3, 8-11} (j = 0) or {4-7, 12-15} (j = 1), a key per 32-bit lane.
+struct KeyTile {
+  __m256i v[kGroups][2];
+  alignas(32) float scale[kBlocks][2][8];  // the keys' block scales in the same lanes
+};
+
+// Key w of the tile sits in half (w / 4) % 2, lane w % 4 + 4 (w / 8).
+void load_tile(const uint8_t* keys, size_t row_bytes, KeyTile& t) {
+  const __m256i lut = _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0,  //
+                                       12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  auto row = [&](int64_t w, int64_t b) { return reinterpret_cast<const __m128i*>(keys + w * row_bytes + 16 * b); };
+  for (int64_t b = 0; b < kBlocks; ++b) {
+    __m256i r[8], x[8];  // r[j]: block b of keys j | j + 8 (8 groups of 2 code bytes each)
+    for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu2_m128i(row(j + 8, b), row(j, b));
+    for (int j = 0; j < 8; j += 2)  // 8 x 8 transpose of 16-bit groups in each 128-bit lane
+      x[j / 2] = _mm256_unpacklo_epi16(r[j], r[j + 1]), x[4 + j / 2] = _mm256_unpackhi_epi16(r[j], r[j + 1]);
+    const __m256i y[8] = {_mm256_unpacklo_epi32(x[0], x[1]), _mm256_unpackhi_epi32(x[0], x[1]),
+                          _mm256_unpacklo_epi32(x[4], x[5]), _mm256_unpackhi_epi32(x[4], x[5]),
+                          _mm256_unpacklo_epi32(x[2], x[3]), _mm256_unpackhi_epi32(x[2], x[3]),
+                          _mm256_unpacklo_epi32(x[6], x[7]), _mm256_unpackhi_epi32(x[6], x[7])};
+    for (int g = 0; g < 8; ++g) {  // group g of the 8 keys of each lane, then nibbles -> bytes in value order
+      const __m256i c =
+          g % 2 ? _mm256_unpackhi_epi64(y[g / 2], y[4 + g / 2]) : _mm256_unpacklo_epi64(y[g / 2], y[4 + g / 2]);
+      const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(c, low));
+      const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(c, 4), low));
+      t.v[8 * b + g][0] = _mm256_unpacklo_epi8(lo, hi);
+      t.v[8 * b + g][1] = _mm256_unpackhi_epi8(lo, hi);
+    }
+  }
+  for (int64_t w = 0; w < kTile; ++w)
+    for (int64_t b = 0; b < kBlocks; ++b)
+      t.scale[b][(w / 4) % 2][w % 4 + 4 * (w / 8)] = key_scale(keys[w * row_bytes + kDim / 2 + b]);
+}
 
 // Two 16-key tiles: v[g][j] = [tile 0's v[g][j] | tile 1's], scale likewise.
 struct WideTile {
