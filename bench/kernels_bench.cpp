@@ -3,12 +3,17 @@
 // measured in the same binary. Run: build/bench/dsv4_kernels_bench
 #include <benchmark/benchmark.h>
 #include <omp.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 
 #include <cstring>
+#include <random>
 #include <vector>
 
 #include "dsv4/random.h"
 #include "ops/blas.h"
+#include "ops/fp4_dot.h"
 #include "ops/quant.h"
 #include "pipeline/pipeline.h"
 
@@ -41,6 +46,89 @@ void BM_Roofline_Copy256MiB(benchmark::State& st) {
     benchmark::DoNotOptimize(dst.data());
   }
   st.counters["bytes/s"] = benchmark::Counter(2.0 * bytes * st.iterations(), benchmark::Counter::kIsRate);
+}
+
+// The integer instruction peak of one core: independent vpmaddubsw (32 byte
+// multiply-adds each) and the vpaddw that accumulates each, as the FP4 indexer
+// kernel needs them; counters in multiply-adds/s.
+void BM_Roofline_Maddubs(benchmark::State& st) {
+#ifdef __AVX2__
+  __m256i acc[12], x = _mm256_set1_epi8(3), y = _mm256_set1_epi8(-2);
+  for (auto& a : acc) a = _mm256_setzero_si256();
+  constexpr int64_t kIter = 1 << 20;
+  for (auto _ : st) {
+    for (int64_t i = 0; i < kIter; ++i) {
+      for (auto& a : acc) a = _mm256_add_epi16(a, _mm256_maddubs_epi16(x, y));
+      __asm__ volatile("" : "+x"(x));  // keeps the products inside the loop
+    }
+  }
+  for (auto& a : acc) benchmark::DoNotOptimize(a);
+  st.counters["MAC/s"] = benchmark::Counter(32.0 * 12 * kIter * st.iterations(), benchmark::Counter::kIsRate);
+#else
+  st.SkipWithError("needs AVX2");
+#endif
+}
+
+// The same for AVX-512 VNNI's vpdpbusd (64 byte multiply-adds into 32-bit
+// sums each, no separate add), where the CPU has it: 16 independent sums.
+#ifdef __AVX2__
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void dpbusd_loop(int64_t iters, int32_t* out) {
+  __m512i acc[16], x = _mm512_set1_epi8(3), y = _mm512_set1_epi8(-2);
+  for (auto& a : acc) a = _mm512_set1_epi32(0);
+  for (int64_t i = 0; i < iters; ++i) {
+    for (auto& a : acc) a = _mm512_dpbusd_epi32(a, x, y);
+    __asm__ volatile("" : "+v"(x));  // keeps the products inside the loop
+  }
+  for (int j = 0; j < 16; ++j) {
+    alignas(64) int32_t lanes[16];
+    _mm512_store_si512(lanes, acc[j]);
+    out[j] = lanes[0];
+  }
+}
+#endif
+void BM_Roofline_Dpbusd(benchmark::State& st) {
+  if (!fp4dot::avx512_vnni()) return st.SkipWithError("no AVX-512 VNNI on this CPU");
+#ifdef __AVX2__
+  constexpr int64_t kIter = 1 << 20;
+  int32_t out[16];
+  for (auto _ : st) {
+    dpbusd_loop(kIter, out);
+    benchmark::DoNotOptimize(out);
+  }
+  st.counters["MAC/s"] = benchmark::Counter(64.0 * 16 * kIter * st.iterations(), benchmark::Counter::kIsRate);
+#endif
+}
+
+// The FP4 indexer kernel (deployment numerics) on one thread: 64 heads x 128
+// dims against range(0) packed keys (16,384: in L2; 262,144: a 1M-token layer,
+// streamed); range(1): 0 the kernel scores() picks, 1 the AVX2 one.
+void BM_Fp4IndexerScores(benchmark::State& st) {
+  const int64_t n = st.range(0), heads = 64, dim = 128;
+  const size_t rb = quant::index_row_bytes(dim);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> v(0.0f, 1.0f);
+  std::vector<float> row(dim), q(heads * dim), a(heads), s(n);
+  std::vector<uint8_t> keys(n * rb);
+  for (int64_t w = 0; w < n; ++w) {
+    for (float& e : row) e = v(rng);
+    quant::index_row_encode(row.data(), dim, &keys[w * rb]);
+  }
+  for (float& e : q) e = v(rng);
+  for (float& e : a) e = v(rng);
+  for (int64_t h = 0; h < heads; ++h) quant::fp4_qdq(&q[h * dim], dim);
+  fp4dot::Query enc;
+  fp4dot::encode_query(q.data(), heads, dim, enc);
+  const bool avx2 = st.range(1) == 1;
+  for (auto _ : st) {
+    if (avx2) {
+      if (!fp4dot::scores_avx2(enc, a.data(), keys.data(), rb, n, s.data())) return st.SkipWithError("no AVX2");
+    } else {
+      fp4dot::scores(enc, a.data(), keys.data(), rb, n, s.data());
+    }
+    benchmark::DoNotOptimize(s.data());
+  }
+  st.SetLabel(avx2 ? "AVX2, one thread" : fp4dot::avx512_vnni() ? "AVX-512 VNNI, one thread" : "one thread");
+  st.counters["MAC/s"] = benchmark::Counter(double(n) * heads * dim * st.iterations(), benchmark::Counter::kIsRate);
 }
 
 // The layer's GEMMs for S = 512 tokens (x-side fused CSA projection, c_q-side, grouped o_a block, o_b).
@@ -171,6 +259,9 @@ void BM_Deployment_DecodeStepRows(benchmark::State& st) {
 
 BENCHMARK(BM_Roofline_Sgemm2048)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Roofline_Copy256MiB)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Roofline_Maddubs)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Roofline_Dpbusd)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Fp4IndexerScores)->ArgsProduct({{16384, 262144}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Gemm_XSideFused)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Gemm_QUp)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Gemm_OaGroup)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -73,14 +73,21 @@ TEST(BitIdentity, LongPrefillWideProjections) {
 // (CSA: k = 520 of up to 1100) and compressed entries (HCA), then one
 // forward_batch of ragged chunks: a long prefill split into pieces, a 300-token
 // chunk, single tokens at > 512 entries, an empty chunk. Batched equals
-// separate calls and neither depends on the thread count.
+// separate calls and neither depends on the thread count. In deployment
+// numerics a decode step splits one query's keys over the threads (runs of
+// kSplitKeys, flash-decoding): the same, over 9 to 17 runs.
 TEST(BitIdentity, DecodeOverManyEntriesAndRaggedBatch) {
   std::mt19937 rng(32);
   const Config c = test::small_config(
       {.hidden_size = 32, .heads = 2, .o_groups = 1, .window = 520, .rate_csa = 1, .rate_hca = 2, .topk = 520});
-  for (LayerType t : kTypes) {
-    const std::string name(layer_type_name(t));
-    const Layer layer(c, t, test::random_weights(c, t, rng));
+  for (auto [t, numerics] : {std::pair{LayerType::sliding, Numerics::reference},
+                             {LayerType::csa, Numerics::reference},
+                             {LayerType::hca, Numerics::reference},
+                             {LayerType::sliding, Numerics::deployment},
+                             {LayerType::csa, Numerics::deployment},
+                             {LayerType::hca, Numerics::deployment}}) {
+    const std::string name = std::string(layer_type_name(t)) + (numerics == Numerics::deployment ? " deployment" : "");
+    const Layer layer(c, t, test::random_weights(c, t, rng), LayerOptions{WeightFormat::f32, numerics});
     LayerState long_st = layer.new_state(), mid_st = layer.new_state();  // 1100 and 600 tokens in
     layer.forward(test::random_tensor({1100, c.hidden_size}, rng, 2.0f), long_st);
     layer.forward(test::random_tensor({600, c.hidden_size}, rng, 2.0f), mid_st);

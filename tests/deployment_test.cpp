@@ -119,6 +119,32 @@ TEST(Deployment, FastEqualsReferenceOnManyShapes) {
   EXPECT_LT(redraws, cases);  // the margin excludes a minority of draws
 }
 
+// Decode steps whose keys span several flash-decoding runs (at the last token:
+// 140 window rows, + CSA's 140 selected entries, + HCA's 70 entries: 3 to 5
+// runs of kSplitKeys), token by token through a state, against the naive
+// reference (shorter runs hold fewer rounding near-ties to redraw).
+TEST(Deployment, DecodeOverManyKeyRunsEqualsReference) {
+  std::mt19937 rng(20261202);
+  const Config c = test::small_config({.window = 200, .rate_csa = 1, .rate_hca = 2, .topk = 150});
+  const int64_t seq = 140, d = c.hidden_size;
+  int redraws = 0;
+  for (LayerType t : {LayerType::sliding, LayerType::csa, LayerType::hca}) {
+    Drawn k{c, t, {}, {}, {}, {}};
+    ASSERT_TRUE(draw(rng, k, 1, seq, 0, redraws)) << "no unambiguous draw";
+    const Layer layer(c, t, k.w, LayerOptions{WeightFormat::f32, kDeploy});
+    LayerState st = layer.new_state();
+    for (int64_t i = 0; i < seq; ++i) {
+      const Tensor yi = layer.forward(
+          Tensor({1, d}, std::vector<float>(k.x.data.begin() + i * d, k.x.data.begin() + (i + 1) * d)), st);
+      ASSERT_TRUE(test::all_close(
+          yi.ptr(), Tensor({d}, std::vector<float>(k.ref.data.begin() + i * d, k.ref.data.begin() + (i + 1) * d)), 1e-5,
+          1e-5))
+          << layer_type_name(t) << " decoded token " << i;
+    }
+  }
+  std::printf("%d draws redrawn for a rounding or top-k near-tie\n", redraws);
+}
+
 // Prefill pieces (> kPrefillChunk tokens) and decode steps with several key
 // tiles (> 512 entries): the same as one unsplit forward (debug output
 // disables the split). Against the reference this long a run always holds some

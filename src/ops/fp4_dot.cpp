@@ -1,20 +1,14 @@
-// Integer FP4 indexer scores (ops/fp4_dot.h). AVX2: a key's 64 code bytes
-// become four vectors of unsigned 2k+12 in [0, 24] through a 16-entry byte
-// shuffle; vpmaddubsw multiplies them with the query's signed 2q (pairs sum to
-// at most 2·288, so no saturation), vpmaddwd sums to int32, and 12·Σ2q per
-// block is subtracted back. Every step is exact; only the blocks' combination
-// (fixed order) and the sum over heads round.
+// Integer FP4 indexer scores (ops/fp4_dot.h): the query's integer form, the
+// scalar kernel, and the choice of kernel (the AVX2 and AVX-512 VNNI kernels
+// are fp4_dot_avx2.cpp and fp4_dot_avx512.cpp).
 #include "ops/fp4_dot.h"
 
 #include <algorithm>
 #include <bit>
+#include <cmath>
 
 #include "dsv4/error.h"
 #include "ops/quant.h"
-
-#ifdef __AVX2__
-#include <immintrin.h>
-#endif
 
 namespace dsv4::fp4dot {
 namespace {
@@ -26,79 +20,20 @@ constexpr int8_t kTwice[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -
 
 // Blocks b and b+1 of a head combined, then the pairs left to right.
 float combine(const float* f, int64_t blocks) {
-  float dot = 0;
-  for (int64_t b = 0; b < blocks; b += 2) dot += b + 1 < blocks ? f[b] + f[b + 1] : f[b];
+  float dot = blocks > 1 ? f[0] + f[1] : f[0];
+  for (int64_t b = 2; b < blocks; b += 2) dot += b + 1 < blocks ? f[b] + f[b + 1] : f[b];
   return dot;
 }
 
-// The sum over heads: eight partial sums, head h into lane kLane[h % 8] (the
-// AVX2 kernel's order), each in head order, then combined pairwise.
-constexpr int kLane[8] = {0, 1, 4, 5, 2, 3, 6, 7};
-float reduce_lanes(const float* l) { return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7])); }
-
 float dot_scalar(const Query& q, int64_t h, const uint8_t* key) {
-  int32_t sums[64];
-  float f[64];
+  int32_t sums[64] = {};
+  float f[64] = {};
   block_sums(q, h, key, sums);
   const uint8_t* scales = key + (q.dim + 1) / 2;
   for (int64_t b = 0; b < q.blocks; ++b)
     f[b] = static_cast<float>(sums[b]) * (q.scale[h * q.blocks + b] * key_scale(scales[b]));
   return combine(f, q.blocks);
 }
-
-#ifdef __AVX2__
-// Dim 128 (V4), a multiple of 8 heads: the layout of Query::lanes/pair_*.
-void scores_avx2(const Query& q, const float* a, const uint8_t* keys, size_t row_bytes, int64_t n, float* s) {
-  const __m256i lut = _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0,  //
-                                       12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
-  const __m256i low = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
-  const auto* lanes = reinterpret_cast<const __m256i*>(q.lanes.data());
-  float a_lanes[1024];  // a in the order of the dots below: heads h + {0 1 4 5 2 3 6 7}
-  for (int64_t h = 0; h < q.heads; ++h) a_lanes[h / 8 * 8 + kLane[h % 8]] = a[h];
-  for (int64_t w = 0; w < n; ++w) {
-    const uint8_t* key = keys + static_cast<size_t>(w) * row_bytes;
-    const __m256i k0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(key));
-    const __m256i k1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(key + 32));
-    const __m256i e0 = _mm256_shuffle_epi8(lut, _mm256_and_si256(k0, low));
-    const __m256i o0 = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(k0, 4), low));
-    const __m256i e1 = _mm256_shuffle_epi8(lut, _mm256_and_si256(k1, low));
-    const __m256i o1 = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(k1, 4), low));
-    const float s0 = key_scale(key[64]), s1 = key_scale(key[65]), s2 = key_scale(key[66]), s3 = key_scale(key[67]);
-    const __m256 sk = _mm256_setr_ps(s0, s2, s0, s2, s1, s3, s1, s3);
-    auto head = [&](int64_t h) {          // lane 0: block 0 | block 2 partial sums; lane 1: block 1 | block 3
-      const __m256i* qh = lanes + h * 4;  // evens, odds of values 0..63, then of 64..127
-      const __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(e0, _mm256_loadu_si256(qh)),
-                                          _mm256_maddubs_epi16(o0, _mm256_loadu_si256(qh + 1)));
-      const __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(e1, _mm256_loadu_si256(qh + 2)),
-                                          _mm256_maddubs_epi16(o1, _mm256_loadu_si256(qh + 3)));
-      return _mm256_hadd_epi32(_mm256_madd_epi16(p0, ones), _mm256_madd_epi16(p1, ones));
-    };
-    __m256 acc = _mm256_setzero_ps();  // lane j: the heads h with kLane[h % 8] = j
-    for (int64_t h = 0; h < q.heads; h += 8) {
-      __m256 f[4];  // block products of head pairs: [b0 b2 b0' b2' | b1 b3 b1' b3'], ' = the pair's second head
-      for (int64_t k = 0; k < 4; ++k) {
-        const int64_t hp = h + 2 * k;
-        __m256i sums = _mm256_hadd_epi32(head(hp), head(hp + 1));
-        sums = _mm256_sub_epi32(sums, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&q.pair_offset[hp * 4])));
-        f[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(_mm256_loadu_ps(&q.pair_scale[hp * 4]), sk));
-      }
-      // (b0 + b1) and (b2 + b3) of heads h..h+3, then of h+4..h+7; hadd: (b0 + b1) + (b2 + b3) per head.
-      const __m256 s01 =
-          _mm256_add_ps(_mm256_permute2f128_ps(f[0], f[1], 0x20), _mm256_permute2f128_ps(f[0], f[1], 0x31));
-      const __m256 s23 =
-          _mm256_add_ps(_mm256_permute2f128_ps(f[2], f[3], 0x20), _mm256_permute2f128_ps(f[2], f[3], 0x31));
-      const __m256 dots = _mm256_hadd_ps(s01, s23);  // heads h + {0 1 4 5 | 2 3 6 7}
-      const __m256 ah = _mm256_loadu_ps(&a_lanes[h]);
-      acc = _mm256_add_ps(acc, _mm256_mul_ps(ah, _mm256_max_ps(dots, _mm256_setzero_ps())));
-    }
-    alignas(32) float lanes8[8];
-    _mm256_store_ps(lanes8, acc);
-    s[w] = reduce_lanes(lanes8);
-  }
-}
-
-bool avx2_layout(const Query& q) { return q.dim == 128 && q.heads % 8 == 0 && q.heads <= 1024; }
-#endif
 
 }  // namespace
 
@@ -111,6 +46,7 @@ void encode_query(const float* x, int64_t heads, int64_t dim, Query& q) {
   if (q.blocks > 64) fail("fp4 indexer: index_head_dim " + std::to_string(dim) + " over 2048");
   q.codes.resize(static_cast<size_t>(heads * dim));
   q.scale.resize(static_cast<size_t>(heads * q.blocks));
+  q.offset.resize(static_cast<size_t>(heads * q.blocks));
   uint8_t codes[kBlock];
   for (int64_t h = 0; h < heads; ++h)
     for (int64_t b = 0; b < q.blocks; ++b) {
@@ -119,30 +55,11 @@ void encode_query(const float* x, int64_t heads, int64_t dim, Query& q) {
       const int64_t len = std::min(kBlock, dim - b * kBlock);
       const uint8_t byte = quant::fp4_block_encode(v, len, codes);
       q.scale[h * q.blocks + b] = key_scale(byte) * 0.25f;
-      for (int64_t i = 0; i < len; ++i) q.codes[h * dim + b * kBlock + i] = kTwice[codes[i]];
-    }
-  if (dim != 128 || heads % 8 != 0) return;
-  q.lanes.resize(static_cast<size_t>(heads * dim));
-  q.pair_scale.resize(static_cast<size_t>(heads * 4));
-  q.pair_offset.resize(static_cast<size_t>(heads * 4));
-  for (int64_t h = 0; h < heads; ++h) {
-    const int8_t* c = &q.codes[h * dim];
-    int8_t* l = &q.lanes[h * dim];
-    for (int64_t g = 0; g < 2; ++g)  // 64 values: [evens of block 2g | of 2g+1], [odds of 2g | of 2g+1]
-      for (int64_t j = 0; j < 16; ++j) {
-        l[64 * g + j] = c[64 * g + 2 * j], l[64 * g + 16 + j] = c[64 * g + 32 + 2 * j];
-        l[64 * g + 32 + j] = c[64 * g + 2 * j + 1], l[64 * g + 48 + j] = c[64 * g + 32 + 2 * j + 1];
-      }
-    // Lane order of a head pair (h even): [b0 b2 b0' b2' | b1 b3 b1' b3'], ' = head h+1.
-    const int64_t pair = h / 2 * 8, second = h % 2 * 2;
-    for (int64_t b = 0; b < 4; ++b) {
-      const int64_t slot = pair + (b % 2) * 4 + second + b / 2;
       int32_t sum = 0;
-      for (int64_t i = 0; i < kBlock; ++i) sum += c[b * kBlock + i];
-      q.pair_scale[slot] = q.scale[h * 4 + b];
-      q.pair_offset[slot] = 12 * sum;
+      for (int64_t i = 0; i < len; ++i) sum += q.codes[h * dim + b * kBlock + i] = kTwice[codes[i]];
+      q.offset[h * q.blocks + b] = 12 * sum;
     }
-  }
+  avx2_layout(q);
 }
 
 void block_sums(const Query& q, int64_t h, const uint8_t* key, int32_t* sums) {
@@ -155,19 +72,29 @@ void block_sums(const Query& q, int64_t h, const uint8_t* key, int32_t* sums) {
   }
 }
 
-void scores(const Query& q, const float* a, const uint8_t* keys, size_t row_bytes, int64_t n, float* s) {
-#ifdef __AVX2__
-  if (avx2_layout(q)) return scores_avx2(q, a, keys, row_bytes, n, s);
-#endif
+void scores_scalar(const Query& q, const float* a, const uint8_t* keys, size_t row_bytes, int64_t n, float* s) {
   for (int64_t w = 0; w < n; ++w) {
     const uint8_t* key = keys + static_cast<size_t>(w) * row_bytes;
-    float lanes[8] = {};
-    for (int64_t h = 0; h < q.heads; ++h) {
-      const float r = a[h] * std::max(dot_scalar(q, h, key), 0.0f);
-      lanes[kLane[h % 8]] += r;
-    }
-    s[w] = reduce_lanes(lanes);
+    float p[8] = {};
+    for (int64_t h = 0; h < q.heads; ++h)
+      p[kLane[h % 8]] = std::fma(a[h], std::max(dot_scalar(q, h, key), 0.0f), p[kLane[h % 8]]);
+    s[w] = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
   }
+}
+
+bool avx512_vnni() {
+#if defined(__x86_64__) && defined(__AVX2__)
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+  return yes;
+#else
+  return false;
+#endif
+}
+
+void scores(const Query& q, const float* a, const uint8_t* keys, size_t row_bytes, int64_t n, float* s) {
+  if (avx512_vnni() && scores_avx512(q, a, keys, row_bytes, n, s)) return;
+  if (!scores_avx2(q, a, keys, row_bytes, n, s)) scores_scalar(q, a, keys, row_bytes, n, s);
 }
 
 }  // namespace dsv4::fp4dot

@@ -191,6 +191,17 @@ struct MassOut {
 void attend(const PackedLayer& p, const float* q, const KeySet& keys, int64_t h_begin, int64_t h_end, float* o,
             const MassOut* map = nullptr);
 
+// Flash-decoding (attend_split.cpp; deployment numerics, short chunks): the
+// keys (window first) in runs of kSplitKeys. attend_part: run `split`'s max
+// logit m[H], Σ e^(l - m) l[H] and unnormalised output o[H, D], all heads;
+// attend_merge: heads [h_begin, h_end) of o [H, D] from the runs' parts
+// ([splits, H, D], [splits, H] each), in run order, with the sink.
+constexpr int64_t kSplitKeys = 64;
+int64_t attend_splits(const KeySet& keys);
+void attend_part(const PackedLayer& p, const float* q, const KeySet& keys, int64_t split, float* o, float* m, float* l);
+void attend_merge(const PackedLayer& p, int64_t splits, const float* parts, const float* m, const float* l,
+                  int64_t h_begin, int64_t h_end, float* o);
+
 // De-rotate o [rows, H*D] at its positions, then out = o_b(o_a_grouped(o)).
 // `grouped` is scratch of rows·g·d_g floats.
 void output_project(const PackedLayer& p, float* o, int64_t rows, const int64_t* pos,

@@ -41,6 +41,8 @@ struct Workspace {
   Scratch<int64_t> pos;
   Scratch<int32_t> job_of;
   Scratch<int64_t> unit_row, unit_h0, unit_h1;  // attention work items
+  Scratch<int64_t> part_at;                     // flash-decoding: each row's first run
+  Scratch<float> parts;                         // the runs' outputs, maxima and sums
   Projected pr;
   std::vector<Scratch<float>> kwin, picked;  // per job
   std::vector<Scratch<int32_t>> topk, picked_ids;
@@ -116,36 +118,76 @@ void index(const PackedLayer& p, const Projected& pr, const int64_t* pos, Job& j
              &t.index_scores, &t.topk);
 }
 
+// The keys row r attends to.
+KeySet key_set(const PackedLayer& p, const Job& j, const Rows& rows, int64_t r) {
+  const int64_t hd = p.c.head_dim, t = rows.pos[r], at = j.n_cached + (r - j.row0);  // row of t in kwin
+  const int64_t lo = std::max<int64_t>(0, at - p.c.sliding_window + 1);
+  KeySet ks;
+  ks.window = &(*j.kwin)[lo * hd];
+  ks.n_window = at - lo + 1;
+  entry_keys(p, j, r, t, ks);
+  return ks;
+}
+
 // Attention per (query, head block). All heads of a query share its keys, so
 // a block is two GEMMs. Short chunks (decode) split the heads so every thread
-// works; the split depends on the chunk alone, never on the thread count or
-// the other chunks of the call.
+// works — in deployment numerics instead the keys (attend_part, runs of
+// kSplitKeys), then merge per head block. The split depends on the chunk
+// alone, never on the thread count or the other chunks of the call.
 void attend_rows(const PackedLayer& p, const std::vector<Job>& jobs, const Rows& rows, const Projected& pr,
                  Workspace& ws, float* o) {
   const int64_t hd = p.c.head_dim, h_n = p.c.num_attention_heads;
   const int64_t short_block = (h_n + kDecodeHeadSplit - 1) / kDecodeHeadSplit;
-  int64_t* unit_row = ws.unit_row.get(static_cast<size_t>(rows.n * kDecodeHeadSplit));
-  int64_t* unit_h0 = ws.unit_h0.get(static_cast<size_t>(rows.n * kDecodeHeadSplit));
-  int64_t* unit_h1 = ws.unit_h1.get(static_cast<size_t>(rows.n * kDecodeHeadSplit));
-  int64_t n_units = 0;
+  auto by_keys = [&](const Job& j) { return p.deployed() && j.len <= kShortChunk && !j.map; };
+  int64_t* part_at = ws.part_at.get(static_cast<size_t>(rows.n));  // first run of row r in the parts; -1: none
+  int64_t n_units = 0, n_parts = 0;
   for (int64_t r = 0; r < rows.n; ++r) {
-    const int64_t block = jobs[rows.job_of[r]].len <= kShortChunk ? short_block : h_n;
-    for (int64_t h = 0; h < h_n; h += block, ++n_units)
-      unit_row[n_units] = r, unit_h0[n_units] = h, unit_h1[n_units] = std::min(h_n, h + block);
+    const Job& j = jobs[rows.job_of[r]];
+    part_at[r] = by_keys(j) ? n_parts : -1;
+    if (by_keys(j)) n_parts += attend_splits(key_set(p, j, rows, r));
+    n_units += by_keys(j) ? 0 : j.len <= kShortChunk ? kDecodeHeadSplit : 1;
   }
+  n_units += n_parts;
+  int64_t* unit_row = ws.unit_row.get(static_cast<size_t>(n_units));
+  int64_t* unit_h0 = ws.unit_h0.get(static_cast<size_t>(n_units));  // or the run (attend_part)
+  int64_t* unit_h1 = ws.unit_h1.get(static_cast<size_t>(n_units));  // -1: a run
+  float* parts = ws.parts.get(static_cast<size_t>(n_parts * h_n * (hd + 2)));
+  float *part_m = parts + n_parts * h_n * hd, *part_l = part_m + n_parts * h_n;
+  int64_t u = 0;
+  for (int64_t r = 0; r < rows.n; ++r) {
+    const Job& j = jobs[rows.job_of[r]];
+    if (part_at[r] >= 0) {
+      const int64_t splits = attend_splits(key_set(p, j, rows, r));
+      for (int64_t s = 0; s < splits; ++s, ++u) unit_row[u] = r, unit_h0[u] = s, unit_h1[u] = -1;
+      continue;
+    }
+    const int64_t block = j.len <= kShortChunk ? short_block : h_n;
+    for (int64_t h = 0; h < h_n; h += block, ++u)
+      unit_row[u] = r, unit_h0[u] = h, unit_h1[u] = std::min(h_n, h + block);
+  }
+  n_units = u;
 #pragma omp parallel for schedule(dynamic)
   for (int64_t u = 0; u < n_units; ++u) {
     const int64_t r = unit_row[u];
     const Job& j = jobs[rows.job_of[r]];
-    const int64_t t = rows.pos[r], at = j.n_cached + (r - j.row0);  // row of t in kwin
-    const int64_t lo = std::max<int64_t>(0, at - p.c.sliding_window + 1);
-    KeySet ks;
-    ks.window = &(*j.kwin)[lo * hd];
-    ks.n_window = at - lo + 1;
-    entry_keys(p, j, r, t, ks);
-    const MassOut mo = j.map ? map_out(j, r, t, ks.n_window) : MassOut{};
+    const KeySet ks = key_set(p, j, rows, r);
+    if (unit_h1[u] < 0) {
+      const int64_t at = part_at[r] + unit_h0[u];
+      attend_part(p, &pr.up[r * p.n_up], ks, unit_h0[u], &parts[at * h_n * hd], &part_m[at * h_n], &part_l[at * h_n]);
+      continue;
+    }
+    const MassOut mo = j.map ? map_out(j, r, rows.pos[r], ks.n_window) : MassOut{};
     attend(p, &pr.up[r * p.n_up], ks, unit_h0[u], unit_h1[u], &o[r * h_n * hd], j.map ? &mo : nullptr);
   }
+  if (n_parts == 0) return;
+#pragma omp parallel for schedule(static) collapse(2)
+  for (int64_t r = 0; r < rows.n; ++r)
+    for (int64_t h = 0; h < h_n; h += short_block) {
+      if (part_at[r] < 0) continue;
+      const int64_t at = part_at[r], splits = attend_splits(key_set(p, jobs[rows.job_of[r]], rows, r));
+      attend_merge(p, splits, &parts[at * h_n * hd], &part_m[at * h_n], &part_l[at * h_n], h,
+                   std::min(h_n, h + short_block), &o[r * h_n * hd]);
+    }
 }
 
 // One call: every job's chunk through the stages, in pipeline order.
