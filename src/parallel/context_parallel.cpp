@@ -277,6 +277,8 @@ Tensor context_parallel_forward(const Layer& layer, TensorView x, int64_t seq, M
     if (x.shape != Shape{n, d})
       fail("context_parallel_forward: rank " + std::to_string(rank) + " holds " + std::to_string(n) +
            " tokens, x must be [" + std::to_string(n) + ", " + std::to_string(d) + "], got " + shape_str(x.shape));
+    if (o.gather_state && (o.root < 0 || o.root >= ranks))
+      fail("context_parallel_forward: root " + std::to_string(o.root) + " is not a rank of " + std::to_string(ranks));
     if (o.gather_state && rank == o.root && !state)
       fail("context_parallel_forward: gather_state needs a state on root");
     for (Local& l : mine)  // step 1
@@ -284,11 +286,14 @@ Tensor context_parallel_forward(const Layer& layer, TensorView x, int64_t seq, M
   } catch (const std::exception& e) {
     refused = e.what();
   }
-  int any = refused.empty() ? 0 : 1;
-  MPI_Allreduce(MPI_IN_PLACE, &any, 1, MPI_INT, MPI_MAX, comm);
+  int64_t agree[3] = {refused.empty() ? 0 : 1, seq, -seq};  // any refused; max seq; -min seq
+  MPI_Allreduce(MPI_IN_PLACE, agree, 3, MPI_INT64_T, MPI_MAX, comm);
   if (!refused.empty()) fail(refused);
-  if (any)
+  if (agree[0])
     fail("context_parallel_forward: another rank refused its input (rank " + std::to_string(rank) + "'s is fine)");
+  if (agree[1] != -agree[2])
+    fail("context_parallel_forward: the ranks disagree on seq (from " + std::to_string(-agree[2]) + " to " +
+         std::to_string(agree[1]) + ")");
   st.prepare_s += MPI_Wtime() - t0;
   exchange_halo(layer, all, mine, comm, rank, ranks, st);
   const double t1 = MPI_Wtime();
