@@ -1,6 +1,6 @@
 # `cmake --install build [--prefix P]`: the library, its public headers, the dsv4
 # tool, the CMake package (find_package(dsv4) -> dsv4::dsv4) and dsv4.pc for
-# pkg-config, all relocatable. The Python package is the separate, opt-in
+# pkg-config (with MPI: dsv4-mpi.pc too), all relocatable. The Python package is the separate, opt-in
 # component `python` (python/CMakeLists.txt) or `pip install .` (setup.py).
 include(CMakePackageConfigHelpers)
 set(DSV4_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/dsv4)
@@ -32,3 +32,15 @@ file(RELATIVE_PATH DSV4_PC_UP /${CMAKE_INSTALL_LIBDIR}/pkgconfig /)
 string(REGEX REPLACE "/$" "" DSV4_PC_UP "${DSV4_PC_UP}")
 configure_file(cmake/dsv4.pc.in ${PROJECT_BINARY_DIR}/dsv4.pc @ONLY)
 install(FILES ${PROJECT_BINARY_DIR}/dsv4.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
+if(DSV4_MPI)  # dsv4-mpi.pc: dsv4_mpi with the flags of the MPI CMake found
+  list(TRANSFORM MPI_CXX_INCLUDE_DIRS PREPEND -I OUTPUT_VARIABLE _dsv4_mpi_inc)
+  list(TRANSFORM MPI_CXX_COMPILE_DEFINITIONS PREPEND -D OUTPUT_VARIABLE _dsv4_mpi_def)
+  list(JOIN _dsv4_mpi_inc " " _dsv4_mpi_inc)
+  list(JOIN _dsv4_mpi_def " " _dsv4_mpi_def)
+  string(REPLACE ";" " " DSV4_PC_MPI_CFLAGS "${MPI_CXX_COMPILE_OPTIONS} ${_dsv4_mpi_def} ${_dsv4_mpi_inc}")
+  string(REPLACE ";" " " DSV4_PC_MPI_LIBS "${MPI_CXX_LINK_FLAGS} ${MPI_CXX_LIBRARIES}")
+  string(STRIP "${DSV4_PC_MPI_CFLAGS}" DSV4_PC_MPI_CFLAGS)
+  string(STRIP "${DSV4_PC_MPI_LIBS}" DSV4_PC_MPI_LIBS)
+  configure_file(cmake/dsv4-mpi.pc.in ${PROJECT_BINARY_DIR}/dsv4-mpi.pc @ONLY)
+  install(FILES ${PROJECT_BINARY_DIR}/dsv4-mpi.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
+endif()

@@ -3,9 +3,11 @@
 # scripts/build.sh; it needs the Release build in ./build):
 #   1. `cmake --install build` into a prefix; tests/consumer built against it with
 #      find_package(dsv4) and with pkg-config, and run on a conformance file;
-#      with MPI (DSV4_MPI in the build): find_package(dsv4 COMPONENTS mpi), mpi_consumer on 2 ranks;
+#      with MPI (DSV4_MPI in the build): mpi_consumer with find_package(dsv4 COMPONENTS mpi) and
+#      with pkg-config dsv4-mpi, on 2 ranks;
 #   2. tests/consumer configured with add_subdirectory: the library is its only dsv4 target;
 #   3. `pip install --no-build-isolation .` into a venv; import dsv4 and run a layer from /;
+#      with MPI: examples/context_parallel.py on 2 ranks with that package;
 #   4. `python3 -m build --wheel --no-isolation`; the wheel into a fresh venv; the same.
 # Offline: Debian's python3 with --system-site-packages for NumPy, pip --no-index.
 set -euo pipefail
@@ -36,6 +38,13 @@ pc_dir=$(dirname "$(find "$work/prefix" -name dsv4.pc)")
 # shellcheck disable=SC2046  # pkg-config prints several words
 c++ -std=c++20 -O2 tests/consumer/consumer.cpp -o "$work/pc_consumer" $(PKG_CONFIG_PATH=$pc_dir pkg-config --cflags --libs dsv4)
 (cd "$work" && ./pc_consumer "$case_file")
+if grep -q '^DSV4_MPI:BOOL=ON' build/CMakeCache.txt; then
+  step "tests/consumer/mpi_consumer with pkg-config dsv4-mpi, 2 ranks"
+  # shellcheck disable=SC2046
+  c++ -std=c++20 -O2 tests/consumer/mpi_consumer.cpp -o "$work/pc_mpi_consumer" \
+    $(PKG_CONFIG_PATH=$pc_dir pkg-config --cflags --libs dsv4-mpi)
+  (cd "$work" && OMP_NUM_THREADS=1 mpirun --oversubscribe --allow-run-as-root -np 2 ./pc_mpi_consumer "$case_file")
+fi
 
 step "tests/consumer with add_subdirectory (configure): only the library"
 cmake -S tests/consumer -B "$work/sub" -DDSV4_SOURCE_DIR="$root" >/dev/null
@@ -47,6 +56,10 @@ step "pip install --no-build-isolation . (a venv)"
 /usr/bin/python3 -m venv --system-site-packages "$work/venv"
 "$work/venv/bin/pip" install --no-build-isolation --no-index -q .
 (cd / && "$work/venv/bin/python" "$root/tests/consumer/run_layer.py" "$case_file")
+if grep -q '^DSV4_MPI:BOOL=ON' build/CMakeCache.txt; then  # pip's CMake build finds MPI too
+  step "the pip-installed package with MPI: examples/context_parallel.py on 2 ranks"
+  OMP_NUM_THREADS=1 mpirun --oversubscribe --allow-run-as-root -np 2 "$work/venv/bin/python" examples/context_parallel.py
+fi
 
 step "python3 -m build --wheel --no-isolation; the wheel in a fresh venv"
 /usr/bin/python3 -m build --wheel --no-isolation --outdir "$work/dist" >"$work/wheel.log" 2>&1 || { cat "$work/wheel.log"; exit 1; }

@@ -196,6 +196,48 @@ TEST(ContextParallel, BlockStateChecksItsRows) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("token_rows: x must be"), std::string::npos) << e.what();
   }
+  LayerState st = layer.new_state();
+  try {
+    layer.forward_projected(Tensor({2, layer.token_row_width()}), st);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("forward_projected: rows must be [n, " +
+                                         std::to_string(layer.projected_width()) + "]"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+// Options every rank gets wrong alike, and ranks that disagree on seq: every rank throws, none hangs.
+TEST(ContextParallel, RootAndSeqAreCheckedOnEveryRank) {
+  const Config c = test::small_config();
+  std::mt19937 rng(5);
+  const Layer layer(c, LayerType::hca, test::random_weights(c, LayerType::hca, rng));
+  const int rank = rank_of(MPI_COMM_WORLD), ranks = size_of(MPI_COMM_WORLD);
+  auto mine = [&](int64_t seq) {
+    int64_t n = 0;
+    for (const TokenBlock& b : rank_blocks(seq, ranks, rank, ContextLayout::zigzag)) n += b.end - b.begin;
+    return test::random_tensor({n, c.hidden_size}, rng);
+  };
+  LayerState st = layer.new_state();
+  const auto expect_error = [](auto&& call, const std::string& want) {
+    try {
+      call();
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
+  };
+  const Tensor x = mine(30);
+  expect_error(
+      [&] {
+        context_parallel_forward(layer, x, 30, MPI_COMM_WORLD, {ContextLayout::zigzag, true, ranks}, &st);
+      },
+      "root " + std::to_string(ranks) + " is not a rank of " + std::to_string(ranks));
+  const int64_t seq = rank == ranks - 1 ? 31 : 30;
+  const Tensor y = mine(seq);
+  expect_error([&] { context_parallel_forward(layer, y, seq, MPI_COMM_WORLD); },
+               "the ranks disagree on seq (from 30 to 31)");
 }
 
 }  // namespace

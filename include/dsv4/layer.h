@@ -117,6 +117,12 @@ class Layer {
   int64_t token_row_width() const;
   Tensor token_rows(TensorView x, int64_t begin) const;
   LayerState block_state(TensorView rows, int64_t first, int64_t begin, int64_t end, BlockEntries& owned) const;
+  // The whole x-side projection of the block (its rows end with the token rows:
+  // [n, projected_width()], the last token_row_width() columns), and the block's
+  // forward from it: forward(x, state) bit for bit, without projecting x again.
+  int64_t projected_width() const;
+  Tensor project_rows(TensorView x, int64_t begin) const;
+  Tensor forward_projected(TensorView projected, LayerState& state) const;
 
   // Packed documents (docs/packing.md): x [T, d] (or [1, T, d]) holds documents
   // back to back; cu_seqlens = {0, c_1, ..., T} their boundaries (document i is

@@ -10,6 +10,7 @@ torch tensors in, the same kind out, the GIL released while computing.
     y1 = layer(x[:100], state=state); y2 = layer(x[100:101], state=state)
     dx, dweights = layer.backward(x, dy)          # gradients of sum(layer(x) * dy)
     y = layer(x_packed, cu_seqlens=[0, 100, 350])  # packed documents [T, d], each as if alone
+    y = dsv4.context_parallel_forward(layer, x_mine, S, MPI.COMM_WORLD)  # under mpirun: this rank's blocks
 
 Every failure is a dsv4.Error (a ValueError) naming the tensor, key, shape or file.
 See docs/python.md.
@@ -18,11 +19,13 @@ from ._core import (Config, Error, RopeScaling, __version__, build_info, get_num
                     set_num_threads)
 from ._layer import Gradients, Layer, State, Tape, cu_seqlens_from_segment_ids
 from ._arrays import load_safetensors, save_safetensors
+from ._parallel import context_parallel_forward, rank_blocks
 
 LAYER_TYPES = ("sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention")
 
 __all__ = ["Config", "Error", "Gradients", "Layer", "RopeScaling", "State", "Tape", "LAYER_TYPES", "build_info",
-           "cu_seqlens_from_segment_ids", "get_num_threads", "load_safetensors", "safetensors_metadata", "save_safetensors", "set_num_threads"]
+           "context_parallel_forward", "cu_seqlens_from_segment_ids", "get_num_threads", "load_safetensors",
+           "rank_blocks", "safetensors_metadata", "save_safetensors", "set_num_threads"]
 
 
 def __getattr__(name):

@@ -13,15 +13,10 @@
 #include "dsv4/model.h"
 #include "dsv4/weights.h"
 #include "gradients.h"
+#include "state.h"
 
 namespace dsv4::py_bind {
 namespace {
-
-// A decode state with the config it belongs to (save() writes its fingerprint).
-struct State {
-  LayerState state;
-  Config config;
-};
 
 WeightFormat parse_format(const std::string& s) { return parse_weight_format(s); }
 

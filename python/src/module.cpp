@@ -11,7 +11,13 @@
 namespace dsv4::py_bind {
 namespace {
 
-std::atomic<int> g_threads{0};  // 0: OpenMP's default (OMP_NUM_THREADS or all cores)
+std::atomic<int> g_threads{0};
+
+#ifdef DSV4_MPI
+constexpr bool kMpi = true;
+#else
+constexpr bool kMpi = false;
+#endif  // 0: OpenMP's default (OMP_NUM_THREADS or all cores)
 
 }  // namespace
 
@@ -31,9 +37,9 @@ PYBIND11_MODULE(_core, m) {
       "build_info",
       [] {
         return py::dict(py::arg("version") = dsv4::version(), py::arg("isa") = dsv4::build_isa(),
-                        py::arg("blas") = dsv4::blas_info());
+                        py::arg("blas") = dsv4::blas_info(), py::arg("mpi") = kMpi);
       },
-      "How the core was built: version, instruction set of the kernels, BLAS.");
+      "How the core was built: version, instruction set of the kernels, BLAS, MPI (context parallelism).");
   m.def(
       "set_num_threads",
       [](int n) {
@@ -47,4 +53,7 @@ PYBIND11_MODULE(_core, m) {
   bind_config(m);
   bind_layer(m);
   bind_io(m);
+#ifdef DSV4_MPI
+  bind_mpi(m);
+#endif
 }

@@ -35,6 +35,27 @@ def test_torch_submodule_is_lazy():
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
+def test_mpi_is_optional(monkeypatch):
+    """import dsv4 does not import mpi4py (context_parallel_forward does, on first use); a build
+    without MPI says so when context parallelism is asked for."""
+    code = ("import sys, dsv4\n"
+            "assert 'mpi4py' not in sys.modules, 'import dsv4 imported mpi4py'\n"
+            "print(dsv4.build_info()['mpi'])\n")
+    r = subprocess.run([sys.executable, "-c", code], env=PYENV, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() in ("True", "False"), r.stderr
+
+    class NoMpi:
+        @staticmethod
+        def build_info():
+            return dict(dsv4.build_info(), mpi=False)
+
+    import dsv4._parallel
+    monkeypatch.setattr(dsv4._parallel, "_core", NoMpi)
+    for call in (lambda: dsv4.rank_blocks(10, 2, 0), lambda: dsv4.context_parallel_forward(None, None, 0, None)):
+        with pytest.raises(ImportError, match="dsv4 was built without MPI"):
+            call()
+
+
 @pytest.mark.parametrize("scheme", ["hf", "original"])
 def test_attention_from_model_and_checkpoint_names(tmp_path, scheme):
     """from_model(dir, i) and a constructor given the checkpoint's own tensors (full names, FP8 with

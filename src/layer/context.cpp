@@ -51,23 +51,46 @@ int64_t Layer::context_first(int64_t begin) const {
 
 // Token rows are the x-side projection's columns after c_q: kv | C, Z | C_I, Z_I | indexer head weights.
 int64_t Layer::token_row_width() const { return packed_->n_in - packed_->off_kv; }
+int64_t Layer::projected_width() const { return packed_->n_in; }
 
-Tensor Layer::token_rows(TensorView x, int64_t begin) const {
+Tensor Layer::project_rows(TensorView x, int64_t begin) const {
   const PackedLayer& p = *packed_;
-  const int64_t d = config_.hidden_size, n = x.shape.size() == 2 ? x.dim(0) : -1, w = token_row_width();
+  const int64_t d = config_.hidden_size, n = x.shape.size() == 2 ? x.dim(0) : -1;
   if (n < 0 || x.dim(1) != d || begin < 0)
     fail("token_rows: x must be [n, " + std::to_string(d) + "] at a position >= 0, got " + shape_str(x.shape) + " at " +
          std::to_string(begin));
   check_finite(x.data, x.numel(), "token_rows: input hidden_states");
-  Tensor out({n, w});
+  Tensor out({n, p.n_in});
   Projected pr;
   std::vector<int64_t> pos(static_cast<size_t>(std::min(n, kPrefillChunk)));
   for (int64_t s0 = 0; s0 < n; s0 += kPrefillChunk) {  // the pieces of run_jobs
     const int64_t len = std::min(kPrefillChunk, n - s0);
     std::iota(pos.begin(), pos.begin() + len, begin + s0);
     project(p, x.data + s0 * d, len, pos.data(), {RowGroup{0, len, len <= kShortChunk}}, pr, false);
-    for (int64_t i = 0; i < len; ++i) std::copy_n(&pr.in[i * p.n_in + p.off_kv], w, &out.data[(s0 + i) * w]);
+    std::copy_n(pr.in.data(), len * p.n_in, &out.data[s0 * p.n_in]);
   }
+  return out;
+}
+
+Tensor Layer::token_rows(TensorView x, int64_t begin) const {
+  const Tensor all = project_rows(x, begin);
+  const int64_t n = all.dim(0), w = token_row_width(), skip = packed_->off_kv;
+  Tensor out({n, w});
+  for (int64_t i = 0; i < n; ++i) std::copy_n(&all.data[i * packed_->n_in + skip], w, &out.data[i * w]);
+  return out;
+}
+
+Tensor Layer::forward_projected(TensorView projected, LayerState& state) const {
+  const int64_t n = projected.shape.size() == 2 ? projected.dim(0) : -1;
+  if (n < 0 || projected.dim(1) != packed_->n_in)
+    fail("forward_projected: rows must be [n, " + std::to_string(packed_->n_in) + "], got " +
+         shape_str(projected.shape));
+  if (!state.fits(config_, type_, numerics())) fail("forward_projected: the state was made for another layer");
+  Tensor out({n, config_.hidden_size});
+  if (n == 0) return out;
+  std::vector<Job> jobs{Job(nullptr, n, &state, out.ptr())};
+  jobs[0].projected = projected.data;
+  run_jobs(*packed_, jobs, nullptr);
   return out;
 }
 

@@ -1,14 +1,16 @@
 // Context parallelism on MPI (docs/distributed.md). Per call:
 //
-//   1. rows     Layer::token_rows: each block's token rows (kv, compressor C/Z),
-//               projected as its forward will project them (the same bits)
+//   1. rows     Layer::project_rows: each block's x-side rows, projected as its
+//               forward would (the same bits); they end with its token rows (kv,
+//               compressor C/Z)
 //   2. halo     MPI_Alltoallv: each block gets the token rows [context_first(begin),
 //               begin) from the blocks that hold them (more than one when blocks are
 //               short); then Layer::block_state: the block's state at `begin` (less
 //               the entries before it) and the entries its own windows complete
 //   3. entries  MPI_Allgatherv per block slot: every block's entries (CSA: and
 //               indexer keys), as stored, in id order
-//   4. forward  each block through its state: Layer::forward(x, state)
+//   4. forward  each block through its state from its rows of step 1:
+//               Layer::forward_projected (= Layer::forward(x, state), bit for bit)
 //   5. state    (optional) the state after the last block, sent to root
 #include "dsv4/context_parallel.h"
 
@@ -69,7 +71,7 @@ struct Local {
   size_t global = 0;        // index in the global list
   int64_t row0 = 0;         // its first row in the rank's x
   int64_t first = 0;        // context_first(begin)
-  Tensor own;               // its token rows [end - begin, width]
+  Tensor own;               // its x-side rows [end - begin, projected_width()], token rows last
   std::vector<float> rows;  // token rows [end - first, width]: halo, then own
   LayerState state;
   BlockEntries owned;
@@ -79,7 +81,7 @@ struct Local {
 // other blocks (Alltoallv), then its own.
 void exchange_halo(const Layer& layer, const std::vector<TokenBlock>& all, std::vector<Local>& mine, MPI_Comm comm,
                    int rank, int ranks, ContextStats& st) {
-  const int64_t d = layer.token_row_width();
+  const int64_t d = layer.token_row_width(), ld = layer.projected_width(), skip = ld - d;
   const std::vector<Piece> pieces = halo_pieces(layer, all);
   auto local_of = [&](size_t global) -> Local* {
     for (Local& l : mine)
@@ -88,7 +90,7 @@ void exchange_halo(const Layer& layer, const std::vector<TokenBlock>& all, std::
   };
   auto row_of = [&](int64_t pos) -> const float* {  // a position this rank holds
     for (const Local& l : mine)
-      if (pos >= l.block.begin && pos < l.block.end) return l.own.ptr() + (pos - l.block.begin) * d;
+      if (pos >= l.block.begin && pos < l.block.end) return l.own.ptr() + (pos - l.block.begin) * ld + skip;
     fail("context parallel: position " + std::to_string(pos) + " is not on rank " + std::to_string(rank));
   };
   std::vector<int> scount(ranks, 0), rcount(ranks, 0), sdisp(ranks, 0), rdisp(ranks, 0);
@@ -111,7 +113,8 @@ void exchange_halo(const Layer& layer, const std::vector<TokenBlock>& all, std::
   for (Local& l : mine) {
     l.first = layer.context_first(l.block.begin);
     l.rows.assign(static_cast<size_t>((l.block.end - l.first) * d), 0.0f);
-    std::copy(l.own.data.begin(), l.own.data.end(), l.rows.begin() + (l.block.begin - l.first) * d);
+    for (int64_t pos = l.block.begin; pos < l.block.end; ++pos)
+      std::copy_n(row_of(pos), d, l.rows.begin() + (pos - l.first) * d);
   }
   const RowType row(static_cast<size_t>(d) * sizeof(float));
   const double t0 = MPI_Wtime();
@@ -277,25 +280,30 @@ Tensor context_parallel_forward(const Layer& layer, TensorView x, int64_t seq, M
     if (x.shape != Shape{n, d})
       fail("context_parallel_forward: rank " + std::to_string(rank) + " holds " + std::to_string(n) +
            " tokens, x must be [" + std::to_string(n) + ", " + std::to_string(d) + "], got " + shape_str(x.shape));
+    if (o.gather_state && (o.root < 0 || o.root >= ranks))
+      fail("context_parallel_forward: root " + std::to_string(o.root) + " is not a rank of " + std::to_string(ranks));
     if (o.gather_state && rank == o.root && !state)
       fail("context_parallel_forward: gather_state needs a state on root");
     for (Local& l : mine)  // step 1
-      l.own = layer.token_rows(TensorView(x.data + l.row0 * d, {l.block.end - l.block.begin, d}), l.block.begin);
+      l.own = layer.project_rows(TensorView(x.data + l.row0 * d, {l.block.end - l.block.begin, d}), l.block.begin);
   } catch (const std::exception& e) {
     refused = e.what();
   }
-  int any = refused.empty() ? 0 : 1;
-  MPI_Allreduce(MPI_IN_PLACE, &any, 1, MPI_INT, MPI_MAX, comm);
+  int64_t agree[3] = {refused.empty() ? 0 : 1, seq, -seq};  // any refused; max seq; -min seq
+  MPI_Allreduce(MPI_IN_PLACE, agree, 3, MPI_INT64_T, MPI_MAX, comm);
   if (!refused.empty()) fail(refused);
-  if (any)
+  if (agree[0])
     fail("context_parallel_forward: another rank refused its input (rank " + std::to_string(rank) + "'s is fine)");
+  if (agree[1] != -agree[2])
+    fail("context_parallel_forward: the ranks disagree on seq (from " + std::to_string(-agree[2]) + " to " +
+         std::to_string(agree[1]) + ")");
   st.prepare_s += MPI_Wtime() - t0;
   exchange_halo(layer, all, mine, comm, rank, ranks, st);
   const double t1 = MPI_Wtime();
   for (Local& l : mine) {
     const TensorView rows(l.rows.data(), {l.block.end - l.first, layer.token_row_width()});
     l.state = layer.block_state(rows, l.first, l.block.begin, l.block.end, l.owned);
-    l.rows = {}, l.own = {};
+    l.rows = {};
   }
   st.prepare_s += MPI_Wtime() - t1;
   const int64_t rate = layer.config().compress_rate(layer.type());
@@ -317,7 +325,8 @@ Tensor context_parallel_forward(const Layer& layer, TensorView x, int64_t seq, M
   for (Local& l : mine) {
     const int64_t len = l.block.end - l.block.begin;
     if (len == 0) continue;
-    const Tensor y = layer.forward(TensorView(x.data + l.row0 * d, {len, d}), l.state);
+    const Tensor y = layer.forward_projected(l.own, l.state);
+    l.own = {};
     std::copy(y.data.begin(), y.data.end(), out.data.begin() + l.row0 * d);
     if (l.block.end == seq) last = &l.state;
   }

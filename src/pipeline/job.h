@@ -23,7 +23,10 @@ struct Job {
   Job(const float* x_, int64_t len_, LayerState* st_, float* out_, Intermediates* dbg_ = nullptr)
       : x(x_), len(len_), st(st_), out(out_), dbg(dbg_) {}
   // The chunk: len tokens x [len, d] at positions st->position() onwards; out [len, d].
+  // Or, instead of x, its x-side rows [len, n_in] as project gives them
+  // (Layer::forward_projected; every job of the call then has them).
   const float* x = nullptr;
+  const float* projected = nullptr;
   int64_t len = 0;
   LayerState* st = nullptr;
   float* out = nullptr;

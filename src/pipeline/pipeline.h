@@ -122,6 +122,10 @@ struct Projected {
 // queries = false: only the x-side rows (out.up untouched), what a state needs.
 void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* pos,
              const std::vector<RowGroup>& groups, Projected& out, bool queries = true);
+// Its second half: out.up from the x-side rows out.in [rows, n_in] (given
+// ready by Layer::forward_projected, which skips the first).
+void project_queries(const PackedLayer& p, int64_t rows, const int64_t* pos, const std::vector<RowGroup>& groups,
+                     Projected& out);
 // Its per-token steps that the backward recomputes (train/): c_q =
 // RMSNorm_{q_a_norm}(raw) and q's heads, each RMSNorm'd (no weight) then
 // rotated at the token's position. In place if raw == out; each returns or

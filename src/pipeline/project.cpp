@@ -60,10 +60,9 @@ void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* 
   const LayerWeights& w = *p.w;
   out.rows = rows;
   out.in.get(static_cast<size_t>(rows * p.n_in));
-  if (queries) out.up.get(static_cast<size_t>(rows * p.n_up));
   linear(groups, p.n_in, x, c.hidden_size, p.w_in, 0, out.in.data(), p.n_in);
 
-  const int64_t hd = c.head_dim, hi = c.index_n_heads, di = c.index_head_dim;
+  const int64_t hd = c.head_dim, hi = c.index_n_heads;
   const float head_weight_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hi)));
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
@@ -74,8 +73,15 @@ void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* 
     if (w.indexer)
       for (int64_t h = 0; h < hi; ++h) row[p.off_index_w + h] *= head_weight_scale;
   }
-  if (!queries) return;
+  if (queries) project_queries(p, rows, pos, groups, out);
+}
 
+void project_queries(const PackedLayer& p, int64_t rows, const int64_t* pos, const std::vector<RowGroup>& groups,
+                     Projected& out) {
+  const Config& c = p.c;
+  const LayerWeights& w = *p.w;
+  const int64_t hi = c.index_n_heads, di = c.index_head_dim;
+  out.up.get(static_cast<size_t>(rows * p.n_up));
   linear(groups, p.n_up, out.in.data(), p.n_in, p.w_up, 0, out.up.data(), p.n_up);
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {

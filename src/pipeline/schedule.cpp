@@ -89,7 +89,7 @@ Rows lay_out(const PackedLayer& p, std::vector<Job>& jobs, Workspace& ws) {
   r.job_of = ws.job_of.get(static_cast<size_t>(r.n));
   for (size_t k = 0; k < jobs.size(); ++k) {
     const Job& j = jobs[k];
-    std::memcpy(&r.x[j.row0 * d], j.x, j.len * d * sizeof(float));
+    if (j.x) std::memcpy(&r.x[j.row0 * d], j.x, j.len * d * sizeof(float));
     for (int64_t i = 0; i < j.len; ++i) {
       r.pos[j.row0 + i] = j.p0 + i;
       r.job_of[j.row0 + i] = static_cast<int32_t>(k);
@@ -199,7 +199,14 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
   Projected& pr = ws.pr;
   {
     Stage s(times, &StageTimes::project);
-    project(p, rows.x, rows.n, rows.pos, rows.groups, pr);
+    if (jobs.front().projected) {  // the x-side rows are given: the queries' half only
+      pr.rows = rows.n;
+      pr.in.get(static_cast<size_t>(rows.n * p.n_in));
+      for (const Job& j : jobs) std::memcpy(&pr.in[j.row0 * p.n_in], j.projected, j.len * p.n_in * sizeof(float));
+      project_queries(p, rows.n, rows.pos, rows.groups, pr);
+    } else {
+      project(p, rows.x, rows.n, rows.pos, rows.groups, pr);
+    }
     if (p.deployed() && p.w->indexer) round_index_queries(p, pr, rows.n);
   }
   {
@@ -253,7 +260,7 @@ void run_jobs(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
   // Before any state moves: a rejected call leaves every state as it was.
   int64_t rows = 0;
   for (size_t k = 0; k < jobs.size(); ++k) {
-    check_finite(jobs[k].x, jobs[k].len * d, "input hidden_states of sequence " + std::to_string(k));
+    if (jobs[k].x) check_finite(jobs[k].x, jobs[k].len * d, "input hidden_states of sequence " + std::to_string(k));
     rows += jobs[k].len;
   }
   const bool split =
@@ -267,8 +274,9 @@ void run_jobs(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
     for (size_t k = 0; k < jobs.size(); ++k) {
       const int64_t n = std::min(chunk, jobs[k].len - done[k]);
       if (n <= 0 || (!piece.empty() && piece_rows + n > kRowBudget)) continue;
-      piece.emplace_back(jobs[k].x + done[k] * d, n, jobs[k].st, jobs[k].out + done[k] * d);
+      piece.emplace_back(jobs[k].x ? jobs[k].x + done[k] * d : nullptr, n, jobs[k].st, jobs[k].out + done[k] * d);
       piece.back().tape = jobs[k].tape;
+      if (jobs[k].projected) piece.back().projected = jobs[k].projected + done[k] * p.n_in;
       done[k] += n, piece_rows += n;
     }
     if (piece.empty()) return;
