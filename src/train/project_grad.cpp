@@ -48,7 +48,7 @@ void project_q(const PackedLayer& p, const SeqGrads& s, int64_t t0, int64_t t1, 
   linear(RowGroup{0, n, false}, ho, &s.cq[t0 * rq], rq, p.w_up, 0, q.qraw.data(), ho);
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < n; ++r)
-    norm_rope_q(p, &q.qraw[r * ho], &q.q[r * ho], RopeAngles(p.inv_freq, t0 + r), &q.inv_q[r * h_n]);
+    norm_rope_q(p, &q.qraw[r * ho], &q.q[r * ho], RopeAngles(p.inv_freq, s.tape->p0 + t0 + r), &q.inv_q[r * h_n]);
 }
 
 void project_q_backward(const PackedLayer& p, const DenseWeights& w, int64_t t0, int64_t t1, QueryGrads& q, SeqGrads& s,
@@ -58,7 +58,7 @@ void project_q_backward(const PackedLayer& p, const DenseWeights& w, int64_t t0,
   float* dqraw = q.q.data();  // q is not needed any more
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < n; ++r) {
-    RopeAngles(p.inv_freq, t0 + r).rotate(&q.dq[r * ho], h_n, hd, true);
+    RopeAngles(p.inv_freq, s.tape->p0 + t0 + r).rotate(&q.dq[r * ho], h_n, hd, true);
     for (int64_t h = 0; h < h_n; ++h)
       rms_norm_backward(&q.qraw[r * ho + h * hd], hd, q.inv_q[r * h_n + h], nullptr, &q.dq[r * ho + h * hd],
                         &dqraw[r * ho + h * hd]);
@@ -73,12 +73,14 @@ namespace {
 void kv_backward(const PackedLayer& p, int64_t n_raw, SeqGrads& s, LayerWeights& g) {
   const int64_t hd = p.c.head_dim, n = n_raw;
   const float* norm = p.w->kv_norm.ptr();
+  const int64_t p0 = s.tape->p0;
+  float* dkv = &s.dkv[(p0 - s.tape->kv0) * hd];  // the sequence's own rows (a block's follow its window's)
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < s.len; ++t) {
-    RopeAngles(p.inv_freq, t).rotate(&s.dkv[t * hd], 1, hd, true);
-    rms_norm_backward(&s.raw[t * n + p.off_kv], hd, s.inv_kv[t], norm, &s.dkv[t * hd], &s.draw[t * n + p.off_kv]);
+    RopeAngles(p.inv_freq, p0 + t).rotate(&dkv[t * hd], 1, hd, true);
+    rms_norm_backward(&s.raw[t * n + p.off_kv], hd, s.inv_kv[t], norm, &dkv[t * hd], &s.draw[t * n + p.off_kv]);
   }
-  norm_weight_grad(s.len, hd, s.dkv.data(), hd, &s.raw[p.off_kv], n, s.inv_kv.data(), g.kv_norm.ptr());
+  norm_weight_grad(s.len, hd, dkv, hd, &s.raw[p.off_kv], n, s.inv_kv.data(), g.kv_norm.ptr());
 }
 
 // c_q = RMSNorm_w(x W_qaᵀ).
