@@ -11,6 +11,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <random>
@@ -56,9 +57,8 @@ double max_abs(const Tensor& t) {
 // Every weight's gradient, flattened in the weight table's order.
 std::vector<float> flat(const LayerGradients& g, const Config& c, LayerType t) {
   std::vector<float> out;
-  for_each_weight(g.weights, c, t, [&](const WeightSpec&, const Tensor& w) {
-    out.insert(out.end(), w.data.begin(), w.data.end());
-  });
+  for_each_weight(g.weights, c, t,
+                  [&](const WeightSpec&, const Tensor& w) { out.insert(out.end(), w.data.begin(), w.data.end()); });
   return out;
 }
 
@@ -79,14 +79,27 @@ Trained context_run(const Layer& layer, const Tensor& x, const Tensor& dy, Conte
   const int rank = rank_of(kWorld), ranks = size_of(kWorld);
   ContextTape tape;
   Trained r;
-  r.y = context_parallel_forward_train(layer, test::rank_rows(x, ranks, rank, layout), x.dim(0), kWorld, tape,
-                                       {layout});
+  r.y =
+      context_parallel_forward_train(layer, test::rank_rows(x, ranks, rank, layout), x.dim(0), kWorld, tape, {layout});
   r.g = context_parallel_backward(layer, tape, test::rank_rows(dy, ranks, rank, layout), kWorld);
   return r;
 }
 
+// How far from the single process, over the cases (printed, not asserted).
+struct Agreement {
+  double worst_dx = 0, worst_weight = 0;  // max |cp − single| / max|single| per tensor
+  int64_t rows = 0, same_rows = 0;        // dx rows, and those equal bit for bit
+};
+
+double scaled_diff(const Tensor& a, const Tensor& b) {
+  double m = 0, scale = max_abs(b);
+  for (int64_t i = 0; i < a.numel() && scale > 0; ++i)
+    m = std::max(m, std::fabs(static_cast<double>(a.data[i]) - b.data[i]) / scale);
+  return m;
+}
+
 // One case on every rank (the same seed: the same layer and data everywhere).
-void check(const Case& k, const Layer& layer, const Tensor& x, const Tensor& dy) {
+void check(const Case& k, const Layer& layer, const Tensor& x, const Tensor& dy, Agreement* agreement = nullptr) {
   SCOPED_TRACE(describe(k));
   const int rank = rank_of(kWorld), ranks = size_of(kWorld);
   const int64_t d = k.c.hidden_size;
@@ -113,6 +126,14 @@ void check(const Case& k, const Layer& layer, const Tensor& x, const Tensor& dy)
     }
   });
   EXPECT_TRUE(same_on_every_rank(flat(r.g, k.c, k.type)));
+  if (!agreement) return;
+  const Tensor dx1 = test::rank_rows(g1.dx, ranks, rank, k.layout);
+  agreement->worst_dx = std::max(agreement->worst_dx, scaled_diff(r.g.dx, dx1));
+  for (int64_t i = 0; i < dx1.dim(0); ++i, ++agreement->rows)
+    agreement->same_rows += std::memcmp(&r.g.dx.data[i * d], &dx1.data[i * d], d * sizeof(float)) == 0;
+  for_each_weight(r.g.weights, k.c, k.type, [&](const WeightSpec& s, const Tensor& w) {
+    agreement->worst_weight = std::max(agreement->worst_weight, scaled_diff(w, weight(g1.weights, s.id)));
+  });
 }
 
 // Sequences up to 3 spans of 2N·max(W, 8): blocks shorter than the window and
@@ -124,6 +145,7 @@ TEST(ContextBackward, RandomShapesMatchTheSingleProcessBackward) {
   const int ranks = size_of(kWorld);
   std::map<std::string, int> met;
   int redraws = 0;
+  Agreement agreement;
   for (int rep = 0; rep < 4; ++rep)
     for (LayerType t : {LayerType::sliding, LayerType::csa, LayerType::hca})
       for (ContextLayout l : {ContextLayout::zigzag, ContextLayout::contiguous}) {
@@ -150,8 +172,17 @@ TEST(ContextBackward, RandomShapesMatchTheSingleProcessBackward) {
         for (const TokenBlock& b : context_blocks(k.seq, ranks, l))
           if (m > 1 && b.begin % m && b.begin / m < k.seq / m) ++met["a boundary inside a compressor window"];
         if (t == LayerType::csa && k.seq / m > k.c.index_topk) ++met["T > k"];
-        check(k, layer, x, dy);
+        check(k, layer, x, dy, &agreement);
       }
+  double worst[2] = {agreement.worst_dx, agreement.worst_weight};
+  int64_t rows[2] = {agreement.rows, agreement.same_rows};
+  MPI_Allreduce(MPI_IN_PLACE, worst, 2, MPI_DOUBLE, MPI_MAX, kWorld);
+  MPI_Allreduce(MPI_IN_PLACE, rows, 2, MPI_INT64_T, MPI_SUM, kWorld);
+  if (rank_of(kWorld) == 0)
+    std::printf(
+        "[ cp vs single ] %d ranks: worst |cp - single| / max|single|: dx %.2e, weights %.2e; dx rows bit-identical: "
+        "%lld of %lld\n",
+        ranks, worst[0], worst[1], static_cast<long long>(rows[1]), static_cast<long long>(rows[0]));
   for (const char* what : {"blocks shorter than the window", "a boundary inside a compressor window", "T > k"})
     EXPECT_GE(met[what], 2) << what;
 }
@@ -216,8 +247,11 @@ TEST(ContextBackward, BadInputIsAnErrorOnEveryRank) {
   ContextTape first, second;
   context_parallel_forward_train(layer, mine, 50, kWorld, first);
   context_parallel_forward_train(layer, mine, 50, kWorld, second);
-  expect_error([&] { context_parallel_backward(layer, first, Tensor({mine.dim(0) + 1, c.hidden_size}), kWorld); },
-               "dy must be [");
+  expect_error(
+      [&] {
+        context_parallel_backward(layer, first, Tensor({mine.dim(0) + 1, c.hidden_size}), kWorld);
+      },
+      "dy must be [");
   // One rank's dy is wrong: the others say so, nobody hangs.
   const Tensor bad({rank == ranks - 1 ? 1 : mine.dim(0), c.hidden_size});
   expect_error([&] { context_parallel_backward(layer, first, bad, kWorld); },
@@ -229,8 +263,11 @@ TEST(ContextBackward, BadInputIsAnErrorOnEveryRank) {
   expect_error([&] { context_parallel_backward(other, first, mine, kWorld); }, "another layer");
   expect_error([&] { context_parallel_backward(layer, ContextTape(), mine, kWorld); }, "tape is empty");
   ContextTape t;
-  expect_error([&] { context_parallel_forward_train(layer, mine, 50, kWorld, t, {ContextLayout::zigzag, true}); },
-               "gather_state");
+  expect_error(
+      [&] {
+        context_parallel_forward_train(layer, mine, 50, kWorld, t, {ContextLayout::zigzag, true});
+      },
+      "gather_state");
   const Layer deployed(c, LayerType::csa, test::random_weights(c, LayerType::csa, rng),
                        LayerOptions{WeightFormat::f32, Numerics::deployment});
   expect_error([&] { context_parallel_forward_train(deployed, mine, 50, kWorld, t); }, "no gradient");

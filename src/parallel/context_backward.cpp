@@ -43,7 +43,8 @@ void send_and_add(const std::vector<TokenBlock>& all, const std::vector<Flow>& f
     sdisp[q] = to_int(static_cast<int64_t>(send.size()) / std::max<int64_t>(1, width), "gradient rows");
     for (const Flow& f : flows)
       if (all[f.from].owner == rank && all[f.to].owner == q)
-        for (int64_t r = f.lo; r < f.hi; ++r, ++scount[q]) send.insert(send.end(), row(f.from, r), row(f.from, r) + width);
+        for (int64_t r = f.lo; r < f.hi; ++r, ++scount[q])
+          send.insert(send.end(), row(f.from, r), row(f.from, r) + width);
   }
   std::vector<int64_t> at(flows.size(), -1);  // each incoming flow's first row in recv
   int64_t total = 0;
@@ -60,8 +61,7 @@ void send_and_add(const std::vector<TokenBlock>& all, const std::vector<Flow>& f
   if (width > 0) {
     const RowType type(static_cast<size_t>(width) * sizeof(float));
     const double t0 = MPI_Wtime();
-    MPI_Alltoallv(send.data(), scount.data(), sdisp.data(), type, recv.data(), rcount.data(), rdisp.data(), type,
-                  comm);
+    MPI_Alltoallv(send.data(), scount.data(), sdisp.data(), type, recv.data(), rcount.data(), rdisp.data(), type, comm);
     st.exchange_s += MPI_Wtime() - t0;
   }
   for (size_t i = 0; i < flows.size(); ++i) {
@@ -163,10 +163,14 @@ LayerGradients context_parallel_backward(const Layer& layer, const ContextTape& 
     layer.block_backward_attend(b.tape, dy_b, bg, out.weights);
   });
   if (rate) {  // 2
-    const RowAt entry = [&](size_t block, int64_t id) { return g[local(block)].entries.ptr() + id * layer.config().head_dim; };
+    const RowAt entry = [&](size_t block, int64_t id) {
+      return g[local(block)].entries.ptr() + id * layer.config().head_dim;
+    };
     send_and_add(all, entry_flows(all, rate), layer.config().head_dim, entry, comm, rank, ranks, st);
   }
-  each([&](const ContextTapeData::Block& b, BlockGradients& bg) { layer.block_backward_compress(b.tape, bg, out.weights); });
+  each([&](const ContextTapeData::Block& b, BlockGradients& bg) {
+    layer.block_backward_compress(b.tape, bg, out.weights);
+  });
   {  // 4
     const int64_t width = layer.token_row_width();
     int64_t columns = 0;  // the same on every rank: kv and the compressors' C and Z

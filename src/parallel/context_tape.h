@@ -10,7 +10,7 @@ namespace dsv4 {
 
 struct ContextTapeData {
   const Layer* layer = nullptr;
-  uint64_t call = 0;  // rank 0's count of forward_train calls, the same on every rank of the call
+  uint64_t call = 0;            // rank 0's count of forward_train calls, the same on every rank of the call
   int64_t seq = 0, tokens = 0;  // the sequence; this rank's tokens (x's rows)
   int ranks = 0, rank = 0;
   ContextLayout layout = ContextLayout::zigzag;

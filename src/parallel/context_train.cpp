@@ -55,8 +55,8 @@ Tensor context_parallel_forward_train(const Layer& layer, TensorView x, int64_t 
     const int64_t len = l.block.end - l.block.begin;
     if (len > 0) {
       const TensorView rows(l.rows.data(), {l.block.end - l.first, width});
-      const Tensor y = layer.forward_train(TensorView(x.data + l.row0 * d, {len, d}), l.state, rows,
-                                           data->blocks.back().tape);
+      const Tensor y =
+          layer.forward_train(TensorView(x.data + l.row0 * d, {len, d}), l.state, rows, data->blocks.back().tape);
       std::copy(y.data.begin(), y.data.end(), out.data.begin() + l.row0 * d);
     }
     l.rows = {}, l.state = LayerState();
@@ -67,46 +67,49 @@ Tensor context_parallel_forward_train(const Layer& layer, TensorView x, int64_t 
   return out;
 }
 
+namespace {
+
+// One tensor's sum over the ranks: rank r adds rank r + step's at step = 1, 2,
+// 4, ... (the same association on every run), then rank 0 broadcasts it.
+void reduce_tensor(std::vector<float>& v, std::vector<float>& other, MPI_Comm comm, int rank, int ranks,
+                   ContextStats& st) {
+  constexpr size_t kPiece = size_t{1} << 28;  // floats per MPI call (int counts)
+  auto each_piece = [&](auto&& f) {
+    for (size_t at = 0; at < v.size(); at += kPiece) f(at, static_cast<int>(std::min(kPiece, v.size() - at)));
+  };
+  const auto bytes = static_cast<int64_t>(v.size() * sizeof(float));
+  for (int step = 1; step < ranks; step *= 2) {
+    if (rank % (2 * step) == step) {
+      each_piece([&](size_t at, int n) { MPI_Send(v.data() + at, n, MPI_FLOAT, rank - step, 1, comm); });
+      st.bytes_sent += bytes;
+      break;
+    }
+    if (rank % (2 * step) == 0 && rank + step < ranks) {
+      other.resize(v.size());
+      each_piece([&](size_t at, int n) {
+        MPI_Recv(other.data() + at, n, MPI_FLOAT, rank + step, 1, comm, MPI_STATUS_IGNORE);
+      });
+      for (size_t i = 0; i < v.size(); ++i) v[i] += other[i];
+      st.bytes_received += bytes;
+    }
+  }
+  each_piece([&](size_t at, int n) { MPI_Bcast(v.data() + at, n, MPI_FLOAT, 0, comm); });
+  // (counted as if root sent every rank its copy)
+  if (rank == 0) st.bytes_sent += bytes * (ranks - 1);
+  if (rank != 0) st.bytes_received += bytes;
+}
+
+}  // namespace
+
 void reduce_weights(LayerWeights& w, const Layer& layer, MPI_Comm comm, ContextStats& st) {
   int rank = 0, ranks = 1;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &ranks);
-  const Config& c = layer.config();
-  std::vector<float> buf, other;
-  for_each_weight(w, c, layer.type(), [&](const WeightSpec&, const Tensor& t) {
-    buf.insert(buf.end(), t.data.begin(), t.data.end());
-  });
-  constexpr size_t kPiece = size_t{1} << 28;  // floats per MPI call (int counts)
-  auto each_piece = [&](auto&& f) {
-    for (size_t at = 0; at < buf.size(); at += kPiece) f(at, static_cast<int>(std::min(kPiece, buf.size() - at)));
-  };
+  std::vector<float> other;
   const double t0 = MPI_Wtime();
-  // Rank r adds rank r + step's sum at step = 1, 2, 4, ...: the same association on every run.
-  for (int step = 1; step < ranks; step *= 2) {
-    if (rank % (2 * step) == step) {
-      each_piece([&](size_t at, int n) { MPI_Send(buf.data() + at, n, MPI_FLOAT, rank - step, 1, comm); });
-      st.bytes_sent += static_cast<int64_t>(buf.size() * sizeof(float));
-      break;
-    }
-    if (rank % (2 * step) == 0 && rank + step < ranks) {
-      other.resize(buf.size());
-      each_piece([&](size_t at, int n) {
-        MPI_Recv(other.data() + at, n, MPI_FLOAT, rank + step, 1, comm, MPI_STATUS_IGNORE);
-      });
-      for (size_t i = 0; i < buf.size(); ++i) buf[i] += other[i];
-      st.bytes_received += static_cast<int64_t>(buf.size() * sizeof(float));
-    }
-  }
-  each_piece([&](size_t at, int n) { MPI_Bcast(buf.data() + at, n, MPI_FLOAT, 0, comm); });
-  // (counted as if root sent every rank its copy)
-  if (rank != 0) st.bytes_received += static_cast<int64_t>(buf.size() * sizeof(float));
-  if (rank == 0) st.bytes_sent += static_cast<int64_t>(buf.size() * sizeof(float)) * (ranks - 1);
+  for_each_weight(w, layer.config(), layer.type(),
+                  [&](const WeightSpec&, Tensor& t) { reduce_tensor(t.data, other, comm, rank, ranks, st); });
   st.exchange_s += MPI_Wtime() - t0;
-  size_t at = 0;
-  for_each_weight(w, c, layer.type(), [&](const WeightSpec&, Tensor& t) {
-    std::copy_n(buf.begin() + static_cast<std::ptrdiff_t>(at), t.data.size(), t.data.begin());
-    at += t.data.size();
-  });
 }
 
 }  // namespace dsv4
