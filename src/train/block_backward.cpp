@@ -17,8 +17,7 @@
 namespace dsv4 {
 
 struct BlockWork {
-  SeqGrads seq;  // the block's own tokens: raw, c_q, the norms and dc_q kept for the project step
-  QueryGrads query;
+  SeqGrads seq;                    // the block's own tokens: raw, c_q, the norms and dc_q kept for the project step
   const TapeData* tape = nullptr;  // whose
   int step = 0;                    // steps done
 };
@@ -47,7 +46,8 @@ void block_attend(const PackedLayer& p, const TapeData& tape, const float* dy, B
   SeqGrads& s = g.work->seq;
   s.len = t.len, s.tape = &t, s.x = tape.x.data(), s.dy = dy;
   const DenseWeights dw = dense_weights(p);
-  queries_backward(p, dw, s, g.work->query, w);
+  thread_local QueryGrads query;  // the calling thread's, kept between blocks (no new pages when warm)
+  queries_backward(p, dw, s, query, w);
   output_weight_backward(p, s, w);
   sinks_backward(p, s, w);
   s.dy = nullptr;  // the caller's: not kept
