@@ -11,21 +11,14 @@
 
 #include "dsv4/context_parallel.h"
 #include "dsv4/error.h"
+#include "mpi_test_util.h"
 #include "test_util.h"
 
 namespace dsv4 {
 namespace {
 
-int rank_of(MPI_Comm c) {
-  int r = 0;
-  MPI_Comm_rank(c, &r);
-  return r;
-}
-int size_of(MPI_Comm c) {
-  int n = 0;
-  MPI_Comm_size(c, &n);
-  return n;
-}
+using test::rank_of;
+using test::size_of;
 
 struct Case {
   Config c;
@@ -266,7 +259,7 @@ class RankFailures : public ::testing::EmptyTestEventListener {
 int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
   ::testing::InitGoogleTest(&argc, argv);
-  if (const int rank = dsv4::rank_of(MPI_COMM_WORLD); rank != 0) {
+  if (const int rank = dsv4::test::rank_of(MPI_COMM_WORLD); rank != 0) {
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());
     listeners.Append(new RankFailures(rank));

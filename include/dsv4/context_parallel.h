@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -45,6 +46,7 @@ struct ContextStats {
   double prepare_s = 0;   // projecting and compressing the halo and own rows
   double exchange_s = 0;  // MPI calls (halo, entries, state)
   double forward_s = 0;   // the blocks' forward
+  double backward_s = 0;  // the blocks' backward (context_parallel_backward)
   int64_t bytes_sent = 0, bytes_received = 0;
 };
 
@@ -60,6 +62,45 @@ struct ContextStats {
 Tensor context_parallel_forward(const Layer& layer, TensorView x, int64_t seq, MPI_Comm comm,
                                 const ContextOptions& options = {}, LayerState* state = nullptr,
                                 ContextStats* stats = nullptr);
+
+// Training (docs/distributed.md, "Backward"): what context_parallel_forward_train
+// keeps on each rank for context_parallel_backward — its blocks' tapes (x, the
+// halo's token rows, the entries, o, the CSA selection), O(block·(W + k))
+// activations per block plus the entries, nothing S×S.
+struct ContextTapeData;
+class ContextTape;
+// context_parallel_forward (same outputs, bit for bit) that also fills `tape`.
+// Reference numerics only (deployment numerics round: no gradient); options'
+// gather_state must be false.
+Tensor context_parallel_forward_train(const Layer& layer, TensorView x, int64_t seq, MPI_Comm comm, ContextTape& tape,
+                                      const ContextOptions& options = {}, ContextStats* stats = nullptr);
+// Collective: every rank with its tape of the same call and dy [n, d] for its
+// tokens (x's rows). Returns dx for this rank's tokens (x's shape) and, on
+// every rank, the same weight gradients: the sum over all blocks, reduced in a
+// fixed order (within a rank block after block, then a fixed binary tree over
+// the ranks, then a broadcast), so identical for any thread count and across
+// runs at a given rank count. Gradients equal the single-process
+// Layer::backward's within float rounding (not bit for bit:
+// docs/distributed.md says why). Bad input on any rank (dy's shape, a tape of
+// another layer, rank count or call) throws dsv4::Error on every rank.
+LayerGradients context_parallel_backward(const Layer& layer, const ContextTape& tape, TensorView dy, MPI_Comm comm,
+                                         ContextStats* stats = nullptr);
+
+class ContextTape {
+ public:
+  ContextTape();
+  ~ContextTape();
+  ContextTape(ContextTape&&) noexcept;
+  ContextTape& operator=(ContextTape&&) noexcept;
+  bool empty() const;
+  size_t bytes() const;  // memory held
+  ContextTapeData* data() const { return d_.get(); }
+
+ private:
+  friend Tensor context_parallel_forward_train(const Layer&, TensorView, int64_t, MPI_Comm, ContextTape&,
+                                               const ContextOptions&, ContextStats*);
+  std::unique_ptr<ContextTapeData> d_;
+};
 
 // `dsv4 verify --context-parallel`: each sequence of a conformance file (its
 // chunks concatenated) split over the ranks of comm, every output row

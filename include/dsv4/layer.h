@@ -123,6 +123,16 @@ class Layer {
   int64_t projected_width() const;
   Tensor project_rows(TensorView x, int64_t begin) const;
   Tensor forward_projected(TensorView projected, LayerState& state) const;
+  // Training a block: forward(x, state) that also fills `tape` (reference
+  // numerics only), state = block_state(rows, ...) with its entries filled,
+  // rows those token rows [first, end). The tape serves only the block's
+  // backward, in three steps with the caller moving partial sums between the
+  // blocks in between (BlockGradients says what); each step adds its share of
+  // the weights' gradients into `weights` (shapes as zero_gradients()).
+  Tensor forward_train(TensorView x, LayerState& state, TensorView rows, Tape& tape) const;
+  void block_backward_attend(const Tape& tape, TensorView dy, BlockGradients& g, LayerWeights& weights) const;
+  void block_backward_compress(const Tape& tape, BlockGradients& g, LayerWeights& weights) const;
+  void block_backward_project(const Tape& tape, BlockGradients& g, LayerWeights& weights) const;
 
   // Packed documents (docs/packing.md): x [T, d] (or [1, T, d]) holds documents
   // back to back; cu_seqlens = {0, c_1, ..., T} their boundaries (document i is

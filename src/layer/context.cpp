@@ -10,6 +10,7 @@
 #include "common/finite.h"
 #include "dsv4/layer.h"
 #include "pipeline/job.h"
+#include "train/backward.h"
 
 namespace dsv4 {
 namespace {
@@ -122,6 +123,88 @@ LayerState Layer::block_state(TensorView rows, int64_t first, int64_t begin, int
                    begin, end, st.indexer(), owned.index);
   st.advance(begin);
   return st;
+}
+
+// Training a block: the forward through its state, recording the tape at the
+// block's positions; the window rows before the block come from `rows`.
+Tensor Layer::forward_train(TensorView x, LayerState& state, TensorView rows, Tape& tape) const {
+  const PackedLayer& p = *packed_;
+  check_trainable(p, "forward_train");
+  const int64_t d = config_.hidden_size, hd = config_.head_dim, w = token_row_width();
+  if (x.shape.size() != 2 || x.dim(1) != d)
+    fail("forward_train: a block's x must be [n, " + std::to_string(d) + "], got " + shape_str(x.shape));
+  if (!state.fits(config_, type_, numerics()))
+    fail("forward_train: the state was made for another layer (type, dimensions or numerics)");
+  const int64_t n = x.dim(0), begin = state.position(), first = context_first(begin);
+  if (rows.shape != Shape{begin + n - first, w})
+    fail("forward_train: the block [" + std::to_string(begin) + ", " + std::to_string(begin + n) +
+         ") needs token rows [" + std::to_string(begin + n - first) + ", " + std::to_string(w) + "] from position " +
+         std::to_string(first) + ", got " + shape_str(rows.shape));
+  check_finite(x.data, x.numel(), "forward_train: input hidden_states");
+  if (!tape.d_) tape.d_ = std::make_unique<TapeData>();
+  TapeData& td = *tape.d_;
+  td.layer = &p, td.x_shape = {n, d}, td.x.assign(x.data, x.data + x.numel()), td.cu = {0, n};
+  td.block = true, td.rows_first = first, td.rows.assign(rows.data, rows.data + rows.numel());
+  td.seqs.resize(1);
+  SeqTape& t = td.seqs[0];
+  size_seq_tape(p, n, t, begin);
+  for (int64_t q = t.kv0; q < begin; ++q) std::copy_n(rows.data + (q - first) * w, hd, &t.kv[(q - t.kv0) * hd]);
+  Tensor out({n, d});
+  std::vector<Job> jobs{Job(x.data, n, &state, out.ptr())};
+  jobs[0].tape = &t;
+  if (n > 0) run_jobs(p, jobs, nullptr);
+  if (p.rate) t.entries = state.compressor().entries;
+  return out;
+}
+
+namespace {
+
+const TapeData& block_tape(const PackedLayer& p, const Tape& tape, const char* who) {
+  const TapeData* td = tape.data();
+  if (!td) fail(std::string(who) + ": the tape is empty (fill it with a block's forward_train first)");
+  if (td->layer != &p) fail(std::string(who) + ": the tape was recorded by another layer");
+  if (!td->block) fail(std::string(who) + ": the tape is a one-shot forward_train's, not a block's");
+  return *td;
+}
+
+// The steps run in order: attend, compress, project; `done` of them before
+// `who`, on this tape, with the shapes attend gave.
+void check_step(const BlockGradients& g, const TapeData& td, int done, int64_t hd, int64_t width, const char* who) {
+  const int step = block_step(g, td);
+  if (step < 0) fail(std::string(who) + ": the gradients are another tape's");
+  if (step != done)
+    fail(std::string(who) + ": call " + (done == 1 ? "block_backward_attend" : "block_backward_compress") +
+         " on these gradients first (the steps run in order: attend, compress, project)");
+  const SeqTape& t = td.seqs[0];
+  if (g.entries.shape != Shape{t.entries.rows(), hd} || g.rows.shape != Shape{t.p0 + t.len - td.rows_first, width})
+    fail(std::string(who) + ": the gradients' entries or rows changed shape since block_backward_attend");
+}
+
+}  // namespace
+
+void Layer::block_backward_attend(const Tape& tape, TensorView dy, BlockGradients& g, LayerWeights& weights) const {
+  const TapeData& td = block_tape(*packed_, tape, "block_backward_attend");
+  if (dy.shape != td.x_shape)
+    fail("block_backward_attend: dy has shape " + shape_str(dy.shape) + ", the block's output " +
+         shape_str(td.x_shape));
+  check_finite(dy.data, dy.numel(), "block_backward_attend: dy");
+  check_gradient_shapes(*packed_, weights, "block_backward_attend");
+  g = BlockGradients{};
+  block_attend(*packed_, td, dy.data, g, weights);
+}
+
+void Layer::block_backward_compress(const Tape& tape, BlockGradients& g, LayerWeights& weights) const {
+  const TapeData& td = block_tape(*packed_, tape, "block_backward_compress");
+  check_step(g, td, 1, config_.head_dim, token_row_width(), "block_backward_compress");
+  check_gradient_shapes(*packed_, weights, "block_backward_compress");
+  block_compress(*packed_, td, g, weights);
+}
+
+void Layer::block_backward_project(const Tape& tape, BlockGradients& g, LayerWeights& weights) const {
+  const TapeData& td = block_tape(*packed_, tape, "block_backward_project");
+  check_step(g, td, 2, config_.head_dim, token_row_width(), "block_backward_project");
+  check_gradient_shapes(*packed_, weights, "block_backward_project");
+  block_project(*packed_, td, g, weights);
 }
 
 }  // namespace dsv4

@@ -152,19 +152,13 @@ Tensor Layer::forward(TensorView x, std::span<const int64_t> cu_seqlens, std::ve
 
 namespace {
 
-void check_trainable(const PackedLayer& p) {
-  if (p.numerics == Numerics::deployment)
-    fail(
-        "forward_train: deployment numerics round to FP8/FP4, which has no gradient; build the layer with "
-        "reference numerics for training");
-}
-
 // forward_train's common part: the tape (reusing an earlier one's memory) and the forward.
 Tensor train_documents(const PackedLayer& p, const TensorView& x, std::span<const int64_t> cu,
                        std::unique_ptr<TapeData>& slot) {
   std::unique_ptr<TapeData> data = std::move(slot);
   if (!data) data = std::make_unique<TapeData>();
   data->layer = &p;
+  data->block = false, data->rows_first = 0, data->rows.clear();
   data->x_shape = x.shape;
   data->x.assign(x.data, x.data + x.numel());
   Tensor out(x.shape);
@@ -176,12 +170,12 @@ Tensor train_documents(const PackedLayer& p, const TensorView& x, std::span<cons
 }  // namespace
 
 Tensor Layer::forward_train(TensorView x, Tape& tape) const {
-  check_trainable(*packed_);
+  check_trainable(*packed_, "forward_train");
   return train_documents(*packed_, x, batch_documents(x, config_.hidden_size), tape.d_);
 }
 
 Tensor Layer::forward_train(TensorView x, std::span<const int64_t> cu_seqlens, Tape& tape) const {
-  check_trainable(*packed_);
+  check_trainable(*packed_, "forward_train");
   check_packed(x, config_.hidden_size, cu_seqlens);
   return train_documents(*packed_, x, cu_seqlens, tape.d_);
 }
@@ -270,14 +264,11 @@ void Layer::backward(const Tape& tape, TensorView dy, LayerGradients& grads) con
   const TapeData* td = tape.data();
   if (!td) fail("backward: the tape is empty (fill it with forward_train first)");
   if (td->layer != packed_.get()) fail("backward: the tape was recorded by another layer");
+  if (td->block) fail("backward: the tape is a context-parallel block's (Layer::block_backward_* read it)");
   if (dy.shape != td->x_shape)
     fail("backward: dy has shape " + shape_str(dy.shape) + ", the forward's output " + shape_str(td->x_shape));
   check_finite(dy.data, dy.numel(), "backward: dy");
-  for_each_weight(grads.weights, config_, type_, [](const WeightSpec& s, const Tensor& t) {
-    if (t.shape != s.shape)
-      fail("backward: gradient '" + s.name + "' to accumulate into has shape " + shape_str(t.shape) + ", expected " +
-           shape_str(s.shape) + " (start from Layer::zero_gradients())");
-  });
+  check_gradient_shapes(*packed_, grads.weights, "backward");
   if (grads.dx.shape != td->x_shape) grads.dx = Tensor(td->x_shape);
   backward_sequences(*packed_, *td, dy.data, grads);
 }

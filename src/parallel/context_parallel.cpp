@@ -12,70 +12,12 @@
 //   4. forward  each block through its state from its rows of step 1:
 //               Layer::forward_projected (= Layer::forward(x, state), bit for bit)
 //   5. state    (optional) the state after the last block, sent to root
-#include "dsv4/context_parallel.h"
-
-#include <algorithm>
-#include <climits>
 #include <cstring>
 
-#include "dsv4/error.h"
+#include "parallel/context_blocks.h"
 
 namespace dsv4 {
 namespace {
-
-// An MPI datatype of `bytes` contiguous bytes (one row), freed with the object.
-class RowType {
- public:
-  explicit RowType(size_t bytes) {
-    MPI_Type_contiguous(static_cast<int>(bytes), MPI_BYTE, &t_);
-    MPI_Type_commit(&t_);
-  }
-  ~RowType() { MPI_Type_free(&t_); }
-  RowType(const RowType&) = delete;
-  RowType& operator=(const RowType&) = delete;
-  operator MPI_Datatype() const { return t_; }
-
- private:
-  MPI_Datatype t_;
-};
-
-int to_int(int64_t n, const char* what) {
-  if (n < 0 || n > INT_MAX) fail(std::string("context parallel: ") + what + " exceeds MPI's int counts");
-  return static_cast<int>(n);
-}
-
-// Token rows [begin, end) that block `to` needs from another block (its halo).
-struct Piece {
-  int src = 0, dst = 0;
-  size_t to = 0;  // the receiving block's index in the global list
-  int64_t begin = 0, end = 0;
-};
-
-// Every halo piece, ordered by receiving block, then by sending block: both
-// sides of the exchange walk this list in the same order.
-std::vector<Piece> halo_pieces(const Layer& layer, const std::vector<TokenBlock>& all) {
-  std::vector<Piece> out;
-  for (size_t b = 0; b < all.size(); ++b) {  // empty blocks too: their state is built (and unused)
-    const int64_t first = layer.context_first(all[b].begin);
-    for (const TokenBlock& c : all) {
-      const int64_t lo = std::max(first, c.begin), hi = std::min(all[b].begin, c.end);
-      if (lo < hi) out.push_back({c.owner, all[b].owner, b, lo, hi});
-    }
-  }
-  return out;
-}
-
-// One block of this rank: its token rows (halo, then its own), state and entries.
-struct Local {
-  TokenBlock block;
-  size_t global = 0;        // index in the global list
-  int64_t row0 = 0;         // its first row in the rank's x
-  int64_t first = 0;        // context_first(begin)
-  Tensor own;               // its x-side rows [end - begin, projected_width()], token rows last
-  std::vector<float> rows;  // token rows [end - first, width]: halo, then own
-  LayerState state;
-  BlockEntries owned;
-};
 
 // Step 2: every local block's token rows [first, end): the halo from the
 // other blocks (Alltoallv), then its own.
@@ -256,13 +198,24 @@ std::vector<TokenBlock> rank_blocks(int64_t seq, int ranks, int rank, ContextLay
   return out;
 }
 
-Tensor context_parallel_forward(const Layer& layer, TensorView x, int64_t seq, MPI_Comm comm, const ContextOptions& o,
-                                LayerState* state, ContextStats* stats) {
+void agree(const std::string& refused, MPI_Comm comm, int rank, const char* who, int64_t seq) {
+  int64_t v[3] = {refused.empty() ? 0 : 1, seq, -seq};  // any refused; max seq; -min seq
+  MPI_Allreduce(MPI_IN_PLACE, v, 3, MPI_INT64_T, MPI_MAX, comm);
+  if (!refused.empty()) fail(refused);
+  if (v[0]) fail(std::string(who) + ": another rank refused its input (rank " + std::to_string(rank) + "'s is fine)");
+  if (v[1] != -v[2])
+    fail(std::string(who) + ": the ranks disagree on seq (from " + std::to_string(-v[2]) + " to " +
+         std::to_string(v[1]) + ")");
+}
+
+std::vector<Local> prepare_blocks(const Layer& layer, TensorView x, int64_t seq, MPI_Comm comm, ContextLayout layout,
+                                  bool keep_rows, const std::function<void()>& check, const char* who,
+                                  ContextStats& st) {
   int rank = 0, ranks = 1;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &ranks);
   const int64_t d = layer.config().hidden_size;
-  const std::vector<TokenBlock> all = context_blocks(seq, ranks, o.layout);
+  const std::vector<TokenBlock> all = context_blocks(seq, ranks, layout);
   std::vector<Local> mine;
   int64_t n = 0;
   for (size_t i = 0; i < all.size(); ++i)
@@ -273,37 +226,29 @@ Tensor context_parallel_forward(const Layer& layer, TensorView x, int64_t seq, M
     }
   // Inputs are checked on every rank, then agreed on: a rank that refuses its
   // input must not leave the others waiting in a collective.
-  ContextStats st;
   std::string refused;
   const double t0 = MPI_Wtime();
   try {
     if (x.shape != Shape{n, d})
-      fail("context_parallel_forward: rank " + std::to_string(rank) + " holds " + std::to_string(n) +
+      fail(std::string(who) + ": rank " + std::to_string(rank) + " holds " + std::to_string(n) +
            " tokens, x must be [" + std::to_string(n) + ", " + std::to_string(d) + "], got " + shape_str(x.shape));
-    if (o.gather_state && (o.root < 0 || o.root >= ranks))
-      fail("context_parallel_forward: root " + std::to_string(o.root) + " is not a rank of " + std::to_string(ranks));
-    if (o.gather_state && rank == o.root && !state)
-      fail("context_parallel_forward: gather_state needs a state on root");
+    if (check) check();
     for (Local& l : mine)  // step 1
       l.own = layer.project_rows(TensorView(x.data + l.row0 * d, {l.block.end - l.block.begin, d}), l.block.begin);
   } catch (const std::exception& e) {
     refused = e.what();
   }
-  int64_t agree[3] = {refused.empty() ? 0 : 1, seq, -seq};  // any refused; max seq; -min seq
-  MPI_Allreduce(MPI_IN_PLACE, agree, 3, MPI_INT64_T, MPI_MAX, comm);
-  if (!refused.empty()) fail(refused);
-  if (agree[0])
-    fail("context_parallel_forward: another rank refused its input (rank " + std::to_string(rank) + "'s is fine)");
-  if (agree[1] != -agree[2])
-    fail("context_parallel_forward: the ranks disagree on seq (from " + std::to_string(-agree[2]) + " to " +
-         std::to_string(agree[1]) + ")");
+  agree(refused, comm, rank, who, seq);
   st.prepare_s += MPI_Wtime() - t0;
   exchange_halo(layer, all, mine, comm, rank, ranks, st);
   const double t1 = MPI_Wtime();
   for (Local& l : mine) {
     const TensorView rows(l.rows.data(), {l.block.end - l.first, layer.token_row_width()});
     l.state = layer.block_state(rows, l.first, l.block.begin, l.block.end, l.owned);
-    l.rows = {};
+    if (keep_rows)
+      l.own = {};  // training projects again (its tape keeps the rows); the forward starts from `own`
+    else
+      l.rows = {};
   }
   st.prepare_s += MPI_Wtime() - t1;
   const int64_t rate = layer.config().compress_rate(layer.type());
@@ -315,6 +260,28 @@ Tensor context_parallel_forward(const Layer& layer, TensorView x, int64_t seq, M
       std::memcpy(s.data(), entries.data(), static_cast<size_t>(l.block.begin / rate) * s.row_bytes());
     }
   }
+  return mine;
+}
+
+Tensor context_parallel_forward(const Layer& layer, TensorView x, int64_t seq, MPI_Comm comm, const ContextOptions& o,
+                                LayerState* state, ContextStats* stats) {
+  int rank = 0, ranks = 1;
+  MPI_Comm_rank(comm, &rank);
+  MPI_Comm_size(comm, &ranks);
+  const int64_t d = layer.config().hidden_size;
+  ContextStats st;
+  std::vector<Local> mine = prepare_blocks(
+      layer, x, seq, comm, o.layout, false,
+      [&] {
+        if (o.gather_state && (o.root < 0 || o.root >= ranks))
+          fail("context_parallel_forward: root " + std::to_string(o.root) + " is not a rank of " +
+               std::to_string(ranks));
+        if (o.gather_state && rank == o.root && !state)
+          fail("context_parallel_forward: gather_state needs a state on root");
+      },
+      "context_parallel_forward", st);
+  const int64_t n = x.dim(0);
+  const std::vector<TokenBlock> all = context_blocks(seq, ranks, o.layout);
 
   Tensor out({n, d});
   const double t2 = MPI_Wtime();

@@ -38,20 +38,21 @@ void fill_debug(const PackedLayer& p, const Projected& pr, const Job& j) {
 }
 
 size_t TapeData::bytes() const {
-  size_t n = x.size() * sizeof(float);
+  size_t n = (x.size() + rows.size()) * sizeof(float);
   for (const SeqTape& s : seqs)
     n += (s.kv.size() + s.o.size() + s.grouped.size()) * sizeof(float) + s.entries.rows() * s.entries.row_bytes() +
          s.topk.size() * sizeof(int32_t);
   return n;
 }
 
-void size_seq_tape(const PackedLayer& p, int64_t len, SeqTape& t) {
+void size_seq_tape(const PackedLayer& p, int64_t len, SeqTape& t, int64_t p0) {
   const Config& c = p.c;
   t.len = len;
-  t.kv.resize(static_cast<size_t>(len * c.head_dim));
+  t.p0 = p0, t.kv0 = std::max<int64_t>(0, p0 - (c.sliding_window - 1));
+  t.kv.resize(static_cast<size_t>((p0 + len - t.kv0) * c.head_dim));
   t.o.resize(static_cast<size_t>(len * c.num_attention_heads * c.head_dim));
   t.grouped.resize(static_cast<size_t>(len * c.o_groups * c.o_lora_rank));
-  t.width = p.type == LayerType::csa ? std::min(c.index_topk, len / p.rate) : 0;
+  t.width = p.type == LayerType::csa ? std::min(c.index_topk, (p0 + len) / p.rate) : 0;
   t.topk.assign(static_cast<size_t>(len * t.width), -1);
   t.entries.clear();
 }
@@ -62,11 +63,12 @@ void record_tape(const PackedLayer& p, const Job& j, const float* o, const float
   const Config& c = p.c;
   const int64_t hd = c.head_dim, ho = c.num_attention_heads * hd, gd = c.o_groups * c.o_lora_rank;
   SeqTape& t = *j.tape;
-  std::memcpy(&t.o[j.p0 * ho], &o[j.row0 * ho], j.len * ho * sizeof(float));
-  std::memcpy(&t.grouped[j.p0 * gd], &grouped[j.row0 * gd], j.len * gd * sizeof(float));
-  std::memcpy(&t.kv[j.p0 * hd], &(*j.kwin)[j.n_cached * hd], j.len * hd * sizeof(float));
+  const int64_t at = j.p0 - t.p0;  // the chunk's first row in the tape
+  std::memcpy(&t.o[at * ho], &o[j.row0 * ho], j.len * ho * sizeof(float));
+  std::memcpy(&t.grouped[at * gd], &grouped[j.row0 * gd], j.len * gd * sizeof(float));
+  std::memcpy(&t.kv[(j.p0 - t.kv0) * hd], &(*j.kwin)[j.n_cached * hd], j.len * hd * sizeof(float));
   for (int64_t i = 0; i < j.len && t.width > 0; ++i)  // CSA with entries (width = min(k, S / m))
-    std::copy_n(j.topk->data() + i * j.width, j.width, t.topk.data() + (j.p0 + i) * t.width);
+    std::copy_n(j.topk->data() + i * j.width, j.width, t.topk.data() + (at + i) * t.width);
 }
 
 void start_map(const PackedLayer& p, const Job& j) {

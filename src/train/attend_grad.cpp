@@ -23,6 +23,7 @@ struct QueryKeys {
   std::vector<int32_t> ids;      // compressed entries attended, ascending
 };
 
+// Query at position t (the tape's rows start at tape.p0, its kv rows at tape.kv0).
 QueryKeys keys_of(const PackedLayer& p, const SeqTape& tape, int64_t t) {
   QueryKeys k;
   k.lo = std::max<int64_t>(0, t - p.c.sliding_window + 1);
@@ -32,7 +33,8 @@ QueryKeys keys_of(const PackedLayer& p, const SeqTape& tape, int64_t t) {
     for (size_t i = 0; i < k.ids.size(); ++i) k.ids[i] = static_cast<int32_t>(i);
   } else if (p.type == LayerType::csa) {
     k.ids.resize(static_cast<size_t>(tape.width));  // the forward's gather, in its order
-    k.ids.resize(static_cast<size_t>(selected_ids(tape.topk.data() + t * tape.width, tape.width, k.ids.data())));
+    k.ids.resize(
+        static_cast<size_t>(selected_ids(tape.topk.data() + (t - tape.p0) * tape.width, tape.width, k.ids.data())));
   }
   return k;
 }
@@ -43,7 +45,7 @@ void query_backward(const PackedLayer& p, const SeqTape& tape, const QueryKeys& 
   const int64_t hd = p.c.head_dim, h_n = p.c.num_attention_heads;
   const int64_t nw = k.n_window, n_e = static_cast<int64_t>(k.ids.size()), n = nw + n_e;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
-  const float* win = tape.kv.data() + k.lo * hd;
+  const float* win = tape.kv.data() + (k.lo - tape.kv0) * hd;
   // ds_p = [dS; P] and q_do = [q; dO] ([2H, n], [2H, D]): dK is then one GEMM over 2H.
   thread_local std::vector<float> ent, ds_p, q_do;
   ent.resize(static_cast<size_t>(n_e * hd));
@@ -79,17 +81,18 @@ void add(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
-// Key gradients of queries [b0, b1) into their rows: window rows by position,
-// entries by id, each destination summing its queries in order.
+// Key gradients of queries [b0, b1) (positions) into their rows: window rows by
+// position (dkv's row 0 is position kv0), entries by id, each destination
+// summing its queries in order.
 void scatter(const PackedLayer& p, int64_t b0, int64_t b1, const std::vector<QueryKeys>& keys, const float* g,
-             int64_t g_stride, float* dkv, float* dent) {
+             int64_t g_stride, int64_t kv0, float* dkv, float* dent) {
   const int64_t hd = p.c.head_dim, w = p.c.sliding_window;
   const int64_t r0 = std::max<int64_t>(0, b0 - w + 1);
 #pragma omp parallel for schedule(static)
   for (int64_t r = r0; r < b1; ++r)
     for (int64_t t = std::max(r, b0); t < std::min(b1, r + w); ++t) {
       const QueryKeys& k = keys[t - b0];
-      add(dkv + r * hd, &g[(t - b0) * g_stride + (r - k.lo) * hd], hd);
+      add(dkv + (r - kv0) * hd, &g[(t - b0) * g_stride + (r - k.lo) * hd], hd);
     }
   std::vector<std::pair<int32_t, int64_t>> uses;  // (entry, flat row in g), query order within an entry
   for (int64_t t = b0; t < b1; ++t) {
@@ -120,17 +123,17 @@ void attend_backward(const PackedLayer& p, const SeqTape& tape, int64_t t0, int6
   g_buf.resize(static_cast<size_t>(std::min(kQueryBlock, t1 - t0) * g_stride));
   float* const g = g_buf.data();
   std::vector<QueryKeys> keys;
-  for (int64_t b0 = t0; b0 < t1; b0 += kQueryBlock) {
+  for (int64_t b0 = t0; b0 < t1; b0 += kQueryBlock) {  // tape rows; positions from tape.p0
     const int64_t b1 = std::min(t1, b0 + kQueryBlock);
     keys.resize(static_cast<size_t>(b1 - b0));
 #pragma omp parallel for schedule(dynamic)
     for (int64_t t = b0; t < b1; ++t) {
       const int64_t i = t - t0;
-      keys[t - b0] = keys_of(p, tape, t);
+      keys[t - b0] = keys_of(p, tape, tape.p0 + t);
       query_backward(p, tape, keys[t - b0], q + i * ho, d_o + i * ho, delta + i * h_n, dq + i * ho, dsink + i * h_n,
                      &g[(t - b0) * g_stride]);
     }
-    scatter(p, b0, b1, keys, g, g_stride, dkv, dent);
+    scatter(p, tape.p0 + b0, tape.p0 + b1, keys, g, g_stride, tape.kv0, dkv, dent);
   }
 }
 

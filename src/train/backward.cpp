@@ -12,6 +12,8 @@
 // the sequences' terms in order.
 #include <algorithm>
 
+#include "dsv4/error.h"
+
 #include "train/backward.h"
 #include "train/grad.h"
 
@@ -35,20 +37,11 @@ struct Buffers {
 
 // One sequence's stages between the group's GEMMs, in reverse pipeline order.
 void backward_sequence(const PackedLayer& p, const DenseWeights& w, SeqGrads& s, QueryGrads& q, LayerWeights& g) {
-  const int64_t h_n = p.c.num_attention_heads;
-  for (int64_t t0 = 0; t0 < s.len; t0 += kQueryChunk) {
-    const int64_t t1 = std::min(s.len, t0 + kQueryChunk);
-    output_backward(p, w, s, t0, t1, q, g);  // 5: output
-    project_q(p, s, t0, t1, q);              //    (q recomputed for the attention)
-    attend_backward(p, *s.tape, t0, t1, q.q.data(), q.d_o.data(), q.delta.data(), q.dq.data(),  // 4: attend
-                    &s.dsink[t0 * h_n], s.dkv.data(), s.dent.data());
-    project_q_backward(p, w, t0, t1, q, s, g);  // 1: project, c_q side
-  }
+  queries_backward(p, w, s, q, g);
   // 3: index: the top-k selection is discrete; no gradient flows through it.
   if (p.rate) compressor_backward(p, w.n_raw, s, g);  // 2: compress
   project_norms_backward(p, w.n_raw, s, g);           // 1: project, x side (norms)
-  for (int64_t t = 0; t < s.len; ++t)                 // 4: the sinks, query after query
-    for (int64_t h = 0; h < h_n; ++h) g.sinks.data[h] += s.dsink[t * h_n + h];
+  sinks_backward(p, s, g);                            // 4: the sinks
 }
 
 // Sequences [first, last) of the tape: the x-side projections recomputed in
@@ -74,6 +67,39 @@ void backward_group(const PackedLayer& p, const DenseWeights& w, const TapeData&
 }
 
 }  // namespace
+
+void queries_backward(const PackedLayer& p, const DenseWeights& w, SeqGrads& s, QueryGrads& q, LayerWeights& g) {
+  const int64_t h_n = p.c.num_attention_heads;
+  for (int64_t t0 = 0; t0 < s.len; t0 += kQueryChunk) {
+    const int64_t t1 = std::min(s.len, t0 + kQueryChunk);
+    output_backward(p, w, s, t0, t1, q, g);  // 5: output
+    project_q(p, s, t0, t1, q);              //    (q recomputed for the attention)
+    attend_backward(p, *s.tape, t0, t1, q.q.data(), q.d_o.data(), q.delta.data(), q.dq.data(),  // 4: attend
+                    &s.dsink[t0 * h_n], s.dkv.data(), s.dent.data());
+    project_q_backward(p, w, t0, t1, q, s, g);  // 1: project, c_q side
+  }
+}
+
+void sinks_backward(const PackedLayer& p, const SeqGrads& s, LayerWeights& g) {
+  const int64_t h_n = p.c.num_attention_heads;
+  for (int64_t t = 0; t < s.len; ++t)  // query after query
+    for (int64_t h = 0; h < h_n; ++h) g.sinks.data[h] += s.dsink[t * h_n + h];
+}
+
+void check_trainable(const PackedLayer& p, const char* who) {
+  if (p.numerics == Numerics::deployment)
+    fail(std::string(who) +
+         ": deployment numerics round to FP8/FP4, which has no gradient; build the layer with reference numerics for "
+         "training");
+}
+
+void check_gradient_shapes(const PackedLayer& p, const LayerWeights& grads, const char* who) {
+  for_each_weight(grads, p.c, p.type, [&](const WeightSpec& s, const Tensor& t) {
+    if (t.shape != s.shape)
+      fail(std::string(who) + ": gradient '" + s.name + "' to accumulate into has shape " + shape_str(t.shape) +
+           ", expected " + shape_str(s.shape) + " (start from Layer::zero_gradients())");
+  });
+}
 
 void backward_sequences(const PackedLayer& p, const TapeData& tape, const float* dy, LayerGradients& grads) {
   if (tape.x.empty()) return;

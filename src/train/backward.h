@@ -14,4 +14,18 @@ struct PackedLayer;
 // the caller). Bit-identical for any thread count.
 void backward_sequences(const PackedLayer& p, const TapeData& tape, const float* dy, LayerGradients& grads);
 
+// A context-parallel block's backward (block_backward.cpp), the steps of
+// Layer::block_backward_*: tape from Layer::forward_train through a state,
+// inputs checked by the caller, steps called in order.
+void block_attend(const PackedLayer& p, const TapeData& tape, const float* dy, BlockGradients& g, LayerWeights& w);
+void block_compress(const PackedLayer& p, const TapeData& tape, BlockGradients& g, LayerWeights& w);
+void block_project(const PackedLayer& p, const TapeData& tape, BlockGradients& g, LayerWeights& w);
+// The steps a block's backward has done on `tape` (0: none; -1: g is another tape's).
+int block_step(const BlockGradients& g, const TapeData& tape);
+
+// Training needs reference numerics: a dsv4::Error naming `who` otherwise.
+void check_trainable(const PackedLayer& p, const char* who);
+// grads (to accumulate into) has every weight's shape; else an Error naming `who` and the weight.
+void check_gradient_shapes(const PackedLayer& p, const LayerWeights& grads, const char* who);
+
 }  // namespace dsv4

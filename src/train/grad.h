@@ -44,7 +44,7 @@ struct SeqGrads {
   std::span<float> inv_cq, inv_kv;  // [S]    the norms' 1/rms
   std::span<float> draw;            // [S, n_raw]  gradients of raw
   std::span<float> dcq;             // [S, r_q]    of c_q (normed)
-  std::span<float> dkv;             // [S, D]      of the window rows (kv after norm and RoPE)
+  std::span<float> dkv;             // [kv rows, D] of the window rows (kv after norm and RoPE; tape->kv0 on)
   std::span<float> dent;            // [T, D]      of the compressed entries
   std::span<float> dsink;           // [S, H]      each query's share of the sinks' gradient
 };
@@ -75,6 +75,11 @@ struct QueryGrads {
 // GEMM over the sequences' own tiles), c_q, the norms' 1/rms; the gradient
 // buffers zeroed; each SeqGrads pointed at its rows.
 void project_recompute(const PackedLayer& p, int64_t n_raw, GroupGrads& gg);
+// Stages 5, 4 and 1's c_q side for every query of s, in chunks, after
+// project_recompute: fills s.dkv, s.dent, s.dcq, s.dsink and adds W_oa's and W_qb's gradients.
+void queries_backward(const PackedLayer& p, const DenseWeights& w, SeqGrads& s, QueryGrads& q, LayerWeights& g);
+// The sinks' gradient from s.dsink, query after query.
+void sinks_backward(const PackedLayer& p, const SeqGrads& s, LayerWeights& g);
 // ... and q of queries [t0, t1) from c_q (up-projection, per-head norm, RoPE); sizes q.dq.
 void project_q(const PackedLayer& p, const SeqGrads& s, int64_t t0, int64_t t1, QueryGrads& q);
 
@@ -83,28 +88,30 @@ void project_q(const PackedLayer& p, const SeqGrads& s, int64_t t0, int64_t t1, 
 // transpose of the de-rotation.
 void output_backward(const PackedLayer& p, const DenseWeights& w, const SeqGrads& s, int64_t t0, int64_t t1,
                      QueryGrads& q, LayerWeights& g);
-// Stage 4 for queries [t0, t1). q and d_o ([t1-t0, H·D]) are the roped
+// Stage 4 for queries [t0, t1) (rows of the tape: positions tape.p0 + t0 ..). q and d_o ([t1-t0, H·D]) are the roped
 // queries and the gradient of the attention output before de-rotation; delta
 // [t1-t0, H] = Σ_j P_j dP_j per head, which is dO · o (computed from the saved
 // o, as FlashAttention-2 does: no cancellation-prone sum over the keys).
 // Writes dq (w.r.t. the roped q) and dsink ([t1-t0, H], each query's share of
 // the sinks' gradient); adds the keys' gradients (key and value: K = V) into
-// dkv [S, D] and dent [T, D], in query order.
+// dkv (tape.kv's rows) and dent [T, D], in query order.
 void attend_backward(const PackedLayer& p, const SeqTape& tape, int64_t t0, int64_t t1, const float* q,
                      const float* d_o, const float* delta, float* dq, float* dsink, float* dkv, float* dent);
 
-// Stage 2: backward of a compressor's T = S / rate entries. dent [T, width]:
-// gradient of the entries (after norm and RoPE). raw holds every token's C and
-// Z rows (columns off_c, off_z, row stride ld); draw gets their gradients at
-// the same places (tokens in no complete window: untouched). Adds the position
-// bias's and the norm weight's gradients to dbias [rate, in_width] and dnorm [width].
+// Stage 2: backward of a compressor's entries w0 .. w1-1 (a sequence's T = S /
+// rate: 0 .. T-1; a context-parallel block's own). dent [w1, width]: gradient
+// of the entries (after norm and RoPE). raw holds the C and Z rows of the
+// windows' tokens (columns off_c, off_z, row stride ld; row 0 is position
+// tok0); draw gets their gradients at the same places (other tokens'
+// untouched). Adds the position bias's and the norm weight's gradients to
+// dbias [rate, in_width] and dnorm [width].
 struct CompressorGrad {
   const CompressorWeights* w = nullptr;
   int64_t rate = 0, width = 0;
   bool overlap = false;
-  int64_t ld = 0, off_c = 0, off_z = 0;
+  int64_t ld = 0, off_c = 0, off_z = 0, tok0 = 0;
 };
-void compress_backward(const PackedLayer& p, const CompressorGrad& g, int64_t s_len, const float* raw,
+void compress_backward(const PackedLayer& p, const CompressorGrad& g, int64_t w0, int64_t w1, const float* raw,
                        const float* dent, float* draw, float* dbias, float* dnorm);
 // The layer's main compressor: its C/Z columns of s.raw, gradients into s.draw and g.
 void compressor_backward(const PackedLayer& p, int64_t n_raw, SeqGrads& s, LayerWeights& g);
@@ -120,8 +127,11 @@ void project_norms_backward(const PackedLayer& p, int64_t n_raw, SeqGrads& s, La
 // sequences' own tiles), and the token-local weights' gradients (each x-side
 // weight's and o_b's: dW += dYᵀ X) in one parallel region, each weight's terms
 // added sequence after sequence — the bits of the sequences' backwards in order.
+// with_ob false: not o_b's (a context-parallel block adds it in its attend step).
 void token_gemms_backward(const PackedLayer& p, const DenseWeights& w, const GroupGrads& gg, float* dx,
-                          LayerWeights& g);
+                          LayerWeights& g, bool with_ob = true);
+// o_b's gradient alone, dW_ob += dyᵀ grouped over one sequence's tokens (as token_gemms_backward adds it).
+void output_weight_backward(const PackedLayer& p, const SeqGrads& s, LayerWeights& g);
 
 // dw[i] += Σ_r dy[r, i] · x[r, i] · inv[r] over rows in order (an RMSNorm weight's gradient).
 void norm_weight_grad(int64_t rows, int64_t n, const float* dy, int64_t ldy, const float* x, int64_t ldx,

@@ -29,7 +29,7 @@ void output_backward(const PackedLayer& p, const DenseWeights& w, const SeqGrads
     q.delta[r] = static_cast<float>(acc);
   }
 #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < n; ++r) RopeAngles(p.inv_freq, t0 + r).rotate(&q.d_o[r * ho], h_n, hd);
+  for (int64_t r = 0; r < n; ++r) RopeAngles(p.inv_freq, s.tape->p0 + t0 + r).rotate(&q.d_o[r * ho], h_n, hd);
 }
 
 }  // namespace dsv4

@@ -134,7 +134,7 @@ int run_backward_bench(const Options& o) {
 int run_bench(const Options& o) {
   if (o.context_parallel)
     return bench_context_parallel(
-        {o.preset, o.layer_type, o.weights, o.numerics, o.layout, o.seq, o.threads, o.repeats, o.seed});
+        {o.preset, o.layer_type, o.weights, o.numerics, o.layout, o.seq, o.threads, o.repeats, o.seed, o.backward});
   if (o.threads > 0) omp_set_num_threads(o.threads);
   if (o.packed) {
     PackedBenchOptions p = o.pack;
@@ -316,7 +316,8 @@ void add_bench(CLI::App& app, int& rc) {
       ->capture_default_str();
   cmd->add_flag("--backward", o->backward,
                 "training: time forward_train and backward of --seq tokens (loss = sum(y * dy)); reports both, "
-                "backward/forward, the tape's bytes and peak RSS (reference numerics, one-shot only)");
+                "backward/forward, the tape's bytes and peak RSS (reference numerics, one-shot only); with "
+                "--context-parallel: per-rank times and the backward's bytes");
   cmd->add_flag("--packed", o->packed,
                 "packed documents (docs/packing.md): --docs documents of log-uniform lengths in [--doc-min, "
                 "--doc-max] in one call vs one by one (with --backward: the training step); --seq is ignored");

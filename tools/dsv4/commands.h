@@ -38,6 +38,7 @@ struct ContextBench {
   int64_t seq = 0;
   int threads = 0, repeats = 1;
   uint64_t seed = 1;
+  bool backward = false;  // forward_train + backward instead of the forward
 };
 int bench_context_parallel(const ContextBench& o);
 

@@ -44,6 +44,63 @@ double mean(const std::vector<double>& v) {
   return s / static_cast<double>(v.size());
 }
 
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// This rank's blocks of a sequence drawn per block (no rank holds the whole sequence).
+std::vector<float> block_rows(const ContextBench& o, int64_t d, int rank, int ranks, ContextLayout lay, uint64_t salt) {
+  std::vector<float> x;
+  for (const TokenBlock& b : rank_blocks(o.seq, ranks, rank, lay)) {
+    const Tensor xb = random_uniform({b.end - b.begin, d}, 1.0f, o.seed + salt + static_cast<uint64_t>(b.begin));
+    x.insert(x.end(), xb.data.begin(), xb.data.end());
+  }
+  return x;
+}
+
+// --backward: context_parallel_forward_train, then context_parallel_backward.
+int bench_backward(const ContextBench& o, const Layer& layer, const MpiSession& mpi, ContextLayout lay) {
+  const int64_t d = layer.config().hidden_size;
+  const std::vector<float> x = block_rows(o, d, mpi.rank, mpi.ranks, lay, 99);
+  const std::vector<float> dy = block_rows(o, d, mpi.rank, mpi.ranks, lay, 7);
+  const int64_t n = static_cast<int64_t>(x.size()) / d;
+  std::vector<double> fwd, bwd;
+  ContextStats fs, bs;
+  size_t tape_bytes = 0;
+  for (int r = 0; r < o.repeats; ++r) {
+    ContextTape tape;
+    MPI_Barrier(MPI_COMM_WORLD);
+    const double t0 = MPI_Wtime();
+    context_parallel_forward_train(layer, TensorView(x.data(), {n, d}), o.seq, MPI_COMM_WORLD, tape, {lay}, &fs);
+    const double t1 = MPI_Wtime();
+    context_parallel_backward(layer, tape, TensorView(dy.data(), {n, d}), MPI_COMM_WORLD, &bs);
+    fwd.push_back(t1 - t0), bwd.push_back(MPI_Wtime() - t1);
+    tape_bytes = tape.bytes();
+  }
+  const auto f = on_root(median(fwd)), b = on_root(median(bwd)), comp = on_root(bs.backward_s);
+  const auto ex = on_root(bs.exchange_s), tape_mb = on_root(static_cast<double>(tape_bytes) / 1e6);
+  const auto sent = on_root(static_cast<double>(bs.bytes_sent)), recv = on_root(static_cast<double>(bs.bytes_received));
+  if (mpi.rank != 0) return 0;
+  std::printf("dsv4 bench --context-parallel --backward: %s %s, S=%lld, %d ranks x %d threads, %s layout\n",
+              o.preset.c_str(), o.layer_type.c_str(), static_cast<long long>(o.seq), mpi.ranks, omp_get_max_threads(),
+              o.layout.c_str());
+  std::printf("rank  fwd_train  backward  compute  exchange   MB sent  MB recv  tape MB   (backward's bytes)\n");
+  for (int r = 0; r < mpi.ranks; ++r)
+    std::printf("%4d %10.3f %9.3f %8.3f %9.3f %9.2f %8.2f %8.1f\n", r, f[r], b[r], comp[r], ex[r], sent[r] / 1e6,
+                recv[r] / 1e6, tape_mb[r]);
+  const double slowest = *std::max_element(b.begin(), b.end()), slowest_f = *std::max_element(f.begin(), f.end());
+  std::printf("imbalance (max/mean rank time): backward %.3f, forward_train %.3f\n", slowest / mean(b),
+              slowest_f / mean(f));
+  std::printf("throughput: %.1f tokens/s (forward_train + backward, S / slowest rank, median of %d)\n",
+              static_cast<double>(o.seq) / (slowest + slowest_f), o.repeats);
+  const double most =
+      std::max(*std::max_element(sent.begin(), sent.end()), *std::max_element(recv.begin(), recv.end()));
+  std::printf("backward's exchange at a 10 GB/s link: %.4f s per rank (%.2f%% of the slowest rank's backward)\n",
+              most / 1e10, 100.0 * most / 1e10 / slowest);
+  return 0;
+}
+
 }  // namespace
 
 int verify_context_parallel(const std::vector<std::string>& files, const std::string& layout, bool verbose) {
@@ -74,15 +131,9 @@ int bench_context_parallel(const ContextBench& o) {
   store_as_released(weights, type);
   const Layer layer(c, type, std::move(weights),
                     LayerOptions{parse_weight_format(o.weights), parse_numerics(o.numerics)});
-  // Each block's input drawn on its own rank (no rank holds the whole sequence).
-  std::vector<float> x;
-  int64_t n = 0;
-  for (const TokenBlock& b : rank_blocks(o.seq, mpi.ranks, mpi.rank, lay)) {
-    const Tensor xb =
-        random_uniform({b.end - b.begin, c.hidden_size}, 1.0f, o.seed + 99 + static_cast<uint64_t>(b.begin));
-    x.insert(x.end(), xb.data.begin(), xb.data.end());
-    n += b.end - b.begin;
-  }
+  if (o.backward) return bench_backward(o, layer, mpi, lay);
+  const std::vector<float> x = block_rows(o, c.hidden_size, mpi.rank, mpi.ranks, lay, 99);
+  const int64_t n = static_cast<int64_t>(x.size()) / c.hidden_size;
   std::vector<double> secs;
   ContextStats st;
   for (int r = 0; r < o.repeats; ++r) {
