@@ -17,7 +17,7 @@
 namespace dsv4 {
 
 struct BlockWork {
-  GroupGrads group;                // one sequence, the block's own tokens: raw, c_q, the norms and dc_q kept for the project step
+  GroupGrads group;  // one sequence, the block's own tokens: raw, c_q, the norms and dc_q kept for the project step
   const TapeData* tape = nullptr;  // whose
   int step = 0;                    // steps done
 };
@@ -96,7 +96,7 @@ void block_project(const PackedLayer& p, const TapeData& tape, BlockGradients& g
   g.dx = Tensor({t.len, p.c.hidden_size});
   project_norms_backward(p, n_raw, s, w);
   token_gemms_backward(p, dw, gg, g.dx.ptr(), w, false);  // o_b's gradient came with the attend step
-  g.work.reset();  // done: the block's scratch goes
+  g.work.reset();                                         // done: the block's scratch goes
 }
 
 }  // namespace dsv4

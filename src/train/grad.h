@@ -128,8 +128,8 @@ void project_norms_backward(const PackedLayer& p, int64_t n_raw, SeqGrads& s, La
 // weight's and o_b's: dW += dYᵀ X) in one parallel region, each weight's terms
 // added sequence after sequence — the bits of the sequences' backwards in order.
 // with_ob false: not o_b's (a context-parallel block adds it in its attend step).
-void token_gemms_backward(const PackedLayer& p, const DenseWeights& w, const GroupGrads& gg, float* dx,
-                          LayerWeights& g, bool with_ob = true);
+void token_gemms_backward(const PackedLayer& p, const DenseWeights& w, const GroupGrads& gg, float* dx, LayerWeights& g,
+                          bool with_ob = true);
 // o_b's gradient alone, dW_ob += dyᵀ grouped over one sequence's tokens (as token_gemms_backward adds it).
 void output_weight_backward(const PackedLayer& p, const SeqGrads& s, LayerWeights& g);
 

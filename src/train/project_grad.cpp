@@ -117,8 +117,8 @@ void project_norms_backward(const PackedLayer& p, int64_t n_raw, SeqGrads& s, La
   cq_backward(p, n_raw, s, g);
 }
 
-void token_gemms_backward(const PackedLayer& p, const DenseWeights& w, const GroupGrads& gg, float* dx,
-                          LayerWeights& g, bool with_ob) {
+void token_gemms_backward(const PackedLayer& p, const DenseWeights& w, const GroupGrads& gg, float* dx, LayerWeights& g,
+                          bool with_ob) {
   const Config& c = p.c;
   const int64_t d = c.hidden_size, n = w.n_raw, gd = c.o_groups * c.o_lora_rank;
   std::vector<RowBlock> blocks;
