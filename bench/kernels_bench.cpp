@@ -317,7 +317,12 @@ BENCHMARK(BM_Gemm_QUp)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Gemm_OaGroup)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Gemm_Ob)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Gemv_Decode_Ob_Stored)->ArgsProduct({{0, 1, 2}, {1, 16}})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_Gemv_Decode_Fp8)->Args({128, 1})->Args({32768, 2})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Gemv_Decode_Fp8)
+    ->Args({128, 1})
+    ->Args({32768, 1})
+    ->Args({32768, 2})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK(BM_Gemv_Decode_QUp)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_SparseAttention_OneQuery)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_IndexerTopk)->Arg(1024)->Arg(16384)->Unit(benchmark::kMillisecond)->UseRealTime();
