@@ -29,7 +29,6 @@
 
 #include "common/dtype.h"
 #include "ops/blas.h"
-#include "ops/fp8_rows.h"
 #include "ops/vec.h"
 #include "ops/weight_decode.h"
 
@@ -118,10 +117,6 @@ void tile(int64_t m, int64_t nj, int64_t k, const float* const* x, Rows& rows, i
   float* acc = buf.data();
   const int64_t k8 = k & ~int64_t{7};
   for (int64_t jb = 0; jb < nj; jb += J) {  // each weight row streamed start to end
-    if constexpr (Rows::kWide > 0)          // whole rows, Rows::kWide at a time, where that kernel runs
-      while (chunk >= k8 && m <= kDirect && nj - jb >= Rows::kWide && rows.wide(jb, m, x, k8, acc + 8 * jb, nj))
-        jb += Rows::kWide;
-    if (jb >= nj) break;
     const int nb = static_cast<int>(std::min<int64_t>(J, nj - jb));
     for (int64_t i0 = 0; i0 < k8; i0 += chunk) {
       const int64_t i1 = std::min(k8, i0 + chunk);
@@ -163,7 +158,6 @@ void prefetch_row(const Row& r, int64_t i0, int64_t i1) {
 template <class RowOf>
 struct DirectRows {
   static constexpr bool kInPlace = true;  // rows are read where they are stored
-  static constexpr int kWide = 0;         // no kernel for more rows than kJ
   RowOf row_of;
   int64_t j0;
   auto row(int64_t j) const { return row_of(j0 + j); }  // row j0 + j
@@ -193,24 +187,6 @@ struct Fp8BitsRow {
   float at(int64_t i) const { return e4m3_times_2pow_m120(p[i]); }
 };
 
-struct Fp8BitsOf {
-  const uint8_t* codes;
-  int64_t ld;
-  Fp8BitsRow operator()(int64_t j) const { return {codes + j * ld}; }
-};
-
-// Pre-scaled FP8 codes read in place; whole rows fp8rows::kRows at a time
-// through the AVX-512 kernel where the CPU has it (the same lanes and order).
-struct Fp8DirectRows : DirectRows<Fp8BitsOf> {
-  static constexpr int kWide = fp8rows::kRows;
-  bool wide(int64_t jb, int64_t m, const float* const* x, int64_t k8, float* acc, int64_t nj) const {
-    if (!fp8rows::avx512()) return false;
-    const uint8_t *w[kWide], *next[kWide];
-    for (int q = 0; q < kWide; ++q) w[q] = row(jb + q).p, next[q] = row(std::min<int64_t>(jb + kWide + q, nj - 1)).p;
-    return fp8rows::micro(static_cast<int>(m), x, w, jb + kWide < nj ? next : nullptr, 0, k8, acc, nj);
-  }
-};
-
 // Columns [i0, i0 + kChunk) of a row widened into an L1 buffer (i0 a multiple of kChunk).
 struct ChunkRow {
   const float* p;
@@ -226,7 +202,6 @@ static_assert((kChunk & (kChunk - 1)) == 0);
 // else through fp16 as Fp8Row does.
 struct WidenedRows {
   static constexpr bool kInPlace = false;  // rows are widened into a buffer per chunk
-  static constexpr int kWide = 0;
   WeightRows b;
   int64_t j0;
   int64_t ld;
@@ -337,7 +312,8 @@ void fp8_rows(int64_t m, int64_t j0, int64_t j1, int64_t k, const float* a, int6
       thread_local std::vector<const float*> x;
       x.resize(size_t(m));
       for (int64_t r = 0; r < m; ++r) x[size_t(r)] = scaled.data() + r * padded(k);
-      Fp8DirectRows rows{{Fp8BitsOf{static_cast<const uint8_t*>(b.data), b.ld}, j0}};
+      const uint8_t* codes = static_cast<const uint8_t*>(b.data);
+      DirectRows rows{[&](int64_t j) { return Fp8BitsRow{codes + j * b.ld}; }, j0};
       return tile<kJ, kDirect>(m, j1 - j0, k, x.data(), rows, m <= kDirect ? k : kChunk, c + j0, ldc);
     }
   }
