@@ -48,6 +48,34 @@ void BM_Roofline_Copy256MiB(benchmark::State& st) {
   st.counters["bytes/s"] = benchmark::Counter(2.0 * bytes * st.iterations(), benchmark::Counter::kIsRate);
 }
 
+// Read-only bandwidth: 256 MiB summed by all threads (what streaming weights
+// can reach; the copy above also writes).
+void BM_Roofline_Read256MiB(benchmark::State& st) {
+  const size_t words = (size_t{256} << 20) / 8, chunks = 64;
+  std::vector<uint64_t> src(words, 1);
+  for (auto _ : st) {
+    uint64_t total = 0;
+#pragma omp parallel for schedule(static) reduction(^ : total)
+    for (size_t i = 0; i < chunks; ++i) {
+      const uint64_t* p = &src[i * words / chunks];
+#ifdef __AVX2__
+      __m256i x[4] = {};
+      for (size_t q = 0; q < words / chunks; q += 16)
+        for (int l = 0; l < 4; ++l)
+          x[l] = _mm256_xor_si256(x[l], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + q + 4 * l)));
+      alignas(32) uint64_t lanes[4];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes),
+                         _mm256_xor_si256(_mm256_xor_si256(x[0], x[1]), _mm256_xor_si256(x[2], x[3])));
+      for (uint64_t v : lanes) total ^= v;
+#else
+      for (size_t q = 0; q < words / chunks; ++q) total ^= p[q];
+#endif
+    }
+    benchmark::DoNotOptimize(total);
+  }
+  st.counters["bytes/s"] = benchmark::Counter(8.0 * words * st.iterations(), benchmark::Counter::kIsRate);
+}
+
 // The integer instruction peak of one core: independent vpmaddubsw (32 byte
 // multiply-adds each) and the vpaddw that accumulates each, as the FP4 indexer
 // kernel needs them; counters in multiply-adds/s.
@@ -151,6 +179,27 @@ void BM_Gemv_Decode_Ob_Stored(benchmark::State& st) {
     linear(g, n, a.ptr(), k, mat, 0, c.data(), n);
     benchmark::DoNotOptimize(c.data());
   }
+  st.counters["bytes/s"] = benchmark::Counter(double(mat.bytes()) * st.iterations(), benchmark::Counter::kIsRate);
+}
+
+// One decode token (m = 1) through FP8 rows of 4096 columns (the x-side
+// projections' width), range(0) rows, range(1) threads: 256 rows (1 MiB, in
+// L2, one thread) is the kernel's compute ceiling; 32,768 rows (128 MiB,
+// beyond L3, two threads) its rate from DRAM, to compare with Read256MiB.
+void BM_Gemv_Decode_Fp8(benchmark::State& st) {
+  const int64_t n = st.range(0), k = 4096;
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(static_cast<int>(st.range(1)));
+  const Tensor a = random_uniform({1, k}, 1, 1), w = random_uniform({n, k}, 0.02f, 2);
+  Matrix mat;
+  mat.append(quantize_fp8_blocks(w, true));
+  std::vector<float> c(static_cast<size_t>(n));
+  const RowGroup g{0, 1, true};
+  for (auto _ : st) {
+    linear(g, n, a.ptr(), k, mat, 0, c.data(), n);
+    benchmark::DoNotOptimize(c.data());
+  }
+  omp_set_num_threads(threads);
   st.counters["bytes/s"] = benchmark::Counter(double(mat.bytes()) * st.iterations(), benchmark::Counter::kIsRate);
 }
 
@@ -259,6 +308,7 @@ void BM_Deployment_DecodeStepRows(benchmark::State& st) {
 
 BENCHMARK(BM_Roofline_Sgemm2048)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Roofline_Copy256MiB)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Roofline_Read256MiB)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Roofline_Maddubs)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Roofline_Dpbusd)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Fp4IndexerScores)->ArgsProduct({{16384, 262144}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime();
@@ -267,6 +317,12 @@ BENCHMARK(BM_Gemm_QUp)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Gemm_OaGroup)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Gemm_Ob)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Gemv_Decode_Ob_Stored)->ArgsProduct({{0, 1, 2}, {1, 16}})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Gemv_Decode_Fp8)
+    ->Args({128, 1})
+    ->Args({32768, 1})
+    ->Args({32768, 2})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK(BM_Gemv_Decode_QUp)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_SparseAttention_OneQuery)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_IndexerTopk)->Arg(1024)->Arg(16384)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -23,16 +23,18 @@ struct F16Row {
 // are decoded as fp16 bit patterns (value / 256, exact, subnormals included,
 // no denormal fp32 operands) and multiplied by 256·scale (exact: a power-of-two
 // shift of the scale), so value·scale = (value/256)·(256·scale) is one
-// correctly rounded product, the same as the dequantised weight.
+// correctly rounded product, the same as the dequantised weight. The pattern
+// is sign | magnitude << 7: the code sign-extended to 16 bits, shifted left 7
+// (magnitude to bits 7-13, the sign to 14 and 15) and bit 14 cleared. (NaN
+// codes, S.1111.111, would read as ±480·scale: the loader refuses them.)
 struct Fp8Row {
   const uint8_t* p;
   const float* scale;
 #ifdef DSV4_AVX2
   __m256 load8(int64_t i) const {
-    const __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + i)));
-    const __m128i mag = _mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x7F)), 7);
-    const __m128i sign = _mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x80)), 8);
-    return _mm256_mul_ps(_mm256_cvtph_ps(_mm_or_si128(mag, sign)), _mm256_set1_ps(scale[i >> 7] * 256.0f));
+    const __m128i w = _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + i)));
+    const __m128i h = _mm_and_si128(_mm_slli_epi16(w, 7), _mm_set1_epi16(static_cast<short>(0xBFFF)));
+    return _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(scale[i >> 7] * 256.0f));
   }
 #endif
   float at(int64_t i) const { return (e4m3fn_to_f32(p[i]) * (1.0f / 256.0f)) * (scale[i >> 7] * 256.0f); }
