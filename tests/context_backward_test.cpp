@@ -24,24 +24,11 @@
 namespace dsv4 {
 namespace {
 
+using test::Case;
+using test::describe;
 using test::rank_of;
 using test::size_of;
 const MPI_Comm kWorld = MPI_COMM_WORLD;
-
-struct Case {
-  Config c;
-  LayerType type = LayerType::csa;
-  WeightFormat weights = WeightFormat::f32;
-  ContextLayout layout = ContextLayout::zigzag;
-  int64_t seq = 0;
-};
-
-std::string describe(const Case& k) {
-  return std::string(layer_type_name(k.type)) + (k.layout == ContextLayout::zigzag ? " zigzag" : " contiguous") +
-         (k.weights == WeightFormat::bf16 ? " bf16" : " f32") + " S=" + std::to_string(k.seq) +
-         " W=" + std::to_string(k.c.sliding_window) + " m=" + std::to_string(k.c.compress_rate(k.type)) +
-         " k=" + std::to_string(k.c.index_topk);
-}
 
 double max_abs(const Tensor& t) {
   double m = 0;

@@ -17,25 +17,10 @@
 namespace dsv4 {
 namespace {
 
+using test::Case;
+using test::describe;
 using test::rank_of;
 using test::size_of;
-
-struct Case {
-  Config c;
-  LayerType type = LayerType::csa;
-  Numerics numerics = Numerics::reference;
-  WeightFormat weights = WeightFormat::f32;
-  ContextLayout layout = ContextLayout::zigzag;
-  int64_t seq = 0;
-};
-
-std::string describe(const Case& k) {
-  return std::string(layer_type_name(k.type)) + (k.numerics == Numerics::deployment ? " deployment" : " reference") +
-         (k.layout == ContextLayout::zigzag ? " zigzag" : " contiguous") +
-         (k.weights == WeightFormat::bf16 ? " bf16" : " f32") + " S=" + std::to_string(k.seq) +
-         " W=" + std::to_string(k.c.sliding_window) + " m=" + std::to_string(k.c.compress_rate_csa) +
-         " m'=" + std::to_string(k.c.compress_rate_hca) + " k=" + std::to_string(k.c.index_topk);
-}
 
 std::string state_bytes_of(const LayerState& s, const Config& c, const std::string& tag) {
   const auto path = std::filesystem::temp_directory_path() /

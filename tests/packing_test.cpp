@@ -34,7 +34,7 @@ std::vector<int64_t> boundaries(const std::vector<int64_t>& lengths) {
 // 1100-token document (two pieces), a 300-token one.
 const std::vector<int64_t> kMix = {5, 3, 0, 40, 1, 13, 1100, 17, 300};
 
-// Many documents: more rows than one step of a split call holds (kRowBudget).
+// Many documents: more rows than one step of a split call holds (kMaxStepRows).
 std::vector<int64_t> many_lengths(std::mt19937& rng) {
   std::vector<int64_t> n = {1100};
   std::uniform_int_distribution<int64_t> len(0, 400);

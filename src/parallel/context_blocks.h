@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <climits>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -81,7 +82,8 @@ std::vector<Local> prepare_blocks(const Layer& layer, TensorView x, int64_t seq,
 
 // Every rank's verdict on its input: throws on every rank if any refused
 // (`refused`: this rank's message, empty if fine).
-// With seq >= 0 (the same on every rank's call) the ranks must also agree on seq.
-void agree(const std::string& refused, MPI_Comm comm, int rank, const char* who, int64_t seq = -1);
+// With seq (passed, or not, alike on every rank), the ranks must also agree on its value.
+void agree(const std::string& refused, MPI_Comm comm, int rank, const char* who,
+           std::optional<int64_t> seq = std::nullopt);
 
 }  // namespace dsv4

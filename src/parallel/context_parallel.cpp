@@ -198,12 +198,13 @@ std::vector<TokenBlock> rank_blocks(int64_t seq, int ranks, int rank, ContextLay
   return out;
 }
 
-void agree(const std::string& refused, MPI_Comm comm, int rank, const char* who, int64_t seq) {
-  int64_t v[3] = {refused.empty() ? 0 : 1, seq, -seq};  // any refused; max seq; -min seq
+void agree(const std::string& refused, MPI_Comm comm, int rank, const char* who, std::optional<int64_t> seq) {
+  const int64_t s = seq.value_or(0);
+  int64_t v[3] = {refused.empty() ? 0 : 1, s, -s};  // any refused; max seq; -min seq
   MPI_Allreduce(MPI_IN_PLACE, v, 3, MPI_INT64_T, MPI_MAX, comm);
   if (!refused.empty()) fail(refused);
   if (v[0]) fail(std::string(who) + ": another rank refused its input (rank " + std::to_string(rank) + "'s is fine)");
-  if (v[1] != -v[2])
+  if (seq && v[1] != -v[2])
     fail(std::string(who) + ": the ranks disagree on seq (from " + std::to_string(-v[2]) + " to " +
          std::to_string(v[1]) + ")");
 }

@@ -15,8 +15,11 @@ namespace dsv4 {
 
 // Long chunks run in pieces of at most this many tokens (Layer::kPrefillChunk).
 constexpr int64_t kPrefillChunk = 1024;
-// The most activation rows one step of a split call holds (many sequences).
-constexpr int64_t kRowBudget = 4 * kPrefillChunk;
+// One step of a split call (many sequences) holds the next piece of as many
+// sequences as keep its activations within kStepBytes (schedule.cpp step_rows),
+// at least one piece's rows and at most four.
+constexpr int64_t kStepBytes = int64_t{8} << 20;
+constexpr int64_t kMaxStepRows = 4 * kPrefillChunk;
 
 struct Job {
   Job() = default;

@@ -246,17 +246,31 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
   }
 }
 
+// The rows of one step of a split call: as many as keep a row's activations
+// (x and out, the projections, the attention output, the grouped projection)
+// within kStepBytes, so that a stage's output is still in the cache when the
+// next stage reads it — with V4's widths a row holds ~300 KB, so one piece;
+// with narrow ones (a 256-wide sliding layer, 5 KB a row) 4,096 rows (20 MB)
+// made the attention ~6% slower than one 1,024-token piece (docs/packing.md).
+int64_t step_rows(const PackedLayer& p) {
+  const Config& c = p.c;
+  const int64_t row_bytes =
+      static_cast<int64_t>(sizeof(float)) *
+      (2 * c.hidden_size + p.n_in + p.n_up + c.num_attention_heads * c.head_dim + c.o_groups * c.o_lora_rank);
+  return std::clamp(kStepBytes / row_bytes, kPrefillChunk, kMaxStepRows);
+}
+
 }  // namespace
 
 // Long chunks run in pieces of at most kPrefillChunk tokens per sequence: each
 // piece continues the state, so the result is the same (to rounding) and the
 // activations stay bounded. A sequence's pieces are the same whatever else is
 // in the call (it equals a call with it alone, bit for bit); a step takes the
-// next piece of as many sequences as fit in kRowBudget rows (packed documents:
+// next piece of as many sequences as fit in step_rows (packed documents:
 // memory as for a few sequences, not for all). Debug output and maps need the
 // whole chunk in one piece.
 void run_jobs(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
-  const int64_t d = p.c.hidden_size, chunk = kPrefillChunk;
+  const int64_t d = p.c.hidden_size, chunk = kPrefillChunk, budget = step_rows(p);
   // Before any state moves: a rejected call leaves every state as it was.
   int64_t rows = 0;
   for (size_t k = 0; k < jobs.size(); ++k) {
@@ -265,7 +279,7 @@ void run_jobs(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
   }
   const bool split =
       std::all_of(jobs.begin(), jobs.end(), [](const Job& j) { return !j.dbg && !j.map; }) &&
-      (rows > kRowBudget || std::any_of(jobs.begin(), jobs.end(), [&](const Job& j) { return j.len > chunk; }));
+      (rows > budget || std::any_of(jobs.begin(), jobs.end(), [&](const Job& j) { return j.len > chunk; }));
   if (!split) return run(p, jobs, times);
   std::vector<int64_t> done(jobs.size(), 0);
   for (;;) {
@@ -273,7 +287,7 @@ void run_jobs(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
     int64_t piece_rows = 0;
     for (size_t k = 0; k < jobs.size(); ++k) {
       const int64_t n = std::min(chunk, jobs[k].len - done[k]);
-      if (n <= 0 || (!piece.empty() && piece_rows + n > kRowBudget)) continue;
+      if (n <= 0 || (!piece.empty() && piece_rows + n > budget)) continue;
       piece.emplace_back(jobs[k].x ? jobs[k].x + done[k] * d : nullptr, n, jobs[k].st, jobs[k].out + done[k] * d);
       piece.back().tape = jobs[k].tape;
       if (jobs[k].projected) piece.back().projected = jobs[k].projected + done[k] * p.n_in;
