@@ -150,6 +150,20 @@ void tile_scores(const WideTile& t, const Query& q, const float* a, float* s) {
 
 }  // namespace
 
+double dpbusd_peak(int64_t iters) {
+  if (!avx512_vnni()) return 0;
+  __m512i acc[16], x = _mm512_set1_epi8(3), y = _mm512_set1_epi8(-2);
+  for (auto& v : acc) v = _mm512_setzero_si512();
+  for (int64_t i = 0; i < iters; ++i) {
+    for (auto& v : acc) v = _mm512_dpbusd_epi32(v, x, y);
+    __asm__ volatile("" : "+v"(x));  // keeps the products inside the loop
+  }
+  __m512i all = acc[0];
+  for (int j = 1; j < 16; ++j) all = _mm512_add_epi32(all, acc[j]);
+  __asm__ volatile("" : : "v"(all));
+  return 64.0 * 16 * static_cast<double>(iters);
+}
+
 bool scores_avx512(const Query& q, const float* a, const uint8_t* keys, size_t row_bytes, int64_t n, float* s) {
   if (q.dim != kDim || q.heads % 8 != 0) return false;
   WideTile t;
@@ -174,5 +188,6 @@ bool scores_avx512(const Query& q, const float* a, const uint8_t* keys, size_t r
 #else
 namespace dsv4::fp4dot {
 bool scores_avx512(const Query&, const float*, const uint8_t*, size_t, int64_t, float*) { return false; }
+double dpbusd_peak(int64_t) { return 0; }
 }  // namespace dsv4::fp4dot
 #endif
