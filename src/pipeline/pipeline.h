@@ -186,6 +186,9 @@ struct KeySet {
   const float* entries = nullptr;  // compressed entries [n_entries, D] (CSA: the gathered selection)
   int64_t n_entries = 0;
   const int32_t* ids = nullptr;  // CSA: the entries' ids (for the attention map); null: 0 .. n_entries-1
+  // Or (HCA, flash-decoding): entries is null and each run decodes its own
+  // entries from the store — nothing widens all of them every step.
+  const RowStore* entry_rows = nullptr;
 };
 // Where one query's softmax mass goes (Layer::attention_map); head h writes
 // mass[h·mass_stride + 0..2] = window, entries, sink and, if dense is set,
