@@ -3,9 +3,6 @@
 // measured in the same binary. Run: build/bench/dsv4_kernels_bench
 #include <benchmark/benchmark.h>
 #include <omp.h>
-#ifdef __AVX2__
-#include <immintrin.h>
-#endif
 
 #include <cstring>
 #include <random>
@@ -76,56 +73,18 @@ void BM_Roofline_Read256MiB(benchmark::State& st) {
   st.counters["bytes/s"] = benchmark::Counter(8.0 * words * st.iterations(), benchmark::Counter::kIsRate);
 }
 
-// The integer instruction peak of one core: independent vpmaddubsw (32 byte
-// multiply-adds each) and the vpaddw that accumulates each, as the FP4 indexer
-// kernel needs them; counters in multiply-adds/s.
-void BM_Roofline_Maddubs(benchmark::State& st) {
-#ifdef __AVX2__
-  __m256i acc[12], x = _mm256_set1_epi8(3), y = _mm256_set1_epi8(-2);
-  for (auto& a : acc) a = _mm256_setzero_si256();
+// The integer instruction peaks of one core (fp4dot::maddubs_peak, dpbusd_peak:
+// what the benchmarks' step bounds price the deployment indexer at); counters in
+// multiply-adds/s.
+void peak(benchmark::State& st, double (*loop)(int64_t), const char* missing) {
   constexpr int64_t kIter = 1 << 20;
-  for (auto _ : st) {
-    for (int64_t i = 0; i < kIter; ++i) {
-      for (auto& a : acc) a = _mm256_add_epi16(a, _mm256_maddubs_epi16(x, y));
-      __asm__ volatile("" : "+x"(x));  // keeps the products inside the loop
-    }
-  }
-  for (auto& a : acc) benchmark::DoNotOptimize(a);
-  st.counters["MAC/s"] = benchmark::Counter(32.0 * 12 * kIter * st.iterations(), benchmark::Counter::kIsRate);
-#else
-  st.SkipWithError("needs AVX2");
-#endif
+  double macs = 0;
+  for (auto _ : st) macs += loop(kIter);
+  if (macs == 0) return st.SkipWithError(missing);
+  st.counters["MAC/s"] = benchmark::Counter(macs, benchmark::Counter::kIsRate);
 }
-
-// The same for AVX-512 VNNI's vpdpbusd (64 byte multiply-adds into 32-bit
-// sums each, no separate add), where the CPU has it: 16 independent sums.
-#ifdef __AVX2__
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) void dpbusd_loop(int64_t iters, int32_t* out) {
-  __m512i acc[16], x = _mm512_set1_epi8(3), y = _mm512_set1_epi8(-2);
-  for (auto& a : acc) a = _mm512_set1_epi32(0);
-  for (int64_t i = 0; i < iters; ++i) {
-    for (auto& a : acc) a = _mm512_dpbusd_epi32(a, x, y);
-    __asm__ volatile("" : "+v"(x));  // keeps the products inside the loop
-  }
-  for (int j = 0; j < 16; ++j) {
-    alignas(64) int32_t lanes[16];
-    _mm512_store_si512(lanes, acc[j]);
-    out[j] = lanes[0];
-  }
-}
-#endif
-void BM_Roofline_Dpbusd(benchmark::State& st) {
-  if (!fp4dot::avx512_vnni()) return st.SkipWithError("no AVX-512 VNNI on this CPU");
-#ifdef __AVX2__
-  constexpr int64_t kIter = 1 << 20;
-  int32_t out[16];
-  for (auto _ : st) {
-    dpbusd_loop(kIter, out);
-    benchmark::DoNotOptimize(out);
-  }
-  st.counters["MAC/s"] = benchmark::Counter(64.0 * 16 * kIter * st.iterations(), benchmark::Counter::kIsRate);
-#endif
-}
+void BM_Roofline_Maddubs(benchmark::State& st) { peak(st, fp4dot::maddubs_peak, "needs AVX2"); }
+void BM_Roofline_Dpbusd(benchmark::State& st) { peak(st, fp4dot::dpbusd_peak, "no AVX-512 VNNI on this CPU"); }
 
 // The FP4 indexer kernel (deployment numerics) on one thread: 64 heads x 128
 // dims against range(0) packed keys (16,384: in L2; 262,144: a 1M-token layer,

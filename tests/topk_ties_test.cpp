@@ -7,7 +7,11 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <algorithm>
+#include <numeric>
+
 #include "dsv4/layer.h"
+#include "pipeline/pipeline.h"
 #include "reference.h"
 #include "test_util.h"
 
@@ -115,6 +119,35 @@ TEST(TopkTies, AllScoresEqualPickTheFirstEntries) {
         EXPECT_EQ(ref[0].topk.data[q * w + i], want) << numerics_name(n) << " query " << q;
       }
   }
+}
+
+// select_topk on long rows (cut to the entries at or above a sampled bound
+// first) equals a full stable sort by score, best first: scores from a few
+// values (runs of ties at the k-th place), from many, rows just below and
+// above the cut's length, k of 1 .. n.
+TEST(TopkTies, SampledCutEqualsFullSort) {
+  std::mt19937 rng(2026);
+  std::vector<int32_t> idx;
+  int64_t rows = 0;
+  for (int64_t n : {20000, 1, 7, 40, 63, 64, 65, 500, 4095, 4096, 4097, 20000, 40})  // short after long: scratch reused
+    for (int64_t k : {1, 3, 8, 512})
+      for (int values : {2, 5, 1000, 0}) {  // 0: continuous
+        std::uniform_int_distribution<int> pick(0, std::max(values - 1, 0));
+        std::normal_distribution<float> normal(0.0f, 1.0f);
+        std::vector<float> s(static_cast<size_t>(n));
+        for (float& v : s) v = values ? static_cast<float>(pick(rng)) * 0.25f : normal(rng);
+        std::vector<int32_t> want(static_cast<size_t>(n));
+        std::iota(want.begin(), want.end(), 0);
+        std::stable_sort(want.begin(), want.end(), [&](int32_t a, int32_t b) { return s[a] > s[b]; });
+        const int64_t width = k + 2, kept = std::min(k, n);
+        std::vector<int32_t> got(static_cast<size_t>(width));
+        select_topk(s.data(), n, k, width, got.data(), idx);
+        for (int64_t i = 0; i < width; ++i)
+          ASSERT_EQ(got[i], i < kept ? want[i] : -1)
+              << "n " << n << " k " << k << " values " << values << " slot " << i;
+        ++rows;
+      }
+  EXPECT_EQ(rows, 13 * 4 * 4);
 }
 
 }  // namespace

@@ -18,6 +18,11 @@ struct StageTimes {
 struct Roofline {
   double sgemm_gflops = 0;   // dsv4's tiled OpenBLAS sgemm, 2048^3, all threads, best of 3
   double copy_gb_per_s = 0;  // memcpy of 256 MiB, (read + write) bytes / s, best of 3
+  // The int8 multiply-add peak, all threads, of the instruction the deployment
+  // indexer's kernel runs on: vpdpbusd (AVX-512 VNNI) where the CPU has it,
+  // else vpmaddubsw (AVX2); 0 and instruction null where neither is built.
+  double int8_macs_per_s = 0;
+  const char* int8_instruction = nullptr;
 };
 Roofline measure_roofline();  // takes about a second
 

@@ -56,6 +56,14 @@ bool scores_avx2(const Query& q, const float* a, const uint8_t* keys, size_t row
 bool avx512_vnni();
 bool scores_avx512(const Query& q, const float* a, const uint8_t* keys, size_t row_bytes, int64_t n, float* s);
 
+// The int8 multiply-add peak of one thread, as the benchmarks' bounds price the
+// deployment indexer: `iters` rounds of 16 independent vpdpbusd (64 byte
+// multiply-adds each, AVX-512 VNNI) or 12 independent vpmaddubsw + vpaddw (32
+// each, AVX2, the accumulation the AVX2 kernel needs); returns the multiply-adds
+// done, 0 where not built or (vpdpbusd) not avx512_vnni().
+double dpbusd_peak(int64_t iters);
+double maddubs_peak(int64_t iters);
+
 // Head h's partial sum (scores' fixed order); the eight are combined as
 // ((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7)).
 constexpr int kLane[8] = {0, 1, 4, 5, 2, 3, 6, 7};

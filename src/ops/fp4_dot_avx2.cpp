@@ -20,7 +20,21 @@ namespace dsv4::fp4dot {
 #ifndef __AVX2__
 void avx2_layout(Query&) {}
 bool scores_avx2(const Query&, const float*, const uint8_t*, size_t, int64_t, float*) { return false; }
+double maddubs_peak(int64_t) { return 0; }
 #else
+double maddubs_peak(int64_t iters) {
+  __m256i acc[12], x = _mm256_set1_epi8(3), y = _mm256_set1_epi8(-2);
+  for (auto& v : acc) v = _mm256_setzero_si256();
+  for (int64_t i = 0; i < iters; ++i) {
+    for (auto& v : acc) v = _mm256_add_epi16(v, _mm256_maddubs_epi16(x, y));
+    __asm__ volatile("" : "+x"(x));  // keeps the products inside the loop
+  }
+  __m256i all = acc[0];
+  for (int j = 1; j < 12; ++j) all = _mm256_add_epi16(all, acc[j]);
+  __asm__ volatile("" : : "x"(all));
+  return 32.0 * 12 * static_cast<double>(iters);
+}
+
 void avx2_layout(Query& q) {
   const int64_t heads = q.heads, dim = q.dim;
   if (dim != 128 || heads % 8 != 0) return;

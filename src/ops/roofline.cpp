@@ -7,6 +7,7 @@
 
 #include "dsv4/profile.h"
 #include "ops/blas.h"
+#include "ops/fp4_dot.h"
 
 namespace dsv4 {
 
@@ -27,6 +28,15 @@ Roofline measure_roofline() {
     for (size_t k = 0; k < chunks; ++k) std::memcpy(&dst[k * bytes / chunks], &src[k * bytes / chunks], bytes / chunks);
     r.copy_gb_per_s = std::max(r.copy_gb_per_s, 2.0 * bytes / (omp_get_wtime() - t0) * 1e-9);
   }
+  const bool vnni = fp4dot::avx512_vnni();
+  for (int i = 0; i < 3; ++i) {
+    double macs = 0;
+    const double t0 = omp_get_wtime();
+#pragma omp parallel reduction(+ : macs)
+    macs += vnni ? fp4dot::dpbusd_peak(int64_t{1} << 20) : fp4dot::maddubs_peak(int64_t{1} << 20);
+    r.int8_macs_per_s = std::max(r.int8_macs_per_s, macs / (omp_get_wtime() - t0));
+  }
+  if (r.int8_macs_per_s > 0) r.int8_instruction = vnni ? "vpdpbusd" : "vpmaddubsw";
   return r;
 }
 

@@ -27,18 +27,23 @@ void attend_part(const PackedLayer& p, const float* q, const KeySet& keys, int64
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   // The run's window rows [w0, w1) and entries [e0, e1).
   const int64_t w0 = std::min(i0, nw), w1 = std::min(i1, nw), e0 = std::max(i0, nw) - nw, e1 = i1 - nw;
-  thread_local std::vector<float> logits;
+  thread_local std::vector<float> logits, decoded;
   logits.resize(static_cast<size_t>(h_n * n));
+  const float* entries = keys.entries ? keys.entries + e0 * hd : nullptr;
+  if (!entries && e1 > e0) {  // this run's entries alone, widened here (at most kSplitKeys rows: in cache)
+    decoded.resize(static_cast<size_t>((e1 - e0) * hd));
+    keys.entry_rows->read(e0, e1 - e0, decoded.data());
+    entries = decoded.data();
+  }
   if (w1 > w0) gemm_nt(h_n, w1 - w0, hd, q, hd, keys.window + w0 * hd, hd, logits.data(), n);
-  if (e1 > e0) gemm_nt(h_n, e1 - e0, hd, q, hd, keys.entries + e0 * hd, hd, logits.data() + (w1 - w0), n);
+  if (e1 > e0) gemm_nt(h_n, e1 - e0, hd, q, hd, entries, hd, logits.data() + (w1 - w0), n);
   for (int64_t h = 0; h < h_n; ++h) {
     float* lh = &logits[h * n];
     m[h] = vec::scale_max(lh, scale, n, -std::numeric_limits<float>::infinity());
     l[h] = vec::exp_sum(lh, n, m[h]);
   }
   if (w1 > w0) gemm_nn(h_n, hd, w1 - w0, logits.data(), n, keys.window + w0 * hd, hd, o, hd);
-  if (e1 > e0)
-    gemm_nn(h_n, hd, e1 - e0, logits.data() + (w1 - w0), n, keys.entries + e0 * hd, hd, o, hd, w1 > w0 ? 1.0f : 0.0f);
+  if (e1 > e0) gemm_nn(h_n, hd, e1 - e0, logits.data() + (w1 - w0), n, entries, hd, o, hd, w1 > w0 ? 1.0f : 0.0f);
 }
 
 void attend_merge(const PackedLayer& p, int64_t splits, const float* parts, const float* m, const float* l,

@@ -51,8 +51,9 @@ void gather_short_chunks(const PackedLayer& p, std::vector<Job>& jobs) {
 
 void entry_keys(const PackedLayer& p, const Job& j, int64_t r, int64_t t, KeySet& ks) {
   const CompressorState& cs = j.st->compressor();
-  if (p.type == LayerType::hca) {  // the first floor((t+1)/m') entries, in place
+  if (p.type == LayerType::hca) {  // the first floor((t+1)/m') entries, in place (or decoded per run)
     ks.entries = j.hca_entries;
+    if (!ks.entries) ks.entry_rows = &cs.entries;
     ks.n_entries = std::min(cs.emitted, (t + 1) / p.rate);
   }
   if (p.type != LayerType::csa) return;

@@ -46,7 +46,7 @@ struct Job {
   Scratch<int32_t>* topk = nullptr;        // CSA: [len, width]
   int64_t width = 0;
   std::vector<float>* decoded = nullptr;  // stored rows read as fp32 when the store does not hold fp32
-  const float* hca_entries = nullptr;     // HCA: every entry as fp32 [emitted, D]
+  const float* hca_entries = nullptr;     // HCA: every entry as fp32 [emitted, D]; null: decoded per run
   // CSA short chunk: each row's selected entries, gathered once: ids [len, width], rows [len, width, D]
   Scratch<int32_t>* picked_ids = nullptr;
   Scratch<float>* picked = nullptr;
@@ -69,6 +69,10 @@ void keep_window(Job& j);
 // compressed keys (a long chunk's CSA selection is gathered there, per query).
 void gather_short_chunks(const PackedLayer& p, std::vector<Job>& jobs);
 void entry_keys(const PackedLayer& p, const Job& j, int64_t r, int64_t t, KeySet& ks);
+
+// Whether a job's queries run split over their keys (attend_part; deployment
+// numerics, short chunks, no map) rather than in head blocks (attend).
+bool split_by_keys(const PackedLayer& p, const Job& j);
 
 // What a job hands back besides its output (record.cpp).
 void fill_debug(const PackedLayer& p, const Projected& pr, const Job& j);

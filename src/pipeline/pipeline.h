@@ -160,6 +160,13 @@ struct IndexKeys {
 // Adds the wall time split between scoring and selection to *score_s / *select_s.
 void index_topk(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t rows, const int64_t* pos,
                 const IndexKeys& keys, int64_t n_keys, int64_t width, int32_t* topk, double* score_s, double* select_s);
+// The best min(width, n) of scores[0, n), best first (higher score, then the
+// lower index: docs/numerics.md, "Top-k ties"), -1-padded to out_width. Long
+// rows are first cut to the entries at or above the k-th best of every 8th
+// score (a lower bound of the k-th best of all, so no entry of the top k is
+// cut); the result is that of a full stable sort. idx: scratch.
+void select_topk(const float* scores, int64_t n, int64_t width, int64_t out_width, int32_t* out,
+                 std::vector<int32_t>& idx);
 // Debug: raw scores of every (query, entry) pair, [rows, n_keys].
 void index_scores_dense(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t rows, const IndexKeys& keys,
                         int64_t n_keys, float* scores);
@@ -179,6 +186,9 @@ struct KeySet {
   const float* entries = nullptr;  // compressed entries [n_entries, D] (CSA: the gathered selection)
   int64_t n_entries = 0;
   const int32_t* ids = nullptr;  // CSA: the entries' ids (for the attention map); null: 0 .. n_entries-1
+  // Or (HCA, flash-decoding): entries is null and each run decodes its own
+  // entries from the store — nothing widens all of them every step.
+  const RowStore* entry_rows = nullptr;
 };
 // Where one query's softmax mass goes (Layer::attention_map); head h writes
 // mass[h·mass_stride + 0..2] = window, entries, sink and, if dense is set,

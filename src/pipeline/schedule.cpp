@@ -118,6 +118,12 @@ void index(const PackedLayer& p, const Projected& pr, const int64_t* pos, Job& j
              &t.index_scores, &t.topk);
 }
 
+}  // namespace
+
+bool split_by_keys(const PackedLayer& p, const Job& j) { return p.deployed() && j.len <= kShortChunk && !j.map; }
+
+namespace {
+
 // The keys row r attends to.
 KeySet key_set(const PackedLayer& p, const Job& j, const Rows& rows, int64_t r) {
   const int64_t hd = p.c.head_dim, t = rows.pos[r], at = j.n_cached + (r - j.row0);  // row of t in kwin
@@ -138,14 +144,13 @@ void attend_rows(const PackedLayer& p, const std::vector<Job>& jobs, const Rows&
                  Workspace& ws, float* o) {
   const int64_t hd = p.c.head_dim, h_n = p.c.num_attention_heads;
   const int64_t short_block = (h_n + kDecodeHeadSplit - 1) / kDecodeHeadSplit;
-  auto by_keys = [&](const Job& j) { return p.deployed() && j.len <= kShortChunk && !j.map; };
   int64_t* part_at = ws.part_at.get(static_cast<size_t>(rows.n));  // first run of row r in the parts; -1: none
   int64_t n_units = 0, n_parts = 0;
   for (int64_t r = 0; r < rows.n; ++r) {
     const Job& j = jobs[rows.job_of[r]];
-    part_at[r] = by_keys(j) ? n_parts : -1;
-    if (by_keys(j)) n_parts += attend_splits(key_set(p, j, rows, r));
-    n_units += by_keys(j) ? 0 : j.len <= kShortChunk ? kDecodeHeadSplit : 1;
+    part_at[r] = split_by_keys(p, j) ? n_parts : -1;
+    if (split_by_keys(p, j)) n_parts += attend_splits(key_set(p, j, rows, r));
+    n_units += split_by_keys(p, j) ? 0 : j.len <= kShortChunk ? kDecodeHeadSplit : 1;
   }
   n_units += n_parts;
   int64_t* unit_row = ws.unit_row.get(static_cast<size_t>(n_units));
@@ -222,8 +227,12 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
     Stage s(times, &StageTimes::attention);
     gather_short_chunks(p, jobs);
   }
-  if (p.type == LayerType::hca)  // read in place, or decoded once per chunk for all its queries
-    for (Job& j : jobs) j.hca_entries = j.st->compressor().entries.rows_f32(j.st->compressor().emitted, *j.decoded);
+  if (p.type == LayerType::hca)  // read in place, or decoded once per chunk for all its queries, or per run
+    for (Job& j : jobs) {
+      const RowStore& e = j.st->compressor().entries;
+      const bool per_run = split_by_keys(p, j) && e.format() != RowStore::Format::f32;
+      j.hca_entries = per_run ? nullptr : e.rows_f32(j.st->compressor().emitted, *j.decoded);
+    }
   float* o = ws.o.get(static_cast<size_t>(rows.n * c.num_attention_heads * c.head_dim));
   for (const Job& j : jobs)
     if (j.map) start_map(p, j);

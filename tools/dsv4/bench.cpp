@@ -249,10 +249,12 @@ int run_bench(const Options& o) {
     j["fastest_step_seconds"] = fastest;
     const StepReads reads = step_reads(c, type, context_len, parse_numerics(o.numerics));
     const double read_s = (weight_bytes + reads.bytes) / (roof.copy_gb_per_s * 1e9);
-    const double mac_s = 2 * reads.macs / (roof.sgemm_gflops * 1e9);
+    const ComputeBound cb = compute_bound(reads, roof, parse_numerics(o.numerics));
     j["step_read_bytes"] = weight_bytes + reads.bytes, j["indexer_macs"] = reads.macs;
-    j["read_bound_seconds"] = read_s, j["mac_bound_seconds"] = mac_s;
-    j["seconds_vs_step_bound"] = seconds / std::max(read_s, mac_s);
+    j["attention_macs"] = reads.attention_macs, j["indexer_macs_per_s"] = cb.indexer_rate;
+    j["indexer_rate_of"] = cb.indexer_at, j["int8_macs_per_s"] = roof.int8_macs_per_s;
+    j["read_bound_seconds"] = read_s, j["mac_bound_seconds"] = cb.seconds();
+    j["seconds_vs_step_bound"] = seconds / std::max(read_s, cb.seconds());
   }
   std::fprintf(
       out, "dsv4 bench: %s %s, %s, %d threads, %s numerics\n", o.preset.c_str(),
@@ -276,11 +278,12 @@ int run_bench(const Options& o) {
                  j["bandwidth_bound_seconds"].get<double>(), j["seconds_vs_bandwidth_bound"].get<double>());
   if (decode)
     std::fprintf(out,
-                 "  step bound: reads %.1f MB = %.4f s, indexer %.0f M multiply-adds at sgemm rate = %.4f s: "
-                 "measured = %.2fx the larger\n",
+                 "  step bound: reads %.1f MB = %.4f s; multiply-adds: indexer %.0f M at %s %.0f G/s + attention "
+                 "%.0f M at sgemm = %.4f s: measured = %.2fx the larger\n",
                  j["step_read_bytes"].get<double>() / 1e6, j["read_bound_seconds"].get<double>(),
-                 j["indexer_macs"].get<double>() / 1e6, j["mac_bound_seconds"].get<double>(),
-                 j["seconds_vs_step_bound"].get<double>());
+                 j["indexer_macs"].get<double>() / 1e6, j["indexer_rate_of"].get<std::string>().c_str(),
+                 j["indexer_macs_per_s"].get<double>() / 1e9, j["attention_macs"].get<double>() / 1e6,
+                 j["mac_bound_seconds"].get<double>(), j["seconds_vs_step_bound"].get<double>());
   const StageTimes& st = stage_runs[mid];
   std::fprintf(out,
                "  stages: project %.3f  compress %.3f  index_scores %.3f  topk %.3f  attention %.3f  output %.3f s\n",

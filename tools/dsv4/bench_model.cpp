@@ -47,14 +47,27 @@ StepReads step_reads(const Config& c, LayerType t, int64_t ctx, Numerics n) {
   const double key_row = dep ? static_cast<double>(RowStore(RowStore::Format::key_fp4, c.index_head_dim, 0).row_bytes())
                              : 4.0 * static_cast<double>(c.index_head_dim);
   StepReads r;
-  r.bytes = kv_row * static_cast<double>(std::min<int64_t>(ctx + 1, c.sliding_window));
-  if (t == LayerType::hca) r.bytes += kv_row * static_cast<double>((ctx + 1) / c.compress_rate_hca);
+  double keys = static_cast<double>(std::min<int64_t>(ctx + 1, c.sliding_window));
+  if (t == LayerType::hca) keys += static_cast<double>((ctx + 1) / c.compress_rate_hca);
   if (t == LayerType::csa) {
     const int64_t eligible = (ctx + 1) / c.compress_rate_csa;
-    r.bytes += key_row * static_cast<double>(eligible) + kv_row * static_cast<double>(std::min(c.index_topk, eligible));
+    keys += static_cast<double>(std::min(c.index_topk, eligible));
+    r.bytes += key_row * static_cast<double>(eligible);
     r.macs = static_cast<double>(eligible) * static_cast<double>(c.index_n_heads * c.index_head_dim);
   }
+  r.bytes += kv_row * keys;
+  r.attention_macs = 2.0 * static_cast<double>(c.num_attention_heads * c.head_dim) * keys;
   return r;
+}
+
+ComputeBound compute_bound(const StepReads& r, const Roofline& roof, Numerics n) {
+  ComputeBound b;
+  b.indexer_rate = roof.sgemm_gflops * 1e9 / 2;
+  if (n == Numerics::deployment && roof.int8_instruction)
+    b.indexer_rate = roof.int8_macs_per_s, b.indexer_at = roof.int8_instruction;
+  b.indexer_s = r.macs / b.indexer_rate;
+  b.attention_s = r.attention_macs / (roof.sgemm_gflops * 1e9 / 2);
+  return b;
 }
 
 int64_t peak_rss_bytes() {

@@ -21,12 +21,25 @@ double layer_flops(const Config& c, LayerType t, int64_t p0, int64_t n);
 // What one decode step at context `ctx` must read besides the weights: the
 // window, CSA's indexer keys (all eligible) and its selected entries (k), HCA's
 // entries (all), in the numerics' row formats; and the indexer's multiply-adds
-// (eligible keys x H_I x D_I). The step's bounds: (weights + bytes) / bandwidth
-// and macs / the peak multiply-add rate.
+// (eligible keys x H_I x D_I) and the attention's (H x D x 2 per key: logits
+// and output). The step's bounds: (weights + bytes) / bandwidth, and the
+// multiply-adds at the machine's rates (compute_bound).
 struct StepReads {
-  double bytes = 0, macs = 0;
+  double bytes = 0, macs = 0, attention_macs = 0;
 };
 StepReads step_reads(const Config& c, LayerType t, int64_t ctx, Numerics n);
+
+// Seconds of a step's multiply-adds: the indexer's at the int8 peak of the
+// instruction the deployment kernel runs on (Roofline::int8_macs_per_s; the
+// reference numerics' fp32 indexer, and builds without an int8 kernel, at the
+// sgemm rate), plus the attention's at the sgemm rate. The bound is their sum.
+struct ComputeBound {
+  double indexer_s = 0, attention_s = 0;
+  double indexer_rate = 0;  // multiply-adds/s
+  const char* indexer_at = "sgemm";
+  double seconds() const { return indexer_s + attention_s; }
+};
+ComputeBound compute_bound(const StepReads& r, const Roofline& roof, Numerics n);
 
 int64_t peak_rss_bytes();     // of this process so far
 int64_t current_rss_bytes();  // resident now (/proc/self/statm)

@@ -171,17 +171,18 @@ int run_stack(const ServeOptions& o) {
     alone += it->second;
   }
   size_t state_bytes = 0, state_64k = 0;
-  double read_bytes = 0, macs = 0;
+  StepReads all;
   for (int64_t i = 0; i < n; ++i) {
     const LayerType t = c.layer_types[size_t(i)];
     state_bytes += states[size_t(i)].bytes();
     state_64k += dsv4::state_bytes(c, t, 65536, parse_numerics(o.numerics));
     const StepReads r = step_reads(c, t, ctx, parse_numerics(o.numerics));
-    read_bytes += r.bytes, macs += r.macs;
+    all.bytes += r.bytes, all.macs += r.macs, all.attention_macs += r.attention_macs;
   }
   const double s = median(secs), bound = double(weight_bytes + state_bytes) / (roof.copy_gb_per_s * 1e9);
-  const double read_s = (double(weight_bytes) + read_bytes) / (roof.copy_gb_per_s * 1e9);
-  const double mac_s = 2 * macs / (roof.sgemm_gflops * 1e9), step_bound = std::max(read_s, mac_s);
+  const double read_bytes = all.bytes, read_s = (double(weight_bytes) + read_bytes) / (roof.copy_gb_per_s * 1e9);
+  const ComputeBound cb = compute_bound(all, roof, parse_numerics(o.numerics));
+  const double mac_s = cb.seconds(), step_bound = std::max(read_s, mac_s);
   std::fprintf(out,
                "dsv4 bench-stack: %s, %lld of %zu attention layers, weights %s, %s numerics, %scontext %lld, %d "
                "threads\n",
@@ -195,9 +196,11 @@ int run_stack(const ServeOptions& o) {
                s * 1e3, static_cast<long long>(o.steps), 1 / s, bound * 1e3, roof.copy_gb_per_s, s / bound);
   std::fprintf(out,
                "  step bound: reads (weights + window + indexer keys + selected/HCA entries) %.2f GB = %.1f ms; "
-               "indexer %.2f G multiply-adds at sgemm %.0f GFLOP/s = %.1f ms: %.2fx the larger\n",
-               (double(weight_bytes) + read_bytes) / 1e9, read_s * 1e3, macs / 1e9, roof.sgemm_gflops, mac_s * 1e3,
-               s / step_bound);
+               "multiply-adds: indexer %.2f G at %s %.0f G/s = %.1f ms + attention %.2f G at sgemm %.0f GFLOP/s = "
+               "%.1f ms: %.2fx the larger\n",
+               (double(weight_bytes) + read_bytes) / 1e9, read_s * 1e3, all.macs / 1e9, cb.indexer_at,
+               cb.indexer_rate / 1e9, cb.indexer_s * 1e3, all.attention_macs / 1e9, roof.sgemm_gflops,
+               cb.attention_s * 1e3, s / step_bound);
   std::fprintf(out, "  fastest step %.1f ms (%.2f tokens/s)\n", *std::min_element(secs.begin(), secs.end()) * 1e3,
                1 / *std::min_element(secs.begin(), secs.end()));
   std::fprintf(out, "  sum of its layers decoding alone %.1f ms: stack / sum = %.2f\n", alone * 1e3, s / alone);
@@ -219,7 +222,11 @@ int run_stack(const ServeOptions& o) {
                                        {"seconds_per_token", s},
                                        {"bandwidth_bound_seconds", bound},
                                        {"step_read_bytes", double(weight_bytes) + read_bytes},
-                                       {"indexer_macs", macs},
+                                       {"indexer_macs", all.macs},
+                                       {"attention_macs", all.attention_macs},
+                                       {"indexer_macs_per_s", cb.indexer_rate},
+                                       {"indexer_rate_of", cb.indexer_at},
+                                       {"sgemm_gflops", roof.sgemm_gflops},
                                        {"read_bound_seconds", read_s},
                                        {"mac_bound_seconds", mac_s},
                                        {"sum_of_layers_seconds", alone},
