@@ -3,6 +3,9 @@
 // measured in the same binary. Run: build/bench/dsv4_kernels_bench
 #include <benchmark/benchmark.h>
 #include <omp.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 
 #include <cstring>
 #include <random>
