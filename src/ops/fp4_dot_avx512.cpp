@@ -1,22 +1,18 @@
 // The AVX-512 VNNI FP4 indexer kernel (ops/fp4_dot.h), D_I = 128: this file
 // alone is compiled with -mavx512{f,bw,vl,vnni} and runs only where the CPU
-// reports them (fp4_dot.cpp asks). Thirty-two keys per pass: two tiles of 16
-// packed rows, each transposed once to one key per 32-bit lane (four values
-// each, as unsigned bytes 2k+12 in [0, 24] through a 16-entry byte shuffle of
-// the nibbles), side by side in each 512-bit vector, then reused by every
-// head. One vpdpbusd per group of four values multiplies the keys' 2k+12 by
-// the query's signed 2q (broadcast; folded: times 2^shift of its block, at
-// most 8 · 12) and adds the four products to a 32-bit sum that starts at
-// −12·Σ of them: a block's exact integer sum at its query exponent for 16 keys
-// in 8 instructions, no horizontal adds. One vpsllvd per block puts it at its
-// key exponent and the four blocks add up to T (ops/fp4_dot.h), exact in 32
-// bits while the shifts total at most kSumShift (else the tile goes to the
-// scalar kernel); one vcvtdq2ps per head and 16 keys then replaces the per
-// block conversion and two multiplies of the kernel before. The fp32 steps
-// are the scalar kernel's, in its order. The per-head steps are inlined into
-// one loop (addresses of heads c + 8n are constant offsets) and the keys'
-// scales come from one gather of their scale words per half. Splitting each
-// block's vpdpbusd chains in two and broadcasting the query from memory inside
+// reports them (fp4_dot.cpp asks). Thirty-two keys per pass, transposed once
+// in 512-bit vectors (four keys' blocks per vector, 16-bit groups in each
+// 128-bit lane; the 256-bit form of two 16-key tiles before cost ~2x) to one
+// key per 32-bit lane (four values each, as unsigned bytes 2k+12 in [0, 24]
+// through a 16-entry byte shuffle of the nibbles), then reused by every head. One vpdpbusd per group of four values
+// multiplies the keys' 2k+12 by the query's signed 2q (broadcast; folded: times 2^shift of its block, at most 8 · 12)
+// and adds the four products to a 32-bit sum that starts at −12·Σ of them: a block's exact integer sum at its query
+// exponent for 16 keys in 8 instructions, no horizontal adds. One vpsllvd per block puts it at its key exponent and the
+// four blocks add up to T (ops/fp4_dot.h), exact in 32 bits while the shifts total at most kSumShift (else the tile
+// goes to the scalar kernel); one vcvtdq2ps per head and 16 keys then replaces the per block conversion and two
+// multiplies of the kernel before. The fp32 steps are the scalar kernel's, in its order. The per-head steps are inlined
+// into one loop (addresses of heads c + 8n are constant offsets) and the keys' scales come from one gather of their
+// scale words per half. Splitting each block's vpdpbusd chains in two and broadcasting the query from memory inside
 // vpdpbusd were tried and did not measure faster (docs/performance.md).
 #include "ops/fp4_dot.h"
 
@@ -31,42 +27,12 @@ namespace {
 
 constexpr int64_t kTile = 16, kDim = 128, kGroups = kDim / 4, kBlocks = 4;
 
-// v[g][j]: values 4g..4g+3 of keys {0-3, 8-11} (j = 0) or {4-7, 12-15} (j = 1), a key per 32-bit lane.
-struct KeyTile {
-  __m256i v[kGroups][2];
-};
-
 #define DSV4_INLINE inline __attribute__((always_inline))
 
-// Key w of the tile sits in half (w / 4) % 2, lane w % 4 + 4 (w / 8).
-void load_tile(const uint8_t* keys, size_t row_bytes, KeyTile& t) {
-  const __m256i lut = _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0,  //
-                                       12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
-  const __m256i low = _mm256_set1_epi8(0x0f);
-  auto row = [&](int64_t w, int64_t b) { return reinterpret_cast<const __m128i*>(keys + w * row_bytes + 16 * b); };
-  for (int64_t b = 0; b < kBlocks; ++b) {
-    __m256i r[8], x[8];  // r[j]: block b of keys j | j + 8 (8 groups of 2 code bytes each)
-    for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu2_m128i(row(j + 8, b), row(j, b));
-    for (int j = 0; j < 8; j += 2)  // 8 x 8 transpose of 16-bit groups in each 128-bit lane
-      x[j / 2] = _mm256_unpacklo_epi16(r[j], r[j + 1]), x[4 + j / 2] = _mm256_unpackhi_epi16(r[j], r[j + 1]);
-    const __m256i y[8] = {_mm256_unpacklo_epi32(x[0], x[1]), _mm256_unpackhi_epi32(x[0], x[1]),
-                          _mm256_unpacklo_epi32(x[4], x[5]), _mm256_unpackhi_epi32(x[4], x[5]),
-                          _mm256_unpacklo_epi32(x[2], x[3]), _mm256_unpackhi_epi32(x[2], x[3]),
-                          _mm256_unpacklo_epi32(x[6], x[7]), _mm256_unpackhi_epi32(x[6], x[7])};
-    for (int g = 0; g < 8; ++g) {  // group g of the 8 keys of each lane, then nibbles -> bytes in value order
-      const __m256i c =
-          g % 2 ? _mm256_unpackhi_epi64(y[g / 2], y[4 + g / 2]) : _mm256_unpacklo_epi64(y[g / 2], y[4 + g / 2]);
-      const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(c, low));
-      const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(c, 4), low));
-      t.v[8 * b + g][0] = _mm256_unpacklo_epi8(lo, hi);
-      t.v[8 * b + g][1] = _mm256_unpackhi_epi8(lo, hi);
-    }
-  }
-}
-
-// Two 16-key tiles: v[g][j] = [tile 0's v[g][j] | tile 1's]; in the same
-// lanes, shift[b][j]: the keys' block-b exponents above their smallest, and
-// smallest[j]: that smallest block scale; spread: the largest difference.
+// 32 keys: v[g][j] holds values 4g..4g+3 of key 8 (l / 4) + 4 j + l % 4 in
+// 32-bit lane l, as unsigned bytes 2k+12; in the same lanes, shift[b][j]: the
+// keys' block-b exponents above their smallest, and smallest[j]: that
+// smallest block scale; spread: the largest difference.
 struct WideTile {
   __m512i v[kGroups][2];
   __m512i shift[kBlocks][2];
@@ -74,9 +40,8 @@ struct WideTile {
   int spread;
 };
 
-// Lane l of half j holds key 16 (l / 8) + l % 4 + 4 j + 8 ((l / 4) % 2). A
-// key's four scale bytes are one 32-bit word (after its 64 code bytes); the
-// smallest byte becomes the float 2^(byte - 127) (key_scale: byte 0 is 2^-127).
+// Lane l of half j holds key 8 (l / 4) + 4 j + l % 4. A key's four scale bytes are one 32-bit word (after its 64 code
+// bytes); the smallest byte becomes the float 2^(byte - 127) (key_scale: byte 0 is 2^-127).
 void load_scales(const uint8_t* keys, size_t row_bytes, WideTile& t) {
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
   const __m512i byte = _mm512_set1_epi32(0xff), tiny = _mm512_set1_epi32(0x00400000);
@@ -99,12 +64,40 @@ void load_scales(const uint8_t* keys, size_t row_bytes, WideTile& t) {
   t.spread = static_cast<int>(_mm512_reduce_max_epu32(spread));
 }
 
+// Per block, an 8 x 8 transposition of 16-bit groups (two code bytes, four
+// values) in each 128-bit lane, lane L holding keys 8L..8L+7, then nibbles
+// -> bytes in value order through a 16-entry byte shuffle.
+void load_codes(const uint8_t* keys, size_t row_bytes, WideTile& t) {
+  const __m512i lut = _mm512_broadcast_i32x4(_mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
+  const __m512i low = _mm512_set1_epi8(0x0f);
+  auto row = [&](int64_t w, int64_t b) {
+    return _mm_loadu_si128(reinterpret_cast<const __m128i*>(keys + w * row_bytes + 16 * b));
+  };
+  for (int64_t b = 0; b < kBlocks; ++b) {
+    __m512i r[8], x[8];  // r[j]: block b of keys j, j + 8, j + 16, j + 24
+    for (int j = 0; j < 8; ++j) {
+      const __m512i lo2 = _mm512_inserti32x4(_mm512_castsi128_si512(row(j, b)), row(j + 8, b), 1);
+      r[j] = _mm512_inserti32x4(_mm512_inserti32x4(lo2, row(j + 16, b), 2), row(j + 24, b), 3);
+    }
+    for (int j = 0; j < 8; j += 2)
+      x[j / 2] = _mm512_unpacklo_epi16(r[j], r[j + 1]), x[4 + j / 2] = _mm512_unpackhi_epi16(r[j], r[j + 1]);
+    const __m512i y[8] = {_mm512_unpacklo_epi32(x[0], x[1]), _mm512_unpackhi_epi32(x[0], x[1]),
+                          _mm512_unpacklo_epi32(x[4], x[5]), _mm512_unpackhi_epi32(x[4], x[5]),
+                          _mm512_unpacklo_epi32(x[2], x[3]), _mm512_unpackhi_epi32(x[2], x[3]),
+                          _mm512_unpacklo_epi32(x[6], x[7]), _mm512_unpackhi_epi32(x[6], x[7])};
+    for (int g = 0; g < 8; ++g) {  // group g of the 8 keys of each lane
+      const __m512i c =
+          g % 2 ? _mm512_unpackhi_epi64(y[g / 2], y[4 + g / 2]) : _mm512_unpacklo_epi64(y[g / 2], y[4 + g / 2]);
+      const __m512i lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(c, low));
+      const __m512i hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(c, 4), low));
+      t.v[8 * b + g][0] = _mm512_unpacklo_epi8(lo, hi);
+      t.v[8 * b + g][1] = _mm512_unpackhi_epi8(lo, hi);
+    }
+  }
+}
+
 void load_wide(const uint8_t* keys, size_t row_bytes, WideTile& t) {
-  KeyTile a, b;
-  load_tile(keys, row_bytes, a);
-  load_tile(keys + kTile * row_bytes, row_bytes, b);
-  for (int64_t g = 0; g < kGroups; ++g)
-    for (int j = 0; j < 2; ++j) t.v[g][j] = _mm512_inserti64x4(_mm512_castsi256_si512(a.v[g][j]), b.v[g][j], 1);
+  load_codes(keys, row_bytes, t);
   load_scales(keys, row_bytes, t);
 }
 
@@ -177,8 +170,8 @@ void tile_scores(const WideTile& t, const Query& q, const float* a, float* s) {
                                      _mm512_add_ps(_mm512_add_ps(p(4), p(5)), _mm512_add_ps(p(6), p(7))));
     _mm512_store_ps(r[j], _mm512_mul_ps(sum, t.smallest[j]));
   }
-  for (int j = 0; j < 2; ++j)  // lane l of half j: tile l / 8, its lane l % 8 (fp4_tile.h's order)
-    for (int l = 0; l < 16; ++l) s[16 * (l / 8) + 4 * j + (l % 8 < 4 ? l % 8 : l % 8 + 4)] = r[j][l];
+  for (int j = 0; j < 2; ++j)  // lane l of half j: key 8 (l / 4) + 4 j + l % 4
+    for (int l = 0; l < 16; ++l) s[8 * (l / 4) + 4 * j + l % 4] = r[j][l];
 }
 
 }  // namespace
