@@ -20,12 +20,24 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 namespace dsv4::fp4dot {
 namespace {
 
 constexpr int64_t kTile = 16, kDim = 128, kGroups = kDim / 4, kBlocks = 4;
+constexpr int64_t kAhead = 2;  // wide tiles between a prefetch and its use
+
+// The streamed keys' lines [at, at + bytes) from `keys` into L1, ahead of the
+// transposition's 32 scattered row loads (+40-60% measured at 16K and 262K
+// keys: the hardware prefetchers do not keep up). A prefetch never faults, and
+// past the keys of this call it fetches the next call's (the same thread's
+// next run of keys in the indexer stage) or nothing used.
+void prefetch(const uint8_t* keys, size_t at, size_t bytes) {
+  const uintptr_t p = reinterpret_cast<uintptr_t>(keys) + at;
+  for (size_t i = 0; i < bytes; i += 64) _mm_prefetch(reinterpret_cast<const char*>(p + i), _MM_HINT_T0);
+}
 
 #define DSV4_INLINE inline __attribute__((always_inline))
 
@@ -207,6 +219,7 @@ bool scores_avx512(const Query& q, const float* a, const uint8_t* keys, size_t r
       for (int64_t i = 0; i < m; ++i) std::memcpy(pad + i * kRow, at + i * row_bytes, kRow);
       at = pad, stride = kRow;
     }
+    prefetch(keys, (w + kAhead * 2 * kTile) * row_bytes, 2 * kTile * row_bytes);
     load_wide(at, stride, t);
     if (q.max_shift + t.spread > kSumShift) {  // past what 32-bit sums hold: the scalar kernel
       scores_scalar(q, a, keys + w * row_bytes, row_bytes, m, s + w);
