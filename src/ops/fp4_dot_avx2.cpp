@@ -3,9 +3,11 @@
 // through a 16-entry byte shuffle; vpmaddubsw multiplies them with the
 // query's signed 2q (pairs sum to at most 2·288: no saturation), vpmaddwd sums
 // to int32, horizontal adds give one sum per block, and 12·Σ2q per block is
-// subtracted back. Every step is exact; scales, blocks and heads combine with
-// the scalar kernel's operations in its order (-ffp-contract=off, the one
-// fused multiply-add written out). A 16-keys-per-pass form without horizontal
+// subtracted back; each block sum is shifted by its query and key exponents
+// above the smallest (vpsllvd) and a head's four added: T, exact in 32 bits
+// where the shifts total at most kSumShift (else that key goes to the scalar
+// kernel). T to fp32 and the heads' sums are the scalar kernel's operations
+// in its order (-ffp-contract=off, the one fused multiply-add written out). A 16-keys-per-pass form without horizontal
 // adds (fp4_tile.h's transposition, as the AVX-512 kernel runs it) measured
 // 7-20% slower on the Zen 5 this was tuned on: vpmaddubsw and vpmaddwd,
 // not the horizontal adds, bind this kernel there (docs/performance.md).
@@ -13,6 +15,8 @@
 
 #ifdef __AVX2__
 #include <immintrin.h>
+
+#include <algorithm>
 #endif
 
 namespace dsv4::fp4dot {
@@ -41,6 +45,7 @@ void avx2_layout(Query& q) {
   q.lanes.resize(static_cast<size_t>(heads * dim));
   q.pair_scale.resize(static_cast<size_t>(heads * 4));
   q.pair_offset.resize(static_cast<size_t>(heads * 4));
+  q.pair_shift.resize(static_cast<size_t>(heads * 4));
   for (int64_t h = 0; h < heads; ++h) {
     const int8_t* c = &q.codes[h * dim];
     int8_t* l = &q.lanes[h * dim];
@@ -55,6 +60,7 @@ void avx2_layout(Query& q) {
       const int64_t slot = pair + (b % 2) * 4 + second + b / 2;
       q.pair_scale[slot] = q.scale[h * 4 + b];
       q.pair_offset[slot] = q.offset[h * 4 + b];
+      q.pair_shift[slot] = q.shift[h * 4 + b];
     }
   }
 }
@@ -65,18 +71,24 @@ bool scores_avx2(const Query& q, const float* a, const uint8_t* keys, size_t row
                                        12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
   const __m256i low = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
   const auto* lanes = reinterpret_cast<const __m256i*>(q.lanes.data());
-  float a_lanes[1024];  // a in the order of the dots below: heads h + {0 1 4 5 2 3 6 7}
-  for (int64_t h = 0; h < q.heads; ++h) a_lanes[h / 8 * 8 + kLane[h % 8]] = a[h];
+  float a_lanes[1024];  // a · base in the order of the dots below: heads h + {0 1 4 5 2 3 6 7}
+  for (int64_t h = 0; h < q.heads; ++h) a_lanes[h / 8 * 8 + kLane[h % 8]] = a[h] * q.base[h];
   for (int64_t w = 0; w < n; ++w) {
     const uint8_t* key = keys + static_cast<size_t>(w) * row_bytes;
+    const uint8_t lo = std::min(std::min(key[64], key[65]), std::min(key[66], key[67]));
+    const uint8_t hi = std::max(std::max(key[64], key[65]), std::max(key[66], key[67]));
+    if (q.max_shift + (hi - lo) > kSumShift) {  // past what 32-bit sums hold: the scalar kernel
+      scores_scalar(q, a, key, row_bytes, 1, s + w);
+      continue;
+    }
     const __m256i k0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(key));
     const __m256i k1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(key + 32));
     const __m256i e0 = _mm256_shuffle_epi8(lut, _mm256_and_si256(k0, low));
     const __m256i o0 = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(k0, 4), low));
     const __m256i e1 = _mm256_shuffle_epi8(lut, _mm256_and_si256(k1, low));
     const __m256i o1 = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(k1, 4), low));
-    const float s0 = key_scale(key[64]), s1 = key_scale(key[65]), s2 = key_scale(key[66]), s3 = key_scale(key[67]);
-    const __m256 sk = _mm256_setr_ps(s0, s2, s0, s2, s1, s3, s1, s3);
+    const int d0 = key[64] - lo, d1 = key[65] - lo, d2 = key[66] - lo, d3 = key[67] - lo;
+    const __m256i dk = _mm256_setr_epi32(d0, d2, d0, d2, d1, d3, d1, d3);
     auto head = [&](int64_t h) {          // lane 0: block 0 | block 2 partial sums; lane 1: block 1 | block 3
       const __m256i* qh = lanes + h * 4;  // evens, odds of values 0..63, then of 64..127
       const __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(e0, _mm256_loadu_si256(qh)),
@@ -85,26 +97,26 @@ bool scores_avx2(const Query& q, const float* a, const uint8_t* keys, size_t row
                                           _mm256_maddubs_epi16(o1, _mm256_loadu_si256(qh + 3)));
       return _mm256_hadd_epi32(_mm256_madd_epi16(p0, ones), _mm256_madd_epi16(p1, ones));
     };
+    auto load = [](const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); };
     __m256 acc = _mm256_setzero_ps();  // lane j: the heads h with kLane[h % 8] = j
     for (int64_t h = 0; h < q.heads; h += 8) {
-      __m256 f[4];  // block products of head pairs: [b0 b2 b0' b2' | b1 b3 b1' b3'], ' = the pair's second head
+      __m256i t[4];  // block sums of head pairs at their shifts: [b0 b2 b0' b2' | b1 b3 b1' b3'], ' = second head
       for (int64_t k = 0; k < 4; ++k) {
         const int64_t hp = h + 2 * k;
-        __m256i sums = _mm256_hadd_epi32(head(hp), head(hp + 1));
-        sums = _mm256_sub_epi32(sums, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&q.pair_offset[hp * 4])));
-        f[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(_mm256_loadu_ps(&q.pair_scale[hp * 4]), sk));
+        const __m256i sums = _mm256_sub_epi32(_mm256_hadd_epi32(head(hp), head(hp + 1)), load(&q.pair_offset[hp * 4]));
+        t[k] = _mm256_sllv_epi32(sums, _mm256_add_epi32(load(&q.pair_shift[hp * 4]), dk));
       }
-      // (b0 + b1) and (b2 + b3) of heads h..h+3, then of h+4..h+7; hadd: (b0 + b1) + (b2 + b3) per head.
-      const __m256 s01 =
-          _mm256_add_ps(_mm256_permute2f128_ps(f[0], f[1], 0x20), _mm256_permute2f128_ps(f[0], f[1], 0x31));
-      const __m256 s23 =
-          _mm256_add_ps(_mm256_permute2f128_ps(f[2], f[3], 0x20), _mm256_permute2f128_ps(f[2], f[3], 0x31));
-      const __m256 dots = _mm256_hadd_ps(s01, s23);  // heads h + {0 1 4 5 | 2 3 6 7}
+      // b0 + b1 and b2 + b3 of heads h..h+3, then of h+4..h+7; hadd: one T per head (integers: exact).
+      const __m256i s01 =
+          _mm256_add_epi32(_mm256_permute2x128_si256(t[0], t[1], 0x20), _mm256_permute2x128_si256(t[0], t[1], 0x31));
+      const __m256i s23 =
+          _mm256_add_epi32(_mm256_permute2x128_si256(t[2], t[3], 0x20), _mm256_permute2x128_si256(t[2], t[3], 0x31));
+      const __m256 dots = _mm256_cvtepi32_ps(_mm256_hadd_epi32(s01, s23));  // heads h + {0 1 4 5 | 2 3 6 7}
       acc = _mm256_fmadd_ps(_mm256_loadu_ps(&a_lanes[h]), _mm256_max_ps(dots, _mm256_setzero_ps()), acc);
     }
     alignas(32) float p[8];
     _mm256_store_ps(p, acc);
-    s[w] = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+    s[w] = (((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]))) * key_scale(lo);
   }
   return true;
 }
