@@ -51,7 +51,7 @@ int64_t padded_heads(int64_t heads) { return (heads + kLanes - 1) / kLanes * kLa
 
 size_t scratch_floats(const Run& r) {
   const int64_t hp = padded_heads(r.heads);
-  return static_cast<size_t>(r.dim * hp + r.n * hp + kLanes + 2 * hp);
+  return static_cast<size_t>(r.dim * hp + r.n * hp + kLanes + 2 * hp + r.n * 64 + kLanes);
 }
 
 void pv_scalar(const Run& r, const float* p, int64_t d0, int64_t d1, float* o) {

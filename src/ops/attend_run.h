@@ -31,7 +31,8 @@ struct Run {
 
 enum class Kernel { scalar, avx2, avx512 };
 
-// Floats of scratch a kernel needs for a run: the transposed query and the logits.
+// Floats of scratch a kernel needs for a run: the transposed query, the
+// logits, and a slice of the rows (P·V reads it packed).
 size_t scratch_floats(const Run& r);
 
 // o [heads, dim] = Σ_k p[h][k]·V[k] (unnormalised), m[h], l[h] as above; the

@@ -148,44 +148,50 @@ void softmax(const Run& r, int64_t hp, float* x, float* ml) {
   }
 }
 
-// o[h0 .. h0+6)[d0 .. d0+16·DV) over all keys (heads >= H computed from p's padding, not stored).
+// o[h0 .. h0+6)[d0 .. d0+16·DV) over all keys from the packed slice v [n, 64]
+// (heads >= H computed from p's padding, not stored).
 template <int DV>
-void pv_tile(const Run& r, const float* p, int64_t hp, int64_t h0, int64_t d0, float* o) {
+void pv_tile(const Run& r, const float* p, int64_t hp, int64_t h0, const float* v, int64_t d0, float* o) {
   __m512 acc[kHeads][DV];
   for (int i = 0; i < kHeads; ++i)
     for (int u = 0; u < DV; ++u) acc[i][u] = _mm512_setzero_ps();
   for (int64_t k = 0; k < r.n; ++k) {
-    __m512 v[DV];
-    for (int u = 0; u < DV; ++u) v[u] = _mm512_loadu_ps(r.rows[k] + d0 + 16 * u);
+    __m512 vk[DV];
+    for (int u = 0; u < DV; ++u) vk[u] = _mm512_load_ps(v + k * 64 + 16 * u);
     for (int i = 0; i < kHeads; ++i) {
       const __m512 pk = _mm512_set1_ps(p[k * hp + h0 + i]);
-      for (int u = 0; u < DV; ++u) acc[i][u] = _mm512_fmadd_ps(pk, v[u], acc[i][u]);
+      for (int u = 0; u < DV; ++u) acc[i][u] = _mm512_fmadd_ps(pk, vk[u], acc[i][u]);
     }
   }
   for (int i = 0; i < kHeads && h0 + i < r.heads; ++i)
     for (int u = 0; u < DV; ++u) _mm512_storeu_ps(o + (h0 + i) * r.dim + d0 + 16 * u, acc[i][u]);
 }
 
+// The rows' dims [d0, d0 + 16·DV) packed contiguously first: rows 2 KiB apart
+// fall into a few L1 sets, and the slice is read again by every head block.
 template <int DV>
-void pv_slice(const Run& r, const float* p, int64_t hp, int64_t d0, float* o) {
-  for (int64_t h0 = 0; h0 < r.heads; h0 += kHeads) pv_tile<DV>(r, p, hp, h0, d0, o);
+void pv_slice(const Run& r, const float* p, int64_t hp, int64_t d0, float* v, float* o) {
+  for (int64_t k = 0; k < r.n; ++k)
+    for (int u = 0; u < DV; ++u) _mm512_store_ps(v + k * 64 + 16 * u, _mm512_loadu_ps(r.rows[k] + d0 + 16 * u));
+  for (int64_t h0 = 0; h0 < r.heads; h0 += kHeads) pv_tile<DV>(r, p, hp, h0, v, d0, o);
 }
 
 }  // namespace
 
 bool attend_avx512(const Run& r, float* scratch, float* o, float* m, float* l) {
   const int64_t hp = padded_heads(r.heads), dim = r.dim, d16 = dim / 16 * 16;
-  float *qt = scratch, *x = qt + dim * hp, *ml = x + r.n * hp + kLanes;
+  float *qt = scratch, *x = qt + dim * hp, *ml = x + r.n * hp + kLanes, *v = ml + 2 * hp;
+  v += (kLanes - reinterpret_cast<uintptr_t>(v) / sizeof(float) % kLanes) % kLanes;  // on a cache line
   transpose_query(r, hp, qt);
   logits(r, qt, hp, x);
   softmax(r, hp, x, ml);
   for (int64_t h = 0; h < r.heads; ++h) m[h] = ml[h], l[h] = ml[hp + h];
   for (int64_t d0 = 0; d0 < d16; d0 += 64)  // a slice of the rows stays in L1 across the head blocks
     switch (min64(d16 - d0, 64) / 16) {
-      case 1: pv_slice<1>(r, x, hp, d0, o); break;
-      case 2: pv_slice<2>(r, x, hp, d0, o); break;
-      case 3: pv_slice<3>(r, x, hp, d0, o); break;
-      default: pv_slice<4>(r, x, hp, d0, o); break;
+      case 1: pv_slice<1>(r, x, hp, d0, v, o); break;
+      case 2: pv_slice<2>(r, x, hp, d0, v, o); break;
+      case 3: pv_slice<3>(r, x, hp, d0, v, o); break;
+      default: pv_slice<4>(r, x, hp, d0, v, o); break;
     }
   if (d16 < dim) pv_scalar(r, x, d16, dim, o);
   return true;
