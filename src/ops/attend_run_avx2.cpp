@@ -59,8 +59,9 @@ void logits_tile(const Run& r, const float* qt, int64_t hp, int64_t h0, int64_t 
       acc[j][1] = _mm256_fmadd_ps(q1, kd, acc[j][1]);
     }
   }
-  for (int j = 0; j < kKeys && k0 + j < r.n; ++j)
-    for (int v = 0; v < 2; ++v) _mm256_storeu_ps(x + (k0 + j) * hp + h0 + 8 * v, acc[j][v]);
+  for (int j = 0; j < kKeys; ++j)  // constant bounds: the accumulators stay in registers
+    if (k0 + j < r.n)
+      for (int v = 0; v < 2; ++v) _mm256_storeu_ps(x + (k0 + j) * hp + h0 + 8 * v, acc[j][v]);
 }
 
 // Scale, max, exponentials and their sum, 8 heads per vector.
@@ -82,29 +83,40 @@ void softmax(const Run& r, int64_t hp, float* x, float* ml) {
   }
 }
 
-// o[h0 .. h0+6)[d0 .. d0+8·DV) over all keys (heads >= H computed from p's padding, not stored).
+// o[h0 .. h0+6)[d0 .. d0+8·DV) over all keys from the packed slice v [n, 16]
+// (heads >= H computed from p's padding, not stored).
 template <int DV>
-void pv_tile(const Run& r, const float* p, int64_t hp, int64_t h0, int64_t d0, float* o) {
+void pv_tile(const Run& r, const float* p, int64_t hp, int64_t h0, const float* v, int64_t d0, float* o) {
   __m256 acc[kHeads][DV];
   for (auto& a : acc)
-    for (auto& v : a) v = _mm256_setzero_ps();
+    for (auto& e : a) e = _mm256_setzero_ps();
   for (int64_t k = 0; k < r.n; ++k) {
-    __m256 v[DV];
-    for (int u = 0; u < DV; ++u) v[u] = _mm256_loadu_ps(r.rows[k] + d0 + 8 * u);
+    __m256 vk[DV];
+    for (int u = 0; u < DV; ++u) vk[u] = _mm256_load_ps(v + k * 16 + 8 * u);
     for (int i = 0; i < kHeads; ++i) {
       const __m256 pk = _mm256_broadcast_ss(p + k * hp + h0 + i);
-      for (int u = 0; u < DV; ++u) acc[i][u] = _mm256_fmadd_ps(pk, v[u], acc[i][u]);
+      for (int u = 0; u < DV; ++u) acc[i][u] = _mm256_fmadd_ps(pk, vk[u], acc[i][u]);
     }
   }
-  for (int i = 0; i < kHeads && h0 + i < r.heads; ++i)
-    for (int u = 0; u < DV; ++u) _mm256_storeu_ps(o + (h0 + i) * r.dim + d0 + 8 * u, acc[i][u]);
+  for (int i = 0; i < kHeads; ++i)
+    if (h0 + i < r.heads)
+      for (int u = 0; u < DV; ++u) _mm256_storeu_ps(o + (h0 + i) * r.dim + d0 + 8 * u, acc[i][u]);
+}
+
+// The rows' dims [d0, d0 + 8·DV) packed first (as the AVX-512 kernel: rows 2 KiB apart share L1 sets).
+template <int DV>
+void pv_slice(const Run& r, const float* p, int64_t hp, int64_t d0, float* v, float* o) {
+  for (int64_t k = 0; k < r.n; ++k)
+    for (int u = 0; u < DV; ++u) _mm256_store_ps(v + k * 16 + 8 * u, _mm256_loadu_ps(r.rows[k] + d0 + 8 * u));
+  for (int64_t h0 = 0; h0 < r.heads; h0 += kHeads) pv_tile<DV>(r, p, hp, h0, v, d0, o);
 }
 
 }  // namespace
 
 bool attend_avx2(const Run& r, float* scratch, float* o, float* m, float* l) {
   const int64_t hp = padded_heads(r.heads), dim = r.dim, d8 = dim / 8 * 8;
-  float *qt = scratch, *x = qt + dim * hp, *ml = x + r.n * hp + kLanes;
+  float *qt = scratch, *x = qt + dim * hp, *ml = x + r.n * hp + kLanes, *v = ml + 2 * hp;
+  v += (kLanes - reinterpret_cast<uintptr_t>(v) / sizeof(float) % kLanes) % kLanes;  // on a cache line
   transpose_query(r, hp, qt);
   for (int64_t d0 = 0; d0 < dim; d0 += kChunk)  // chunks of dims outermost: the query slice stays in L1
     for (int64_t k0 = 0; k0 < r.n; k0 += kKeys)
@@ -113,8 +125,7 @@ bool attend_avx2(const Run& r, float* scratch, float* o, float* m, float* l) {
   softmax(r, hp, x, ml);
   for (int64_t h = 0; h < r.heads; ++h) m[h] = ml[h], l[h] = ml[hp + h];
   for (int64_t d0 = 0; d0 < d8; d0 += 16)  // a slice of the rows stays in L1 across the head blocks
-    for (int64_t h0 = 0; h0 < r.heads; h0 += kHeads)
-      d0 + 16 <= d8 ? pv_tile<2>(r, x, hp, h0, d0, o) : pv_tile<1>(r, x, hp, h0, d0, o);
+    d0 + 16 <= d8 ? pv_slice<2>(r, x, hp, d0, v, o) : pv_slice<1>(r, x, hp, d0, v, o);
   if (d8 < dim) pv_scalar(r, x, d8, dim, o);
   return true;
 }

@@ -108,8 +108,9 @@ void logits_tile(const Run& r, const float* qt, int64_t hp, int64_t h0, int64_t 
       for (int v = 0; v < HV; ++v) acc[j][v] = _mm512_fmadd_ps(qv[v], kd, acc[j][v]);
     }
   }
-  for (int j = 0; j < NK && k0 + j < r.n; ++j)
-    for (int v = 0; v < HV; ++v) _mm512_storeu_ps(x + (k0 + j) * hp + h0 + 16 * v, acc[j][v]);
+  for (int j = 0; j < NK; ++j)  // constant bounds: the accumulators stay in registers
+    if (k0 + j < r.n)
+      for (int v = 0; v < HV; ++v) _mm512_storeu_ps(x + (k0 + j) * hp + h0 + 16 * v, acc[j][v]);
 }
 
 template <int HV>
@@ -163,8 +164,9 @@ void pv_tile(const Run& r, const float* p, int64_t hp, int64_t h0, const float* 
       for (int u = 0; u < DV; ++u) acc[i][u] = _mm512_fmadd_ps(pk, vk[u], acc[i][u]);
     }
   }
-  for (int i = 0; i < kHeads && h0 + i < r.heads; ++i)
-    for (int u = 0; u < DV; ++u) _mm512_storeu_ps(o + (h0 + i) * r.dim + d0 + 16 * u, acc[i][u]);
+  for (int i = 0; i < kHeads; ++i)
+    if (h0 + i < r.heads)
+      for (int u = 0; u < DV; ++u) _mm512_storeu_ps(o + (h0 + i) * r.dim + d0 + 16 * u, acc[i][u]);
 }
 
 // The rows' dims [d0, d0 + 16·DV) packed contiguously first: rows 2 KiB apart
