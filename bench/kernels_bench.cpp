@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "dsv4/random.h"
+#include "ops/attend_run.h"
 #include "ops/blas.h"
 #include "ops/fp4_dot.h"
 #include "ops/quant.h"
@@ -209,6 +210,49 @@ void BM_SparseAttention_OneQuery(benchmark::State& st) {
   st.counters["FLOP/s"] = benchmark::Counter(4.0 * h * hd * 640 * st.iterations(), benchmark::Counter::kIsRate);
 }
 
+// One flash-decoding run (ops/attend_run.h): 64 heads x 64 fp32 rows x 512
+// dims, kernel range(0) (0 scalar, 1 AVX2, 2 AVX-512; skipped where this CPU
+// lacks it), one thread: logits, softmax and P·V, 4·H·n·D FLOP.
+void BM_AttendRun(benchmark::State& st) {
+  const auto kernel = static_cast<attn_run::Kernel>(st.range(0));
+  if (!attn_run::available(kernel)) return st.SkipWithError("kernel not available here");
+  const int64_t h = 64, hd = 512, n = kSplitKeys;
+  const Tensor q = random_uniform({h, hd}, 1, 7), keys = random_uniform({n, hd}, 1, 8);
+  std::vector<const float*> rows;
+  for (int64_t k = 0; k < n; ++k) rows.push_back(keys.ptr() + k * hd);
+  attn_run::Run r;
+  r.q = q.ptr(), r.heads = h, r.dim = hd, r.rows = rows.data(), r.n = n, r.scale = 0.04f;
+  std::vector<float> scratch(attn_run::scratch_floats(r)), o(h * hd), m(h), l(h);
+  for (auto _ : st) {
+    attn_run::attend(kernel, r, scratch.data(), o.data(), m.data(), l.data());
+    benchmark::DoNotOptimize(o.data());
+  }
+  st.counters["FLOP/s"] = benchmark::Counter(4.0 * h * hd * n * st.iterations(), benchmark::Counter::kIsRate);
+}
+
+// One HCA query at context 1M in deployment numerics, on one thread: 128
+// window rows + 8,192 FP8 entries, every run through attend_part (each widens
+// its entries, then the fused kernel); the layer spreads these runs over the threads.
+void BM_AttendPart_Hca1M(benchmark::State& st) {
+  const PackedLayer& p = packed_csa();
+  const int64_t hd = 512, h = 64, nw = 128, ne = 8192;
+  const Tensor q = random_uniform({h, hd}, 1, 9), win = random_uniform({nw, hd}, 1, 10),
+               ent = random_uniform({ne, hd}, 1, 11);
+  RowStore store(RowStore::Format::kv_fp8, hd, 64);
+  store.resize(ne);
+  for (int64_t i = 0; i < ne; ++i) store.put(i, const_cast<float*>(ent.ptr()) + i * hd);
+  KeySet ks{win.ptr(), nw, nullptr, ne};
+  ks.entry_rows = &store;
+  const int64_t splits = attend_splits(ks);
+  std::vector<float> o(splits * h * hd), m(splits * h), l(splits * h);
+  for (auto _ : st) {
+    for (int64_t s = 0; s < splits; ++s) attend_part(p, q.ptr(), ks, s, &o[s * h * hd], &m[s * h], &l[s * h]);
+    benchmark::DoNotOptimize(o.data());
+  }
+  st.SetLabel("one thread");
+  st.counters["FLOP/s"] = benchmark::Counter(4.0 * h * hd * (nw + ne) * st.iterations(), benchmark::Counter::kIsRate);
+}
+
 // Indexer scores + top-k for 64 queries at position ~4·T over T = range(0) entries.
 void BM_IndexerTopk(benchmark::State& st) {
   const PackedLayer& p = packed_csa();
@@ -287,6 +331,8 @@ BENCHMARK(BM_Gemv_Decode_Fp8)
     ->UseRealTime();
 BENCHMARK(BM_Gemv_Decode_QUp)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_SparseAttention_OneQuery)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_AttendRun)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_AttendPart_Hca1M)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_IndexerTopk)->Arg(1024)->Arg(16384)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_CompressorPooling)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Deployment_DecodeStepRows)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -184,6 +184,9 @@ TEST(QuantRows, KvRowsEqualTheReferenceOnEveryKindOfBlock) {
     quant::kv_row_encode(x.data(), d, r, row.data(), dq.data());
     reference::Rounder().kv_row(want.data(), d, r, std::vector<float>(d, 1.0f).data());
     quant::kv_row_decode(row.data(), d, r, back.data());
+    std::vector<float> scalar(d);  // the AVX-512F widening, where this CPU runs it, gives the scalar bits
+    quant::kv_row_decode_scalar(row.data(), d, r, scalar.data());
+    ASSERT_EQ(std::memcmp(scalar.data(), back.data(), d * sizeof(float)), 0) << "rep " << rep << " d=" << d;
     for (int64_t i = 0; i < d; ++i) {
       ASSERT_EQ(dq[i], want[i]) << "rep " << rep << " d=" << d << " r=" << r << " i=" << i << " x=" << x[i];
       ASSERT_EQ(back[i], dq[i]) << i;

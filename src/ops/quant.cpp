@@ -146,6 +146,14 @@ void kv_row_encode(const float* x, int64_t d, int64_t r, uint8_t* row, float* dq
 }
 
 void kv_row_decode(const uint8_t* row, int64_t d, int64_t r, float* out) {
+#if defined(__x86_64__) && defined(__AVX2__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (avx512 && kv_row_decode_avx512(row, d, r, out)) return;
+#endif
+  kv_row_decode_scalar(row, d, r, out);
+}
+
+void kv_row_decode_scalar(const uint8_t* row, int64_t d, int64_t r, float* out) {
   const int64_t nope = d - r;
   const uint8_t* scales = row + nope + 2 * r;
   for (int64_t b = 0, k = 0; b < nope; b += kFp8Block, ++k) {

@@ -35,7 +35,11 @@ void fp4_qdq(float* x, int64_t n);
 size_t kv_row_bytes(int64_t d, int64_t r);
 // Encodes x into row; if `dq` is given, also writes the dequantised values there.
 void kv_row_encode(const float* x, int64_t d, int64_t r, uint8_t* row, float* dq = nullptr);
+// Decoding is exact: the AVX-512F kernel (quant_avx512.cpp, where the CPU has
+// it; false where not built) and the scalar loop give the same values.
 void kv_row_decode(const uint8_t* row, int64_t d, int64_t r, float* out);
+void kv_row_decode_scalar(const uint8_t* row, int64_t d, int64_t r, float* out);
+bool kv_row_decode_avx512(const uint8_t* row, int64_t d, int64_t r, float* out);
 
 // Indexer key of width n (the Hadamard already applied):
 //   ceil(n/2) bytes of E2M1 codes, two per byte (even index in the low nibble) | ceil(n/32) scale bytes

@@ -1,17 +1,15 @@
 // Stage 4, flash-decoding (deployment numerics, short chunks): one query's
 // keys — the window rows, then the entries — cut into runs of kSplitKeys, a
 // cut that depends on the key count alone, so the threads can share one query
-// and any thread count gives the same bits. Each run is two GEMMs over all
-// heads (the MQA key set is shared), which keeps the GEMMs wide where the
-// head blocks of attend() are [8, D] x [keys, D]^T. attend_merge combines the
-// runs in run order with the sink.
+// and any thread count gives the same bits. Each run is one fused kernel over
+// all heads (the MQA key set is shared; ops/attend_run.h: logits, softmax and
+// P·V in cache, no GEMM packing per call). attend_merge combines the runs in
+// run order with the sink.
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <vector>
 
-#include "ops/blas.h"
-#include "ops/vec.h"
+#include "ops/attend_run.h"
 #include "pipeline/pipeline.h"
 
 namespace dsv4 {
@@ -22,28 +20,27 @@ int64_t attend_splits(const KeySet& keys) {
 
 void attend_part(const PackedLayer& p, const float* q, const KeySet& keys, int64_t split, float* o, float* m,
                  float* l) {
-  const int64_t hd = p.c.head_dim, h_n = p.c.num_attention_heads, nw = keys.n_window;
-  const int64_t i0 = split * kSplitKeys, i1 = std::min(nw + keys.n_entries, i0 + kSplitKeys), n = i1 - i0;
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  const int64_t hd = p.c.head_dim, nw = keys.n_window;
+  const int64_t i0 = split * kSplitKeys, i1 = std::min(nw + keys.n_entries, i0 + kSplitKeys);
   // The run's window rows [w0, w1) and entries [e0, e1).
   const int64_t w0 = std::min(i0, nw), w1 = std::min(i1, nw), e0 = std::max(i0, nw) - nw, e1 = i1 - nw;
-  thread_local std::vector<float> logits, decoded;
-  logits.resize(static_cast<size_t>(h_n * n));
+  thread_local std::vector<float> decoded;
   const float* entries = keys.entries ? keys.entries + e0 * hd : nullptr;
   if (!entries && e1 > e0) {  // this run's entries alone, widened here (at most kSplitKeys rows: in cache)
-    decoded.resize(static_cast<size_t>((e1 - e0) * hd));
-    keys.entry_rows->read(e0, e1 - e0, decoded.data());
-    entries = decoded.data();
+    decoded.resize(static_cast<size_t>((e1 - e0) * hd + 16));
+    float* at = decoded.data();  // on a cache line (rows of 512: the kernel's row loads never split one)
+    at += (16 - reinterpret_cast<uintptr_t>(at) / sizeof(float) % 16) % 16;
+    keys.entry_rows->read(e0, e1 - e0, at);
+    entries = at;
   }
-  if (w1 > w0) gemm_nt(h_n, w1 - w0, hd, q, hd, keys.window + w0 * hd, hd, logits.data(), n);
-  if (e1 > e0) gemm_nt(h_n, e1 - e0, hd, q, hd, entries, hd, logits.data() + (w1 - w0), n);
-  for (int64_t h = 0; h < h_n; ++h) {
-    float* lh = &logits[h * n];
-    m[h] = vec::scale_max(lh, scale, n, -std::numeric_limits<float>::infinity());
-    l[h] = vec::exp_sum(lh, n, m[h]);
-  }
-  if (w1 > w0) gemm_nn(h_n, hd, w1 - w0, logits.data(), n, keys.window + w0 * hd, hd, o, hd);
-  if (e1 > e0) gemm_nn(h_n, hd, e1 - e0, logits.data() + (w1 - w0), n, entries, hd, o, hd, w1 > w0 ? 1.0f : 0.0f);
+  const float* rows[kSplitKeys];  // window rows then entries, where they are
+  int64_t n = 0;
+  for (int64_t w = w0; w < w1; ++w) rows[n++] = keys.window + w * hd;
+  for (int64_t e = e0; e < e1; ++e) rows[n++] = entries + (e - e0) * hd;
+  attn_run::Run run;
+  run.q = q, run.heads = p.c.num_attention_heads, run.dim = hd, run.rows = rows, run.n = n;
+  run.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  attn_run::attend(run, o, m, l);
 }
 
 void attend_merge(const PackedLayer& p, int64_t splits, const float* parts, const float* m, const float* l,

@@ -1,0 +1,131 @@
+// The fused flash-decoding run (ops/attend_run.h): the scalar kernel, which
+// spells out the per-lane order every kernel follows (this file is built with
+// -ffp-contract=off, so each product and sum rounds as written), and the
+// choice of kernel at run time.
+#include "ops/attend_run.h"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "dsv4/error.h"
+
+namespace dsv4::attn_run {
+namespace {
+
+// vec::exp8 for one lane, op for op: the same clamp, rounding, fused
+// multiply-adds and exponent bits, so the kernels' probabilities agree.
+float exp1(float x) {
+  const float hi = 88.3762626647949f, lo = -87.3365447504f;
+  const bool under = x < lo;
+  x = x < hi ? x : hi;  // _mm256_min_ps(x, hi)
+  x = x > lo ? x : lo;  // _mm256_max_ps(x, lo)
+  const float n = std::nearbyint(x * 1.44269504088896341f);
+  x = std::fma(-n, 0.693359375f, x);
+  x = std::fma(-n, -2.12194440e-4f, x);
+  float p = 1.9875691500e-4f;
+  p = std::fma(p, x, 1.3981999507e-3f);
+  p = std::fma(p, x, 8.3334519073e-3f);
+  p = std::fma(p, x, 4.1665795894e-2f);
+  p = std::fma(p, x, 1.6666665459e-1f);
+  p = std::fma(p, x, 5.0000001201e-1f);
+  p = std::fma(p, x * x, x + 1.0f);
+  const float e = std::bit_cast<float>(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
+  return under ? 0.0f : p * e;
+}
+
+bool cpu_avx512f() {
+#if defined(__x86_64__) && defined(__AVX2__)
+  static const bool yes = __builtin_cpu_supports("avx512f");
+  return yes;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+int64_t padded_heads(int64_t heads) { return (heads + kLanes - 1) / kLanes * kLanes; }
+
+size_t scratch_floats(const Run& r) {
+  const int64_t hp = padded_heads(r.heads);
+  return static_cast<size_t>(r.dim * hp + r.n * hp + kLanes + 2 * hp + r.n * 64 + kLanes);
+}
+
+void pv_scalar(const Run& r, const float* p, int64_t d0, int64_t d1, float* o) {
+  const int64_t hp = padded_heads(r.heads);
+  for (int64_t h = 0; h < r.heads; ++h) {
+    float* oh = o + h * r.dim;
+    std::fill(oh + d0, oh + d1, 0.0f);
+    for (int64_t k = 0; k < r.n; ++k) {
+      const float pk = p[k * hp + h], *v = r.rows[k];
+      for (int64_t d = d0; d < d1; ++d) oh[d] = std::fma(pk, v[d], oh[d]);
+    }
+  }
+}
+
+void attend_scalar(const Run& r, float* scratch, float* o, float* m, float* l) {
+  const int64_t hp = padded_heads(r.heads), dim = r.dim;
+  float *qt = scratch, *x = qt + dim * hp;
+  for (int64_t d = 0; d < dim; ++d)
+    for (int64_t h = 0; h < hp; ++h) qt[d * hp + h] = h < r.heads ? r.q[h * dim + d] : 0.0f;
+  for (int64_t k = 0; k < r.n; ++k) {  // heads innermost: the loops vectorise
+    float* xk = x + k * hp;
+    std::fill(xk, xk + hp, 0.0f);
+    for (int64_t d = 0; d < dim; ++d) {
+      const float kd = r.rows[k][d];
+      for (int64_t h = 0; h < hp; ++h) xk[h] = std::fma(qt[d * hp + h], kd, xk[h]);
+    }
+    for (int64_t h = 0; h < hp; ++h) xk[h] *= r.scale;
+  }
+  for (int64_t h = 0; h < r.heads; ++h) {
+    float mh = -std::numeric_limits<float>::infinity(), lh = 0.0f;
+    for (int64_t k = 0; k < r.n; ++k) mh = mh > x[k * hp + h] ? mh : x[k * hp + h];
+    for (int64_t k = 0; k < r.n; ++k) lh += x[k * hp + h] = exp1(x[k * hp + h] - mh);
+    m[h] = mh, l[h] = lh;
+  }
+  pv_scalar(r, x, 0, dim, o);
+}
+
+bool available(Kernel k) {
+  switch (k) {
+    case Kernel::scalar: return true;
+#if defined(__AVX2__) && defined(__FMA__)
+    case Kernel::avx2: return true;
+#else
+    case Kernel::avx2: return false;
+#endif
+    case Kernel::avx512: return cpu_avx512f();
+  }
+  return false;
+}
+
+bool attend(Kernel k, const Run& r, float* scratch, float* o, float* m, float* l) {
+  if (!available(k)) return false;
+  if (r.n == 0) {
+    std::fill(o, o + r.heads * r.dim, 0.0f);
+    std::fill(m, m + r.heads, -std::numeric_limits<float>::infinity());
+    std::fill(l, l + r.heads, 0.0f);
+    return true;
+  }
+  switch (k) {
+    case Kernel::scalar: attend_scalar(r, scratch, o, m, l); return true;
+    case Kernel::avx2: return attend_avx2(r, scratch, o, m, l);
+    case Kernel::avx512: return attend_avx512(r, scratch, o, m, l);
+  }
+  return false;
+}
+
+void attend(const Run& r, float* o, float* m, float* l) {
+  thread_local std::vector<float> scratch;
+  scratch.resize(scratch_floats(r) + kLanes);
+  float* s = scratch.data();  // on a cache line: the kernels' vector loads then never split one
+  s += (kLanes - reinterpret_cast<uintptr_t>(s) / sizeof(float) % kLanes) % kLanes;
+  for (Kernel k : {Kernel::avx512, Kernel::avx2, Kernel::scalar})
+    if (attend(k, r, s, o, m, l)) return;
+  fail("attend_run: no kernel ran");  // unreachable: the scalar kernel always runs
+}
+
+}  // namespace dsv4::attn_run
