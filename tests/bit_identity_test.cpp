@@ -134,5 +134,47 @@ TEST(BitIdentity, DecodeOverManyEntriesAndRaggedBatch) {
   }
 }
 
+// Decode steps and serving batches (short chunks only) run the stages that
+// read little beside the c_q-side projection's weight stream (schedule.cpp
+// prepare_beside: its tiles claimed by whichever thread is free);
+// forward_projected runs the same computations in stage order. Same bits, at
+// 1, 2 and 3 threads, both numerics, every type; q's rows span 9 tiles (the
+// last partial), the indexer queries' 2.
+TEST(BitIdentity, DecodeBesideTheWeightStreamEqualsStageOrder) {
+  std::mt19937 rng(33);
+  const Config c = test::small_config(
+      {.hidden_size = 48, .heads = 4, .head_dim = 136, .window = 24, .index_heads = 4, .index_dim = 32, .topk = 6});
+  for (Numerics numerics : {Numerics::reference, Numerics::deployment})
+    for (LayerType t : kTypes) {
+      const std::string name =
+          std::string(layer_type_name(t)) + (numerics == Numerics::deployment ? " deployment" : " reference");
+      const Layer layer(c, t, test::random_weights(c, t, rng), LayerOptions{WeightFormat::f32, numerics});
+      std::vector<LayerState> start(3, layer.new_state());
+      for (size_t s = 0; s < start.size(); ++s)  // 70, 101, 132 tokens in
+        layer.forward(test::random_tensor({70 + 31 * int64_t(s), c.hidden_size}, rng, 2.0f), start[s]);
+      const Tensor steps = test::random_tensor({6, c.hidden_size}, rng, 2.0f);
+      at_each_thread_count(name + " decode beside the stream", [&] {
+        std::vector<LayerState> beside = start, ordered = start;
+        std::vector<Tensor> ys;
+        for (int64_t i = 0; i < 2; ++i) {  // two steps of a batch of three sequences
+          std::vector<Tensor> toks;
+          std::vector<const Tensor*> xp;
+          std::vector<LayerState*> sp;
+          for (size_t s = 0; s < start.size(); ++s) toks.push_back(test::rows(steps, i * 3 + int64_t(s), 1));
+          for (size_t s = 0; s < start.size(); ++s) xp.push_back(&toks[s]), sp.push_back(&beside[s]);
+          const std::vector<Tensor> got = i == 0 ? layer.forward_batch(xp, sp) : std::vector<Tensor>{};
+          for (size_t s = 0; s < start.size(); ++s) {
+            const Tensor y = i == 0 ? got[s] : layer.forward(toks[s], beside[s]);
+            const Tensor want = layer.forward_projected(layer.project_rows(toks[s], ordered[s].position()), ordered[s]);
+            EXPECT_TRUE(test::same_bits(y, want)) << name << " step " << i << " sequence " << s;
+            EXPECT_TRUE(same_state(beside[s], ordered[s])) << name << " step " << i << " sequence " << s;
+            ys.push_back(y);
+          }
+        }
+        return ys;
+      });
+    }
+}
+
 }  // namespace
 }  // namespace dsv4

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 
 #include "common/finite.h"
 #include "pipeline/job.h"
@@ -195,13 +196,9 @@ void attend_rows(const PackedLayer& p, const std::vector<Job>& jobs, const Rows&
     }
 }
 
-// One call: every job's chunk through the stages, in pipeline order.
-void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
-  thread_local Workspace ws;
-  const Config& c = p.c;
-  const int64_t d = c.hidden_size;
-  const Rows rows = lay_out(p, jobs, ws);
-  Projected& pr = ws.pr;
+// Up to the attention in stage order: project, then window + compress, then
+// (CSA) the indexer's scores, top-k and the gather.
+void prepare(const PackedLayer& p, std::vector<Job>& jobs, const Rows& rows, Projected& pr, StageTimes* times) {
   {
     Stage s(times, &StageTimes::project);
     if (jobs.front().projected) {  // the x-side rows are given: the queries' half only
@@ -227,6 +224,82 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
     Stage s(times, &StageTimes::attention);
     gather_short_chunks(p, jobs);
   }
+}
+
+// stream.run(side, need), the project stage charged the time beyond the side's (which times itself).
+void run_beside(RowStream& stream, const std::function<void()>& side, size_t need, StageTimes* times) {
+  double side_s = 0;
+  const double t0 = omp_get_wtime();
+  stream.run(
+      [&] {
+        const double s0 = omp_get_wtime();
+        side();
+        side_s = omp_get_wtime() - s0;
+      },
+      need);
+  if (times) times->project += omp_get_wtime() - t0 - side_s;
+}
+
+// prepare() for calls of short chunks only (decode, serving): the same
+// computations, ordered so that the weights keep streaming while the stages
+// that read little and run mostly on one thread run on one thread beside the
+// c_q-side projection. Its rows go indexer queries (W_Iqb) first, then q's
+// (W_qb), which nothing before the attention reads: compress runs beside the
+// first ones (and as many of q's as it lasts), the indexer, its top-k and the
+// gather beside the rest. On one thread the deployment scorer (integer
+// kernel) takes about what q's rows take to stream on the other; the
+// reference numerics' fp32 scorer takes ~2x longer, so it runs after, on all
+// threads (docs/performance.md, "Decode beside the weight stream").
+void prepare_beside(const PackedLayer& p, std::vector<Job>& jobs, const Rows& rows, Projected& pr, StageTimes* times) {
+  {
+    Stage s(times, &StageTimes::project);
+    project(p, rows.x, rows.n, rows.pos, rows.groups, pr, false);
+    pr.up.get(static_cast<size_t>(rows.n * p.n_up));
+  }
+  const auto compress_all = [&] {
+    Stage s(times, &StageTimes::compress);
+    for (Job& j : jobs) {
+      gather_window(p, pr, j);
+      compress(p, pr, j);
+    }
+  };
+  const auto index_all = [&] {
+    StageTimes scratch;
+    for (Job& j : jobs) index(p, pr, rows.pos, j, times ? *times : scratch);
+    Stage s(times, &StageTimes::attention);
+    gather_short_chunks(p, jobs);
+  };
+  const int64_t nq = p.off_index_q;  // q's rows; the indexer queries' follow
+  RowStream up(rows.groups, pr.in.data(), p.n_in, p.w_up, pr.up.data(), p.n_up);
+  const size_t index_rows = up.add(nq, p.n_up - nq), all = up.add(0, nq);
+  run_beside(up, compress_all, index_rows, times);
+  if (p.w->indexer) {
+    Stage s(times, &StageTimes::project);
+    finish_queries(p, rows.n, rows.pos, pr, false, true);
+    if (p.deployed()) round_index_queries(p, pr, rows.n);
+  }
+  run_beside(
+      up, p.w->indexer && p.deployed() ? std::function<void()>(index_all) : [] {}, all, times);
+  {
+    Stage s(times, &StageTimes::project);
+    finish_queries(p, rows.n, rows.pos, pr, true, false);
+  }
+  if (p.w->indexer && !p.deployed()) index_all();
+}
+
+// One call: every job's chunk through the stages, in pipeline order.
+void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
+  thread_local Workspace ws;
+  const Config& c = p.c;
+  const int64_t d = c.hidden_size;
+  const Rows rows = lay_out(p, jobs, ws);
+  Projected& pr = ws.pr;
+  const bool short_only =
+      std::all_of(rows.groups.begin(), rows.groups.end(), [](const RowGroup& g) { return g.rowwise; });
+  if (short_only && !jobs.front().projected)
+    prepare_beside(p, jobs, rows, pr, times);
+  else
+    prepare(p, jobs, rows, pr, times);
   if (p.type == LayerType::hca)  // read in place, or decoded once per chunk for all its queries, or per run
     for (Job& j : jobs) {
       const RowStore& e = j.st->compressor().entries;
