@@ -134,12 +134,13 @@ TEST(BitIdentity, DecodeOverManyEntriesAndRaggedBatch) {
   }
 }
 
-// Decode steps and serving batches (short chunks only) run the stages that
-// read little beside the c_q-side projection's weight stream (schedule.cpp
-// prepare_beside: its tiles claimed by whichever thread is free);
-// forward_projected runs the same computations in stage order. Same bits, at
-// 1, 2 and 3 threads, both numerics, every type; q's rows span 9 tiles (the
-// last partial), the indexer queries' 2.
+// Decode steps and serving batches (short chunks only) in deployment numerics
+// run the stages that read little beside the c_q-side projection's weight
+// stream (schedule.cpp prepare_beside: its tiles claimed by whichever thread
+// is free); forward_projected runs the same computations in stage order. Same
+// bits, at 1, 2 and 3 threads, every type (and the reference numerics, in
+// stage order both ways); q's rows span 9 tiles (the last partial), the
+// indexer queries' 2.
 TEST(BitIdentity, DecodeBesideTheWeightStreamEqualsStageOrder) {
   std::mt19937 rng(33);
   const Config c = test::small_config(

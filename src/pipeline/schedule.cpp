@@ -240,16 +240,16 @@ void run_beside(RowStream& stream, const std::function<void()>& side, size_t nee
   if (times) times->project += omp_get_wtime() - t0 - side_s;
 }
 
-// prepare() for calls of short chunks only (decode, serving): the same
-// computations, ordered so that the weights keep streaming while the stages
-// that read little and run mostly on one thread run on one thread beside the
-// c_q-side projection. Its rows go indexer queries (W_Iqb) first, then q's
-// (W_qb), which nothing before the attention reads: compress runs beside the
-// first ones (and as many of q's as it lasts), the indexer, its top-k and the
-// gather beside the rest. On one thread the deployment scorer (integer
-// kernel) takes about what q's rows take to stream on the other; the
-// reference numerics' fp32 scorer takes ~2x longer, so it runs after, on all
-// threads (docs/performance.md, "Decode beside the weight stream").
+// prepare() for calls of short chunks only (decode, serving) in deployment
+// numerics: the same computations, ordered so that the weights keep streaming
+// while the stages that read little and run mostly on one thread run on one
+// thread beside the c_q-side projection. Its rows go indexer queries (W_Iqb)
+// first, then q's (W_qb), which nothing before the attention reads: compress
+// runs beside the first ones (and as many of q's as it lasts), the indexer,
+// its top-k and the gather beside the rest (on one thread the integer scorer
+// takes about what q's rows take to stream on the other). In the reference
+// numerics the fp32 scorer on one thread outlasts the stream and the A/B
+// showed no gain (docs/performance.md, "Decode beside the weight stream").
 void prepare_beside(const PackedLayer& p, std::vector<Job>& jobs, const Rows& rows, Projected& pr, StageTimes* times) {
   {
     Stage s(times, &StageTimes::project);
@@ -276,15 +276,12 @@ void prepare_beside(const PackedLayer& p, std::vector<Job>& jobs, const Rows& ro
   if (p.w->indexer) {
     Stage s(times, &StageTimes::project);
     finish_queries(p, rows.n, rows.pos, pr, false, true);
-    if (p.deployed()) round_index_queries(p, pr, rows.n);
+    round_index_queries(p, pr, rows.n);
   }
   run_beside(
-      up, p.w->indexer && p.deployed() ? std::function<void()>(index_all) : [] {}, all, times);
-  {
-    Stage s(times, &StageTimes::project);
-    finish_queries(p, rows.n, rows.pos, pr, true, false);
-  }
-  if (p.w->indexer && !p.deployed()) index_all();
+      up, p.w->indexer ? std::function<void()>(index_all) : [] {}, all, times);
+  Stage s(times, &StageTimes::project);
+  finish_queries(p, rows.n, rows.pos, pr, true, false);
 }
 
 // One call: every job's chunk through the stages, in pipeline order.
@@ -296,7 +293,7 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
   Projected& pr = ws.pr;
   const bool short_only =
       std::all_of(rows.groups.begin(), rows.groups.end(), [](const RowGroup& g) { return g.rowwise; });
-  if (short_only && !jobs.front().projected)
+  if (short_only && !jobs.front().projected && p.deployed())
     prepare_beside(p, jobs, rows, pr, times);
   else
     prepare(p, jobs, rows, pr, times);
