@@ -4,6 +4,8 @@
 //
 //   project -> window + compress -> index (CSA) -> attend -> output -> record, keep window
 //
+// (Calls of short chunks in deployment numerics run window + compress and the
+// index on one thread beside the c_q-side projection: prepare_beside.)
 // Each stage sees every row of the call; a chunk's results never depend on the
 // other chunks (short chunks share the row-invariant GEMMs; long ones share a
 // GEMM's parallel region, each in the BLAS tiles it has alone), so a batched
@@ -240,14 +242,33 @@ void run_beside(RowStream& stream, const std::function<void()>& side, size_t nee
   if (times) times->project += omp_get_wtime() - t0 - side_s;
 }
 
+// Whether the indexer's scores on one thread last about as long as q's rows
+// take to stream on the others, or less: at most kBesideMacsPerByte
+// multiply-adds per byte of the c_q-side weights (the integer scorer does
+// ~170 G/s on one thread, one thread streams ~20 GB/s: 65,536 tokens, 134 M
+// multiply-adds against 40 MB, fit; at 1M the scores, 2.1 G, run on all
+// threads after the stream). Sizes only: the bits are the same either way.
+constexpr double kBesideMacsPerByte = 8;
+bool index_fits_beside(const PackedLayer& p, const std::vector<Job>& jobs, const Rows& rows) {
+  double macs = 0;
+  for (const Job& j : jobs) {
+    if (j.len == 0) continue;
+    const int64_t eligible =
+        std::min(j.st->indexer().emitted, (rows.pos[j.row0 + j.len - 1] + 1) / p.c.compress_rate_csa);
+    macs += static_cast<double>(j.len) * static_cast<double>(eligible) *
+            static_cast<double>(p.c.index_n_heads * p.c.index_head_dim);
+  }
+  return macs <= kBesideMacsPerByte * static_cast<double>(p.w_up.bytes());
+}
+
 // prepare() for calls of short chunks only (decode, serving) in deployment
 // numerics: the same computations, ordered so that the weights keep streaming
 // while the stages that read little and run mostly on one thread run on one
 // thread beside the c_q-side projection. Its rows go indexer queries (W_Iqb)
 // first, then q's (W_qb), which nothing before the attention reads: compress
 // runs beside the first ones (and as many of q's as it lasts), the indexer,
-// its top-k and the gather beside the rest (on one thread the integer scorer
-// takes about what q's rows take to stream on the other). In the reference
+// its top-k and the gather beside the rest where the scores are short enough
+// (index_fits_beside), else after it on all threads. In the reference
 // numerics the fp32 scorer on one thread outlasts the stream and the A/B
 // showed no gain (docs/performance.md, "Decode beside the weight stream").
 void prepare_beside(const PackedLayer& p, std::vector<Job>& jobs, const Rows& rows, Projected& pr, StageTimes* times) {
@@ -278,10 +299,14 @@ void prepare_beside(const PackedLayer& p, std::vector<Job>& jobs, const Rows& ro
     finish_queries(p, rows.n, rows.pos, pr, false, true);
     round_index_queries(p, pr, rows.n);
   }
+  const bool index_beside = p.w->indexer && index_fits_beside(p, jobs, rows);
   run_beside(
-      up, p.w->indexer ? std::function<void()>(index_all) : [] {}, all, times);
-  Stage s(times, &StageTimes::project);
-  finish_queries(p, rows.n, rows.pos, pr, true, false);
+      up, index_beside ? std::function<void()>(index_all) : [] {}, all, times);
+  {
+    Stage s(times, &StageTimes::project);
+    finish_queries(p, rows.n, rows.pos, pr, true, false);
+  }
+  if (p.w->indexer && !index_beside) index_all();
 }
 
 // One call: every job's chunk through the stages, in pipeline order.
