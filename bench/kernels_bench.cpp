@@ -145,12 +145,13 @@ void BM_Gemv_Decode_Ob_Stored(benchmark::State& st) {
   st.counters["bytes/s"] = benchmark::Counter(double(mat.bytes()) * st.iterations(), benchmark::Counter::kIsRate);
 }
 
-// One decode token (m = 1) through FP8 rows of 4096 columns (the x-side
-// projections' width), range(0) rows, range(1) threads: 256 rows (1 MiB, in
-// L2, one thread) is the kernel's compute ceiling; 32,768 rows (128 MiB,
-// beyond L3, two threads) its rate from DRAM, to compare with Read256MiB.
+// One decode token (m = 1) through FP8 rows of range(2) columns (4,096: the
+// x-side projections' and o_a's width; 8,192: o_b's; 1,024: q_b's), range(0)
+// rows, range(1) threads: 128 rows of 4,096 (512 KiB, in L2, one thread) is
+// the kernel's compute ceiling; 128 MiB (beyond L3) its rate from DRAM, to
+// compare with Read256MiB.
 void BM_Gemv_Decode_Fp8(benchmark::State& st) {
-  const int64_t n = st.range(0), k = 4096;
+  const int64_t n = st.range(0), k = st.range(2);
   const int threads = omp_get_max_threads();
   omp_set_num_threads(static_cast<int>(st.range(1)));
   const Tensor a = random_uniform({1, k}, 1, 1), w = random_uniform({n, k}, 0.02f, 2);
@@ -324,9 +325,11 @@ BENCHMARK(BM_Gemm_OaGroup)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Gemm_Ob)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Gemv_Decode_Ob_Stored)->ArgsProduct({{0, 1, 2}, {1, 16}})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Gemv_Decode_Fp8)
-    ->Args({128, 1})
-    ->Args({32768, 1})
-    ->Args({32768, 2})
+    ->Args({128, 1, 4096})
+    ->Args({32768, 1, 4096})
+    ->Args({32768, 2, 4096})
+    ->Args({16384, 2, 8192})
+    ->Args({131072, 2, 1024})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK(BM_Gemv_Decode_QUp)->Unit(benchmark::kMillisecond)->UseRealTime();

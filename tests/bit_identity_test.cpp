@@ -134,5 +134,62 @@ TEST(BitIdentity, DecodeOverManyEntriesAndRaggedBatch) {
   }
 }
 
+// Decode steps and serving batches (short chunks only) in deployment numerics
+// run the stages that read little beside the c_q-side projection's weight
+// stream (schedule.cpp prepare_beside: its tiles claimed by whichever thread
+// is free); forward_projected runs the same computations in stage order. Same
+// bits, at 1, 2 and 3 threads, every type (and the reference numerics, in
+// stage order both ways). Wide: q's rows span 9 tiles (the last partial), the
+// indexer queries' 2, the scores run beside; long: more keys than
+// index_fits_beside lets beside a stream this short, so they run after it.
+TEST(BitIdentity, DecodeBesideTheWeightStreamEqualsStageOrder) {
+  std::mt19937 rng(33);
+  const Config wide = test::small_config(
+      {.hidden_size = 48, .heads = 4, .head_dim = 136, .window = 24, .index_heads = 4, .index_dim = 32, .topk = 6});
+  const Config long_keys = test::small_config({.hidden_size = 32,
+                                               .heads = 1,
+                                               .head_dim = 16,
+                                               .q_rank = 8,
+                                               .window = 24,
+                                               .rate_csa = 1,
+                                               .index_heads = 8,
+                                               .index_dim = 32,
+                                               .topk = 6});
+  for (const Config& c : {wide, long_keys})
+    for (Numerics numerics : {Numerics::reference, Numerics::deployment})
+      for (LayerType t : kTypes) {
+        if (&c == &long_keys && t != LayerType::csa) continue;
+        const std::string name =
+            std::string(layer_type_name(t)) + (numerics == Numerics::deployment ? " deployment" : " reference");
+        const Layer layer(c, t, test::random_weights(c, t, rng), LayerOptions{WeightFormat::f32, numerics});
+        std::vector<LayerState> start(3, layer.new_state());
+        const int64_t n0 = &c == &long_keys ? 600 : 70;  // 600: 600 keys x 256 > 8 x 8.7 KB of c_q-side weights
+        for (size_t s = 0; s < start.size(); ++s)        // n0, n0 + 31, n0 + 62 tokens in
+          layer.forward(test::random_tensor({n0 + 31 * int64_t(s), c.hidden_size}, rng, 2.0f), start[s]);
+        const Tensor steps = test::random_tensor({6, c.hidden_size}, rng, 2.0f);
+        at_each_thread_count(name + " decode beside the stream", [&] {
+          std::vector<LayerState> beside = start, ordered = start;
+          std::vector<Tensor> ys;
+          for (int64_t i = 0; i < 2; ++i) {  // two steps of a batch of three sequences
+            std::vector<Tensor> toks;
+            std::vector<const Tensor*> xp;
+            std::vector<LayerState*> sp;
+            for (size_t s = 0; s < start.size(); ++s) toks.push_back(test::rows(steps, i * 3 + int64_t(s), 1));
+            for (size_t s = 0; s < start.size(); ++s) xp.push_back(&toks[s]), sp.push_back(&beside[s]);
+            const std::vector<Tensor> got = i == 0 ? layer.forward_batch(xp, sp) : std::vector<Tensor>{};
+            for (size_t s = 0; s < start.size(); ++s) {
+              const Tensor y = i == 0 ? got[s] : layer.forward(toks[s], beside[s]);
+              const Tensor want =
+                  layer.forward_projected(layer.project_rows(toks[s], ordered[s].position()), ordered[s]);
+              EXPECT_TRUE(test::same_bits(y, want)) << name << " step " << i << " sequence " << s;
+              EXPECT_TRUE(same_state(beside[s], ordered[s])) << name << " step " << i << " sequence " << s;
+              ys.push_back(y);
+            }
+          }
+          return ys;
+        });
+      }
+}
+
 }  // namespace
 }  // namespace dsv4

@@ -1,7 +1,12 @@
 // Packed weight matrices: row segments in their dtypes, and the one entry
 // point the stages use to multiply by them (linear).
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <utility>
 #include <vector>
 
@@ -147,6 +152,54 @@ void linear(const std::vector<RowGroup>& groups, int64_t n, const float* a, int6
       blocks.push_back({g.row0, g.rows});
   if (blocks.empty()) return;
   for (const Part& p : parts) gemm_nt_w_blocks(blocks, p.n, w.cols, a, lda, p.b, c + p.col, ldc);
+}
+
+RowStream::RowStream(const std::vector<RowGroup>& groups, const float* a, int64_t lda, const Matrix& w, float* c,
+                     int64_t ldc)
+    : groups_(groups), a_(a), lda_(lda), w_(w), c_(c), ldc_(ldc) {
+  for (const RowGroup& g : groups)
+    if (!g.rowwise) fail("RowStream: a group of " + std::to_string(g.rows) + " rows is not row-invariant");
+}
+
+size_t RowStream::add(int64_t w_row0, int64_t n) {
+  for (const RowGroup& g : groups_)
+    for (const Part& p : parts_of(w_, w_row0, n))
+      for (int64_t j = 0; j < p.n; j += kRowsPerTile) tiles_.push_back({g.row0, g.rows, p.b, p.col + w_row0, j, p.n});
+  return tiles_.size();
+}
+
+void RowStream::compute(size_t t) const {
+  const Tile& tl = tiles_[t];
+  gemm_nt_rows_w_range(tl.rows, tl.j0, std::min(tl.n, tl.j0 + kRowsPerTile), w_.cols, a_ + tl.row0 * lda_, lda_, tl.b,
+                       c_ + tl.row0 * ldc_ + tl.col, ldc_);
+}
+
+// The side task runs on the calling thread (its thread-local scratch is the
+// caller's), its own parallel loops there alone (a nested region); the other
+// threads take tiles meanwhile, the caller joins them when done. Each output
+// row is one tile's dot products whichever thread takes it: linear()'s bits.
+void RowStream::run(const std::function<void()>& side, size_t need) {
+  std::atomic<bool> side_done{false};
+  std::exception_ptr failed;
+#pragma omp parallel
+  {
+    if (omp_get_thread_num() == 0) {
+      try {
+        omp_set_num_threads(1);  // were nesting on (this implicit task's setting only)
+        side();
+      } catch (...) {
+        failed = std::current_exception();
+      }
+      side_done.store(true, std::memory_order_release);
+    }
+    // Past `need` only while the side runs; a claimed tile is always computed.
+    while (!side_done.load(std::memory_order_acquire) || next_.load(std::memory_order_relaxed) < need) {
+      const size_t t = next_.fetch_add(1, std::memory_order_relaxed);
+      if (t >= tiles_.size()) break;
+      compute(t);
+    }
+  }
+  if (failed) std::rethrow_exception(failed);
 }
 
 void linear(const RowGroup& g, int64_t n, const float* a, int64_t lda, const Matrix& w, int64_t w_row0, float* c,

@@ -11,8 +11,10 @@
 //              softmax with the sink
 //   output   : de-rotate, grouped projection, o_b projection        output.cpp
 #pragma once
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,6 +23,7 @@
 #include "dsv4/state.h"
 #include "dsv4/tensor.h"
 #include "dsv4/weights.h"
+#include "ops/blas.h"
 #include "ops/rope.h"
 
 namespace dsv4 {
@@ -112,6 +115,36 @@ void linear(const RowGroup& g, int64_t n, const float* a, int64_t lda, const Mat
 // region per weight segment (each group cut as if alone: its bits unchanged).
 void linear(const std::vector<RowGroup>& groups, int64_t n, const float* a, int64_t lda, const Matrix& w,
             int64_t w_row0, float* c, int64_t ldc);
+// Row ranges of a packed matrix computed as linear() computes them, in
+// 64-row tiles that whichever thread is free claims in order, while the
+// calling thread runs other work beside them (decode: the weights keep
+// streaming while a stage that reads little runs on one thread). Rowwise
+// groups only. c points at column 0 of row 0 of the call.
+class RowStream {
+ public:
+  RowStream(const std::vector<RowGroup>& groups, const float* a, int64_t lda, const Matrix& w, float* c, int64_t ldc);
+  // Queues c's columns [w_row0, w_row0 + n) (W's rows); returns the tiles queued so far.
+  size_t add(int64_t w_row0, int64_t n);
+  // Runs side() beside the tiles; returns when it is done and the first
+  // `need` tiles are (the others keep taking tiles while it runs).
+  void run(const std::function<void()>& side, size_t need);
+
+ private:
+  struct Tile {
+    int64_t row0, rows;  // the group's activation rows
+    WeightRows b;        // its segment
+    int64_t col, j0, n;  // output column of the segment's row 0; first row; rows in the segment
+  };
+  void compute(size_t t) const;
+  std::vector<RowGroup> groups_;
+  const float* a_;
+  int64_t lda_;
+  const Matrix& w_;
+  float* c_;
+  int64_t ldc_;
+  std::vector<Tile> tiles_;
+  std::atomic<size_t> next_{0};
+};
 
 // Activations of `rows` tokens (all chunks of a call, concatenated).
 struct Projected {
@@ -126,6 +159,10 @@ void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* 
 // ready by Layer::forward_projected, which skips the first).
 void project_queries(const PackedLayer& p, int64_t rows, const int64_t* pos, const std::vector<RowGroup>& groups,
                      Projected& out);
+// Its per-row steps after the GEMM (out.up sized and filled): the queries'
+// norms and RoPE (q), the indexer queries' RoPE (index). A decode step
+// (schedule.cpp) projects the two row ranges apart, each beside other work.
+void finish_queries(const PackedLayer& p, int64_t rows, const int64_t* pos, Projected& out, bool q, bool index);
 // Its per-token steps that the backward recomputes (train/): c_q =
 // RMSNorm_{q_a_norm}(raw) and q's heads, each RMSNorm'd (no weight) then
 // rotated at the token's position. In place if raw == out; each returns or

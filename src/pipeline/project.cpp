@@ -78,17 +78,20 @@ void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* 
 
 void project_queries(const PackedLayer& p, int64_t rows, const int64_t* pos, const std::vector<RowGroup>& groups,
                      Projected& out) {
-  const Config& c = p.c;
-  const LayerWeights& w = *p.w;
-  const int64_t hi = c.index_n_heads, di = c.index_head_dim;
   out.up.get(static_cast<size_t>(rows * p.n_up));
   linear(groups, p.n_up, out.in.data(), p.n_in, p.w_up, 0, out.up.data(), p.n_up);
+  finish_queries(p, rows, pos, out, true, true);
+}
+
+void finish_queries(const PackedLayer& p, int64_t rows, const int64_t* pos, Projected& out, bool q, bool index) {
+  const int64_t hi = p.c.index_n_heads, di = p.c.index_head_dim;
+  index = index && p.w->indexer;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     float* row = &out.up[r * p.n_up];
     const RopeAngles rope(p.inv_freq, pos[r]);
-    norm_rope_q(p, row, row, rope);
-    if (w.indexer) rope.rotate(row + p.off_index_q, hi, di);
+    if (q) norm_rope_q(p, row, row, rope);
+    if (index) rope.rotate(row + p.off_index_q, hi, di);
   }
 }
 

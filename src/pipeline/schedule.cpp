@@ -4,6 +4,8 @@
 //
 //   project -> window + compress -> index (CSA) -> attend -> output -> record, keep window
 //
+// (Calls of short chunks in deployment numerics run window + compress and the
+// index on one thread beside the c_q-side projection: prepare_beside.)
 // Each stage sees every row of the call; a chunk's results never depend on the
 // other chunks (short chunks share the row-invariant GEMMs; long ones share a
 // GEMM's parallel region, each in the BLAS tiles it has alone), so a batched
@@ -12,6 +14,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 
 #include "common/finite.h"
 #include "pipeline/job.h"
@@ -195,13 +198,9 @@ void attend_rows(const PackedLayer& p, const std::vector<Job>& jobs, const Rows&
     }
 }
 
-// One call: every job's chunk through the stages, in pipeline order.
-void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
-  thread_local Workspace ws;
-  const Config& c = p.c;
-  const int64_t d = c.hidden_size;
-  const Rows rows = lay_out(p, jobs, ws);
-  Projected& pr = ws.pr;
+// Up to the attention in stage order: project, then window + compress, then
+// (CSA) the indexer's scores, top-k and the gather.
+void prepare(const PackedLayer& p, std::vector<Job>& jobs, const Rows& rows, Projected& pr, StageTimes* times) {
   {
     Stage s(times, &StageTimes::project);
     if (jobs.front().projected) {  // the x-side rows are given: the queries' half only
@@ -227,6 +226,102 @@ void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
     Stage s(times, &StageTimes::attention);
     gather_short_chunks(p, jobs);
   }
+}
+
+// stream.run(side, need), the project stage charged the time beyond the side's (which times itself).
+void run_beside(RowStream& stream, const std::function<void()>& side, size_t need, StageTimes* times) {
+  double side_s = 0;
+  const double t0 = omp_get_wtime();
+  stream.run(
+      [&] {
+        const double s0 = omp_get_wtime();
+        side();
+        side_s = omp_get_wtime() - s0;
+      },
+      need);
+  if (times) times->project += omp_get_wtime() - t0 - side_s;
+}
+
+// Whether the indexer's scores on one thread last about as long as q's rows
+// take to stream on the others, or less: at most kBesideMacsPerByte
+// multiply-adds per byte of the c_q-side weights (the integer scorer does
+// ~170 G/s on one thread, one thread streams ~20 GB/s: 65,536 tokens, 134 M
+// multiply-adds against 40 MB, fit; at 1M the scores, 2.1 G, run on all
+// threads after the stream). Sizes only: the bits are the same either way.
+constexpr double kBesideMacsPerByte = 8;
+bool index_fits_beside(const PackedLayer& p, const std::vector<Job>& jobs, const Rows& rows) {
+  double macs = 0;
+  for (const Job& j : jobs) {
+    if (j.len == 0) continue;
+    const int64_t eligible =
+        std::min(j.st->indexer().emitted, (rows.pos[j.row0 + j.len - 1] + 1) / p.c.compress_rate_csa);
+    macs += static_cast<double>(j.len) * static_cast<double>(eligible) *
+            static_cast<double>(p.c.index_n_heads * p.c.index_head_dim);
+  }
+  return macs <= kBesideMacsPerByte * static_cast<double>(p.w_up.bytes());
+}
+
+// prepare() for calls of short chunks only (decode, serving) in deployment
+// numerics: the same computations, ordered so that the weights keep streaming
+// while the stages that read little and run mostly on one thread run on one
+// thread beside the c_q-side projection. Its rows go indexer queries (W_Iqb)
+// first, then q's (W_qb), which nothing before the attention reads: compress
+// runs beside the first ones (and as many of q's as it lasts), the indexer,
+// its top-k and the gather beside the rest where the scores are short enough
+// (index_fits_beside), else after it on all threads. In the reference
+// numerics the fp32 scorer on one thread outlasts the stream and the A/B
+// showed no gain (docs/performance.md, "Decode beside the weight stream").
+void prepare_beside(const PackedLayer& p, std::vector<Job>& jobs, const Rows& rows, Projected& pr, StageTimes* times) {
+  {
+    Stage s(times, &StageTimes::project);
+    project(p, rows.x, rows.n, rows.pos, rows.groups, pr, false);
+    pr.up.get(static_cast<size_t>(rows.n * p.n_up));
+  }
+  const auto compress_all = [&] {
+    Stage s(times, &StageTimes::compress);
+    for (Job& j : jobs) {
+      gather_window(p, pr, j);
+      compress(p, pr, j);
+    }
+  };
+  const auto index_all = [&] {
+    StageTimes scratch;
+    for (Job& j : jobs) index(p, pr, rows.pos, j, times ? *times : scratch);
+    Stage s(times, &StageTimes::attention);
+    gather_short_chunks(p, jobs);
+  };
+  const int64_t nq = p.off_index_q;  // q's rows; the indexer queries' follow
+  RowStream up(rows.groups, pr.in.data(), p.n_in, p.w_up, pr.up.data(), p.n_up);
+  const size_t index_rows = up.add(nq, p.n_up - nq), all = up.add(0, nq);
+  run_beside(up, compress_all, index_rows, times);
+  if (p.w->indexer) {
+    Stage s(times, &StageTimes::project);
+    finish_queries(p, rows.n, rows.pos, pr, false, true);
+    round_index_queries(p, pr, rows.n);
+  }
+  const bool index_beside = p.w->indexer && index_fits_beside(p, jobs, rows);
+  run_beside(
+      up, index_beside ? std::function<void()>(index_all) : [] {}, all, times);
+  {
+    Stage s(times, &StageTimes::project);
+    finish_queries(p, rows.n, rows.pos, pr, true, false);
+  }
+  if (p.w->indexer && !index_beside) index_all();
+}
+
+// One call: every job's chunk through the stages, in pipeline order.
+void run(const PackedLayer& p, std::vector<Job>& jobs, StageTimes* times) {
+  thread_local Workspace ws;
+  const Config& c = p.c;
+  const int64_t d = c.hidden_size;
+  const Rows rows = lay_out(p, jobs, ws);
+  Projected& pr = ws.pr;
+  const bool short_only =
+      std::all_of(rows.groups.begin(), rows.groups.end(), [](const RowGroup& g) { return g.rowwise; });
+  if (short_only && !jobs.front().projected && p.deployed())
+    prepare_beside(p, jobs, rows, pr, times);
+  else
+    prepare(p, jobs, rows, pr, times);
   if (p.type == LayerType::hca)  // read in place, or decoded once per chunk for all its queries, or per run
     for (Job& j : jobs) {
       const RowStore& e = j.st->compressor().entries;
