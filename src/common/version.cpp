@@ -7,9 +7,28 @@
 extern "C" {
 char* openblas_get_config(void) __attribute__((weak));
 int openblas_get_parallel(void) __attribute__((weak));
+char* openblas_get_corename(void) __attribute__((weak));
 }
 
 namespace dsv4 {
+namespace {
+
+// Debian 12's OpenBLAS 0.3.21 predates Zen 4/5: it runs its AVX2 kernels
+// ("Haswell", "Zen") there, and its AVX-512 ones only when asked for. Not
+// switched here: another GEMM kernel rounds differently (docs/performance.md).
+std::string avx512_hint() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (!openblas_get_corename) return "";
+  const std::string core = openblas_get_corename();
+  const bool avx2_core = core == "Haswell" || core == "haswell" || core == "Zen" || core == "zen";
+  if (avx2_core && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    return "; this CPU has AVX-512: OPENBLAS_CORETYPE=SkylakeX selects OpenBLAS's AVX-512 kernels";
+#endif
+  return "";
+}
+
+}  // namespace
 
 std::string version() { return DSV4_VERSION; }
 
@@ -27,7 +46,7 @@ std::string blas_info() {
   const int p = openblas_get_parallel();
   std::string s = openblas_get_config();  // "OpenBLAS 0.3.21 NO_AFFINITY USE_OPENMP Haswell MAX_THREADS=64"
   if (p >= 0 && p <= 2) s += std::string(" (") + kThreading[p] + ")";
-  return s;
+  return s + avx512_hint();
 }
 
 }  // namespace dsv4
