@@ -222,6 +222,15 @@ TEST(Deployment, InputErrors) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("index_head_dim must be a power of two"), std::string::npos) << e.what();
   }
+  const Config wide = test::small_config({.index_dim = 4096});  // a power of two past the FP4 indexer's 64 blocks
+  try {
+    const Layer layer(wide, LayerType::csa, test::random_weights(wide, LayerType::csa, rng),
+                      LayerOptions{WeightFormat::f32, kDeploy});
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("index_head_dim must be at most 2048"), std::string::npos) << e.what();
+  }
+  EXPECT_NO_THROW(Layer(wide, LayerType::csa, test::random_weights(wide, LayerType::csa, rng)));  // reference: any
   // The other layer types have no indexer: any D_I.
   EXPECT_NO_THROW(
       Layer(c, LayerType::hca, test::random_weights(c, LayerType::hca, rng), LayerOptions{WeightFormat::f32, kDeploy}));

@@ -5,6 +5,7 @@
 #include <bit>
 
 #include "common/finite.h"
+#include "ops/fp4_dot.h"
 #include "pipeline/job.h"
 #include "train/backward.h"
 
@@ -21,6 +22,9 @@ Layer::Layer(Config config, LayerType type, LayerWeights weights, LayerOptions o
       !std::has_single_bit(static_cast<uint64_t>(di)))
     fail("deployment numerics: index_head_dim must be a power of two for the indexer's Hadamard transform (got " +
          std::to_string(di) + ")");
+  if (options.numerics == Numerics::deployment && type_ == LayerType::csa && di > fp4dot::kMaxDim)
+    fail("deployment numerics: index_head_dim must be at most " + std::to_string(fp4dot::kMaxDim) +
+         " for the FP4 indexer (its blocks of 32 per head; got " + std::to_string(di) + ")");
   if (options.weights != WeightFormat::native) {  // f32 / bf16: from the dequantised values
     for (auto& [name, m] : weights_.stored) weight(weights_, find_weight(name)->id) = m.dequantised();
     weights_.stored.clear();

@@ -14,6 +14,7 @@ namespace dsv4::fp4dot {
 namespace {
 
 constexpr int64_t kBlock = quant::kFp4Block;
+static_assert(kMaxBlocks * kBlock == kMaxDim);
 
 // 2·E2M1 of a nibble code (sign in bit 3).
 constexpr int8_t kTwice[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
@@ -26,8 +27,8 @@ float combine(const float* f, int64_t blocks) {
 }
 
 float dot_scalar(const Query& q, int64_t h, const uint8_t* key) {
-  int32_t sums[64] = {};
-  float f[64] = {};
+  int32_t sums[kMaxBlocks] = {};
+  float f[kMaxBlocks] = {};
   block_sums(q, h, key, sums);
   const uint8_t* scales = key + (q.dim + 1) / 2;
   for (int64_t b = 0; b < q.blocks; ++b)
@@ -37,7 +38,7 @@ float dot_scalar(const Query& q, int64_t h, const uint8_t* key) {
 
 // T of head h (ops/fp4_dot.h): the block sums at their exponents above the head's and the key's smallest.
 int64_t exact_dot(const Query& q, int64_t h, const uint8_t* key, const uint8_t* scales, uint8_t smallest) {
-  int32_t sums[64] = {};
+  int32_t sums[kMaxBlocks] = {};
   block_sums(q, h, key, sums);
   int64_t t = 0;
   for (int64_t b = 0; b < q.blocks; ++b)
@@ -84,15 +85,15 @@ float key_scale(uint8_t byte) {  // 2^(byte - 127); byte 0 is the fp32 subnormal
 
 void encode_query(const float* x, int64_t heads, int64_t dim, Query& q) {
   q.heads = heads, q.dim = dim, q.blocks = (dim + kBlock - 1) / kBlock;
-  if (q.blocks > 64) fail("fp4 indexer: index_head_dim " + std::to_string(dim) + " over 2048");
+  if (dim > kMaxDim) fail("fp4 indexer: index_head_dim " + std::to_string(dim) + " over " + std::to_string(kMaxDim));
   q.codes.resize(static_cast<size_t>(heads * dim));
   q.scale.resize(static_cast<size_t>(heads * q.blocks));
   q.offset.resize(static_cast<size_t>(heads * q.blocks));
   q.shift.assign(static_cast<size_t>(heads * q.blocks), 0);
   q.base.resize(static_cast<size_t>(heads));
   q.max_shift = 0;
-  uint8_t codes[kBlock], bytes[64];
-  bool nonzero[64];
+  uint8_t codes[kBlock], bytes[kMaxBlocks];
+  bool nonzero[kMaxBlocks];
   for (int64_t h = 0; h < heads; ++h) {
     int smallest = 256;  // over the blocks not all zero (their sums are 0 at any shift)
     for (int64_t b = 0; b < q.blocks; ++b) {

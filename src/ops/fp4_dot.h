@@ -18,6 +18,9 @@
 
 namespace dsv4::fp4dot {
 
+// The widest index head: 64 blocks of 32 (the kernels keep a head's block sums on the stack).
+constexpr int64_t kMaxDim = 2048, kMaxBlocks = kMaxDim / 32;
+
 // The indexer query of one token in integer form (all heads).
 struct Query {
   int64_t heads = 0, dim = 0, blocks = 0;
