@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "dsv4/error.h"
 #include "dsv4/safetensors.h"
@@ -70,6 +71,36 @@ TEST(Dtype, E4m3fnEncoder) {
   EXPECT_EQ(f32_to_e4m3fn(1e6f), 0x7e);                  // saturates
   EXPECT_EQ(f32_to_e4m3fn(-std::numeric_limits<float>::infinity()), 0xfe);
   EXPECT_EQ(f32_to_e4m3fn(std::nanf("")), 0x7f);
+}
+
+// The encoder against its definition (the nearest of the 127 finite
+// magnitudes, ties to the even code, saturating at 448, the sign kept) at the
+// floats around every midpoint between neighbouring codes and a stride through
+// all 2^32 bit patterns.
+TEST(Dtype, E4m3fnEncoderIsNearestEven) {
+  std::vector<double> mags;
+  for (int c = 0; c < 0x7f; ++c) mags.push_back(e4m3fn_to_f32(uint8_t(c)));
+  const auto want = [&](float x) -> int {
+    const int sign = std::signbit(x) ? 0x80 : 0;
+    if (std::isnan(x)) return sign | 0x7f;
+    const double a = std::fabs(double(x));
+    if (a >= 448.0) return sign | 0x7e;
+    int best = 0;
+    for (int c = 1; c < 0x7f; ++c) {
+      const double d = std::fabs(mags[size_t(c)] - a), db = std::fabs(mags[size_t(best)] - a);
+      if (d < db || (d == db && (c & 1) == 0)) best = c;
+    }
+    return sign | best;
+  };
+  std::vector<float> xs;
+  for (int c = 0; c + 1 < 0x7f; ++c) {
+    float mid = float((mags[size_t(c)] + mags[size_t(c + 1)]) / 2);  // exact in fp32
+    for (int k = 0; k < 3; ++k) mid = std::nextafter(mid, 0.0f);
+    for (int k = 0; k < 7; ++k, mid = std::nextafter(mid, 1e9f)) xs.push_back(mid), xs.push_back(-mid);
+  }
+  for (uint64_t u = 0; u < (uint64_t{1} << 32); u += 65521) xs.push_back(std::bit_cast<float>(uint32_t(u)));
+  for (float x : {448.0f, 463.9f, 464.0f, 1e30f, INFINITY, -INFINITY, 0.0f, -0.0f, 0x1p-149f}) xs.push_back(x);
+  for (float x : xs) ASSERT_EQ(int(f32_to_e4m3fn(x)), want(x)) << "x = " << x << " bits " << std::bit_cast<uint32_t>(x);
 }
 
 TEST(Dtype, Bf16AllPatterns) {

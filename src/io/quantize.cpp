@@ -17,14 +17,30 @@ StoredMatrix quantize_fp8_blocks(const Tensor& w, bool ue8m0) {
     return m.scale.data[(i / kScaleBlock) * gc + j / kScaleBlock];
   };
   for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < cols; ++j) block(i, j) = std::max(block(i, j), std::fabs(w.data[i * cols + j]));
+    for (int64_t j0 = 0; j0 < cols; j0 += kScaleBlock) {  // the block's running max in a register
+      float mx = block(i, j0);
+      for (int64_t j = j0; j < std::min(cols, j0 + kScaleBlock); ++j)
+        mx = std::max(mx, std::fabs(w.data[i * cols + j]));
+      block(i, j0) = mx;
+    }
   for (float& s : m.scale.data) {
     s = s > 0 ? s / 448.0f : 1.0f;
     if (ue8m0) s = quant::ceil_pow2(s);
   }
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < cols; ++j)
-      m.data[i * cols + j] = std::byte(f32_to_e4m3fn(w.data[i * cols + j] / block(i, j)));
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* x = &w.data[i * cols];
+    std::byte* out = &m.data[i * cols];
+    for (int64_t j0 = 0; j0 < cols; j0 += kScaleBlock) {
+      const float s = block(i, j0);
+      const int64_t j1 = std::min(cols, j0 + kScaleBlock);
+      if (ue8m0 && s >= 0x1p-126f) {  // x / 2^k and x · 2^-k (2^-k exact) are one exact value, rounded once
+        const float inv = 1.0f / s;
+        for (int64_t j = j0; j < j1; ++j) out[j] = std::byte(f32_to_e4m3fn(x[j] * inv));
+      } else {
+        for (int64_t j = j0; j < j1; ++j) out[j] = std::byte(f32_to_e4m3fn(x[j] / s));
+      }
+    }
+  }
   return m;
 }
 
