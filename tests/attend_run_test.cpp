@@ -66,17 +66,18 @@ struct Result {
   std::vector<float> o, m, l;
 };
 
-Result started(const attn_run::Run& r) {
+// A state of NaNs (a fresh run must not read it), or start()'s.
+Result started(const attn_run::Run& r, bool start = true) {
   Result out{std::vector<float>(r.heads * r.dim, std::nanf("")), std::vector<float>(r.heads, std::nanf("")),
              std::vector<float>(r.heads, std::nanf(""))};
-  attn_run::start(r.heads, r.dim, out.o.data(), out.m.data(), out.l.data());
+  if (start) attn_run::start(r.heads, r.dim, out.o.data(), out.m.data(), out.l.data());
   return out;
 }
 
-// Keys [k0, k1) of r as one run, continuing `state`.
-void continue_run(Kernel k, const attn_run::Run& r, int64_t k0, int64_t k1, Result& state) {
+// Keys [k0, k1) of r as one run, continuing `state` (fresh: writing it).
+void continue_run(Kernel k, const attn_run::Run& r, int64_t k0, int64_t k1, Result& state, bool fresh = false) {
   attn_run::Run part = r;
-  part.rows = r.rows + k0, part.n = k1 - k0;
+  part.rows = r.rows + k0, part.n = k1 - k0, part.fresh = fresh;
   std::vector<float> scratch(attn_run::scratch_floats(part), std::nanf(""));  // the kernels must not read it unwritten
   EXPECT_TRUE(attn_run::attend(k, part, scratch.data(), state.o.data(), state.m.data(), state.l.data()));
 }
@@ -170,6 +171,11 @@ TEST(AttendRun, EmptyRunLeavesTheState) {
   EXPECT_EQ(o[0], 5.0f);
   EXPECT_EQ(m[0], 1.0f);
   EXPECT_EQ(l[0], 2.0f);
+  r.fresh = true;  // an empty fresh run leaves start()'s state
+  attn_run::attend(r, o, m, l);
+  EXPECT_EQ(o[0], 0.0f);
+  EXPECT_EQ(m[0], -std::numeric_limits<float>::infinity());
+  EXPECT_EQ(l[0], 0.0f);
 }
 
 TEST(AttendRun, EveryTranspositionIsTheScalarOne) {
@@ -221,16 +227,17 @@ TEST(AttendRun, RunsOverThreadsAreThreadCountIndependent) {
 
 // A query's keys as pipeline/attend_split.cpp runs them: runs of 64, g
 // consecutive runs per group continuing one state (one part per group), the
-// groups' parts merged with the sink, heads in blocks of `block`.
+// groups' parts merged with the sink, heads in blocks of `block`; each
+// group's first run fresh (as attend_split.cpp) or continuing start()'s state.
 std::vector<float> grouped(Kernel k, const attn_run::Run& r, int64_t g, const std::vector<float>& sinks,
-                           int64_t block = 1 << 20) {
+                           int64_t block = 1 << 20, bool fresh = true) {
   const int64_t runs = std::max<int64_t>(1, (r.n + 63) / 64), groups = (runs + g - 1) / g, hd = r.heads * r.dim;
   std::vector<float> o(groups * hd), m(groups * r.heads), l(groups * r.heads);
 #pragma omp parallel for schedule(dynamic)
   for (int64_t s = 0; s < groups; ++s) {
-    Result st = started(r);
+    Result st = started(r, !fresh);
     for (int64_t run = s * g; run < std::min(runs, (s + 1) * g); ++run)
-      continue_run(k, r, run * 64, std::min(r.n, run * 64 + 64), st);
+      continue_run(k, r, run * 64, std::min(r.n, run * 64 + 64), st, fresh && run == s * g);
     std::copy(st.o.begin(), st.o.end(), o.begin() + s * hd);
     std::copy(st.m.begin(), st.m.end(), m.begin() + s * r.heads);
     std::copy(st.l.begin(), st.l.end(), l.begin() + s * r.heads);
@@ -283,12 +290,15 @@ TEST(AttendRun, GroupedRunsMatchFloat64AndAreKernelAndThreadCountIndependent) {
       const std::vector<float> want = grouped(Kernel::scalar, t.run, g, sinks);
       expect_near_attention(t.run, sinks, want, what);
       EXPECT_TRUE(same_bits(grouped(Kernel::scalar, t.run, g, sinks, 5), want)) << what << " merged in head blocks";
+      EXPECT_TRUE(same_bits(grouped(Kernel::scalar, t.run, g, sinks, 1 << 20, false), want)) << what << " from start()";
       for (Kernel k : {Kernel::scalar, Kernel::avx2, Kernel::avx512}) {
         if (!attn_run::available(k)) continue;
         for (int threads : {1, 2, 3}) {
           omp_set_num_threads(threads);
           EXPECT_TRUE(same_bits(grouped(k, t.run, g, sinks), want))
               << name(c, k) << " group=" << g << " at " << threads << " threads";
+          EXPECT_TRUE(same_bits(grouped(k, t.run, g, sinks, 1 << 20, false), want))
+              << name(c, k) << " group=" << g << " at " << threads << " threads, from start()";
         }
       }
     }

@@ -72,7 +72,7 @@ void pv_scalar(const Run& r, const float* p, const float* alpha, int64_t d0, int
   const int64_t hp = padded_heads(r.heads);
   for (int64_t h = 0; h < r.heads; ++h) {
     float* oh = o + h * r.dim;
-    for (int64_t d = d0; d < d1; ++d) oh[d] *= alpha[h];
+    for (int64_t d = d0; d < d1; ++d) oh[d] = r.fresh ? 0.0f : oh[d] * alpha[h];
     for (int64_t k = 0; k < r.n; ++k) {
       const float pk = p[k * hp + h], *v = r.rows[k];
       for (int64_t d = d0; d < d1; ++d) oh[d] = std::fma(pk, v[d], oh[d]);
@@ -93,11 +93,12 @@ void attend_scalar(const Run& r, float* scratch, float* o, float* m, float* l) {
     for (int64_t h = 0; h < hp; ++h) xk[h] *= r.scale;
   }
   for (int64_t h = 0; h < r.heads; ++h) {
-    float mh = m[h], s = 0.0f;
+    const float m0 = r.fresh ? -std::numeric_limits<float>::infinity() : m[h], l0 = r.fresh ? 0.0f : l[h];
+    float mh = m0, s = 0.0f;
     for (int64_t k = 0; k < r.n; ++k) mh = mh > x[k * hp + h] ? mh : x[k * hp + h];
-    alpha[h] = exp1(m[h] - mh);
+    alpha[h] = exp1(m0 - mh);
     for (int64_t k = 0; k < r.n; ++k) s += x[k * hp + h] = exp1(x[k * hp + h] - mh);
-    m[h] = mh, l[h] = l[h] * alpha[h] + s;
+    m[h] = mh, l[h] = l0 * alpha[h] + s;
   }
   pv_scalar(r, x, alpha, 0, dim, o);
 }
@@ -139,7 +140,10 @@ void transpose_query(const float* q, int64_t heads, int64_t dim, float* qt) {
 
 bool attend(Kernel k, const Run& r, float* scratch, float* o, float* m, float* l) {
   if (!available(k)) return false;
-  if (r.n == 0) return true;
+  if (r.n == 0) {
+    if (r.fresh) start(r.heads, r.dim, o, m, l);
+    return true;
+  }
   switch (k) {
     case Kernel::scalar: attend_scalar(r, scratch, o, m, l); return true;
     case Kernel::avx2: return attend_avx2(r, scratch, o, m, l);

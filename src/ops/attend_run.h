@@ -33,6 +33,7 @@ struct Run {
   float scale = 1.0f;
   const float* const* rows = nullptr;  // rows[k], k < n: key and value k, dim floats each
   int64_t n = 0;
+  bool fresh = false;  // the state is start()'s, so o, m, l are only written (the same bits, nothing read)
 };
 
 enum class Kernel { scalar, avx2, avx512 };
@@ -51,7 +52,8 @@ size_t scratch_floats(const Run& r);
 // The state before a group's first run: o = 0, m = -inf, l = 0.
 void start(int64_t heads, int64_t dim, float* o, float* m, float* l);
 // o, m, l continued over the run's keys as above; the fastest kernel this
-// CPU runs (thread_local scratch). n = 0 leaves the state as it is.
+// CPU runs (thread_local scratch). n = 0 leaves the state as it is (fresh:
+// start()'s).
 void attend(const Run& r, float* o, float* m, float* l);
 
 // One kernel (tests, benchmarks): false, computing nothing, where it is not

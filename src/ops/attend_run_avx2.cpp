@@ -89,7 +89,8 @@ void pv_tile(const Run& r, const float* p, const float* alpha, int64_t hp, int64
   for (int i = 0; i < kHeads; ++i) {
     const float* oh = o + (h0 + i < r.heads ? h0 + i : r.heads - 1) * r.dim + d0;
     const __m256 a = _mm256_broadcast_ss(alpha + h0 + i);
-    for (int u = 0; u < DV; ++u) acc[i][u] = _mm256_mul_ps(_mm256_loadu_ps(oh + 8 * u), a);
+    for (int u = 0; u < DV; ++u)
+      acc[i][u] = r.fresh ? _mm256_setzero_ps() : _mm256_mul_ps(_mm256_loadu_ps(oh + 8 * u), a);
   }
   for (int64_t k = 0; k < r.n; ++k) {
     __m256 vk[DV];
@@ -128,7 +129,8 @@ bool attend_avx2(const Run& r, float* scratch, float* o, float* m, float* l) {
   float *x = scratch, *ml = x + r.n * hp + kLanes, *alpha = ml + 2 * hp, *v = alpha + hp;
   v += (kLanes - reinterpret_cast<uintptr_t>(v) / sizeof(float) % kLanes) % kLanes;  // on a cache line
   for (int64_t h = 0; h < hp; ++h)  // the state padded: heads past H start empty
-    ml[h] = h < r.heads ? m[h] : -std::numeric_limits<float>::infinity(), ml[hp + h] = h < r.heads ? l[h] : 0.0f;
+    ml[h] = h < r.heads && !r.fresh ? m[h] : -std::numeric_limits<float>::infinity(),
+    ml[hp + h] = h < r.heads && !r.fresh ? l[h] : 0.0f;
   for (int64_t d0 = 0; d0 < dim; d0 += kChunk)  // chunks of dims outermost: the query slice stays in L1
     for (int64_t k0 = 0; k0 < r.n; k0 += kKeys)
       for (int64_t h0 = 0; h0 < hp; h0 += 16) logits_tile(r, hp, h0, k0, d0, d0 + kChunk < dim ? d0 + kChunk : dim, x);

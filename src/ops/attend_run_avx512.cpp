@@ -154,7 +154,8 @@ void pv_tile(const Run& r, const float* p, const float* alpha, int64_t hp, int64
   for (int i = 0; i < kHeads; ++i) {
     const float* oh = o + min64(h0 + i, r.heads - 1) * r.dim + d0;
     const __m512 a = _mm512_set1_ps(alpha[h0 + i]);
-    for (int u = 0; u < DV; ++u) acc[i][u] = _mm512_mul_ps(_mm512_loadu_ps(oh + 16 * u), a);
+    for (int u = 0; u < DV; ++u)
+      acc[i][u] = r.fresh ? _mm512_setzero_ps() : _mm512_mul_ps(_mm512_loadu_ps(oh + 16 * u), a);
   }
   for (int64_t k = 0; k < r.n; ++k) {
     __m512 vk[DV];
@@ -195,7 +196,7 @@ bool attend_avx512(const Run& r, float* scratch, float* o, float* m, float* l) {
   float *x = scratch, *ml = x + r.n * hp + kLanes, *alpha = ml + 2 * hp, *v = alpha + hp;
   v += (kLanes - reinterpret_cast<uintptr_t>(v) / sizeof(float) % kLanes) % kLanes;  // on a cache line
   for (int64_t h = 0; h < hp; ++h)  // the state padded: heads past H start empty
-    ml[h] = h < r.heads ? m[h] : -__builtin_inff(), ml[hp + h] = h < r.heads ? l[h] : 0.0f;
+    ml[h] = h < r.heads && !r.fresh ? m[h] : -__builtin_inff(), ml[hp + h] = h < r.heads && !r.fresh ? l[h] : 0.0f;
   logits(r, hp, x);
   softmax(r, hp, x, ml);
   for (int64_t h = 0; h < r.heads; ++h) m[h] = ml[h], l[h] = ml[hp + h];

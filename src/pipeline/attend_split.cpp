@@ -65,7 +65,6 @@ void attend_part(const PackedLayer& p, const float* q, const KeySet& keys, int64
   attn_run::Run run;
   run.qt = qt, run.heads = h_n, run.dim = hd;
   run.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
-  attn_run::start(h_n, hd, o, m, l);
   float* decoded = aligned(decoded_buf, static_cast<size_t>(kSplitKeys * hd));
   for (int64_t s = split * g; s < std::min(runs, (split + 1) * g); ++s) {
     const int64_t i0 = s * kSplitKeys, i1 = std::min(nw + keys.n_entries, i0 + kSplitKeys);
@@ -80,7 +79,7 @@ void attend_part(const PackedLayer& p, const float* q, const KeySet& keys, int64
     int64_t n = 0;
     for (int64_t w = w0; w < w1; ++w) rows[n++] = keys.window + w * hd;
     for (int64_t e = e0; e < e1; ++e) rows[n++] = entries + (e - e0) * hd;
-    run.rows = rows, run.n = n;
+    run.rows = rows, run.n = n, run.fresh = s == split * g;               // the group's first run writes the state
     prefetch_entries(keys, std::max(i1, nw) - nw, i1 + kSplitKeys - nw);  // the next run's
     attn_run::attend(run, o, m, l);
   }
