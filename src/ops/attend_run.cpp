@@ -105,18 +105,26 @@ void attend_scalar(const Run& r, float* scratch, float* o, float* m, float* l) {
 
 void merge(const Parts& g, const float* sinks, int64_t h_begin, int64_t h_end, float* o) {
   const int64_t hn = g.heads, dim = g.dim;
-  for (int64_t h = h_begin; h < h_end; ++h) {
-    float mx = sinks[h];
-    for (int64_t s = 0; s < g.groups; ++s) mx = mx > g.m[s * hn + h] ? mx : g.m[s * hn + h];
-    float den = exp1(sinks[h] - mx);
-    for (int64_t s = 0; s < g.groups; ++s) den += exp1(g.m[s * hn + h] - mx) * g.l[s * hn + h];
-    float* oh = o + h * dim;
-    std::fill(oh, oh + dim, 0.0f);
-    for (int64_t s = 0; s < g.groups; ++s) {  // dims innermost: the loop vectorises
-      const float w = exp1(g.m[s * hn + h] - mx) / den, *part = g.o + (s * hn + h) * dim;
-      for (int64_t d = 0; d < dim; ++d) oh[d] += w * part[d];
+  thread_local std::vector<float> mx, den;
+  mx.assign(sinks + h_begin, sinks + h_end);
+  den.resize(static_cast<size_t>(h_end - h_begin));
+  for (int64_t s = 0; s < g.groups; ++s)
+    for (int64_t h = h_begin; h < h_end; ++h) {
+      float& x = mx[h - h_begin];
+      x = x > g.m[s * hn + h] ? x : g.m[s * hn + h];
     }
-  }
+  for (int64_t h = h_begin; h < h_end; ++h) den[h - h_begin] = exp1(sinks[h] - mx[h - h_begin]);
+  for (int64_t s = 0; s < g.groups; ++s)
+    for (int64_t h = h_begin; h < h_end; ++h)
+      den[h - h_begin] += exp1(g.m[s * hn + h] - mx[h - h_begin]) * g.l[s * hn + h];
+  std::fill(o + h_begin * dim, o + h_end * dim, 0.0f);
+  for (int64_t s = 0; s < g.groups; ++s)  // a group's heads are contiguous: the parts stream in order
+    for (int64_t h = h_begin; h < h_end; ++h) {
+      const float w = exp1(g.m[s * hn + h] - mx[h - h_begin]) / den[h - h_begin];
+      const float* part = g.o + (s * hn + h) * dim;
+      float* oh = o + h * dim;
+      for (int64_t d = 0; d < dim; ++d) oh[d] += w * part[d];  // dims innermost: the loop vectorises
+    }
 }
 
 bool available(Kernel k) {
