@@ -5,7 +5,10 @@
 // Every kernel this build and CPU run (scalar, AVX2, AVX-512) is compared
 // with the reference within 1e-5 and with the others bit for bit (the
 // documented per-lane order), and runs computed in parallel give the same
-// bits at 1, 2 and 3 threads.
+// bits at 1, 2 and 3 threads. The grouped path (a query's keys in runs of
+// 64, consecutive runs in groups continuing one state, the groups merged with
+// a sink) is checked likewise: group sizes 1, 2, 3 and all runs, n not a
+// multiple of 64, heads not a multiple of 16.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -30,7 +33,7 @@ struct Case {
 };
 
 struct Data {
-  std::vector<float> q, window, entries;
+  std::vector<float> q, qt, window, entries;
   std::vector<const float*> rows;
   attn_run::Run run;
 };
@@ -52,7 +55,9 @@ Data make(const Case& c, std::mt19937& rng) {
     quant::kv_row_encode(&t.entries[e * c.dim], c.dim, rope, row.data(), &t.entries[e * c.dim]);
   for (int64_t k = 0; k < c.n; ++k)
     t.rows.push_back(k < c.n_window ? &t.window[k * c.dim] : &t.entries[(k - c.n_window) * c.dim]);
-  t.run.q = t.q.data(), t.run.heads = c.heads, t.run.dim = c.dim, t.run.rows = t.rows.data(), t.run.n = c.n;
+  t.qt.resize(attn_run::query_floats(c.heads, c.dim));
+  attn_run::transpose_query(t.q.data(), c.heads, c.dim, t.qt.data());
+  t.run.qt = t.qt.data(), t.run.heads = c.heads, t.run.dim = c.dim, t.run.rows = t.rows.data(), t.run.n = c.n;
   t.run.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.dim)));
   return t;
 }
@@ -61,22 +66,37 @@ struct Result {
   std::vector<float> o, m, l;
 };
 
+// A state of NaNs (a fresh run must not read it), or start()'s.
+Result started(const attn_run::Run& r, bool start = true) {
+  Result out{std::vector<float>(r.heads * r.dim, std::nanf("")), std::vector<float>(r.heads, std::nanf("")),
+             std::vector<float>(r.heads, std::nanf(""))};
+  if (start) attn_run::start(r.heads, r.dim, out.o.data(), out.m.data(), out.l.data());
+  return out;
+}
+
+// Keys [k0, k1) of r as one run, continuing `state` (fresh: writing it).
+void continue_run(Kernel k, const attn_run::Run& r, int64_t k0, int64_t k1, Result& state, bool fresh = false) {
+  attn_run::Run part = r;
+  part.rows = r.rows + k0, part.n = k1 - k0, part.fresh = fresh;
+  std::vector<float> scratch(attn_run::scratch_floats(part), std::nanf(""));  // the kernels must not read it unwritten
+  EXPECT_TRUE(attn_run::attend(k, part, scratch.data(), state.o.data(), state.m.data(), state.l.data()));
+}
+
 Result run_kernel(Kernel k, const attn_run::Run& r) {
-  Result out{std::vector<float>(r.heads * r.dim, std::nanf("")), std::vector<float>(r.heads),
-             std::vector<float>(r.heads)};
-  std::vector<float> scratch(attn_run::scratch_floats(r), std::nanf(""));  // the kernels must not read it unwritten
-  EXPECT_TRUE(attn_run::attend(k, r, scratch.data(), out.o.data(), out.m.data(), out.l.data()));
+  Result out = started(r);
+  continue_run(k, r, 0, r.n, out);
   return out;
 }
 
 // The plain loop in float64; the output normalised (o / l), which does not depend on the shift m.
 void expect_near_reference(const attn_run::Run& r, const Result& got, const std::string& what) {
+  const int64_t hp = attn_run::padded_heads(r.heads);
   for (int64_t h = 0; h < r.heads; ++h) {
     std::vector<double> x(r.n);
     double m = -std::numeric_limits<double>::infinity(), l = 0.0;
     for (int64_t k = 0; k < r.n; ++k) {
       double a = 0.0;
-      for (int64_t d = 0; d < r.dim; ++d) a += static_cast<double>(r.q[h * r.dim + d]) * r.rows[k][d];
+      for (int64_t d = 0; d < r.dim; ++d) a += static_cast<double>(r.qt[d * hp + h]) * r.rows[k][d];
       m = std::max(m, x[k] = a * r.scale);
     }
     for (int64_t k = 0; k < r.n; ++k) l += x[k] = std::exp(x[k] - m);
@@ -134,16 +154,45 @@ TEST(AttendRun, EveryKernelMatchesFloat64AndTheOthersBitForBit) {
   RecordProperty("simd_kernel_runs", ran_simd);
 }
 
-TEST(AttendRun, EmptyRunGivesNoMass) {
-  const float q[4] = {1, 2, 3, 4};
+TEST(AttendRun, EmptyRunLeavesTheState) {
+  const float qt[32] = {1, 2, 3, 4};
   attn_run::Run r;
-  r.q = q, r.heads = 2, r.dim = 2, r.n = 0;
+  r.qt = qt, r.heads = 2, r.dim = 2, r.n = 0;
   float o[4] = {7, 7, 7, 7}, m[2], l[2];
+  attn_run::start(2, 2, o, m, l);
   attn_run::attend(r, o, m, l);
   for (float v : o) EXPECT_EQ(v, 0.0f);
   for (int h = 0; h < 2; ++h) {
     EXPECT_EQ(m[h], -std::numeric_limits<float>::infinity());
     EXPECT_EQ(l[h], 0.0f);
+  }
+  o[0] = 5, m[0] = 1, l[0] = 2;
+  attn_run::attend(r, o, m, l);
+  EXPECT_EQ(o[0], 5.0f);
+  EXPECT_EQ(m[0], 1.0f);
+  EXPECT_EQ(l[0], 2.0f);
+  r.fresh = true;  // an empty fresh run leaves start()'s state
+  attn_run::attend(r, o, m, l);
+  EXPECT_EQ(o[0], 0.0f);
+  EXPECT_EQ(m[0], -std::numeric_limits<float>::infinity());
+  EXPECT_EQ(l[0], 0.0f);
+}
+
+TEST(AttendRun, EveryTranspositionIsTheScalarOne) {
+  std::mt19937 rng(22);
+  for (const Case& c : cases()) {
+    const Data t = make(c, rng);
+    std::vector<float> want(attn_run::query_floats(c.heads, c.dim), std::nanf(""));
+    attn_run::transpose_scalar(t.q.data(), c.heads, c.dim, want.data());
+    EXPECT_TRUE(same_bits(t.qt, want)) << name(c, Kernel::scalar);
+    std::vector<float> got(want.size(), std::nanf(""));
+    if (attn_run::transpose_avx2(t.q.data(), c.heads, c.dim, got.data())) {
+      EXPECT_TRUE(same_bits(got, want)) << name(c, Kernel::avx2);
+    }
+    std::fill(got.begin(), got.end(), std::nanf(""));
+    if (attn_run::available(Kernel::avx512) && attn_run::transpose_avx512(t.q.data(), c.heads, c.dim, got.data())) {
+      EXPECT_TRUE(same_bits(got, want)) << name(c, Kernel::avx512);
+    }
   }
 }
 
@@ -164,7 +213,7 @@ TEST(AttendRun, RunsOverThreadsAreThreadCountIndependent) {
 #pragma omp parallel for schedule(dynamic)
     for (size_t i = 0; i < runs.size(); ++i) {
       const attn_run::Run& r = runs[i].run;
-      got[i] = {std::vector<float>(r.heads * r.dim), std::vector<float>(r.heads), std::vector<float>(r.heads)};
+      got[i] = started(r);
       attn_run::attend(r, got[i].o.data(), got[i].m.data(), got[i].l.data());
     }
     if (first.empty()) first = got;
@@ -174,6 +223,87 @@ TEST(AttendRun, RunsOverThreadsAreThreadCountIndependent) {
   }
   omp_set_num_threads(before);
   expect_near_reference(runs[2].run, first[2], "parallel run 2");
+}
+
+// A query's keys as pipeline/attend_split.cpp runs them: runs of 64, g
+// consecutive runs per group continuing one state (one part per group), the
+// groups' parts merged with the sink, heads in blocks of `block`; each
+// group's first run fresh (as attend_split.cpp) or continuing start()'s state.
+std::vector<float> grouped(Kernel k, const attn_run::Run& r, int64_t g, const std::vector<float>& sinks,
+                           int64_t block = 1 << 20, bool fresh = true) {
+  const int64_t runs = std::max<int64_t>(1, (r.n + 63) / 64), groups = (runs + g - 1) / g, hd = r.heads * r.dim;
+  std::vector<float> o(groups * hd), m(groups * r.heads), l(groups * r.heads);
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t s = 0; s < groups; ++s) {
+    Result st = started(r, !fresh);
+    for (int64_t run = s * g; run < std::min(runs, (s + 1) * g); ++run)
+      continue_run(k, r, run * 64, std::min(r.n, run * 64 + 64), st, fresh && run == s * g);
+    std::copy(st.o.begin(), st.o.end(), o.begin() + s * hd);
+    std::copy(st.m.begin(), st.m.end(), m.begin() + s * r.heads);
+    std::copy(st.l.begin(), st.l.end(), l.begin() + s * r.heads);
+  }
+  attn_run::Parts parts;
+  parts.o = o.data(), parts.m = m.data(), parts.l = l.data(), parts.groups = groups, parts.heads = r.heads;
+  parts.dim = r.dim;
+  std::vector<float> out(hd, std::nanf(""));
+  for (int64_t h = 0; h < r.heads; h += block)
+    attn_run::merge(parts, sinks.data(), h, std::min(r.heads, h + block), out.data());
+  return out;
+}
+
+// Softmax with a sink over all keys, in float64.
+void expect_near_attention(const attn_run::Run& r, const std::vector<float>& sinks, const std::vector<float>& got,
+                           const std::string& what) {
+  const int64_t hp = attn_run::padded_heads(r.heads);
+  for (int64_t h = 0; h < r.heads; ++h) {
+    std::vector<double> x(r.n);
+    double m = sinks[h], z = 0.0;
+    for (int64_t k = 0; k < r.n; ++k) {
+      double a = 0.0;
+      for (int64_t d = 0; d < r.dim; ++d) a += static_cast<double>(r.qt[d * hp + h]) * r.rows[k][d];
+      m = std::max(m, x[k] = a * r.scale);
+    }
+    z = std::exp(sinks[h] - m);
+    for (int64_t k = 0; k < r.n; ++k) z += x[k] = std::exp(x[k] - m);
+    for (int64_t d = 0; d < r.dim; ++d) {
+      double o = 0.0;
+      for (int64_t k = 0; k < r.n; ++k) o += x[k] * r.rows[k][d];
+      ASSERT_NEAR(got[h * r.dim + d], o / z, 1e-5 * (1 + std::fabs(o / z))) << what << " head " << h << " dim " << d;
+    }
+  }
+}
+
+TEST(AttendRun, GroupedRunsMatchFloat64AndAreKernelAndThreadCountIndependent) {
+  std::mt19937 rng(23);
+  const std::vector<Case> shapes = {
+      {64, 512, 300, 128}, {20, 136, 129, 40}, {33, 520, 65, 10}, {64, 512, 64, 0}, {7, 40, 200, 0}, {1, 8, 5, 2},
+  };
+  const int before = omp_get_max_threads();
+  for (const Case& c : shapes) {
+    const Data t = make(c, rng);
+    std::vector<float> sinks(c.heads);
+    for (float& v : sinks) v = std::normal_distribution<float>(0.0f, 2.0f)(rng);
+    const int64_t runs = std::max<int64_t>(1, (c.n + 63) / 64);
+    for (int64_t g : {int64_t{1}, int64_t{2}, int64_t{3}, runs}) {
+      const std::string what = name(c, Kernel::scalar) + " group=" + std::to_string(g);
+      omp_set_num_threads(1);
+      const std::vector<float> want = grouped(Kernel::scalar, t.run, g, sinks);
+      expect_near_attention(t.run, sinks, want, what);
+      EXPECT_TRUE(same_bits(grouped(Kernel::scalar, t.run, g, sinks, 5), want)) << what << " merged in head blocks";
+      EXPECT_TRUE(same_bits(grouped(Kernel::scalar, t.run, g, sinks, 1 << 20, false), want)) << what << " from start()";
+      for (Kernel k : {Kernel::scalar, Kernel::avx2, Kernel::avx512}) {
+        if (!attn_run::available(k)) continue;
+        for (int threads : {1, 2, 3}) {
+          omp_set_num_threads(threads);
+          EXPECT_TRUE(same_bits(grouped(k, t.run, g, sinks), want))
+              << name(c, k) << " group=" << g << " at " << threads << " threads";
+          EXPECT_TRUE(same_bits(grouped(k, t.run, g, sinks, 1 << 20, false), want))
+              << name(c, k) << " group=" << g << " at " << threads << " threads, from start()";
+        }
+      }
+    }
+  }
+  omp_set_num_threads(before);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 // all-zero blocks, blocks whose small values fall to subnormal codes, long
 // inputs split into prefill pieces, and decode. Plus what the option changes.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -189,6 +190,32 @@ TEST(Deployment, LongSequencesEqualOneUnsplitForward) {
 
 // The option changes what it should: outputs move by about the FP8 step, the
 // state shrinks; the reference numerics are the default.
+// A decode step over more than 63 flash-decoding runs (a sliding window of
+// 4,200: the last token attends 4,161 keys, 66 runs in 33 groups of 2, each
+// group's runs merged online) equals the one-shot forward (the attention's
+// GEMM path, the same FP8 cache) to 1e-5, with the same bits at 1, 2 and 3 threads.
+TEST(Deployment, DecodeOverGroupedRunsEqualsOneShot) {
+  std::mt19937 rng(20261203);
+  const Config c = test::small_config({.window = 4200});
+  const int64_t seq = 4161, d = c.hidden_size;
+  const Layer layer(c, LayerType::sliding, test::random_weights(c, LayerType::sliding, rng),
+                    LayerOptions{WeightFormat::f32, kDeploy});
+  const Tensor x = test::random_tensor({seq, d}, rng, 2.0f), want = layer.forward(x);
+  LayerState prefilled = layer.new_state();
+  layer.forward(test::rows(x, 0, seq - 1), prefilled);
+  const int before = omp_get_max_threads();
+  Tensor first;
+  for (int threads : {1, 2, 3}) {
+    omp_set_num_threads(threads);
+    LayerState st = prefilled;
+    const Tensor got = layer.forward(test::rows(x, seq - 1, 1), st);
+    EXPECT_TRUE(test::all_close(got, test::rows(want, seq - 1, 1), 1e-5, 1e-5)) << threads << " threads";
+    if (first.numel() == 0) first = got;
+    EXPECT_TRUE(test::same_bits(got, first)) << threads << " threads";
+  }
+  omp_set_num_threads(before);
+}
+
 TEST(Deployment, ChangesOutputsAndShrinksTheState) {
   std::mt19937 rng(13);
   Config c = test::small_config({.head_dim = 136});  // 128 FP8 dims: 2 blocks

@@ -1,7 +1,7 @@
 // The fused flash-decoding run (ops/attend_run.h): the scalar kernel, which
 // spells out the per-lane order every kernel follows (this file is built with
-// -ffp-contract=off, so each product and sum rounds as written), and the
-// choice of kernel at run time.
+// -ffp-contract=off, so each product and sum rounds as written), the merge
+// of the groups, and the choice of kernel at run time.
 #include "ops/attend_run.h"
 
 #include <algorithm>
@@ -49,16 +49,30 @@ bool cpu_avx512f() {
 
 int64_t padded_heads(int64_t heads) { return (heads + kLanes - 1) / kLanes * kLanes; }
 
+size_t query_floats(int64_t heads, int64_t dim) { return static_cast<size_t>(dim * padded_heads(heads)); }
+
 size_t scratch_floats(const Run& r) {
   const int64_t hp = padded_heads(r.heads);
-  return static_cast<size_t>(r.dim * hp + r.n * hp + kLanes + 2 * hp + r.n * 64 + kLanes);
+  return static_cast<size_t>(r.n * hp + kLanes + 3 * hp + r.n * 64 + kLanes);
 }
 
-void pv_scalar(const Run& r, const float* p, int64_t d0, int64_t d1, float* o) {
+void start(int64_t heads, int64_t dim, float* o, float* m, float* l) {
+  std::fill(o, o + heads * dim, 0.0f);
+  std::fill(m, m + heads, -std::numeric_limits<float>::infinity());
+  std::fill(l, l + heads, 0.0f);
+}
+
+void transpose_scalar(const float* q, int64_t heads, int64_t dim, float* qt) {
+  const int64_t hp = padded_heads(heads);
+  for (int64_t d = 0; d < dim; ++d)
+    for (int64_t h = 0; h < hp; ++h) qt[d * hp + h] = h < heads ? q[h * dim + d] : 0.0f;
+}
+
+void pv_scalar(const Run& r, const float* p, const float* alpha, int64_t d0, int64_t d1, float* o) {
   const int64_t hp = padded_heads(r.heads);
   for (int64_t h = 0; h < r.heads; ++h) {
     float* oh = o + h * r.dim;
-    std::fill(oh + d0, oh + d1, 0.0f);
+    for (int64_t d = d0; d < d1; ++d) oh[d] = r.fresh ? 0.0f : oh[d] * alpha[h];
     for (int64_t k = 0; k < r.n; ++k) {
       const float pk = p[k * hp + h], *v = r.rows[k];
       for (int64_t d = d0; d < d1; ++d) oh[d] = std::fma(pk, v[d], oh[d]);
@@ -68,25 +82,49 @@ void pv_scalar(const Run& r, const float* p, int64_t d0, int64_t d1, float* o) {
 
 void attend_scalar(const Run& r, float* scratch, float* o, float* m, float* l) {
   const int64_t hp = padded_heads(r.heads), dim = r.dim;
-  float *qt = scratch, *x = qt + dim * hp;
-  for (int64_t d = 0; d < dim; ++d)
-    for (int64_t h = 0; h < hp; ++h) qt[d * hp + h] = h < r.heads ? r.q[h * dim + d] : 0.0f;
-  for (int64_t k = 0; k < r.n; ++k) {  // heads innermost: the loops vectorise
+  float *x = scratch, *alpha = x + r.n * hp + kLanes + 2 * hp;  // the SIMD kernels' layout
+  for (int64_t k = 0; k < r.n; ++k) {                           // heads innermost: the loops vectorise
     float* xk = x + k * hp;
     std::fill(xk, xk + hp, 0.0f);
     for (int64_t d = 0; d < dim; ++d) {
       const float kd = r.rows[k][d];
-      for (int64_t h = 0; h < hp; ++h) xk[h] = std::fma(qt[d * hp + h], kd, xk[h]);
+      for (int64_t h = 0; h < hp; ++h) xk[h] = std::fma(r.qt[d * hp + h], kd, xk[h]);
     }
     for (int64_t h = 0; h < hp; ++h) xk[h] *= r.scale;
   }
   for (int64_t h = 0; h < r.heads; ++h) {
-    float mh = -std::numeric_limits<float>::infinity(), lh = 0.0f;
+    const float m0 = r.fresh ? -std::numeric_limits<float>::infinity() : m[h], l0 = r.fresh ? 0.0f : l[h];
+    float mh = m0, s = 0.0f;
     for (int64_t k = 0; k < r.n; ++k) mh = mh > x[k * hp + h] ? mh : x[k * hp + h];
-    for (int64_t k = 0; k < r.n; ++k) lh += x[k * hp + h] = exp1(x[k * hp + h] - mh);
-    m[h] = mh, l[h] = lh;
+    alpha[h] = exp1(m0 - mh);
+    for (int64_t k = 0; k < r.n; ++k) s += x[k * hp + h] = exp1(x[k * hp + h] - mh);
+    m[h] = mh, l[h] = l0 * alpha[h] + s;
   }
-  pv_scalar(r, x, 0, dim, o);
+  pv_scalar(r, x, alpha, 0, dim, o);
+}
+
+void merge(const Parts& g, const float* sinks, int64_t h_begin, int64_t h_end, float* o) {
+  const int64_t hn = g.heads, dim = g.dim;
+  thread_local std::vector<float> mx, den;
+  mx.assign(sinks + h_begin, sinks + h_end);
+  den.resize(static_cast<size_t>(h_end - h_begin));
+  for (int64_t s = 0; s < g.groups; ++s)
+    for (int64_t h = h_begin; h < h_end; ++h) {
+      float& x = mx[h - h_begin];
+      x = x > g.m[s * hn + h] ? x : g.m[s * hn + h];
+    }
+  for (int64_t h = h_begin; h < h_end; ++h) den[h - h_begin] = exp1(sinks[h] - mx[h - h_begin]);
+  for (int64_t s = 0; s < g.groups; ++s)
+    for (int64_t h = h_begin; h < h_end; ++h)
+      den[h - h_begin] += exp1(g.m[s * hn + h] - mx[h - h_begin]) * g.l[s * hn + h];
+  std::fill(o + h_begin * dim, o + h_end * dim, 0.0f);
+  for (int64_t s = 0; s < g.groups; ++s)  // a group's heads are contiguous: the parts stream in order
+    for (int64_t h = h_begin; h < h_end; ++h) {
+      const float w = exp1(g.m[s * hn + h] - mx[h - h_begin]) / den[h - h_begin];
+      const float* part = g.o + (s * hn + h) * dim;
+      float* oh = o + h * dim;
+      for (int64_t d = 0; d < dim; ++d) oh[d] += w * part[d];  // dims innermost: the loop vectorises
+    }
 }
 
 bool available(Kernel k) {
@@ -102,12 +140,16 @@ bool available(Kernel k) {
   return false;
 }
 
+void transpose_query(const float* q, int64_t heads, int64_t dim, float* qt) {
+  if (available(Kernel::avx512) && transpose_avx512(q, heads, dim, qt)) return;
+  if (transpose_avx2(q, heads, dim, qt)) return;
+  transpose_scalar(q, heads, dim, qt);
+}
+
 bool attend(Kernel k, const Run& r, float* scratch, float* o, float* m, float* l) {
   if (!available(k)) return false;
   if (r.n == 0) {
-    std::fill(o, o + r.heads * r.dim, 0.0f);
-    std::fill(m, m + r.heads, -std::numeric_limits<float>::infinity());
-    std::fill(l, l + r.heads, 0.0f);
+    if (r.fresh) start(r.heads, r.dim, o, m, l);
     return true;
   }
   switch (k) {

@@ -243,11 +243,16 @@ void attend(const PackedLayer& p, const float* q, const KeySet& keys, int64_t h_
             const MassOut* map = nullptr);
 
 // Flash-decoding (attend_split.cpp; deployment numerics, short chunks): the
-// keys (window first) in runs of kSplitKeys. attend_part: run `split`'s max
-// logit m[H], Σ e^(l - m) l[H] and unnormalised output o[H, D], all heads;
-// attend_merge: heads [h_begin, h_end) of o [H, D] from the runs' parts
-// ([splits, H, D], [splits, H] each), in run order, with the sink.
-constexpr int64_t kSplitKeys = 64;
+// keys (window first) in runs of kSplitKeys, the runs in groups of
+// attend_group_runs(runs) = max(1, runs / kSplitGroups) (at least
+// kSplitGroups groups once a query has that many runs, so 2-4 threads
+// balance; one run per group below). attend_splits: the groups. attend_part:
+// group `split`'s max logit m[H], Σ e^(l - m) l[H] and unnormalised output
+// o[H, D], all heads, its runs merged online; attend_merge: heads
+// [h_begin, h_end) of o [H, D] from the groups' parts ([splits, H, D],
+// [splits, H] each), in group order, with the sink (attn_run::merge).
+constexpr int64_t kSplitKeys = 64, kSplitGroups = 32;
+int64_t attend_group_runs(int64_t runs);
 int64_t attend_splits(const KeySet& keys);
 void attend_part(const PackedLayer& p, const float* q, const KeySet& keys, int64_t split, float* o, float* m, float* l);
 void attend_merge(const PackedLayer& p, int64_t splits, const float* parts, const float* m, const float* l,

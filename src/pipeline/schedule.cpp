@@ -140,7 +140,7 @@ KeySet key_set(const PackedLayer& p, const Job& j, const Rows& rows, int64_t r) 
 
 // Attention per (query, head block). All heads of a query share its keys, so
 // a block is two GEMMs. Short chunks (decode) split the heads so every thread
-// works — in deployment numerics instead the keys (attend_part, runs of
+// works — in deployment numerics instead the keys (attend_part, groups of runs of
 // kSplitKeys), then merge per head block. The split depends on the chunk
 // alone, never on the thread count or the other chunks of the call.
 void attend_rows(const PackedLayer& p, const std::vector<Job>& jobs, const Rows& rows, const Projected& pr,
