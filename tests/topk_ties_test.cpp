@@ -8,7 +8,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
+#include <random>
 
 #include "dsv4/layer.h"
 #include "pipeline/pipeline.h"
@@ -148,6 +150,51 @@ TEST(TopkTies, SampledCutEqualsFullSort) {
         ++rows;
       }
   EXPECT_EQ(rows, 13 * 4 * 4);
+}
+
+// select_topk_split (a decode step's long rows: one part per thread, merged)
+// equals select_topk and a full stable sort by score at 1, 2 and 3 threads:
+// rows just below and at the split's length, not a multiple of the sample
+// stride, a million-token layer's 262,144 entries; k from 1 to as many as the
+// samples (parts then have fewer samples than k); all scores tied, few values,
+// many, continuous, infinities; a NaN score (both take the one-thread path).
+TEST(TopkTies, SplitEqualsOneThread) {
+  std::mt19937 rng(2027);
+  std::vector<int32_t> idx, idx_split;
+  const int threads = omp_get_max_threads();
+  int64_t rows = 0;
+  for (int64_t n : {32767, 32768, 32775, 100003, 262144})
+    for (int64_t k : {1, 7, 512, 4096})
+      for (int values : {1, 2, 5, 1000, 0, -1}) {  // 0: continuous; -1: continuous with infinities and a NaN
+        std::uniform_int_distribution<int> pick(0, std::max(values - 1, 0));
+        std::normal_distribution<float> normal(0.0f, 1.0f);
+        std::vector<float> s(static_cast<size_t>(n));
+        for (float& v : s) v = values > 0 ? static_cast<float>(pick(rng)) * 0.25f : normal(rng);
+        if (values < 0) {
+          for (int64_t i = 3; i < n; i += n / 5) s[size_t(i)] = i % 2 ? INFINITY : -INFINITY;
+          s[size_t(n / 2 + 1)] = NAN;
+        }
+        const int64_t width = k + 3, kept = std::min(k, n);
+        std::vector<int32_t> want(static_cast<size_t>(width)), got(static_cast<size_t>(width));
+        select_topk(s.data(), n, k, width, want.data(), idx);
+        if (values >= 0 && n == 100003) {  // select_topk itself against the full sort (the rule)
+          std::vector<int32_t> order(static_cast<size_t>(n));
+          std::iota(order.begin(), order.end(), 0);
+          std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return s[a] > s[b]; });
+          for (int64_t i = 0; i < kept; ++i) ASSERT_EQ(want[i], order[i]) << "n " << n << " k " << k << " slot " << i;
+        }
+        for (int t : {1, 2, 3}) {
+          omp_set_num_threads(t);
+          std::fill(got.begin(), got.end(), -7);
+          select_topk_split(s.data(), n, k, width, got.data(), idx_split);
+          omp_set_num_threads(threads);
+          for (int64_t i = 0; i < width; ++i)
+            ASSERT_EQ(got[i], want[i]) << "n " << n << " k " << k << " values " << values << " threads " << t
+                                       << " slot " << i;
+          ++rows;
+        }
+      }
+  EXPECT_EQ(rows, 5 * 4 * 6 * 3);
 }
 
 }  // namespace

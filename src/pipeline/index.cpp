@@ -1,11 +1,9 @@
 // Stage 3 (CSA): the lightning indexer. Score of entry w for query t:
 //   I[t, w] = Σ_h a[t, h] · ReLU(q_I[t, h] · K_I[w]) / sqrt(D_I)
 // computed only for eligible entries (w < floor((t+1)/m)), then a partial
-// selection of the k best. Scores exist only per block of queries.
+// selection of the k best (topk.cpp). Scores exist only per block of queries.
 #include <algorithm>
 #include <cmath>
-#include <functional>
-#include <numeric>
 
 #include <omp.h>
 
@@ -77,41 +75,7 @@ void score_block(const PackedLayer& p, const Projected& pr, int64_t row0, int64_
     score_tile(p, pr, row0, nb, keys, q, w0, std::min(kKeyTile, n_cols - w0), n_cols, scores, tile);
 }
 
-// Every 8th score of a row at least this long bounds its k-th best from below.
-constexpr int64_t kSampleStride = 8;
-
-// The k-th largest of scores[0, n : kSampleStride) (n / kSampleStride >= k).
-float sampled_bound(const float* scores, int64_t n, int64_t k, std::vector<float>& sample) {
-  sample.resize(static_cast<size_t>(n / kSampleStride));
-  for (size_t j = 0; j < sample.size(); ++j) sample[j] = scores[static_cast<int64_t>(j) * kSampleStride];
-  std::nth_element(sample.begin(), sample.begin() + (k - 1), sample.end(), std::greater<float>());
-  return sample[static_cast<size_t>(k - 1)];
-}
-
 }  // namespace
-
-void select_topk(const float* scores, int64_t n, int64_t width, int64_t out_width, int32_t* out,
-                 std::vector<int32_t>& idx) {
-  auto better = [scores](int32_t a, int32_t b) { return scores[a] > scores[b] || (scores[a] == scores[b] && a < b); };
-  const int64_t k = std::min(width, n);
-  bool cut = false;
-  if (k > 0 && n / kSampleStride >= k) {  // the k best of all are among those >= the sample's k-th best
-    thread_local std::vector<float> sample;
-    const float bound = sampled_bound(scores, n, k, sample);
-    idx.clear();
-    for (int64_t i = 0; i < n; ++i)
-      if (scores[i] >= bound) idx.push_back(static_cast<int32_t>(i));
-    cut = static_cast<int64_t>(idx.size()) >= k;  // (not with a NaN bound)
-  }
-  if (!cut) {  // short rows: every entry
-    idx.resize(static_cast<size_t>(n));
-    std::iota(idx.begin(), idx.end(), 0);
-  }
-  if (k < static_cast<int64_t>(idx.size())) std::nth_element(idx.begin(), idx.begin() + k, idx.end(), better);
-  std::sort(idx.begin(), idx.begin() + k, better);
-  std::copy_n(idx.begin(), k, out);
-  std::fill(out + k, out + out_width, -1);
-}
 
 void index_topk(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t rows, const int64_t* pos,
                 const IndexKeys& keys, int64_t n_keys, int64_t width, int32_t* topk, double* score_s,
@@ -138,7 +102,7 @@ void index_topk(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t
     const double scored = omp_get_wtime();
     thread_local std::vector<int32_t> idx;
     for (int64_t i = 0; i < rows; ++i)
-      select_topk(scores + i * n_cols, std::min(n_keys, (pos[i] + 1) / m), k, width, topk + i * width, idx);
+      select_topk_split(scores + i * n_cols, std::min(n_keys, (pos[i] + 1) / m), k, width, topk + i * width, idx);
     *score_s += scored - start;
     *select_s += omp_get_wtime() - scored;
     return;

@@ -108,10 +108,6 @@ struct Part {
   int64_t col = 0;  // first output column
 };
 
-}  // namespace
-
-namespace {
-
 // The rows [w_row0, w_row0 + n) of each segment of w.
 std::vector<Part> parts_of(const Matrix& w, int64_t w_row0, int64_t n) {
   std::vector<Part> parts;
@@ -122,36 +118,45 @@ std::vector<Part> parts_of(const Matrix& w, int64_t w_row0, int64_t n) {
   return parts;
 }
 
-// Row-invariant: the 64-row tiles of every part in one parallel region (a
-// decode step pays one fork/join per matrix, not per segment).
-void rowwise(const RowGroup& g, const std::vector<Part>& parts, int64_t k, const float* a, int64_t lda, float* c,
-             int64_t ldc) {
-  a += g.row0 * lda;
-  c += g.row0 * ldc;
-  std::vector<std::pair<int, int64_t>> tiles;  // (part, first row)
-  for (size_t i = 0; i < parts.size(); ++i)
-    for (int64_t j = 0; j < parts[i].n; j += kRowsPerTile) tiles.emplace_back(static_cast<int>(i), j);
-#pragma omp parallel for schedule(static)
-  for (size_t t = 0; t < tiles.size(); ++t) {
-    const Part& p = parts[size_t(tiles[t].first)];
-    const int64_t j0 = tiles[t].second;
-    gemm_nt_rows_w_range(g.rows, j0, std::min(p.n, j0 + kRowsPerTile), k, a, lda, p.b, c + p.col, ldc);
-  }
-}
-
 }  // namespace
 
-void linear(const std::vector<RowGroup>& groups, int64_t n, const float* a, int64_t lda, const Matrix& w,
-            int64_t w_row0, float* c, int64_t ldc) {
+size_t RowTiles::add(const std::vector<RowGroup>& groups, const float* a, int64_t lda, const Matrix& w, int64_t w_row0,
+                     int64_t n, float* c, int64_t ldc) {
   const std::vector<Part> parts = parts_of(w, w_row0, n);
-  std::vector<RowBlock> blocks;  // the BLAS groups: one parallel region per part for all of them
   for (const RowGroup& g : groups)
     if (g.rowwise)
-      rowwise(g, parts, w.cols, a, lda, c, ldc);
-    else
-      blocks.push_back({g.row0, g.rows});
+      for (const Part& p : parts)
+        for (int64_t j = 0; j < p.n; j += kRowsPerTile)
+          tiles_.push_back({a + g.row0 * lda, c + g.row0 * ldc + p.col, lda, ldc, g.rows, w.cols, j,
+                            std::min(p.n, j + kRowsPerTile), p.b});
+  return tiles_.size();
+}
+
+void RowTiles::compute(size_t t) const {
+  const Tile& tl = tiles_[t];
+  gemm_nt_rows_w_range(tl.rows, tl.j0, tl.j1, tl.k, tl.a, tl.lda, tl.b, tl.c, tl.ldc);
+}
+
+void RowTiles::share() const {
+#pragma omp for schedule(static)
+  for (size_t t = 0; t < tiles_.size(); ++t) compute(t);
+}
+
+// The row-invariant groups' tiles of every part in one parallel region (a
+// decode step pays one fork/join per matrix, not per segment); the BLAS
+// groups' in one per part.
+void linear(const std::vector<RowGroup>& groups, int64_t n, const float* a, int64_t lda, const Matrix& w,
+            int64_t w_row0, float* c, int64_t ldc) {
+  RowTiles tiles;
+  if (tiles.add(groups, a, lda, w, w_row0, n, c, ldc) > 0) {
+#pragma omp parallel
+    tiles.share();
+  }
+  std::vector<RowBlock> blocks;
+  for (const RowGroup& g : groups)
+    if (!g.rowwise) blocks.push_back({g.row0, g.rows});
   if (blocks.empty()) return;
-  for (const Part& p : parts) gemm_nt_w_blocks(blocks, p.n, w.cols, a, lda, p.b, c + p.col, ldc);
+  for (const Part& p : parts_of(w, w_row0, n)) gemm_nt_w_blocks(blocks, p.n, w.cols, a, lda, p.b, c + p.col, ldc);
 }
 
 RowStream::RowStream(const std::vector<RowGroup>& groups, const float* a, int64_t lda, const Matrix& w, float* c,
@@ -162,16 +167,7 @@ RowStream::RowStream(const std::vector<RowGroup>& groups, const float* a, int64_
 }
 
 size_t RowStream::add(int64_t w_row0, int64_t n) {
-  for (const RowGroup& g : groups_)
-    for (const Part& p : parts_of(w_, w_row0, n))
-      for (int64_t j = 0; j < p.n; j += kRowsPerTile) tiles_.push_back({g.row0, g.rows, p.b, p.col + w_row0, j, p.n});
-  return tiles_.size();
-}
-
-void RowStream::compute(size_t t) const {
-  const Tile& tl = tiles_[t];
-  gemm_nt_rows_w_range(tl.rows, tl.j0, std::min(tl.n, tl.j0 + kRowsPerTile), w_.cols, a_ + tl.row0 * lda_, lda_, tl.b,
-                       c_ + tl.row0 * ldc_ + tl.col, ldc_);
+  return tiles_.add(groups_, a_, lda_, w_, w_row0, n, c_ + w_row0, ldc_);
 }
 
 // The side task runs on the calling thread (its thread-local scratch is the
@@ -196,7 +192,7 @@ void RowStream::run(const std::function<void()>& side, size_t need) {
     while (!side_done.load(std::memory_order_acquire) || next_.load(std::memory_order_relaxed) < need) {
       const size_t t = next_.fetch_add(1, std::memory_order_relaxed);
       if (t >= tiles_.size()) break;
-      compute(t);
+      tiles_.compute(t);
     }
   }
   if (failed) std::rethrow_exception(failed);

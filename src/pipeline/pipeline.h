@@ -115,6 +115,32 @@ void linear(const RowGroup& g, int64_t n, const float* a, int64_t lda, const Mat
 // region per weight segment (each group cut as if alone: its bits unchanged).
 void linear(const std::vector<RowGroup>& groups, int64_t n, const float* a, int64_t lda, const Matrix& w,
             int64_t w_row0, float* c, int64_t ldc);
+// The 64-row tiles of products with packed matrices for a call's
+// row-invariant groups (others are skipped), each computed as linear()
+// computes it, whichever thread takes it and in whatever order: the tiles of
+// several products can share one parallel region (a decode step's output
+// projection: 8 o_a blocks, then o_b).
+class RowTiles {
+ public:
+  // Queues C[:, 0, n) = A · W[w_row0, w_row0 + n)^T for each row-invariant
+  // group (a, c: row 0 of the call); returns the tiles queued so far.
+  size_t add(const std::vector<RowGroup>& groups, const float* a, int64_t lda, const Matrix& w, int64_t w_row0,
+             int64_t n, float* c, int64_t ldc);
+  size_t size() const { return tiles_.size(); }
+  void compute(size_t t) const;
+  // Every tile, shared by the threads of the enclosing parallel region
+  // (worksharing, static; ends at its barrier).
+  void share() const;
+
+ private:
+  struct Tile {
+    const float* a;  // the group's first row
+    float* c;        // its output at the segment's row 0
+    int64_t lda, ldc, rows, k, j0, j1;
+    WeightRows b;  // the segment
+  };
+  std::vector<Tile> tiles_;
+};
 // Row ranges of a packed matrix computed as linear() computes them, in
 // 64-row tiles that whichever thread is free claims in order, while the
 // calling thread runs other work beside them (decode: the weights keep
@@ -130,19 +156,13 @@ class RowStream {
   void run(const std::function<void()>& side, size_t need);
 
  private:
-  struct Tile {
-    int64_t row0, rows;  // the group's activation rows
-    WeightRows b;        // its segment
-    int64_t col, j0, n;  // output column of the segment's row 0; first row; rows in the segment
-  };
-  void compute(size_t t) const;
   std::vector<RowGroup> groups_;
   const float* a_;
   int64_t lda_;
   const Matrix& w_;
   float* c_;
   int64_t ldc_;
-  std::vector<Tile> tiles_;
+  RowTiles tiles_;
   std::atomic<size_t> next_{0};
 };
 
@@ -204,6 +224,11 @@ void index_topk(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t
 // cut); the result is that of a full stable sort. idx: scratch.
 void select_topk(const float* scores, int64_t n, int64_t width, int64_t out_width, int32_t* out,
                  std::vector<int32_t>& idx);
+// select_topk's result for one row, with the threads of a parallel region
+// (long rows; omp_get_max_threads() parts, one per thread, merged in part
+// order; short rows, a single thread, or a NaN score: select_topk itself).
+void select_topk_split(const float* scores, int64_t n, int64_t width, int64_t out_width, int32_t* out,
+                       std::vector<int32_t>& idx);
 // Debug: raw scores of every (query, entry) pair, [rows, n_keys].
 void index_scores_dense(const PackedLayer& p, const Projected& pr, int64_t row0, int64_t rows, const IndexKeys& keys,
                         int64_t n_keys, float* scores);

@@ -64,7 +64,7 @@ void project(const PackedLayer& p, const float* x, int64_t rows, const int64_t* 
 
   const int64_t hd = c.head_dim, hi = c.index_n_heads;
   const float head_weight_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hi)));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows > 1)  // decode: no region for one row
   for (int64_t r = 0; r < rows; ++r) {
     float* row = &out.in[r * p.n_in];
     norm_cq(p, row, row);
@@ -86,7 +86,7 @@ void project_queries(const PackedLayer& p, int64_t rows, const int64_t* pos, con
 void finish_queries(const PackedLayer& p, int64_t rows, const int64_t* pos, Projected& out, bool q, bool index) {
   const int64_t hi = p.c.index_n_heads, di = p.c.index_head_dim;
   index = index && p.w->indexer;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows > 1)  // decode: no region for one row
   for (int64_t r = 0; r < rows; ++r) {
     float* row = &out.up[r * p.n_up];
     const RopeAngles rope(p.inv_freq, pos[r]);
