@@ -16,6 +16,7 @@
 #include "ops/blas.h"
 #include "ops/fp4_dot.h"
 #include "ops/quant.h"
+#include "ops/stream.h"
 #include "pipeline/pipeline.h"
 
 namespace dsv4 {
@@ -57,21 +58,7 @@ void BM_Roofline_Read256MiB(benchmark::State& st) {
   for (auto _ : st) {
     uint64_t total = 0;
 #pragma omp parallel for schedule(static) reduction(^ : total)
-    for (size_t i = 0; i < chunks; ++i) {
-      const uint64_t* p = &src[i * words / chunks];
-#ifdef __AVX2__
-      __m256i x[4] = {};
-      for (size_t q = 0; q < words / chunks; q += 16)
-        for (int l = 0; l < 4; ++l)
-          x[l] = _mm256_xor_si256(x[l], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + q + 4 * l)));
-      alignas(32) uint64_t lanes[4];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes),
-                         _mm256_xor_si256(_mm256_xor_si256(x[0], x[1]), _mm256_xor_si256(x[2], x[3])));
-      for (uint64_t v : lanes) total ^= v;
-#else
-      for (size_t q = 0; q < words / chunks; ++q) total ^= p[q];
-#endif
-    }
+    for (size_t i = 0; i < chunks; ++i) total ^= xor_stream(&src[i * words / chunks], words / chunks);
     benchmark::DoNotOptimize(total);
   }
   st.counters["bytes/s"] = benchmark::Counter(8.0 * words * st.iterations(), benchmark::Counter::kIsRate);

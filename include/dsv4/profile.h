@@ -18,6 +18,7 @@ struct StageTimes {
 struct Roofline {
   double sgemm_gflops = 0;   // dsv4's tiled OpenBLAS sgemm, 2048^3, all threads, best of 3
   double copy_gb_per_s = 0;  // memcpy of 256 MiB, (read + write) bytes / s, best of 3
+  double read_gb_per_s = 0;  // measure_read_bandwidth(): what a decode step's weight stream can reach
   // The int8 multiply-add peak, all threads, of the instruction the deployment
   // indexer's kernel runs on: vpdpbusd (AVX-512 VNNI) where the CPU has it,
   // else vpmaddubsw (AVX2); 0 and instruction null where neither is built.
@@ -25,5 +26,9 @@ struct Roofline {
   const char* int8_instruction = nullptr;
 };
 Roofline measure_roofline();  // takes about a second
+// Read-only bandwidth, all threads: 256 MiB streamed once, bytes / s, best of 3.
+// On a VM it can move by 1.5x within minutes (docs/performance.md, "memory
+// modes"), so benchmarks measure it again after their timed steps.
+double measure_read_bandwidth();
 
 }  // namespace dsv4

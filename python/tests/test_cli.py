@@ -107,10 +107,23 @@ def test_bench_json_fields(mode):
     assert r.returncode == 0, r.stderr
     j = json.loads(r.stdout)
     assert j["mode"] == mode and j["threads"] == 1
+    assert j["copy_gb_per_s"] > 0 and j["read_gb_per_s"] > 0
     if mode == "decode":
         assert "seq" not in j and (j["context"], j["decode"]) == (8, 2)
+        assert j["read_gb_per_s_after"] > 0  # measured again after the steps
     else:
         assert j["seq"] == 8 and "context" not in j and "decode" not in j
+
+
+def test_bench_stack_json_fields():
+    r = cli("bench-stack", "--layers", 3, "--synthetic-context", 4096, "--steps", 2, "-t", 1,
+            "--numerics", "deployment", "--json")
+    assert r.returncode == 0, r.stderr
+    j = json.loads(r.stdout)
+    assert j["layers"] == 3 and j["context"] == 4096 and j["synthetic_context"]
+    assert j["read_gb_per_s"] > 0 and j["read_gb_per_s_after"] > 0 and j["copy_gb_per_s"] > 0
+    assert j["seconds_per_token"] > 0 and j["sum_of_layers_seconds"] > 0
+    assert j["step_read_bytes"] > j["weight_bytes"] > 0  # weights plus the states' reads
 
 
 def test_cpp_example_reports_errors(tmp_path):

@@ -208,6 +208,10 @@ int run_bench(const Options& o) {
     }
     state_bytes = st.bytes();
   }
+  // Before the second bandwidth probe (256 MiB) can raise it.
+  const double peak_rss = static_cast<double>(peak_rss_bytes());
+  // The memory's speed can change between the first probe and the steps: a second look.
+  const double read_after = decode ? measure_read_bandwidth() : 0;
   const size_t mid =
       std::min_element(secs.begin(), secs.end(),
                        [&](double a, double b) { return std::fabs(a - median(secs)) < std::fabs(b - median(secs)); }) -
@@ -227,10 +231,11 @@ int run_bench(const Options& o) {
                       {"tokens_per_s", tokens / seconds},
                       {"gflops", flops / seconds * 1e-9},
                       {"flops", flops},
-                      {"peak_rss_bytes", peak_rss_bytes()},
+                      {"peak_rss_bytes", peak_rss},
                       {"stages", stages_json(stage_runs[mid])},
                       {"sgemm_gflops", roof.sgemm_gflops},
                       {"copy_gb_per_s", roof.copy_gb_per_s},
+                      {"read_gb_per_s", roof.read_gb_per_s},
                       {"gflops_vs_sgemm", flops / seconds * 1e-9 / roof.sgemm_gflops},
                       {"weight_bytes", weight_bytes},
                       {"weights", o.weights},
@@ -246,6 +251,7 @@ int run_bench(const Options& o) {
     j["bandwidth_bound_seconds"] = bound;
     j["seconds_vs_bandwidth_bound"] = seconds / bound;
     j["context_prefill_seconds"] = context_seconds;
+    j["read_gb_per_s_after"] = read_after;
     j["fastest_step_seconds"] = fastest;
     const StepReads reads = step_reads(c, type, context_len, parse_numerics(o.numerics));
     const double read_s = (weight_bytes + reads.bytes) / (roof.copy_gb_per_s * 1e9);
@@ -266,8 +272,9 @@ int run_bench(const Options& o) {
   std::fprintf(out, "  median %.4f s  (%s)  %.1f tokens/s  %.1f GFLOP/s = %.0f%% of sgemm %.1f GFLOP/s\n", seconds,
                decode ? "per token" : "whole prefill", tokens / seconds, flops / seconds * 1e-9,
                100 * flops / seconds * 1e-9 / roof.sgemm_gflops, roof.sgemm_gflops);
-  std::fprintf(out, "  peak RSS %.2f GB, weights %.2f GB, state %.1f MB, copy bandwidth %.1f GB/s\n",
-               peak_rss_bytes() / 1e9, weight_bytes / 1e9, state_bytes / 1e6, roof.copy_gb_per_s);
+  std::fprintf(out, "  peak RSS %.2f GB, weights %.2f GB, state %.1f MB, copy bandwidth %.1f GB/s, read %.1f GB/s%s\n",
+               peak_rss / 1e9, weight_bytes / 1e9, state_bytes / 1e6, roof.copy_gb_per_s, roof.read_gb_per_s,
+               decode ? (" (" + std::to_string(static_cast<int>(read_after + 0.5)) + " GB/s after the steps)").c_str() : "");
   if (decode)
     std::fprintf(out, "  fastest step %.4f s (of %lld)\n", fastest, static_cast<long long>(o.decode * o.repeats));
   if (decode)

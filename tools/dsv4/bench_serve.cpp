@@ -151,6 +151,8 @@ int run_stack(const ServeOptions& o) {
     for (int64_t i = 0; i < n; ++i) layers[size_t(i)].forward(tok, states[size_t(i)]);  // the attention layers only
     secs.push_back(omp_get_wtime() - t0);
   }
+  const double peak_rss = static_cast<double>(peak_rss_bytes());  // before the probe below adds 256 MiB
+  const double read_after = measure_read_bandwidth();  // the memory's speed can change during a run
   // The sum of its layers: the first layer of each type decoding alone (median), once per layer of that type.
   double alone = 0;
   std::vector<std::pair<LayerType, double>> alone_of;
@@ -189,7 +191,9 @@ int run_stack(const ServeOptions& o) {
                o.preset.c_str(), static_cast<long long>(n), c.layer_types.size(), o.weights.c_str(), o.numerics.c_str(),
                synthetic ? "synthetic " : "", static_cast<long long>(ctx), omp_get_max_threads());
   std::fprintf(out, "  weights %.2f GB, states %.3f GB (at 65,536 tokens: %.3f GB), peak RSS %.2f GB\n",
-               weight_bytes / 1e9, state_bytes / 1e9, state_64k / 1e9, peak_rss_bytes() / 1e9);
+               weight_bytes / 1e9, state_bytes / 1e9, state_64k / 1e9, peak_rss / 1e9);
+  std::fprintf(out, "  memory: copy %.1f GB/s, read %.1f GB/s before the steps, read %.1f GB/s after them\n",
+               roof.copy_gb_per_s, roof.read_gb_per_s, read_after);
   std::fprintf(out,
                "  decode %.1f ms/token through the stack (median of %lld; %.2f tokens/s); bandwidth bound (weights + "
                "whole states) %.1f ms at %.1f GB/s: %.2fx\n",
@@ -232,7 +236,9 @@ int run_stack(const ServeOptions& o) {
                                        {"sum_of_layers_seconds", alone},
                                        {"fastest_step_seconds", *std::min_element(secs.begin(), secs.end())},
                                        {"copy_gb_per_s", roof.copy_gb_per_s},
-                                       {"peak_rss_bytes", peak_rss_bytes()}}
+                                       {"read_gb_per_s", roof.read_gb_per_s},
+                                       {"read_gb_per_s_after", read_after},
+                                       {"peak_rss_bytes", peak_rss}}
                             .dump()
                             .c_str());
   return 0;
