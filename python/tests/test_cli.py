@@ -111,6 +111,7 @@ def test_bench_json_fields(mode):
     if mode == "decode":
         assert "seq" not in j and (j["context"], j["decode"]) == (8, 2)
         assert j["read_gb_per_s_after"] > 0  # measured again after the steps
+        assert 0 < j["fastest_step_seconds"] <= j["seconds"] <= j["slowest_step_seconds"]
     else:
         assert j["seq"] == 8 and "context" not in j and "decode" not in j
 
@@ -122,7 +123,8 @@ def test_bench_stack_json_fields():
     j = json.loads(r.stdout)
     assert j["layers"] == 3 and j["context"] == 4096 and j["synthetic_context"]
     assert j["read_gb_per_s"] > 0 and j["read_gb_per_s_after"] > 0 and j["copy_gb_per_s"] > 0
-    assert j["seconds_per_token"] > 0 and j["sum_of_layers_seconds"] > 0
+    assert 0 < j["fastest_step_seconds"] <= j["seconds_per_token"] <= j["slowest_step_seconds"]
+    assert j["sum_of_layers_seconds"] > 0
     assert j["step_read_bytes"] > j["weight_bytes"] > 0  # weights plus the states' reads
 
 

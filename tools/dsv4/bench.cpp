@@ -168,6 +168,7 @@ int run_bench(const Options& o) {
   std::vector<StageTimes> stage_runs;
   size_t state_bytes = 0;
   double fastest = 1e300;      // decode: the fastest step of all runs (robust to a busy machine)
+  double slowest = 0;          // and the slowest (a step that grows the state's arrays, a busy machine)
   double context_seconds = 0;  // decode mode: the prefill of the context (once; each run decodes from a copy)
   LayerState context = layer.new_state();
   if (decode && o.synthetic > 0) {
@@ -201,6 +202,7 @@ int run_bench(const Options& o) {
       }
       secs.push_back(median(per_token));
       fastest = std::min(fastest, *std::min_element(per_token.begin(), per_token.end()));
+      slowest = std::max(slowest, *std::max_element(per_token.begin(), per_token.end()));
       for (double StageTimes::*f : {&StageTimes::project, &StageTimes::compress, &StageTimes::index_scores,
                                     &StageTimes::topk, &StageTimes::attention, &StageTimes::output})
         sum.*f /= static_cast<double>(o.decode);
@@ -252,7 +254,7 @@ int run_bench(const Options& o) {
     j["seconds_vs_bandwidth_bound"] = seconds / bound;
     j["context_prefill_seconds"] = context_seconds;
     j["read_gb_per_s_after"] = read_after;
-    j["fastest_step_seconds"] = fastest;
+    j["fastest_step_seconds"] = fastest, j["slowest_step_seconds"] = slowest;
     const StepReads reads = step_reads(c, type, context_len, parse_numerics(o.numerics));
     const double read_s = (weight_bytes + reads.bytes) / (roof.copy_gb_per_s * 1e9);
     const ComputeBound cb = compute_bound(reads, roof, parse_numerics(o.numerics));
@@ -276,7 +278,8 @@ int run_bench(const Options& o) {
                peak_rss / 1e9, weight_bytes / 1e9, state_bytes / 1e6, roof.copy_gb_per_s, roof.read_gb_per_s,
                decode ? (" (" + std::to_string(static_cast<int>(read_after + 0.5)) + " GB/s after the steps)").c_str() : "");
   if (decode)
-    std::fprintf(out, "  fastest step %.4f s (of %lld)\n", fastest, static_cast<long long>(o.decode * o.repeats));
+    std::fprintf(out, "  fastest step %.4f s, slowest %.4f s (of %lld)\n", fastest, slowest,
+                 static_cast<long long>(o.decode * o.repeats));
   if (decode)
     std::fprintf(out, "  context %s of %lld tokens took %.1f s\n", o.synthetic > 0 ? "synthesis" : "prefill",
                  static_cast<long long>(context_len), context_seconds);

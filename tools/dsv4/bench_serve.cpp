@@ -205,8 +205,9 @@ int run_stack(const ServeOptions& o) {
                (double(weight_bytes) + read_bytes) / 1e9, read_s * 1e3, all.macs / 1e9, cb.indexer_at,
                cb.indexer_rate / 1e9, cb.indexer_s * 1e3, all.attention_macs / 1e9, roof.sgemm_gflops,
                cb.attention_s * 1e3, s / step_bound);
-  std::fprintf(out, "  fastest step %.1f ms (%.2f tokens/s)\n", *std::min_element(secs.begin(), secs.end()) * 1e3,
-               1 / *std::min_element(secs.begin(), secs.end()));
+  std::fprintf(out, "  fastest step %.1f ms (%.2f tokens/s), slowest %.1f ms\n",
+               *std::min_element(secs.begin(), secs.end()) * 1e3, 1 / *std::min_element(secs.begin(), secs.end()),
+               *std::max_element(secs.begin(), secs.end()) * 1e3);
   std::fprintf(out, "  sum of its layers decoding alone %.1f ms: stack / sum = %.2f\n", alone * 1e3, s / alone);
   if (n < int64_t(c.layer_types.size()))
     std::fprintf(out, "  all %zu layers, scaled by layer count: weights %.2f GB, %.0f ms/token\n", c.layer_types.size(),
@@ -235,6 +236,7 @@ int run_stack(const ServeOptions& o) {
                                        {"mac_bound_seconds", mac_s},
                                        {"sum_of_layers_seconds", alone},
                                        {"fastest_step_seconds", *std::min_element(secs.begin(), secs.end())},
+                                       {"slowest_step_seconds", *std::max_element(secs.begin(), secs.end())},
                                        {"copy_gb_per_s", roof.copy_gb_per_s},
                                        {"read_gb_per_s", roof.read_gb_per_s},
                                        {"read_gb_per_s_after", read_after},
