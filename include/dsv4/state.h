@@ -28,6 +28,33 @@
 #include "dsv4/config.h"
 
 namespace dsv4 {
+namespace detail {
+// Bytes in one malloc'd block that grows with realloc, which glibc serves for
+// a large (mmap'd) block by moving its pages (mremap), not copying them: a
+// million-token store (~170 MB of FP8 entries, ~540 MB of fp32 ones) grows in
+// well under a millisecond instead of 70 ms–1.5 s of copying and page faults
+// (docs/performance.md, "State growth"). New bytes are zero.
+class GrowBytes {
+ public:
+  GrowBytes() = default;
+  GrowBytes(const GrowBytes& o);  // holds exactly o.size()
+  GrowBytes(GrowBytes&& o) noexcept;
+  GrowBytes& operator=(const GrowBytes& o);
+  GrowBytes& operator=(GrowBytes&& o) noexcept;
+  ~GrowBytes();
+  uint8_t* data() { return p_; }
+  const uint8_t* data() const { return p_; }
+  size_t size() const { return n_; }
+  size_t capacity() const { return cap_; }
+  void reserve(size_t n);  // throws std::bad_alloc
+  void resize(size_t n);   // bytes past the old size become zero
+  void clear() { n_ = 0; }
+
+ private:
+  uint8_t* p_ = nullptr;
+  size_t n_ = 0, cap_ = 0;
+};
+}  // namespace detail
 
 // Rows of `width` values in the layer's numerics: fp32 (reference), or the
 // deployment formats of docs/numerics.md — kv rows (window rows and main
@@ -66,19 +93,17 @@ class RowStore {
   // Row j of `from` (same format and width) copied into row i, as stored.
   void copy_row(int64_t i, const RowStore& from, int64_t j);
 
-  uint8_t* data() { return format_ == Format::f32 ? reinterpret_cast<uint8_t*>(f32_.data()) : coded_.data(); }
-  const uint8_t* data() const {
-    return format_ == Format::f32 ? reinterpret_cast<const uint8_t*>(f32_.data()) : coded_.data();
-  }
-  size_t capacity_bytes() const { return f32_.capacity() * sizeof(float) + coded_.capacity(); }
-  bool operator==(const RowStore&) const = default;
+  uint8_t* data() { return bytes_.data(); }
+  const uint8_t* data() const { return bytes_.data(); }
+  size_t capacity_bytes() const { return bytes_.capacity(); }
+  // Same format and shape, and equal rows (fp32 rows compared as floats).
+  bool operator==(const RowStore& o) const;
 
  private:
   Format format_ = Format::f32;
   int64_t width_ = 0, rope_ = 0, rows_ = 0;
   size_t row_bytes_ = 0;
-  std::vector<float> f32_;      // fp32 rows [rows, width]
-  std::vector<uint8_t> coded_;  // encoded rows [rows, row_bytes]
+  detail::GrowBytes bytes_;  // rows [rows, row_bytes]: fp32 or encoded
 };
 
 // One compressor (the CSA/HCA main one, or the CSA indexer's).

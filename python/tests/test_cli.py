@@ -124,6 +124,7 @@ def test_bench_stack_json_fields():
     assert j["layers"] == 3 and j["context"] == 4096 and j["synthetic_context"]
     assert j["read_gb_per_s"] > 0 and j["read_gb_per_s_after"] > 0 and j["copy_gb_per_s"] > 0
     assert 0 < j["fastest_step_seconds"] <= j["seconds_per_token"] <= j["slowest_step_seconds"]
+    assert len(j["step_seconds"]) == 2 and max(j["step_seconds"]) == j["slowest_step_seconds"]
     assert j["sum_of_layers_seconds"] > 0
     assert j["step_read_bytes"] > j["weight_bytes"] > 0  # weights plus the states' reads
 

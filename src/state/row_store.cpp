@@ -1,7 +1,9 @@
 // RowStore (dsv4/state.h): the one place that knows how a numerics stores
 // window rows, compressed entries and indexer keys (ops/quant.h has the formats).
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 
 #include "dsv4/error.h"
 #include "dsv4/state.h"
@@ -26,33 +28,64 @@ size_t bytes_of(RowStore::Format f, int64_t width, int64_t rope) {
 RowStore::RowStore(Format f, int64_t width, int64_t rope_dims)
     : format_(f), width_(width), rope_(rope_dims), row_bytes_(bytes_of(f, width, rope_dims)) {}
 
-// Grows by 1/8 (not std::vector's 2x): a million-token state's entries then
-// hold at most 1.125x their bytes, and the copies stay amortised O(1) per row.
-template <class V>
-void grow_to(V& v, size_t n) {
-  if (n > v.capacity()) v.reserve(std::max(n, v.capacity() + v.capacity() / 8));
-  v.resize(n);
+namespace detail {
+
+GrowBytes::GrowBytes(const GrowBytes& o) {
+  reserve(o.n_);
+  if (o.n_) std::memcpy(p_, o.p_, o.n_);
+  n_ = o.n_;
+}
+GrowBytes::GrowBytes(GrowBytes&& o) noexcept : p_(o.p_), n_(o.n_), cap_(o.cap_) { o.p_ = nullptr, o.n_ = o.cap_ = 0; }
+GrowBytes& GrowBytes::operator=(const GrowBytes& o) {
+  if (this != &o) *this = GrowBytes(o);
+  return *this;
+}
+GrowBytes& GrowBytes::operator=(GrowBytes&& o) noexcept {
+  std::swap(p_, o.p_), std::swap(n_, o.n_), std::swap(cap_, o.cap_);
+  return *this;
+}
+GrowBytes::~GrowBytes() { std::free(p_); }
+
+void GrowBytes::reserve(size_t n) {
+  if (n <= cap_) return;
+  void* q = std::realloc(p_, n);
+  if (!q) throw std::bad_alloc();
+  p_ = static_cast<uint8_t*>(q), cap_ = n;
 }
 
+void GrowBytes::resize(size_t n) {
+  reserve(n);
+  if (n > n_) std::memset(p_ + n_, 0, n - n_);
+  n_ = n;
+}
+
+}  // namespace detail
+
+// Grows by 1/8 (not std::vector's 2x): a million-token state's entries then
+// hold at most 1.125x their bytes, and growth stays amortised O(1) per row.
 void RowStore::resize(int64_t n) {
-  if (format_ == Format::f32)
-    grow_to(f32_, static_cast<size_t>(n * width_));
-  else
-    grow_to(coded_, static_cast<size_t>(n) * row_bytes_);
+  const size_t bytes = static_cast<size_t>(n) * row_bytes_;
+  if (bytes > bytes_.capacity()) bytes_.reserve(std::max(bytes, bytes_.capacity() + bytes_.capacity() / 8));
+  bytes_.resize(bytes);
   rows_ = n;
 }
 
 void RowStore::assign(int64_t n) {
-  if (format_ == Format::f32)
-    f32_.assign(static_cast<size_t>(n * width_), 0.0f);
-  else
-    coded_.assign(static_cast<size_t>(n) * row_bytes_, 0);
-  rows_ = n;
+  bytes_.clear();
+  resize(n);
+}
+
+bool RowStore::operator==(const RowStore& o) const {
+  if (format_ != o.format_ || width_ != o.width_ || rope_ != o.rope_ || rows_ != o.rows_) return false;
+  if (format_ != Format::f32) return std::memcmp(data(), o.data(), bytes_.size()) == 0;
+  const float* a = reinterpret_cast<const float*>(data());
+  const float* b = reinterpret_cast<const float*>(o.data());
+  return std::equal(a, a + rows_ * width_, b);
 }
 
 void RowStore::resize_like(const RowStore& like, int64_t n) {
   if (format_ != like.format_ || width_ != like.width_ || rope_ != like.rope_) {
-    f32_.clear(), coded_.clear();
+    bytes_.clear();
     format_ = like.format_, width_ = like.width_, rope_ = like.rope_, row_bytes_ = like.row_bytes_;
   }
   resize(n);
@@ -100,7 +133,7 @@ void RowStore::gather(const int32_t* ids, int64_t n, float* out) const {
 }
 
 const float* RowStore::rows_f32(int64_t n, std::vector<float>& buf) const {
-  if (format_ == Format::f32) return f32_.data();
+  if (format_ == Format::f32) return reinterpret_cast<const float*>(data());
   buf.resize(static_cast<size_t>(std::max<int64_t>(n, 1) * width_));
   read(0, n, buf.data());
   return buf.data();

@@ -237,6 +237,7 @@ int run_stack(const ServeOptions& o) {
                                        {"sum_of_layers_seconds", alone},
                                        {"fastest_step_seconds", *std::min_element(secs.begin(), secs.end())},
                                        {"slowest_step_seconds", *std::max_element(secs.begin(), secs.end())},
+                                       {"step_seconds", secs},
                                        {"copy_gb_per_s", roof.copy_gb_per_s},
                                        {"read_gb_per_s", roof.read_gb_per_s},
                                        {"read_gb_per_s_after", read_after},

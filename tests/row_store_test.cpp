@@ -1,0 +1,127 @@
+// RowStore's storage: growth by 1/8 through realloc keeps the rows and zeroes
+// the new ones, copies hold exactly their rows, moves and clear() keep or hand
+// over the allocation, and equality compares fp32 rows as floats.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "dsv4/state.h"
+
+namespace dsv4 {
+namespace {
+
+using F = RowStore::Format;
+
+struct Shape {
+  F format;
+  int64_t width, rope;
+};
+const Shape kShapes[] = {{F::f32, 24, 0}, {F::kv_fp8, 512, 64}, {F::key_fp4, 128, 0}};
+
+// Rows [0, n) of s put from seeded values; returns what read() gives back.
+std::vector<float> fill(RowStore& s, int64_t n, unsigned seed) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> nd;
+  std::vector<float> x(static_cast<size_t>(s.width()));
+  for (int64_t i = 0; i < n; ++i) {
+    for (float& v : x) v = nd(g);
+    s.put(i, x.data());
+  }
+  std::vector<float> out(static_cast<size_t>(n * s.width()));
+  s.read(0, n, out.data());
+  return out;
+}
+
+bool zero_rows(const RowStore& s, int64_t i0, int64_t i1) {
+  for (size_t b = static_cast<size_t>(i0) * s.row_bytes(); b < static_cast<size_t>(i1) * s.row_bytes(); ++b)
+    if (s.data()[b] != 0) return false;
+  return true;
+}
+
+TEST(RowStore, GrowthKeepsRowsZeroesNewOnesByAnEighth) {
+  for (const Shape& sh : kShapes) {
+    RowStore s(sh.format, sh.width, sh.rope);
+    s.assign(1000);
+    const std::vector<float> rows = fill(s, 1000, 7);
+    RowStore c = s;  // a clone holds exactly its rows
+    EXPECT_EQ(c.capacity_bytes(), 1000 * c.row_bytes());
+    c.resize(1001);  // the first append after a clone grows by 1/8
+    EXPECT_EQ(c.capacity_bytes(), 1125 * c.row_bytes());
+    c.resize(1125);  // within the capacity: no growth
+    EXPECT_EQ(c.capacity_bytes(), 1125 * c.row_bytes());
+    c.resize(3000);  // past 9/8 of it: exactly what is asked
+    EXPECT_EQ(c.capacity_bytes(), 3000 * c.row_bytes());
+    std::vector<float> back(rows.size());
+    c.read(0, 1000, back.data());
+    EXPECT_EQ(0, std::memcmp(back.data(), rows.data(), rows.size() * sizeof(float)));
+    EXPECT_TRUE(zero_rows(c, 1000, 3000));
+    EXPECT_EQ(c.rows(), 3000);
+  }
+}
+
+TEST(RowStore, ShrinkThenGrowZeroesAndClearKeepsTheAllocation) {
+  for (const Shape& sh : kShapes) {
+    RowStore s(sh.format, sh.width, sh.rope);
+    s.assign(64);
+    fill(s, 64, 3);
+    const size_t cap = s.capacity_bytes();
+    s.resize(10);
+    s.resize(64);  // rows 10..63 were written before the shrink: zero again
+    EXPECT_TRUE(zero_rows(s, 10, 64));
+    EXPECT_FALSE(zero_rows(s, 0, 10));
+    s.clear();
+    EXPECT_EQ(s.rows(), 0);
+    EXPECT_EQ(s.capacity_bytes(), cap);
+    fill(s, 0, 1);
+    s.assign(64);  // assign zero-fills every row
+    EXPECT_TRUE(zero_rows(s, 0, 64));
+  }
+}
+
+TEST(RowStore, CopiesAreIndependentMovesHandOver) {
+  for (const Shape& sh : kShapes) {
+    RowStore s(sh.format, sh.width, sh.rope);
+    s.assign(50);
+    fill(s, 50, 11);
+    RowStore c = s;
+    EXPECT_TRUE(c == s);
+    std::vector<float> x(static_cast<size_t>(sh.width), 3.0f);
+    s.put(5, x.data());
+    EXPECT_FALSE(c == s);  // the copy kept its own bytes
+    const uint8_t* p = s.data();
+    RowStore m = std::move(s);
+    EXPECT_EQ(m.data(), p);  // the allocation moved, not copied
+    EXPECT_EQ(m.rows(), 50);
+    RowStore a;
+    a = c;
+    EXPECT_TRUE(a == c);
+    a = std::move(m);
+    EXPECT_EQ(a.data(), p);
+  }
+}
+
+TEST(RowStore, EqualityComparesFp32RowsAsFloatsCodedRowsAsBytes) {
+  RowStore a(F::f32, 4, 0), b(F::f32, 4, 0);
+  a.assign(1), b.assign(1);
+  float x[4] = {1, 2, 3, 0.0f}, y[4] = {1, 2, 3, -0.0f};
+  a.put(0, x), b.put(0, y);
+  EXPECT_TRUE(a == b);  // -0 == +0, as std::vector<float> compared them
+  x[1] = y[1] = std::numeric_limits<float>::quiet_NaN();
+  a.put(0, x), b.put(0, y);
+  EXPECT_FALSE(a == b);  // NaN != NaN
+  RowStore c(F::kv_fp8, 512, 64), d(F::kv_fp8, 512, 64);
+  c.assign(2), d.assign(2);
+  EXPECT_TRUE(c == d);
+  d.data()[3] = 1;
+  EXPECT_FALSE(c == d);
+  d.resize(3);
+  EXPECT_FALSE(c == d);  // a row more
+  EXPECT_FALSE(RowStore(F::f32, 4, 0) == RowStore(F::f32, 8, 0));
+}
+
+}  // namespace
+}  // namespace dsv4
