@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "dsv4/random.h"
+#include "dsv4/state.h"
 #include "ops/attend_run.h"
 #include "ops/blas.h"
 #include "ops/fp4_dot.h"
@@ -303,6 +304,24 @@ void BM_Deployment_DecodeStepRows(benchmark::State& st) {
   }
 }
 
+// One append to a clone of a 1M-token CSA layer's entry store (262,144 rows;
+// a clone holds exactly its rows, so the append grows it by 1/8): 0 = FP8 kv
+// rows (deployment), 1 = fp32 (reference). The clone is untimed.
+void BM_RowStore_GrowAfterClone(benchmark::State& st) {
+  RowStore base(st.range(0) == 0 ? RowStore::Format::kv_fp8 : RowStore::Format::f32, 512, 64);
+  base.assign(262144);
+  for (auto _ : st) {
+    st.PauseTiming();
+    RowStore c = base;
+    st.ResumeTiming();
+    c.resize(c.rows() + 1);
+    benchmark::DoNotOptimize(c.data());
+    st.PauseTiming();
+    c = RowStore();  // freed outside the timing
+    st.ResumeTiming();
+  }
+}
+
 BENCHMARK(BM_Roofline_Sgemm2048)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Roofline_Copy256MiB)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Roofline_Read256MiB)->Unit(benchmark::kMillisecond)->UseRealTime();
@@ -329,6 +348,7 @@ BENCHMARK(BM_AttendPart_Hca1M)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_IndexerTopk)->Arg(1024)->Arg(16384)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_CompressorPooling)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Deployment_DecodeStepRows)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_RowStore_GrowAfterClone)->DenseRange(0, 1)->Unit(benchmark::kMillisecond)->Iterations(5);
 
 }  // namespace
 }  // namespace dsv4
