@@ -77,6 +77,7 @@ void RowStore::assign(int64_t n) {
 
 bool RowStore::operator==(const RowStore& o) const {
   if (format_ != o.format_ || width_ != o.width_ || rope_ != o.rope_ || rows_ != o.rows_) return false;
+  if (rows_ == 0) return true;  // (no block: memcmp must not see null)
   if (format_ != Format::f32) return std::memcmp(data(), o.data(), bytes_.size()) == 0;
   const float* a = reinterpret_cast<const float*>(data());
   const float* b = reinterpret_cast<const float*>(o.data());
