@@ -2,6 +2,7 @@
 
 Shapes and array kinds are handled here; every number is computed by the core.
 """
+import operator
 import os
 import warnings
 from typing import Any, Dict, NamedTuple
@@ -51,6 +52,14 @@ def _integers(v, what):
     if a.ndim != 1 or not (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
         raise Error(f"{what}: expected a 1-D array of integers, got shape {a.shape} dtype {a.dtype}")
     return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def _index(v, what):
+    """A Python int of an integer (int, NumPy integer, 0-d integer tensor)."""
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise Error(f"{what}: expected an integer, got {type(v).__name__}") from None
 
 
 def cu_seqlens_of(cu_seqlens=None, segment_ids=None):
@@ -273,6 +282,16 @@ class Layer:
     def new_state(self):
         """An empty decode state for one sequence."""
         return State(self._core.new_state(), self._owner)
+
+    def synthetic_state(self, tokens, seed=0):
+        """A decode state as after `tokens` tokens, built without a prefill (a 1M-token CSA state
+        in about two seconds): seeded random rows with the shapes, formats and scale of a prefilled
+        state in this layer's numerics, so that decode steps from it read and select as much as from
+        a real one. For measuring decode at long contexts; its outputs are not any input's."""
+        seed = _index(seed, "seed")
+        if seed < 0:
+            raise Error(f"seed: expected an integer >= 0, got {seed}")
+        return State(self._core.synthetic_state(_index(tokens, "tokens"), seed), self._owner)
 
     def load_state(self, path):
         """A state saved by State.save for a layer of this type and config."""

@@ -148,6 +148,9 @@ class Attention(nn.Module):
     def load_state(self, path):
         return self._sync().load_state(path)
 
+    def synthetic_state(self, tokens, seed=0):
+        return self._sync().synthetic_state(tokens, seed)
+
     def forward(self, hidden_states, state=None, cu_seqlens=None, segment_ids=None):
         layer = self._sync()
         names, params = zip(*self.named_parameters())

@@ -280,6 +280,13 @@ void bind_layer(py::module_& m) {
              return State{l.new_state(), l.config()};
            })
       .def(
+          "synthetic_state",
+          [](const Layer& l, int64_t tokens, uint64_t seed) {
+            py::gil_scoped_release nogil;
+            return State{random_state(l.config(), l.type(), tokens, seed, l.numerics()), l.config()};
+          },
+          py::arg("tokens"), py::arg("seed") = 0)
+      .def(
           "load_state",
           [](const Layer& l, const std::filesystem::path& p) {
             return State{load_state(l.config(), l.type(), p, l.numerics()), l.config()};

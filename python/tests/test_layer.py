@@ -179,3 +179,29 @@ def test_deployment_numerics(layer_type, tmp_path):
         base.load_state(tmp_path / "d.state")  # a state of the other numerics
     with pytest.raises(dsv4.Error, match="numerics"):
         dsv4.Layer(cfg, layer_type, sd, numerics="fp4")
+
+
+@pytest.mark.parametrize("numerics", ["reference", "deployment"])
+def test_synthetic_state(layer_type, numerics, tmp_path):
+    """Layer.synthetic_state: a state of any length without a prefill, seeded, in the layer's numerics."""
+    _, sd, cfg = random_weights(layer_type, seed=4)
+    layer = dsv4.Layer(cfg, layer_type, sd, numerics=numerics)
+    st = layer.synthetic_state(1000, seed=7)
+    assert st.position == 1000 and st.layer_type == layer.layer_type
+    real = layer.new_state()
+    layer(np.zeros((1000, cfg.hidden_size), np.float32), state=real)
+    assert st.nbytes == real.clone().nbytes  # the shapes and formats of a prefilled state (tight)
+    tok = np.random.default_rng(9).standard_normal((1, cfg.hidden_size)).astype(np.float32)
+    y = layer(tok, state=st.clone())
+    assert y.shape == (1, cfg.hidden_size) and np.isfinite(y).all()
+    assert np.array_equal(layer(tok, state=layer.synthetic_state(1000, seed=7)), y)  # seeded
+    assert not np.array_equal(layer(tok, state=layer.synthetic_state(1000, seed=8)), y)
+    st.save(tmp_path / "s.state")  # passes load_state's checks
+    assert np.array_equal(layer(tok, state=layer.load_state(tmp_path / "s.state")), y)
+    assert layer.synthetic_state(np.int64(3)).position == 3
+    with pytest.raises(dsv4.Error, match="tokens must be >= 0"):
+        layer.synthetic_state(-1)
+    with pytest.raises(dsv4.Error, match="tokens: expected an integer"):
+        layer.synthetic_state(2.5)
+    with pytest.raises(dsv4.Error, match="seed: expected an integer >= 0"):
+        layer.synthetic_state(10, seed=-1)

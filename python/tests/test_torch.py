@@ -36,6 +36,16 @@ def test_forward_matches_reference_one_shot_and_chunked(pair):
     assert y.dtype == torch.bfloat16 and y.shape == x.shape
 
 
+def test_synthetic_state_decodes(pair):
+    _, mod, cfg = pair
+    st = mod.synthetic_state(500, seed=1)
+    assert st.position == 500
+    with torch.no_grad():
+        y = mod(torch.ones(1, cfg.hidden_size), state=st)
+    assert isinstance(y, torch.Tensor) and y.shape == (1, cfg.hidden_size) and torch.isfinite(y).all()
+    assert st.position == 501
+
+
 def test_parameter_updates_rebuild_the_layer(pair):
     ref, mod, cfg = pair
     x = torch.randn(9, cfg.hidden_size)
