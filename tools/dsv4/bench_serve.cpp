@@ -152,7 +152,7 @@ int run_stack(const ServeOptions& o) {
     secs.push_back(omp_get_wtime() - t0);
   }
   const double peak_rss = static_cast<double>(peak_rss_bytes());  // before the probe below adds 256 MiB
-  const double read_after = measure_read_bandwidth();  // the memory's speed can change during a run
+  const double read_after = measure_read_bandwidth();             // the memory's speed can change during a run
   // The sum of its layers: the first layer of each type decoding alone (median), once per layer of that type.
   double alone = 0;
   std::vector<std::pair<LayerType, double>> alone_of;
