@@ -274,10 +274,12 @@ int run_bench(const Options& o) {
   std::fprintf(out, "  median %.4f s  (%s)  %.1f tokens/s  %.1f GFLOP/s = %.0f%% of sgemm %.1f GFLOP/s\n", seconds,
                decode ? "per token" : "whole prefill", tokens / seconds, flops / seconds * 1e-9,
                100 * flops / seconds * 1e-9 / roof.sgemm_gflops, roof.sgemm_gflops);
-  std::fprintf(
-      out, "  peak RSS %.2f GB, weights %.2f GB, state %.1f MB, copy bandwidth %.1f GB/s, read %.1f GB/s%s\n",
-      peak_rss / 1e9, weight_bytes / 1e9, state_bytes / 1e6, roof.copy_gb_per_s, roof.read_gb_per_s,
-      decode ? (" (" + std::to_string(static_cast<int>(read_after + 0.5)) + " GB/s after the steps)").c_str() : "");
+  std::fprintf(out, "  peak RSS %.2f GB, weights %.2f GB, state %.1f MB\n", peak_rss / 1e9, weight_bytes / 1e9,
+               state_bytes / 1e6);
+  if (decode)
+    print_memory(out, roof, read_after);
+  else
+    std::fprintf(out, "  memory: copy %.1f GB/s, read %.1f GB/s\n", roof.copy_gb_per_s, roof.read_gb_per_s);
   if (decode)
     std::fprintf(out, "  fastest step %.4f s, slowest %.4f s (of %lld)\n", fastest, slowest,
                  static_cast<long long>(o.decode * o.repeats));

@@ -70,6 +70,11 @@ ComputeBound compute_bound(const StepReads& r, const Roofline& roof, Numerics n)
   return b;
 }
 
+void print_memory(std::FILE* out, const Roofline& roof, double read_after) {
+  std::fprintf(out, "  memory: copy %.1f GB/s, read %.1f GB/s before the steps, read %.1f GB/s after them\n",
+               roof.copy_gb_per_s, roof.read_gb_per_s, read_after);
+}
+
 int64_t peak_rss_bytes() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);

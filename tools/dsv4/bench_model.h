@@ -2,6 +2,7 @@
 // the machine's own roofline (measure_roofline in dsv4/profile.h).
 #pragma once
 #include <cstdint>
+#include <cstdio>
 
 #include "dsv4/config.h"
 #include "dsv4/layer.h"
@@ -40,6 +41,11 @@ struct ComputeBound {
   double seconds() const { return indexer_s + attention_s; }
 };
 ComputeBound compute_bound(const StepReads& r, const Roofline& roof, Numerics n);
+
+// "  memory: copy …, read … before the steps, read … after them": the roofline's
+// bandwidths and a second read probe after the timed steps (the VM's memory
+// speed can change during a run; docs/performance.md, stop 29).
+void print_memory(std::FILE* out, const Roofline& roof, double read_after);
 
 int64_t peak_rss_bytes();     // of this process so far
 int64_t current_rss_bytes();  // resident now (/proc/self/statm)

@@ -153,6 +153,7 @@ int run_stack(const ServeOptions& o) {
   }
   const double peak_rss = static_cast<double>(peak_rss_bytes());  // before the probe below adds 256 MiB
   const double read_after = measure_read_bandwidth();             // the memory's speed can change during a run
+  const auto [fastest, slowest] = std::minmax_element(secs.begin(), secs.end());
   // The sum of its layers: the first layer of each type decoding alone (median), once per layer of that type.
   double alone = 0;
   std::vector<std::pair<LayerType, double>> alone_of;
@@ -192,8 +193,7 @@ int run_stack(const ServeOptions& o) {
                synthetic ? "synthetic " : "", static_cast<long long>(ctx), omp_get_max_threads());
   std::fprintf(out, "  weights %.2f GB, states %.3f GB (at 65,536 tokens: %.3f GB), peak RSS %.2f GB\n",
                weight_bytes / 1e9, state_bytes / 1e9, state_64k / 1e9, peak_rss / 1e9);
-  std::fprintf(out, "  memory: copy %.1f GB/s, read %.1f GB/s before the steps, read %.1f GB/s after them\n",
-               roof.copy_gb_per_s, roof.read_gb_per_s, read_after);
+  print_memory(out, roof, read_after);
   std::fprintf(out,
                "  decode %.1f ms/token through the stack (median of %lld; %.2f tokens/s); bandwidth bound (weights + "
                "whole states) %.1f ms at %.1f GB/s: %.2fx\n",
@@ -205,9 +205,8 @@ int run_stack(const ServeOptions& o) {
                (double(weight_bytes) + read_bytes) / 1e9, read_s * 1e3, all.macs / 1e9, cb.indexer_at,
                cb.indexer_rate / 1e9, cb.indexer_s * 1e3, all.attention_macs / 1e9, roof.sgemm_gflops,
                cb.attention_s * 1e3, s / step_bound);
-  std::fprintf(out, "  fastest step %.1f ms (%.2f tokens/s), slowest %.1f ms\n",
-               *std::min_element(secs.begin(), secs.end()) * 1e3, 1 / *std::min_element(secs.begin(), secs.end()),
-               *std::max_element(secs.begin(), secs.end()) * 1e3);
+  std::fprintf(out, "  fastest step %.1f ms (%.2f tokens/s), slowest %.1f ms\n", *fastest * 1e3, 1 / *fastest,
+               *slowest * 1e3);
   std::fprintf(out, "  sum of its layers decoding alone %.1f ms: stack / sum = %.2f\n", alone * 1e3, s / alone);
   if (n < int64_t(c.layer_types.size()))
     std::fprintf(out, "  all %zu layers, scaled by layer count: weights %.2f GB, %.0f ms/token\n", c.layer_types.size(),
@@ -235,8 +234,8 @@ int run_stack(const ServeOptions& o) {
                                        {"read_bound_seconds", read_s},
                                        {"mac_bound_seconds", mac_s},
                                        {"sum_of_layers_seconds", alone},
-                                       {"fastest_step_seconds", *std::min_element(secs.begin(), secs.end())},
-                                       {"slowest_step_seconds", *std::max_element(secs.begin(), secs.end())},
+                                       {"fastest_step_seconds", *fastest},
+                                       {"slowest_step_seconds", *slowest},
                                        {"step_seconds", secs},
                                        {"copy_gb_per_s", roof.copy_gb_per_s},
                                        {"read_gb_per_s", roof.read_gb_per_s},
