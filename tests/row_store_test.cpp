@@ -1,4 +1,4 @@
-// RowStore's storage: growth by 1/8 through realloc keeps the rows and zeroes
+// RowStore's storage: growth by 1/8 (a heap block, then a mapping grown in place) keeps the rows and zeroes
 // the new ones, copies hold exactly their rows, moves and clear() keep or hand
 // over the allocation, and equality compares fp32 rows as floats.
 #include <gtest/gtest.h>
@@ -121,6 +121,55 @@ TEST(RowStore, EqualityComparesFp32RowsAsFloatsCodedRowsAsBytes) {
   d.resize(3);
   EXPECT_FALSE(c == d);  // a row more
   EXPECT_FALSE(RowStore(F::f32, 4, 0) == RowStore(F::f32, 8, 0));
+}
+
+// GrowBytes across its 1 MiB line: a heap block becomes a mapping, a mapping
+// grows by mremap, copies are exact and independent, moves hand over.
+TEST(GrowBytes, KeepsBytesAcrossHeapAndMappingZeroesNewOnes) {
+  using detail::GrowBytes;
+  const auto pattern = [](size_t i) { return static_cast<uint8_t>(i * 131 + 7); };
+  const auto holds = [&](const GrowBytes& g, size_t n) {
+    for (size_t i = 0; i < n; ++i)
+      if (g.data()[i] != pattern(i)) return false;
+    return true;
+  };
+  const auto zero_from = [](const GrowBytes& g, size_t i0) {
+    for (size_t i = i0; i < g.size(); ++i)
+      if (g.data()[i] != 0) return false;
+    return true;
+  };
+  GrowBytes g;
+  size_t written = 0;
+  for (const size_t n : {size_t{1000}, size_t{700'000}, size_t{1'500'000}, size_t{6'000'001}, size_t{9'999'999}}) {
+    g.resize(n);  // heap, heap, mapping (copied once), mapping, mapping
+    EXPECT_EQ(g.capacity(), n);
+    EXPECT_TRUE(holds(g, written)) << n;
+    EXPECT_TRUE(zero_from(g, written)) << n;
+    for (size_t i = written; i < n; ++i) g.data()[i] = pattern(i);
+    written = n;
+    GrowBytes c = g;  // exact copy
+    EXPECT_EQ(c.size(), n);
+    EXPECT_EQ(c.capacity(), n);
+    EXPECT_TRUE(holds(c, n));
+    c.data()[0] ^= 1;
+    EXPECT_TRUE(holds(g, n));  // independent
+  }
+  g.resize(10);
+  g.resize(2'000'000);  // shrink then grow inside the capacity: zero again
+  EXPECT_TRUE(holds(g, 10));
+  EXPECT_TRUE(zero_from(g, 10));
+  const uint8_t* p = g.data();
+  GrowBytes m = std::move(g);
+  EXPECT_EQ(m.data(), p);
+  EXPECT_EQ(g.data(), nullptr);
+  GrowBytes a;
+  a.resize(5);
+  a = std::move(m);  // a's old block goes with m
+  EXPECT_EQ(a.data(), p);
+  const GrowBytes& same = a;
+  a = same;  // self-assignment keeps it
+  EXPECT_EQ(a.size(), size_t{2'000'000});
+  EXPECT_TRUE(holds(a, 10));
 }
 
 }  // namespace

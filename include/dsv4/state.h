@@ -29,8 +29,9 @@
 
 namespace dsv4 {
 namespace detail {
-// Bytes in one malloc'd block that grows with realloc, which glibc serves for
-// a large (mmap'd) block by moving its pages (mremap), not copying them: a
+// Bytes in one block that grows without copying: from 1 MiB on its own
+// anonymous mapping, grown with mremap (pages moved, not bytes; malloc and
+// realloc below that, where mapping is refused, and off Linux), so a
 // million-token store (~170 MB of FP8 entries, ~540 MB of fp32 ones) grows in
 // well under a millisecond instead of 70 ms–1.5 s of copying and page faults
 // (docs/performance.md, "State growth"). New bytes are zero.
@@ -51,8 +52,10 @@ class GrowBytes {
   void clear() { n_ = 0; }
 
  private:
+  void release();
   uint8_t* p_ = nullptr;
   size_t n_ = 0, cap_ = 0;
+  bool mapped_ = false;  // p_ is a mapping of cap_ bytes rounded up to pages
 };
 }  // namespace detail
 

@@ -1,9 +1,7 @@
 // RowStore (dsv4/state.h): the one place that knows how a numerics stores
 // window rows, compressed entries and indexer keys (ops/quant.h has the formats).
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <new>
 
 #include "dsv4/error.h"
 #include "dsv4/state.h"
@@ -27,39 +25,6 @@ size_t bytes_of(RowStore::Format f, int64_t width, int64_t rope) {
 
 RowStore::RowStore(Format f, int64_t width, int64_t rope_dims)
     : format_(f), width_(width), rope_(rope_dims), row_bytes_(bytes_of(f, width, rope_dims)) {}
-
-namespace detail {
-
-GrowBytes::GrowBytes(const GrowBytes& o) {
-  reserve(o.n_);
-  if (o.n_) std::memcpy(p_, o.p_, o.n_);
-  n_ = o.n_;
-}
-GrowBytes::GrowBytes(GrowBytes&& o) noexcept : p_(o.p_), n_(o.n_), cap_(o.cap_) { o.p_ = nullptr, o.n_ = o.cap_ = 0; }
-GrowBytes& GrowBytes::operator=(const GrowBytes& o) {
-  if (this != &o) *this = GrowBytes(o);
-  return *this;
-}
-GrowBytes& GrowBytes::operator=(GrowBytes&& o) noexcept {
-  std::swap(p_, o.p_), std::swap(n_, o.n_), std::swap(cap_, o.cap_);
-  return *this;
-}
-GrowBytes::~GrowBytes() { std::free(p_); }
-
-void GrowBytes::reserve(size_t n) {
-  if (n <= cap_) return;
-  void* q = std::realloc(p_, n);
-  if (!q) throw std::bad_alloc();
-  p_ = static_cast<uint8_t*>(q), cap_ = n;
-}
-
-void GrowBytes::resize(size_t n) {
-  reserve(n);
-  if (n > n_) std::memset(p_ + n_, 0, n - n_);
-  n_ = n;
-}
-
-}  // namespace detail
 
 // Grows by 1/8 (not std::vector's 2x): a million-token state's entries then
 // hold at most 1.125x their bytes, and growth stays amortised O(1) per row.
