@@ -126,6 +126,10 @@ def test_bench_stack_json_fields():
     assert 0 < j["fastest_step_seconds"] <= j["seconds_per_token"] <= j["slowest_step_seconds"]
     assert len(j["step_seconds"]) == 2 and max(j["step_seconds"]) == j["slowest_step_seconds"]
     assert j["sum_of_layers_seconds"] > 0
+    types = j["per_type"]  # each type's median step in the stack against alone, the layers counted once
+    assert sum(t["layers"] for t in types) == 3 and len({t["layer_type"] for t in types}) == len(types)
+    assert all(t["stack_seconds"] > 0 and t["alone_seconds"] > 0 for t in types)
+    assert j["sum_of_layers_seconds"] == pytest.approx(sum(t["layers"] * t["alone_seconds"] for t in types))
     assert j["step_read_bytes"] > j["weight_bytes"] > 0  # weights plus the states' reads
 
 

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "bench_model.h"
 #include "commands.h"
@@ -145,11 +146,18 @@ int run_stack(const ServeOptions& o) {
   }
   per_type.clear();  // the copies are the states
   std::vector<double> secs;
+  std::vector<std::vector<double>> layer_secs(static_cast<size_t>(n));  // each layer's time in each step
   for (int64_t step = 0; step < o.steps; ++step) {
     const Tensor tok = random_uniform({1, c.hidden_size}, 1.0f, o.seed + 500 + uint64_t(step));
     const double t0 = omp_get_wtime();
-    for (int64_t i = 0; i < n; ++i) layers[size_t(i)].forward(tok, states[size_t(i)]);  // the attention layers only
-    secs.push_back(omp_get_wtime() - t0);
+    double t = t0;
+    for (int64_t i = 0; i < n; ++i) {  // the attention layers only
+      layers[size_t(i)].forward(tok, states[size_t(i)]);
+      const double now = omp_get_wtime();
+      layer_secs[size_t(i)].push_back(now - t);
+      t = now;
+    }
+    secs.push_back(t - t0);
   }
   const double peak_rss = static_cast<double>(peak_rss_bytes());  // before the probe below adds 256 MiB
   const double read_after = measure_read_bandwidth();             // the memory's speed can change during a run
@@ -172,6 +180,26 @@ int run_stack(const ServeOptions& o) {
       it = alone_of.end() - 1;
     }
     alone += it->second;
+  }
+  // Per layer type: a layer's median step inside the stack (averaged over the
+  // layers of that type) against the first one's alone: where the stack loses.
+  nlohmann::json by_type = nlohmann::json::array();
+  std::string per_type_line;
+  for (const auto& [t, alone_s] : alone_of) {
+    double in_stack = 0;
+    int64_t count = 0;
+    for (int64_t i = 0; i < n; ++i)
+      if (c.layer_types[size_t(i)] == t) in_stack += median(layer_secs[size_t(i)]), ++count;
+    in_stack /= double(count);
+    by_type.push_back({{"layer_type", layer_type_name(t)},
+                       {"layers", count},
+                       {"stack_seconds", in_stack},
+                       {"alone_seconds", alone_s}});
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "%s%s %.2f / %.2f ms (%lld)", per_type_line.empty() ? "" : ", ",
+                  std::string(layer_type_name(t)).c_str(), in_stack * 1e3, alone_s * 1e3,
+                  static_cast<long long>(count));
+    per_type_line += buf;
   }
   size_t state_bytes = 0, state_64k = 0;
   StepReads all;
@@ -208,6 +236,7 @@ int run_stack(const ServeOptions& o) {
   std::fprintf(out, "  fastest step %.1f ms (%.2f tokens/s), slowest %.1f ms\n", *fastest * 1e3, 1 / *fastest,
                *slowest * 1e3);
   std::fprintf(out, "  sum of its layers decoding alone %.1f ms: stack / sum = %.2f\n", alone * 1e3, s / alone);
+  std::fprintf(out, "  per layer, median in the stack / alone: %s\n", per_type_line.c_str());
   if (n < int64_t(c.layer_types.size()))
     std::fprintf(out, "  all %zu layers, scaled by layer count: weights %.2f GB, %.0f ms/token\n", c.layer_types.size(),
                  weight_bytes / 1e9 * double(c.layer_types.size()) / double(n),
@@ -234,6 +263,7 @@ int run_stack(const ServeOptions& o) {
                                        {"read_bound_seconds", read_s},
                                        {"mac_bound_seconds", mac_s},
                                        {"sum_of_layers_seconds", alone},
+                                       {"per_type", by_type},
                                        {"fastest_step_seconds", *fastest},
                                        {"slowest_step_seconds", *slowest},
                                        {"step_seconds", secs},
