@@ -4,9 +4,10 @@
 // which moves page-table entries instead of bytes. realloc does the same only
 // for blocks glibc itself mmap'd, and glibc decides that by a threshold that
 // rises (up to 32 MB) each time the process frees a mapped block: after a few
-// large temporaries are freed, a 1M-token layer's 18 MB of indexer keys or a
-// 64K-token layer's 9 MB of entries live in the heap, and a growth copied them
-// and faulted in the copy (a 43-layer stack's growth step took twice a step).
+// large temporaries are freed, a 64K-token layer's 9 MB of entries (or a
+// 1M-token layer's 18 MB of indexer keys) can live in the heap, and a growth
+// copied them and faulted in the copy (a 65,536-token 43-layer stack's growth
+// step took twice a step).
 // Smaller blocks, other systems, and a refused mapping (too many mappings)
 // use malloc/realloc.
 #include <algorithm>
