@@ -10,10 +10,10 @@
 // step took twice a step).
 // Smaller blocks, other systems, and a refused mapping (too many mappings)
 // use malloc/realloc.
-#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <utility>
 
 #include "dsv4/state.h"
 
@@ -33,8 +33,11 @@ size_t page_rounded(size_t n) {
   return (n + page - 1) / page * page;
 }
 
-void* map(size_t n) {
-  void* q = mmap(nullptr, page_rounded(n), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+// A new mapping of n bytes, or the mapping p of `old` bytes grown to n (moved
+// if it must be); null where the system refuses.
+void* map(void* p, size_t old, size_t n) {
+  void* q = p ? mremap(p, page_rounded(old), page_rounded(n), MREMAP_MAYMOVE)
+              : mmap(nullptr, page_rounded(n), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   return q == MAP_FAILED ? nullptr : q;
 }
 #endif
@@ -79,8 +82,7 @@ void GrowBytes::reserve(size_t n) {
   if (n <= cap_) return;
 #if defined(__linux__)
   if (n >= kMapBytes) {
-    void* q = mapped_ ? mremap(p_, page_rounded(cap_), page_rounded(n), MREMAP_MAYMOVE) : map(n);
-    if (q != MAP_FAILED && q != nullptr) {
+    if (void* q = map(mapped_ ? p_ : nullptr, cap_, n)) {
       if (!mapped_ && n_) std::memcpy(q, p_, n_);  // a heap block (< kMapBytes) becomes a mapping
       if (!mapped_) std::free(p_);
       p_ = static_cast<uint8_t*>(q), cap_ = n, mapped_ = true;
